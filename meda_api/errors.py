@@ -1,0 +1,65 @@
+"""The one place where errors become HTTP responses with the seed's ``{error, code, details}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from meda_core.errors import InvalidRequest, MedaError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 400: "INVALID_REQUEST"}
+
+
+def _body(error: str, code: str, **details: Any) -> dict[str, Any]:
+    return {"error": error, "code": code, "details": {"message": error, **details}}
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    problems = []
+    for err in exc.errors():
+        location = ".".join(str(part) for part in err.get("loc", ()) if part != "body")
+        problems.append({"field": location or "body", "problem": err.get("msg", "invalid")})
+    if any(err.get("type") == "json_invalid" for err in exc.errors()):
+        return "malformed JSON in request body", problems
+    summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+    return f"invalid request: {summary}", problems
+
+
+async def _meda_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MedaError)
+    if exc.http_status >= 500:
+        log.error("%s: %s", exc.code, exc.message)
+    return JSONResponse(exc.to_body(), status_code=exc.http_status)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message, problems = _validation_message(exc)
+    body = _body(message, InvalidRequest.code, errors=problems)
+    return JSONResponse(body, status_code=400)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+    return JSONResponse(_body(str(exc.detail), code), status_code=exc.status_code)
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    body = _body(f"internal error: {type(exc).__name__}", "INTERNAL_ERROR")
+    return JSONResponse(body, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(MedaError, _meda_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,58 @@
+"""``/api/v1/vms``: VM lifecycle endpoints."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from meda_api.deps import MedaDep
+from meda_core.models import CreateVMRequest, ErrorBody, OperationResult, VMInfo, VMList
+from meda_core.views import vm_info, vm_list
+
+router = APIRouter(prefix="/vms", tags=["vms"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Invalid parameters",
+        404: "VM not found",
+        409: "Conflict with the VM's name or state",
+        500: "Backend failure",
+        503: "No usable backend",
+    }.items()
+}
+
+
+@router.get("", response_model=VMList, responses=_ERRORS)
+def list_vms(meda: MedaDep) -> VMList:
+    return vm_list(meda.vms.list())
+
+
+@router.post("", status_code=201, response_model=OperationResult, responses=_ERRORS)
+def create_vm(request: CreateVMRequest, meda: MedaDep) -> OperationResult:
+    vm = meda.vms.create(request)
+    return OperationResult(
+        success=True, message=f"Successfully created VM: {vm.name}", vm=vm_info(vm)
+    )
+
+
+@router.get("/{name}", response_model=VMInfo, responses=_ERRORS)
+def get_vm(name: str, meda: MedaDep) -> VMInfo:
+    return vm_info(meda.vms.get(name))
+
+
+@router.post("/{name}/start", response_model=OperationResult, responses=_ERRORS)
+def start_vm(name: str, meda: MedaDep) -> OperationResult:
+    vm = meda.vms.start(name)
+    return OperationResult(success=True, message=f"Started VM: {name}", vm=vm_info(vm))
+
+
+@router.post("/{name}/stop", response_model=OperationResult, responses=_ERRORS)
+def stop_vm(name: str, meda: MedaDep) -> OperationResult:
+    vm = meda.vms.stop(name)
+    return OperationResult(success=True, message=f"Stopped VM: {name}", vm=vm_info(vm))
+
+
+@router.delete("/{name}", response_model=OperationResult, responses=_ERRORS)
+def delete_vm(name: str, meda: MedaDep) -> OperationResult:
+    meda.vms.delete(name)
+    return OperationResult(success=True, message=f"Deleted VM: {name}")

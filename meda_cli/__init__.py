@@ -1,0 +1,1 @@
+"""meda's command-line interface (Typer)."""

@@ -1,0 +1,93 @@
+"""``meda create|list|get|start|stop|delete``: VM lifecycle."""
+
+from __future__ import annotations
+
+import typer
+
+from meda_cli.context import handles_errors, meda
+from meda_cli.output import JsonOption, emit_json, table
+from meda_cli.validation import build
+from meda_core.models import CreateVMRequest, OperationResult, VMInfo
+from meda_core.views import vm_info, vm_list
+
+app = typer.Typer()
+
+
+def _report(result: OperationResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(result)
+    else:
+        typer.echo(result.message)
+
+
+def _show(info: VMInfo) -> None:
+    typer.echo(f"name:   {info.name}")
+    typer.echo(f"state:  {info.state.value}")
+    typer.echo(f"ip:     {info.ip or '-'}")
+    for key, value in info.details.model_dump().items():
+        typer.echo(f"{key + ':':<13}{'-' if value is None else value}")
+
+
+@app.command()
+@handles_errors
+def create(
+    name: str,
+    memory: str = typer.Option("1G", help="Guest memory, e.g. 512M, 2G"),
+    cpus: int = typer.Option(1, help="Virtual CPUs"),
+    disk: str = typer.Option("10G", help="Disk size"),
+    image: str | None = typer.Option(None, help="Image NAME[:TAG] (default: MEDA_DEFAULT_IMAGE)"),
+    force: bool = typer.Option(False, "--force", help="Replace a VM of the same name"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a VM (stopped) from an image."""
+    request = build(CreateVMRequest, name=name, memory=memory, cpus=cpus, disk=disk,
+                    image=image, force=force)  # fmt: skip
+    vm = meda().vms.create(request)
+    _report(OperationResult(success=True, message=f"Created VM: {vm.name}", vm=vm_info(vm)), as_json)
+
+
+@app.command("list")
+@handles_errors
+def list_(as_json: bool = JsonOption) -> None:
+    """List VMs."""
+    result = vm_list(meda().vms.list())
+    if as_json:
+        emit_json(result)
+        return
+    rows = [(v.name, v.state.value, v.ip, v.cpus, v.memory, v.disk, v.image) for v in result.vms]
+    table(("name", "state", "ip", "cpus", "memory", "disk", "image"), rows)
+
+
+@app.command()
+@handles_errors
+def get(name: str, as_json: bool = JsonOption) -> None:
+    """Show one VM."""
+    info = vm_info(meda().vms.get(name))
+    if as_json:
+        emit_json(info)
+    else:
+        _show(info)
+
+
+@app.command()
+@handles_errors
+def start(name: str, as_json: bool = JsonOption) -> None:
+    """Start a VM."""
+    vm = meda().vms.start(name)
+    _report(OperationResult(success=True, message=f"Started VM: {name}", vm=vm_info(vm)), as_json)
+
+
+@app.command()
+@handles_errors
+def stop(name: str, as_json: bool = JsonOption) -> None:
+    """Power a VM off (ACPI, then forced after MEDA_STOP_TIMEOUT seconds)."""
+    vm = meda().vms.stop(name)
+    _report(OperationResult(success=True, message=f"Stopped VM: {name}", vm=vm_info(vm)), as_json)
+
+
+@app.command()
+@handles_errors
+def delete(name: str, as_json: bool = JsonOption) -> None:
+    """Delete a VM, stopping it first if it runs."""
+    meda().vms.delete(name)
+    _report(OperationResult(success=True, message=f"Deleted VM: {name}"), as_json)

@@ -1,0 +1,36 @@
+"""Printing: the API's models as JSON with ``--json``, as tables for people otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+import typer
+from pydantic import BaseModel
+
+from meda_core.errors import MedaError
+
+JsonOption = typer.Option(False, "--json", help="Print the result as JSON (the API's model)")
+
+
+def emit_json(model: BaseModel) -> None:
+    typer.echo(model.model_dump_json(indent=2))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h).upper() for h in headers]] + [
+        ["-" if c is None else str(c) for c in row] for row in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def fail(error: MedaError, as_json: bool) -> None:
+    """Report ``error`` on stderr and exit with its exit code."""
+    if as_json:
+        print(json.dumps(error.to_body(), indent=2), file=sys.stderr)
+    else:
+        print(f"error: {error.message}", file=sys.stderr)
+    raise typer.Exit(error.exit_code)

@@ -1,0 +1,56 @@
+"""``Meda``: the typed facade that wires settings, plugins, state and services together."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from meda_core import __version__
+from meda_core.backends import BackendContext
+from meda_core.config import Settings
+from meda_core.images import ImageService
+from meda_core.models import Health, PluginReport
+from meda_core.plugins import PluginManager
+from meda_core.selection import BackendSelector
+from meda_core.store import StateStore
+from meda_core.vms import VMService
+
+
+class Meda:
+    """One meda instance: what the API server, the CLI and embedding programs use.
+
+    >>> meda = Meda()                       # settings from MEDA_* variables
+    >>> meda.vms.create(CreateVMRequest(name="demo"))
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        plugins: PluginManager | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        if plugins is None:
+            plugins = PluginManager()
+            plugins.load_entry_points(self.settings.disabled())
+        self.plugins = plugins
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.store = StateStore(self.settings.db_path)
+        self.backends = BackendSelector(plugins.registry, BackendContext(self.settings))
+        self.images = ImageService(
+            self.store,
+            self.settings.images_dir,
+            self.settings.default_image,
+            self._probe_disk_format,
+        )
+        self.vms = VMService(
+            self.settings, self.store, self.images, self.backends, self.plugins.emit
+        )
+
+    def _probe_disk_format(self, path: Path) -> str:
+        return self.backends.storage().disk_info(path).format
+
+    def plugin_report(self) -> PluginReport:
+        return PluginReport(plugins=self.plugins.report(), backends=self.backends.describe())
+
+    def health(self) -> Health:
+        return Health(status="healthy", version=__version__, timestamp=datetime.now(UTC))

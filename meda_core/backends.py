@@ -1,0 +1,153 @@
+"""The typed interfaces of the four backend roles; core code calls backends only through these."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import ClassVar
+
+from meda_core.config import Settings
+from meda_core.models import RuntimeInfo, VMSpec
+
+
+class Role(StrEnum):
+    HYPERVISOR = "hypervisor"
+    NETWORK = "network"
+    STORAGE = "storage"
+    REGISTRY = "registry"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can work here and, if not, what is missing, in words."""
+
+    ok: bool
+    reason: str | None = None
+
+    @classmethod
+    def yes(cls) -> Availability:
+        return cls(True)
+
+    @classmethod
+    def no(cls, reason: str) -> Availability:
+        return cls(False, reason)
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What every backend is constructed with."""
+
+    settings: Settings
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.settings.cache_dir
+
+
+class Backend(ABC):
+    """Common shape of a backend: a name, a role, capabilities and an availability check."""
+
+    role: ClassVar[Role]
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: Higher wins when the role is configured as ``auto`` and several are available.
+    priority: ClassVar[int] = 0
+
+    def __init__(self, context: BackendContext) -> None:
+        self.context = context
+
+    @abstractmethod
+    def check_available(self) -> Availability:
+        """Say whether this backend can work on this host, and what is missing if not."""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a hypervisor needs to start one VM."""
+
+    name: str
+    uuid: str
+    vm_dir: Path
+    spec: VMSpec
+    disk: Path
+    console_log: Path
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    extra_disks: tuple[Path, ...] = field(default_factory=tuple)
+
+
+class HypervisorBackend(Backend):
+    """Starts, stops and inspects VM processes that outlive the meda process."""
+
+    role = Role.HYPERVISOR
+
+    @abstractmethod
+    def start(self, launch: LaunchSpec) -> RuntimeInfo:
+        """Start the VM; return once its process runs. Clean up after itself on failure."""
+
+    @abstractmethod
+    def stop(self, runtime: RuntimeInfo, vm_dir: Path, timeout: float) -> None:
+        """Ask the guest to power off, wait up to ``timeout``, then force it off."""
+
+    @abstractmethod
+    def is_running(self, runtime: RuntimeInfo) -> bool:
+        """True if the VM process ``runtime`` names still runs."""
+
+    @abstractmethod
+    def recover(self, vm_dir: Path, uuid: str) -> RuntimeInfo | None:
+        """Find the VM process an interrupted start left behind in ``vm_dir``, if any."""
+
+    @abstractmethod
+    def cleanup(self, vm_dir: Path) -> None:
+        """Remove the runtime files (sockets, pid files) a stopped VM left in ``vm_dir``."""
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing_file: Path | None = None
+
+
+class StorageBackend(Backend):
+    """Turns an image's base disk into a per-VM disk."""
+
+    role = Role.STORAGE
+
+    @abstractmethod
+    def create_disk(
+        self, dest: Path, size: int, base: Path | None = None, base_format: str | None = None
+    ) -> DiskInfo:
+        """Create ``dest`` of ``size`` bytes, copy-on-write over ``base`` when given."""
+
+    @abstractmethod
+    def delete_disk(self, path: Path) -> None:
+        """Remove a disk made by :meth:`create_disk`; no error if it is already gone."""
+
+    @abstractmethod
+    def disk_info(self, path: Path) -> DiskInfo:
+        """Format, sizes and backing file of a disk."""
+
+
+class NetworkBackend(Backend):
+    """Gives a VM its network; the full interface arrives with the networking plugins."""
+
+    role = Role.NETWORK
+
+
+class RegistryBackend(Backend):
+    """Moves images to and from registries; the full interface arrives with the oci plugin."""
+
+    role = Role.REGISTRY
+
+
+ROLE_BASES: dict[Role, type[Backend]] = {
+    Role.HYPERVISOR: HypervisorBackend,
+    Role.NETWORK: NetworkBackend,
+    Role.STORAGE: StorageBackend,
+    Role.REGISTRY: RegistryBackend,
+}

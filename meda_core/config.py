@@ -1,0 +1,52 @@
+"""Settings from the environment (``MEDA_*``), with the defaults documented in the README."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """``~/.meda``; root may use /var/lib/meda by setting ``MEDA_HOME``."""
+    return Path(os.path.expanduser("~")) / ".meda"
+
+
+class Settings(BaseSettings):
+    """Everything meda reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDA_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    hypervisor: str = "auto"
+    network: str = "auto"
+    storage: str = "auto"
+    registry: str = "auto"
+    default_image: str = Field("default:latest", description="Image for VMs created without one")
+    stop_timeout: float = Field(30.0, gt=0, description="Seconds a guest gets to power off")
+    disabled_plugins: str = Field("", description="Comma-separated plugin names not to load")
+
+    def role_choice(self, role: str) -> str:
+        value: str = getattr(self, role)
+        return value
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.home / "vms"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "state.db"
+
+    def disabled(self) -> set[str]:
+        return {name.strip() for name in self.disabled_plugins.split(",") if name.strip()}

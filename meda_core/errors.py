@@ -1,0 +1,113 @@
+"""The one error hierarchy of meda: every failure a user can see is one of these.
+
+Each class carries the machine-readable ``code`` of the REST error body, the HTTP
+status the API answers with and the exit code the CLI ends with. The API and the
+CLI map errors in exactly one place each, by reading these attributes.
+
+    MedaError                      500  exit 1   INTERNAL_ERROR
+    ├── InvalidRequest             400  exit 2   INVALID_REQUEST
+    ├── NotFound                   404  exit 3   NOT_FOUND
+    │   ├── VMNotFound                           VM_NOT_FOUND
+    │   └── ImageNotFound                        IMAGE_NOT_FOUND
+    ├── Conflict                   409  exit 4   CONFLICT
+    │   ├── VMExists                             VM_EXISTS
+    │   ├── ImageExists                          IMAGE_EXISTS
+    │   └── InvalidState                         INVALID_STATE
+    ├── BackendUnavailable         503  exit 5   BACKEND_UNAVAILABLE
+    └── BackendError               500  exit 6   BACKEND_ERROR
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class MedaError(Exception):
+    """Base of every meda error; ``details`` is extra structured context."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_body(self) -> dict[str, Any]:
+        """The seed's error body: ``{error, code, details}``."""
+        return {
+            "error": self.message,
+            "code": self.code,
+            "details": {"message": self.message, **self.details},
+        }
+
+
+class InvalidRequest(MedaError):
+    """The request itself is wrong: a bad name, size, field or JSON document."""
+
+    code = "INVALID_REQUEST"
+    http_status = 400
+    exit_code = 2
+
+
+class NotFound(MedaError):
+    """A named resource does not exist."""
+
+    code = "NOT_FOUND"
+    http_status = 404
+    exit_code = 3
+
+
+class VMNotFound(NotFound):
+    code = "VM_NOT_FOUND"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"VM '{name}' not found", name=name)
+
+
+class ImageNotFound(NotFound):
+    code = "IMAGE_NOT_FOUND"
+
+
+class Conflict(MedaError):
+    """The request clashes with what exists or with the resource's state."""
+
+    code = "CONFLICT"
+    http_status = 409
+    exit_code = 4
+
+
+class VMExists(Conflict):
+    code = "VM_EXISTS"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"VM '{name}' already exists (use force to replace it)", name=name
+        )
+
+
+class ImageExists(Conflict):
+    code = "IMAGE_EXISTS"
+
+
+class InvalidState(Conflict):
+    """The operation is not allowed in the VM's current state."""
+
+    code = "INVALID_STATE"
+
+
+class BackendUnavailable(MedaError):
+    """No backend can serve a role here, or the chosen one lacks something."""
+
+    code = "BACKEND_UNAVAILABLE"
+    http_status = 503
+    exit_code = 5
+
+
+class BackendError(MedaError):
+    """A backend tried and failed (a hypervisor that would not start, a tool that erred)."""
+
+    code = "BACKEND_ERROR"
+    http_status = 500
+    exit_code = 6

@@ -1,0 +1,236 @@
+"""Pydantic models shared by the core, the REST API and the CLI's ``--json`` output."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from meda_core.names import VM_NAME_PATTERN, check_vm_name
+from meda_core.sizes import format_size, parse_size
+
+
+class VMState(StrEnum):
+    CREATING = "creating"
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    DELETING = "deleting"
+    ERROR = "error"
+
+
+#: States in which no operation is under way and the VM may be started.
+STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
+#: States a crashed operation may leave behind; reconciled when seen.
+TRANSITIONAL = frozenset({VMState.CREATING, VMState.STARTING, VMState.STOPPING, VMState.DELETING})
+
+
+def _canonical_size(value: str) -> str:
+    return format_size(parse_size(value))
+
+
+class VMSpec(BaseModel):
+    """The resources a VM asks for."""
+
+    memory: str = Field("1G", description="Guest memory, e.g. '512M' or '2G'")
+    cpus: int = Field(1, ge=1, le=64, description="Virtual CPUs")
+    disk: str = Field("10G", description="Disk size, e.g. '20G'")
+
+    _sizes = field_validator("memory", "disk")(_canonical_size)
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
+
+    @property
+    def disk_bytes(self) -> int:
+        return parse_size(self.disk)
+
+
+class RuntimeInfo(BaseModel):
+    """What a hypervisor backend reports about a VM process it started."""
+
+    pid: int
+    start_ticks: int = Field(description="Process start time in clock ticks since boot")
+    boot_id: str = Field(description="Host boot the process belongs to")
+    accelerator: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ImageRef(BaseModel):
+    name: str
+    tag: str = "latest"
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.tag}"
+
+
+class Image(BaseModel):
+    """An image in the local store: a base disk and/or a kernel for direct boot."""
+
+    name: str
+    tag: str = "latest"
+    registry: str | None = None
+    org: str | None = None
+    disk: Path | None = None
+    disk_format: str | None = None
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    size: int = 0
+    created: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.tag}"
+
+
+class VM(BaseModel):
+    """A VM as the state store holds it."""
+
+    name: str
+    state: VMState
+    spec: VMSpec
+    image: str
+    vm_dir: Path
+    hypervisor: str
+    storage: str
+    created: datetime
+    uuid: str
+    runtime: RuntimeInfo | None = None
+    #: The meda process running a transitional operation (to tell a crash from work under way).
+    operation_owner: RuntimeInfo | None = None
+    last_error: str | None = None
+    ip: str | None = None
+    mac: str | None = None
+    tap_device: str | None = None
+    subnet: str | None = None
+
+    @property
+    def disk_path(self) -> Path:
+        return self.vm_dir / "disk.qcow2"
+
+    @property
+    def console_log(self) -> Path:
+        return self.vm_dir / "console.log"
+
+
+# ---- REST and --json shapes (the seed's, with extra fields where useful) ----
+
+
+class CreateVMRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=VM_NAME_PATTERN, description="VM name: " + VM_NAME_PATTERN)
+    user_data: str | None = Field(None, description="cloud-init user data (not used yet)")
+    force: bool = Field(False, description="Replace a VM of the same name")
+    memory: str = "1G"
+    cpus: int = Field(1, ge=1, le=64)
+    disk: str = "10G"
+    image: str | None = Field(None, description="Image NAME[:TAG]; default MEDA_DEFAULT_IMAGE")
+
+    _name = field_validator("name")(check_vm_name)
+    _sizes = field_validator("memory", "disk")(_canonical_size)
+
+    def spec(self) -> VMSpec:
+        return VMSpec(memory=self.memory, cpus=self.cpus, disk=self.disk)
+
+
+class VMSummary(BaseModel):
+    name: str
+    state: VMState
+    ip: str | None
+    memory: str
+    disk: str
+    cpus: int
+    image: str
+
+
+class VMList(BaseModel):
+    vms: list[VMSummary]
+    count: int
+
+
+class VMDetails(BaseModel):
+    subnet: str | None
+    mac: str | None
+    tap_device: str | None
+    memory: str
+    disk_size: str
+    cpus: int
+    vm_dir: str
+    image: str
+    hypervisor: str
+    storage: str
+    accelerator: str | None
+    pid: int | None
+    console_log: str
+    created: datetime
+    last_error: str | None
+
+
+class VMInfo(BaseModel):
+    name: str
+    state: VMState
+    ip: str | None
+    details: VMDetails
+
+
+class OperationResult(BaseModel):
+    success: bool
+    message: str
+    vm: VMInfo | None = None
+
+
+class ImageInfo(BaseModel):
+    name: str
+    tag: str
+    registry: str | None
+    size: str
+    created: datetime
+    kernel: bool
+    disk: bool
+
+
+class ImageList(BaseModel):
+    images: list[ImageInfo]
+    count: int
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    timestamp: datetime
+
+
+class BackendInfo(BaseModel):
+    role: str
+    name: str
+    plugin: str
+    available: bool
+    reason: str | None = None
+    selected: bool = False
+
+
+class PluginInfo(BaseModel):
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    error: str | None = None
+    backends: list[str] = Field(default_factory=list)
+
+
+class PluginReport(BaseModel):
+    plugins: list[PluginInfo]
+    backends: list[BackendInfo]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    code: str
+    details: dict[str, Any]

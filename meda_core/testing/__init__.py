@@ -1,0 +1,1 @@
+"""Test support for meda and its plugin authors: conformance suites, fakes, a test guest."""

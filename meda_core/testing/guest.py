@@ -1,0 +1,160 @@
+"""A tiny real guest for tests and demos: Debian's cloud kernel and a busybox initramfs.
+
+The kernel comes from Debian's ``linux-image-cloud-amd64`` (fetched with ``apt-get
+download``), busybox from ``busybox-static``. The guest prints :data:`BOOT_MARKER` on
+its serial console once init runs and powers off on an ACPI power-button press, so
+tests can prove a boot and a graceful stop. Built once and cached.
+
+    python -m meda_core.testing.guest [--cache DIR] [--import NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from meda_core.testing import cpio
+
+BOOT_MARKER = "MEDA-GUEST-BOOTED"
+POWEROFF_MARKER = "MEDA-GUEST-POWEROFF"
+CMDLINE = "console=ttyS0 panic=-1 quiet"
+KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
+MODULES = ("drivers/input/evdev.ko", "drivers/acpi/button.ko")
+
+INIT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in /lib/modules/*.ko; do insmod "$m"; done
+echo {BOOT_MARKER}
+# Power off when the ACPI power button (QMP system_powerdown) is pressed.
+for ev in /sys/class/input/event*; do
+  if grep -q "Power Button" "$ev/device/name" 2>/dev/null; then
+    (head -c 24 "/dev/input/${{ev##*/}}" >/dev/null; echo {POWEROFF_MARKER}; poweroff -f) &
+  fi
+done
+while true; do sleep 3600; done
+"""
+
+
+@dataclass(frozen=True)
+class TestGuest:
+    kernel: Path
+    initrd: Path
+    cmdline: str = CMDLINE
+    marker: str = BOOT_MARKER
+
+
+class GuestBuildError(RuntimeError):
+    """The test guest could not be built; the message says what to install."""
+
+
+def _run(*argv: str, cwd: Path | None = None) -> str:
+    try:
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise GuestBuildError(f"'{argv[0]}' not found (a Debian host is needed)") from None
+    if result.returncode != 0:
+        raise GuestBuildError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def kernel_package() -> str:
+    """The versioned kernel package the cloud meta-package points at."""
+    for line in _run("apt-cache", "depends", KERNEL_META_PACKAGE).splitlines():
+        name = line.strip().removeprefix("Depends:").strip()
+        if name.startswith("linux-image-") and name != KERNEL_META_PACKAGE:
+            return name
+    raise GuestBuildError(f"apt knows no {KERNEL_META_PACKAGE}: run 'apt-get update' first")
+
+
+def _fetch_kernel(package: str, dest: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="meda-kernel-") as tmp:
+        work = Path(tmp)
+        _run("apt-get", "download", package, cwd=work)
+        deb = next(work.glob("*.deb"))
+        _run("dpkg-deb", "-x", str(deb), str(work / "root"))
+        kernel = next((work / "root/boot").glob("vmlinuz-*"))
+        modules = next((work / "root/lib/modules").iterdir()) / "kernel"
+        staging = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "modules").mkdir(parents=True)
+        shutil.copyfile(kernel, staging / "vmlinuz")
+        for module in MODULES:
+            shutil.copyfile(modules / module, staging / "modules" / Path(module).name)
+        shutil.rmtree(dest, ignore_errors=True)
+        staging.rename(dest)
+
+
+def static_busybox() -> Path:
+    path = shutil.which("busybox") or "/bin/busybox"
+    binary = Path(path)
+    if not binary.exists():
+        raise GuestBuildError("busybox not found: apt-get install busybox-static")
+    if b"/lib64/ld-linux" in binary.read_bytes()[:4096]:
+        raise GuestBuildError(f"{binary} is dynamically linked: apt-get install busybox-static")
+    return binary
+
+
+def _initramfs(dest: Path, busybox: Path, modules: Path) -> None:
+    entries = [cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules")]
+    entries.append(cpio.file("bin/busybox", busybox, executable=True))
+    entries += [cpio.file(f"lib/modules/{m.name}", m) for m in sorted(modules.glob("*.ko"))]
+    entries.append(cpio.file("init", INIT.encode(), executable=True))
+    cpio.write_initramfs(dest, entries)
+
+
+def build_test_guest(cache_dir: Path) -> TestGuest:
+    """The test guest's kernel and initramfs, built into ``cache_dir`` on first use."""
+    package = kernel_package()
+    kernel_dir = cache_dir / package
+    if not (kernel_dir / "vmlinuz").exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _fetch_kernel(package, kernel_dir)
+    busybox = static_busybox()
+    key = hashlib.sha256(INIT.encode() + busybox.read_bytes() + package.encode()).hexdigest()
+    initrd = cache_dir / f"initrd-{key[:16]}.gz"
+    if not initrd.exists():
+        _initramfs(initrd, busybox, kernel_dir / "modules")
+    return TestGuest(kernel=kernel_dir / "vmlinuz", initrd=initrd)
+
+
+def default_cache() -> Path:
+    return Path.home() / ".cache" / "meda" / "test-guest"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build meda's test guest")
+    parser.add_argument("--cache", type=Path, default=default_cache())
+    parser.add_argument("--import", dest="import_as", metavar="NAME[:TAG]",
+                        help="also import it into meda's image store under this name")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        guest = build_test_guest(args.cache)
+    except GuestBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.import_as:
+        from meda_core.app import Meda
+        from meda_core.errors import ImageExists
+
+        try:
+            Meda().images.import_files(
+                args.import_as, kernel=guest.kernel, initrd=guest.initrd, cmdline=guest.cmdline
+            )
+        except ImageExists:
+            pass
+    print(json.dumps({k: str(v) for k, v in asdict(guest).items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

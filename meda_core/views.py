@@ -1,0 +1,73 @@
+"""VM and image records turned into the seed's response shapes."""
+
+from __future__ import annotations
+
+from meda_core.models import (
+    VM,
+    Image,
+    ImageInfo,
+    ImageList,
+    VMDetails,
+    VMInfo,
+    VMList,
+    VMSummary,
+)
+from meda_core.sizes import format_size
+
+
+def vm_summary(vm: VM) -> VMSummary:
+    return VMSummary(
+        name=vm.name,
+        state=vm.state,
+        ip=vm.ip,
+        memory=vm.spec.memory,
+        disk=vm.spec.disk,
+        cpus=vm.spec.cpus,
+        image=vm.image,
+    )
+
+
+def vm_list(vms: list[VM]) -> VMList:
+    return VMList(vms=[vm_summary(vm) for vm in vms], count=len(vms))
+
+
+def vm_info(vm: VM) -> VMInfo:
+    runtime = vm.runtime
+    return VMInfo(
+        name=vm.name,
+        state=vm.state,
+        ip=vm.ip,
+        details=VMDetails(
+            subnet=vm.subnet,
+            mac=vm.mac,
+            tap_device=vm.tap_device,
+            memory=vm.spec.memory,
+            disk_size=vm.spec.disk,
+            cpus=vm.spec.cpus,
+            vm_dir=str(vm.vm_dir),
+            image=vm.image,
+            hypervisor=vm.hypervisor,
+            storage=vm.storage,
+            accelerator=runtime.accelerator if runtime else None,
+            pid=runtime.pid if runtime else None,
+            console_log=str(vm.console_log),
+            created=vm.created,
+            last_error=vm.last_error,
+        ),
+    )
+
+
+def image_info(image: Image) -> ImageInfo:
+    return ImageInfo(
+        name=image.name,
+        tag=image.tag,
+        registry=image.registry,
+        size=format_size(image.size),
+        created=image.created,
+        kernel=image.kernel is not None,
+        disk=image.disk is not None,
+    )
+
+
+def image_list(images: list[Image]) -> ImageList:
+    return ImageList(images=[image_info(i) for i in images], count=len(images))

@@ -1,0 +1,251 @@
+"""The VM service: create, start, stop and delete VMs through the backends, with rollback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from meda_core import procs
+from meda_core.backends import HypervisorBackend, LaunchSpec, Role, StorageBackend
+from meda_core.config import Settings
+from meda_core.errors import BackendError, InvalidRequest, MedaError
+from meda_core.events import VMEvent, VMEventKind
+from meda_core.images import ImageService
+from meda_core.models import (
+    STARTABLE,
+    TRANSITIONAL,
+    VM,
+    CreateVMRequest,
+    RuntimeInfo,
+    VMState,
+)
+from meda_core.names import check_vm_name
+from meda_core.selection import BackendSelector
+from meda_core.sizes import format_size
+from meda_core.store import StateStore
+
+log = logging.getLogger(__name__)
+Emit = Callable[[VMEvent], None]
+
+
+def _as_meda_error(exc: Exception, what: str) -> MedaError:
+    if isinstance(exc, MedaError):
+        return exc
+    return BackendError(f"{what}: {exc}", cause=type(exc).__name__)
+
+
+class VMService:
+    """Every VM operation; the only code that changes a VM's state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        images: ImageService,
+        backends: BackendSelector,
+        emit: Emit,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._images = images
+        self._backends = backends
+        self._emit = emit
+        self._me = procs.identify(os.getpid())
+
+    # ---- queries ----
+
+    def get(self, name: str) -> VM:
+        return self._reconcile(self._store.require_vm(check_vm_name(name)))
+
+    def list(self) -> list[VM]:
+        return [self._reconcile(vm) for vm in self._store.list_vms()]
+
+    # ---- operations ----
+
+    def create(self, request: CreateVMRequest) -> VM:
+        name = check_vm_name(request.name)
+        image = self._images.resolve(request.image)
+        hypervisor = self._backends.hypervisor()
+        storage = self._backends.storage()
+        if request.force and self._store.get_vm(name) is not None:
+            self.delete(name)
+        vm = VM(
+            name=name,
+            state=VMState.CREATING,
+            spec=request.spec(),
+            image=image.ref,
+            vm_dir=self._settings.vms_dir / name,
+            hypervisor=hypervisor.name,
+            storage=storage.name,
+            created=datetime.now(UTC),
+            uuid=str(uuid.uuid4()),
+            operation_owner=self._me,
+        )
+        self._store.insert_vm(vm)
+        try:
+            # A directory without a record is debris of a crash: it is ours to clear.
+            shutil.rmtree(vm.vm_dir, ignore_errors=True)
+            vm.vm_dir.mkdir(parents=True)
+            self._create_disk(vm, storage, image.disk, image.disk_format)
+        except BaseException as exc:
+            self._remove_vm_files(vm, storage)
+            self._store.delete_vm(name)
+            if isinstance(exc, Exception):
+                raise _as_meda_error(exc, f"creating VM '{name}' failed") from exc
+            raise
+        vm = self._store.transition(name, {VMState.CREATING}, VMState.STOPPED)
+        self._emit(VMEvent(kind=VMEventKind.CREATED, vm=name, state=vm.state))
+        return vm
+
+    def start(self, name: str) -> VM:
+        self.get(name)  # reconcile first: a VM whose guest powered off is startable
+        vm = self._begin(name, STARTABLE, VMState.STARTING)
+        hypervisor = self._hypervisor(vm)
+        try:
+            image = self._images.get(vm.image)
+            launch = LaunchSpec(
+                name=vm.name,
+                uuid=vm.uuid,
+                vm_dir=vm.vm_dir,
+                spec=vm.spec,
+                disk=vm.disk_path,
+                console_log=vm.console_log,
+                kernel=image.kernel,
+                initrd=image.initrd,
+                cmdline=image.cmdline,
+            )
+            runtime = hypervisor.start(launch)
+        except Exception as exc:
+            error = _as_meda_error(exc, f"starting VM '{name}' failed")
+            hypervisor.cleanup(vm.vm_dir)
+            self._finish(vm, VMState.STOPPED, last_error=error.message)
+            self._emit(VMEvent(kind=VMEventKind.FAILED, vm=name, state=vm.state, message=error.message))
+            raise error from exc
+        vm = self._finish(vm, VMState.RUNNING, runtime=runtime)
+        self._emit(VMEvent(kind=VMEventKind.STARTED, vm=name, state=vm.state))
+        return vm
+
+    def stop(self, name: str) -> VM:
+        self.get(name)
+        vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
+        self._power_off(vm)
+        vm = self._finish(vm, VMState.STOPPED)
+        self._emit(VMEvent(kind=VMEventKind.STOPPED, vm=name, state=vm.state))
+        return vm
+
+    def delete(self, name: str) -> None:
+        vm = self.get(name)
+        if vm.state == VMState.RUNNING:
+            vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
+            self._power_off(vm)
+            self._finish(vm, VMState.STOPPED)
+        vm = self._begin(name, STARTABLE, VMState.DELETING)
+        if vm.runtime is not None:
+            procs.kill(vm.runtime)
+        storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
+        self._hypervisor(vm).cleanup(vm.vm_dir)
+        self._remove_vm_files(vm, storage)
+        self._store.delete_vm(name)
+        self._emit(VMEvent(kind=VMEventKind.DELETED, vm=name, state=None))
+
+    # ---- steps ----
+
+    def _hypervisor(self, vm: VM) -> HypervisorBackend:
+        return self._backends.by_name(Role.HYPERVISOR, vm.hypervisor, HypervisorBackend)
+
+    def _begin(self, name: str, allowed: frozenset[VMState] | set[VMState], to: VMState) -> VM:
+        return self._store.transition(name, allowed, to, owner=self._me)
+
+    def _finish(
+        self,
+        vm: VM,
+        state: VMState,
+        runtime: RuntimeInfo | None = None,
+        last_error: str | None = None,
+    ) -> VM:
+        vm.state, vm.runtime, vm.last_error, vm.operation_owner = state, runtime, last_error, None
+        self._store.save_vm(vm)
+        return vm
+
+    def _create_disk(
+        self, vm: VM, storage: StorageBackend, base: Path | None, base_format: str | None
+    ) -> None:
+        size = vm.spec.disk_bytes
+        if base is not None:
+            base_size = storage.disk_info(base).virtual_size
+            if size < base_size:
+                raise InvalidRequest(
+                    f"disk {vm.spec.disk} is smaller than the image's disk "
+                    f"({format_size(base_size)})",
+                    disk=vm.spec.disk,
+                    image_disk=format_size(base_size),
+                )
+            storage.create_disk(vm.disk_path, size, base, base_format)
+        else:
+            storage.create_disk(vm.disk_path, size)
+
+    def _power_off(self, vm: VM) -> None:
+        hypervisor = self._hypervisor(vm)
+        try:
+            if vm.runtime is not None:
+                hypervisor.stop(vm.runtime, vm.vm_dir, self._settings.stop_timeout)
+            hypervisor.cleanup(vm.vm_dir)
+        except Exception as exc:
+            error = _as_meda_error(exc, f"stopping VM '{vm.name}' failed")
+            self._finish(vm, VMState.ERROR, runtime=vm.runtime, last_error=error.message)
+            raise error from exc
+
+    def _remove_vm_files(self, vm: VM, storage: StorageBackend) -> None:
+        try:
+            storage.delete_disk(vm.disk_path)
+        except Exception:
+            log.exception("could not delete disk of VM %s", vm.name)
+        shutil.rmtree(vm.vm_dir, ignore_errors=True)
+
+    # ---- reconciliation ----
+
+    def _reconcile(self, vm: VM) -> VM:
+        """Bring a record in line with reality: a guest that powered off, a crashed operation."""
+        if vm.state == VMState.RUNNING and vm.runtime is not None:
+            hypervisor = self._hypervisor(vm)
+            if not hypervisor.is_running(vm.runtime):
+                hypervisor.cleanup(vm.vm_dir)
+                return self._settle(vm, VMState.STOPPED, None)
+        elif vm.state in TRANSITIONAL and not self._owner_alive(vm):
+            return self._recover(vm)
+        return vm
+
+    def _owner_alive(self, vm: VM) -> bool:
+        return vm.operation_owner is not None and procs.is_alive(vm.operation_owner)
+
+    def _recover(self, vm: VM) -> VM:
+        """Settle a VM whose operation's process died midway."""
+        hypervisor = self._hypervisor(vm)
+        runtime = vm.runtime
+        if runtime is None or not hypervisor.is_running(runtime):
+            runtime = hypervisor.recover(vm.vm_dir, vm.uuid)
+        if vm.state in (VMState.STARTING, VMState.STOPPING) and runtime is not None:
+            return self._settle(vm, VMState.RUNNING, runtime)
+        if vm.state in (VMState.STARTING, VMState.STOPPING):
+            hypervisor.cleanup(vm.vm_dir)
+            return self._settle(vm, VMState.STOPPED, None)
+        message = f"meda stopped while the VM was {vm.state.value}; delete it to clean up"
+        return self._settle(vm, VMState.ERROR, runtime, message)
+
+    def _settle(
+        self, vm: VM, state: VMState, runtime: RuntimeInfo | None, last_error: str | None = None
+    ) -> VM:
+        try:
+            settled = self._store.transition(vm.name, {vm.state}, state)
+        except MedaError:
+            return self._store.get_vm(vm.name) or vm  # someone else moved it first
+        settled.runtime, settled.last_error = runtime, last_error
+        self._store.save_vm(settled)
+        if state == VMState.STOPPED:
+            self._emit(VMEvent(kind=VMEventKind.STOPPED, vm=vm.name, state=state))
+        return settled

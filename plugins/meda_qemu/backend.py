@@ -1,0 +1,118 @@
+"""The QEMU hypervisor backend: daemonized ``qemu-system-x86_64`` driven over QMP."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import ClassVar
+
+from meda_core import procs
+from meda_core.backends import Availability, HypervisorBackend, LaunchSpec
+from meda_core.errors import BackendError
+from meda_core.models import RuntimeInfo
+from meda_qemu import accel, qmp
+from meda_qemu.argv import build_argv, runtime_paths
+from meda_qemu.settings import QemuSettings
+
+START_TIMEOUT = 60.0
+
+
+class QemuHypervisor(HypervisorBackend):
+    name = "qemu"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"direct-kernel-boot", "firmware-boot"})
+    priority = 10
+
+    @property
+    def config(self) -> QemuSettings:
+        return QemuSettings()
+
+    def check_available(self) -> Availability:
+        binary = self.config.binary
+        if shutil.which(binary) is None:
+            return Availability.no(
+                f"'{binary}' not found on PATH (Debian: apt-get install qemu-system-x86)"
+            )
+        return Availability.yes()
+
+    def choose_accel(self, kernel: Path | None) -> accel.AccelChoice:
+        config = self.config
+        if config.accel != "auto":
+            return accel.AccelChoice(config.accel, f"set by MEDA_QEMU_ACCEL={config.accel}")
+        return accel.choose(
+            config.binary,
+            kernel or config.probe_kernel,
+            self.context.cache_dir / "qemu-accel.json",
+            config.probe_timeout,
+        )
+
+    def start(self, launch: LaunchSpec) -> RuntimeInfo:
+        config = self.config
+        self.cleanup(launch.vm_dir)
+        choice = self.choose_accel(launch.kernel)
+        argv = build_argv(config.binary, launch, choice.accel, config.machine, config.firmware)
+        # -daemonize returns once the VM is set up; the VM then lives on in its own session.
+        result = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=START_TIMEOUT, check=False
+        )
+        if result.returncode != 0:
+            message = result.stderr.decode(errors="replace").strip() or "no error output"
+            raise BackendError(f"qemu failed to start: {message}", argv=argv)
+        runtime = self.recover(launch.vm_dir, launch.uuid)
+        if runtime is None:
+            raise BackendError("qemu started but its process could not be found")
+        runtime.accelerator = self._accelerator_in_use(launch.vm_dir, choice.accel)
+        runtime.extra["accelerator_reason"] = choice.reason
+        return runtime
+
+    def _accelerator_in_use(self, vm_dir: Path, wanted: str) -> str:
+        """Ask QEMU which accelerator runs, rather than trusting what was asked for."""
+        qmp_socket, _ = runtime_paths(vm_dir)
+        try:
+            kvm = qmp.execute(qmp_socket, "query-kvm")
+        except Exception:
+            return wanted
+        return "kvm" if kvm.get("enabled") else "tcg"
+
+    def stop(self, runtime: RuntimeInfo, vm_dir: Path, timeout: float) -> None:
+        if not procs.is_alive(runtime):
+            return
+        qmp_socket, _ = runtime_paths(vm_dir)
+        for command, wait in (("system_powerdown", timeout), ("quit", 5.0)):
+            try:
+                qmp.execute(qmp_socket, command)
+            except Exception:
+                continue  # the monitor is gone or hung: fall through to the next step
+            if procs.wait_gone(runtime, wait):
+                return
+        procs.kill(runtime)
+        if procs.is_alive(runtime):
+            raise BackendError(f"qemu process {runtime.pid} did not exit after SIGKILL")
+
+    def is_running(self, runtime: RuntimeInfo) -> bool:
+        return procs.is_alive(runtime)
+
+    def recover(self, vm_dir: Path, uuid: str) -> RuntimeInfo | None:
+        _, pidfile = runtime_paths(vm_dir)
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        runtime = procs.identify(pid)
+        if runtime is None or uuid not in _cmdline(pid):
+            return None  # a reused PID: not our VM
+        argv = _cmdline(pid).split("\0")
+        if "-accel" in argv:
+            runtime.accelerator = argv[argv.index("-accel") + 1]
+        return runtime
+
+    def cleanup(self, vm_dir: Path) -> None:
+        for path in runtime_paths(vm_dir):
+            path.unlink(missing_ok=True)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
