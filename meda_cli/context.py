@@ -14,9 +14,21 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@functools.cache
+_instance: Meda | None = None
+
+
 def meda() -> Meda:
-    return Meda()
+    """The ``Meda`` commands act on: built from the environment on first use."""
+    global _instance
+    if _instance is None:
+        _instance = Meda()
+    return _instance
+
+
+def use(instance: Meda | None) -> None:
+    """Make commands act on ``instance`` (tests, embedding programs)."""
+    global _instance
+    _instance = instance
 
 
 def handles_errors(command: Callable[P, R]) -> Callable[P, R]:

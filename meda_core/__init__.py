@@ -9,6 +9,6 @@ try:
 except metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-from meda_core.hookspecs import hookimpl  # noqa: E402
+from meda_core.hookspecs import hookimpl
 
 __all__ = ["__version__", "hookimpl"]

@@ -82,9 +82,7 @@ class VMExists(Conflict):
     code = "VM_EXISTS"
 
     def __init__(self, name: str) -> None:
-        super().__init__(
-            f"VM '{name}' already exists (use force to replace it)", name=name
-        )
+        super().__init__(f"VM '{name}' already exists (use force to replace it)", name=name)
 
 
 class ImageExists(Conflict):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from meda_core.errors import ImageExists, ImageNotFound, InvalidRequest
+from meda_core.files import copy_sparse
 from meda_core.models import Image
 from meda_core.names import parse_image_ref
 from meda_core.store import StateStore
@@ -98,7 +99,7 @@ class ImageService:
             ("initrd", initrd, "initrd"),
         ):
             if source is not None:
-                shutil.copyfile(source, staging / filename)
+                copy_sparse(source, staging / filename)
                 fields[field] = final / filename
         disk_format = self._probe_format(staging / "disk") if disk is not None else None
         size = sum(f.stat().st_size for f in staging.iterdir())

@@ -17,7 +17,7 @@ _TAG = re.compile(TAG_PATTERN)
 
 def check_vm_name(name: str) -> str:
     """``name`` if it is a valid VM name, else :class:`InvalidRequest`."""
-    if not _VM_NAME.match(name):
+    if not _VM_NAME.fullmatch(name):
         raise InvalidRequest(
             f"invalid VM name '{name}': use 1-63 lowercase letters, digits and '-', "
             "starting with a letter or digit",
@@ -31,12 +31,12 @@ def parse_image_ref(ref: str) -> tuple[str, str]:
     """Split ``NAME[:TAG]`` (tag defaults to ``latest``) and validate both parts."""
     name, _, tag = ref.partition(":")
     tag = tag or "latest"
-    if not _IMAGE_NAME.match(name) or ".." in name:
+    if not _IMAGE_NAME.fullmatch(name) or ".." in name:
         raise InvalidRequest(
             f"invalid image name '{name}': use lowercase letters, digits, '.', '_' and '-'",
             name=name,
             pattern=IMAGE_NAME_PATTERN,
         )
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         raise InvalidRequest(f"invalid image tag '{tag}'", tag=tag, pattern=TAG_PATTERN)
     return name, tag

@@ -81,7 +81,9 @@ class PluginManager:
                 continue
             self._register(record, module)
 
-    def add_plugin(self, name: str, plugin: ModuleType | object, version: str | None = None) -> None:
+    def add_plugin(
+        self, name: str, plugin: ModuleType | object, version: str | None = None
+    ) -> None:
         """Register an in-process plugin object (tests, embedding programs)."""
         module = getattr(plugin, "__name__", type(plugin).__name__)
         record = LoadedPlugin(name=name, module=module, version=version)

@@ -12,7 +12,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 def parse_size(text: str) -> int:
     """Bytes in ``text`` ("2G", "512M", "1024K", "20GiB"); powers of 1024."""
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     if match is None:
         raise InvalidRequest(
             f"invalid size '{text}': use a whole number with K, M, G or T, e.g. '2G'",

@@ -124,7 +124,9 @@ class VMService:
             error = _as_meda_error(exc, f"starting VM '{name}' failed")
             hypervisor.cleanup(vm.vm_dir)
             self._finish(vm, VMState.STOPPED, last_error=error.message)
-            self._emit(VMEvent(kind=VMEventKind.FAILED, vm=name, state=vm.state, message=error.message))
+            self._emit(
+                VMEvent(kind=VMEventKind.FAILED, vm=name, state=vm.state, message=error.message)
+            )
             raise error from exc
         vm = self._finish(vm, VMState.RUNNING, runtime=runtime)
         self._emit(VMEvent(kind=VMEventKind.STARTED, vm=name, state=vm.state))

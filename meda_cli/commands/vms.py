@@ -43,7 +43,8 @@ def create(
     request = build(CreateVMRequest, name=name, memory=memory, cpus=cpus, disk=disk,
                     image=image, force=force)  # fmt: skip
     vm = meda().vms.create(request)
-    _report(OperationResult(success=True, message=f"Created VM: {vm.name}", vm=vm_info(vm)), as_json)
+    result = OperationResult(success=True, message=f"Created VM: {vm.name}", vm=vm_info(vm))
+    _report(result, as_json)
 
 
 @app.command("list")

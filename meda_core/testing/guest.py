@@ -11,6 +11,7 @@ tests can prove a boot and a graceful stop. Built once and cached.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import shutil
@@ -146,12 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         from meda_core.app import Meda
         from meda_core.errors import ImageExists
 
-        try:
+        with contextlib.suppress(ImageExists):
             Meda().images.import_files(
                 args.import_as, kernel=guest.kernel, initrd=guest.initrd, cmdline=guest.cmdline
             )
-        except ImageExists:
-            pass
     print(json.dumps({k: str(v) for k, v in asdict(guest).items()}, indent=2))
     return 0
 

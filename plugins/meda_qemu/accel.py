@@ -63,9 +63,7 @@ def boot_test(binary: str, kernel: Path, timeout: float) -> str | None:
             "-append", "console=ttyS0 panic=-1 earlyprintk=serial,ttyS0",
         ]  # fmt: skip
         with errors.open("wb") as stderr:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
-            )
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
         try:
             return _watch_boot(proc, serial, errors, timeout)
         finally:

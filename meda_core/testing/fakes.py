@@ -1,0 +1,145 @@
+"""Fake backends: test tools and the reference for the conformance suites.
+
+The fake hypervisor runs a real (idle) process per VM so that process identity,
+recovery and cleanup are exercised for real; the fake storage writes sparse files.
+They are never selected unless a test registers them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+from meda_core import hookimpl, procs
+from meda_core.backends import (
+    Availability,
+    DiskInfo,
+    HypervisorBackend,
+    LaunchSpec,
+    StorageBackend,
+)
+from meda_core.errors import BackendError, InvalidRequest
+from meda_core.models import RuntimeInfo
+from meda_core.registry import BackendRegistry
+
+_IDLE = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "time.sleep(3600)"
+)
+
+
+class FakeHypervisor(HypervisorBackend):
+    """Runs an idle Python process in place of a VM; ``fail_start`` makes starts fail."""
+
+    name = "fake"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"fake"})
+    priority = 100
+    fail_start: ClassVar[bool] = False
+    _children: ClassVar[dict[int, subprocess.Popen[bytes]]] = {}
+
+    def check_available(self) -> Availability:
+        return Availability.yes()
+
+    def start(self, launch: LaunchSpec) -> RuntimeInfo:
+        if self.fail_start:
+            raise BackendError("fake hypervisor told to fail")
+        if not launch.disk.exists():
+            raise BackendError(f"disk {launch.disk} does not exist")
+        child = subprocess.Popen(
+            [sys.executable, "-c", _IDLE, f"meda-fake-{launch.uuid}"], start_new_session=True
+        )
+        self._children[child.pid] = child
+        (launch.vm_dir / "fake.pid").write_text(str(child.pid))
+        launch.console_log.write_text(f"fake VM {launch.name} booted\n")
+        runtime = procs.identify(child.pid)
+        assert runtime is not None
+        runtime.accelerator = "none"
+        return runtime
+
+    def _reap(self, pid: int) -> None:
+        child = self._children.get(pid)
+        if child is not None and child.poll() is not None:
+            del self._children[pid]
+
+    def stop(self, runtime: RuntimeInfo, vm_dir: Path, timeout: float) -> None:
+        child = self._children.pop(runtime.pid, None)
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        else:
+            procs.kill(runtime)
+
+    def is_running(self, runtime: RuntimeInfo) -> bool:
+        self._reap(runtime.pid)
+        return procs.is_alive(runtime)
+
+    def recover(self, vm_dir: Path, uuid: str) -> RuntimeInfo | None:
+        try:
+            pid = int((vm_dir / "fake.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        self._reap(pid)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            return None
+        return procs.identify(pid) if f"meda-fake-{uuid}" in cmdline else None
+
+    def cleanup(self, vm_dir: Path) -> None:
+        (vm_dir / "fake.pid").unlink(missing_ok=True)
+
+
+class FakeStorage(StorageBackend):
+    """Sparse files with a one-line header naming their base; ``fail_create`` for errors."""
+
+    name = "fake"
+    priority = 100
+    fail_create: ClassVar[bool] = False
+
+    def check_available(self) -> Availability:
+        return Availability.yes()
+
+    def create_disk(
+        self, dest: Path, size: int, base: Path | None = None, base_format: str | None = None
+    ) -> DiskInfo:
+        if size <= 0:
+            raise InvalidRequest("disk size must be positive")
+        if self.fail_create:
+            raise BackendError("fake storage told to fail")
+        if base is not None and not base.exists():
+            raise BackendError(f"base disk {base} does not exist")
+        with dest.open("wb") as disk:
+            disk.write(f"fake {size} {base or ''}\n".encode())
+            disk.truncate(size)
+        return self.disk_info(dest)
+
+    def delete_disk(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def disk_info(self, path: Path) -> DiskInfo:
+        if not path.exists():
+            raise BackendError(f"no disk at {path}")
+        with path.open("rb") as disk:
+            header = disk.readline().decode(errors="replace").split(" ")
+        if header[0] != "fake":
+            return DiskInfo("raw", path.stat().st_size, path.stat().st_blocks * 512)
+        base = header[2].strip() if len(header) > 2 else ""
+        return DiskInfo(
+            "fake", int(header[1]), path.stat().st_blocks * 512, Path(base) if base else None
+        )
+
+
+class FakePlugin:
+    """Registers the fake backends (``pm.add_plugin("fake", FakePlugin())``)."""
+
+    @hookimpl
+    def meda_register_backends(self, registry: BackendRegistry) -> None:
+        registry.add(FakeHypervisor)
+        registry.add(FakeStorage)

@@ -1,0 +1,64 @@
+"""meda's pytest plugin (entry point ``pytest11``): fixtures for meda and its plugin authors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meda_core.app import Meda
+from meda_core.backends import BackendContext
+from meda_core.config import Settings
+from meda_core.plugins import PluginManager
+from meda_core.testing.fakes import FakePlugin
+from meda_core.testing.guest import GuestBuildError, TestGuest, build_test_guest, default_cache
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 60.0) -> float:
+    """Wait until ``path`` contains ``text``; seconds waited, or AssertionError on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return time.monotonic() - started
+        time.sleep(0.05)
+    tail = path.read_text(errors="replace")[-2000:] if path.exists() else "(no file)"
+    raise AssertionError(f"'{text}' not in {path} after {timeout}s; it ends with:\n{tail}")
+
+
+@pytest.fixture
+def meda_settings(tmp_path: Path) -> Settings:
+    """Settings with ``MEDA_HOME`` in a fresh temporary directory."""
+    return Settings(home=tmp_path / "meda-home", stop_timeout=10)
+
+
+@pytest.fixture
+def backend_context(meda_settings: Settings) -> BackendContext:
+    meda_settings.home.mkdir(parents=True, exist_ok=True)
+    return BackendContext(meda_settings)
+
+
+@pytest.fixture
+def fake_meda(meda_settings: Settings) -> Iterator[Meda]:
+    """A :class:`Meda` with only the fake backends: fast, no hypervisor needed."""
+    plugins = PluginManager()
+    plugins.add_plugin("fake", FakePlugin())
+    meda = Meda(meda_settings, plugins)
+    yield meda
+    for vm in meda.vms.list():
+        meda.vms.delete(vm.name)
+
+
+@pytest.fixture(scope="session")
+def test_guest() -> TestGuest:
+    """Debian's cloud kernel and a busybox initramfs that prints a boot marker (cached)."""
+    if shutil.which(os.environ.get("MEDA_QEMU_BINARY", "qemu-system-x86_64")) is None:
+        pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    cache = Path(os.environ.get("MEDA_TEST_GUEST_CACHE", default_cache()))
+    try:
+        return build_test_guest(cache)
+    except GuestBuildError as exc:
+        pytest.fail(f"cannot build the test guest: {exc}")

@@ -1,0 +1,50 @@
+"""Shared fixtures; meda's own pytest plugin (meda_core.testing) provides the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meda_core.app import Meda
+from meda_core.models import CreateVMRequest
+from meda_core.testing.guest import TestGuest
+
+
+@pytest.fixture
+def fake_image(fake_meda: Meda, tmp_path: Path) -> str:
+    """A kernel-only image named ``default`` in the fake meda's store."""
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"not really a kernel")
+    fake_meda.images.import_files("default", kernel=kernel, cmdline="console=ttyS0")
+    return "default:latest"
+
+
+@pytest.fixture
+def make_vm(fake_meda: Meda, fake_image: str):  # type: ignore[no-untyped-def]
+    def make(name: str = "vm1", **fields: object):  # type: ignore[no-untyped-def]
+        return fake_meda.vms.create(CreateVMRequest(name=name, **fields))  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def guest_image(test_guest: TestGuest) -> dict[str, object]:
+    """Arguments for ``images.import_files`` that make the test guest an image."""
+    return {"kernel": test_guest.kernel, "initrd": test_guest.initrd, "cmdline": test_guest.cmdline}
+
+
+@pytest.fixture
+def broken_plugin_dir(tmp_path: Path) -> Path:
+    """A directory holding an installed-looking plugin whose import fails.
+
+    Put it on ``sys.path`` (or PYTHONPATH) and the ``meda`` entry-point group has it.
+    """
+    root = tmp_path / "site"
+    dist = root / "meda_broken_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    metadata = "Metadata-Version: 2.1\nName: meda-broken-plugin\nVersion: 0.1\n"
+    (dist / "METADATA").write_text(metadata)
+    (dist / "entry_points.txt").write_text("[meda]\nbroken = meda_broken_plugin\n")
+    (root / "meda_broken_plugin.py").write_text("raise ImportError('this plugin is broken')\n")
+    return root

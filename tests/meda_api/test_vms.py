@@ -1,0 +1,134 @@
+"""The seed's VM endpoints: shapes and status codes, against the fake backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from meda_api import create_app
+from meda_core.app import Meda
+
+SEED_CREATE = {"name": "api-test", "memory": "2G", "cpus": 4, "disk": "20G"}
+
+
+@pytest.fixture
+def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
+    with TestClient(create_app(fake_meda), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _is_error_body(body: dict, code: str) -> bool:  # type: ignore[type-arg]
+    return (
+        set(body) == {"error", "code", "details"}
+        and body["code"] == code
+        and isinstance(body["error"], str)
+        and body["details"]["message"] == body["error"]
+    )
+
+
+def test_seed_sequence(client: TestClient) -> None:
+    created = client.post("/api/v1/vms", json=SEED_CREATE)
+    assert created.status_code == 201
+    assert created.json()["success"] is True
+    assert created.json()["message"] == "Successfully created VM: api-test"
+
+    listed = client.get("/api/v1/vms").json()
+    assert listed["count"] == 1
+    assert listed["vms"][0] | {"ip": None} == listed["vms"][0]
+    assert {k: listed["vms"][0][k] for k in ("name", "state", "memory", "disk")} == {
+        "name": "api-test", "state": "stopped", "memory": "2G", "disk": "20G",
+    }  # fmt: skip
+
+    assert client.post("/api/v1/vms/api-test/start").status_code == 200
+    got = client.get("/api/v1/vms/api-test").json()
+    assert got["state"] == "running"
+    assert set(got["details"]) >= {"subnet", "mac", "tap_device", "memory", "disk_size", "vm_dir"}
+    assert got["details"]["accelerator"] == "none"
+
+    assert client.post("/api/v1/vms/api-test/stop").json()["vm"]["state"] == "stopped"
+    assert client.delete("/api/v1/vms/api-test").status_code == 200
+    assert client.get("/api/v1/vms").json() == {"vms": [], "count": 0}
+
+
+def test_missing_vm_is_404_everywhere(client: TestClient) -> None:
+    for method, path in [
+        ("GET", "/api/v1/vms/nope"),
+        ("POST", "/api/v1/vms/nope/start"),
+        ("POST", "/api/v1/vms/nope/stop"),
+        ("DELETE", "/api/v1/vms/nope"),
+    ]:
+        response = client.request(method, path)
+        assert response.status_code == 404, path
+        assert _is_error_body(response.json(), "VM_NOT_FOUND")
+
+
+def test_name_clash_is_409_unless_force(client: TestClient) -> None:
+    assert client.post("/api/v1/vms", json=SEED_CREATE).status_code == 201
+    clash = client.post("/api/v1/vms", json=SEED_CREATE)
+    assert clash.status_code == 409 and _is_error_body(clash.json(), "VM_EXISTS")
+    assert client.post("/api/v1/vms", json=SEED_CREATE | {"force": True}).status_code == 201
+
+
+def test_wrong_state_is_409(client: TestClient) -> None:
+    client.post("/api/v1/vms", json=SEED_CREATE)
+    response = client.post("/api/v1/vms/api-test/stop")
+    assert response.status_code == 409 and _is_error_body(response.json(), "INVALID_STATE")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "../etc"},
+        {"name": "Bad_Name"},
+        {"name": "ok", "memory": "lots"},
+        {"name": "ok", "cpus": 0},
+        {"name": "ok", "disk": "-1G"},
+        {"name": "ok", "unknown": 1},
+        {"memory": "1G"},
+        [],
+    ],
+)
+def test_invalid_parameters_are_400_with_the_seed_body(
+    client: TestClient, fake_meda: Meda, body: object
+) -> None:
+    response = client.post("/api/v1/vms", json=body)
+    assert response.status_code == 400, response.text
+    assert _is_error_body(response.json(), "INVALID_REQUEST")
+    assert fake_meda.vms.list() == []
+    assert not fake_meda.settings.vms_dir.exists() or not any(fake_meda.settings.vms_dir.iterdir())
+
+
+def test_malformed_json_is_400(client: TestClient) -> None:
+    response = client.post(
+        "/api/v1/vms", content=b'{"name": "x",', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert _is_error_body(response.json(), "INVALID_REQUEST")
+    assert "malformed JSON" in response.json()["error"]
+
+
+def test_invalid_name_in_path_is_400(client: TestClient) -> None:
+    response = client.get("/api/v1/vms/Bad..Name")
+    assert response.status_code == 400 and _is_error_body(response.json(), "INVALID_REQUEST")
+
+
+def test_unknown_route_uses_the_error_body(client: TestClient) -> None:
+    response = client.get("/api/v1/nothing-here")
+    assert response.status_code == 404 and _is_error_body(response.json(), "NOT_FOUND")
+
+
+def test_no_default_image_is_404_with_a_hint(fake_meda: Meda) -> None:
+    with TestClient(create_app(fake_meda)) as client:
+        response = client.post("/api/v1/vms", json={"name": "x"})
+    assert response.status_code == 404
+    assert "meda images import" in response.json()["error"]
+
+
+def test_unavailable_backend_is_503(fake_meda: Meda, fake_image: str) -> None:
+    fake_meda.settings.hypervisor = "cloud-hypervisor"
+    with TestClient(create_app(fake_meda)) as client:
+        response = client.post("/api/v1/vms", json={"name": "x"})
+    assert response.status_code == 503
+    assert _is_error_body(response.json(), "BACKEND_UNAVAILABLE")

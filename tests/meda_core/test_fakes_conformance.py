@@ -1,0 +1,38 @@
+"""The fake backends are the conformance suites' reference: they must pass them."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from meda_core.backends import BackendContext, LaunchSpec
+from meda_core.models import VMSpec
+from meda_core.testing.conformance import HypervisorConformance, StorageConformance
+from meda_core.testing.fakes import FakeHypervisor, FakeStorage
+
+
+class TestFakeStorage(StorageConformance):
+    @pytest.fixture
+    def backend(self, backend_context: BackendContext) -> FakeStorage:
+        return FakeStorage(backend_context)
+
+
+class TestFakeHypervisor(HypervisorConformance):
+    @pytest.fixture
+    def backend(self, backend_context: BackendContext) -> FakeHypervisor:
+        return FakeHypervisor(backend_context)
+
+    @pytest.fixture
+    def launch(self, tmp_path: Path):  # type: ignore[no-untyped-def]
+        def make(name: str) -> LaunchSpec:
+            vm_dir = tmp_path / name
+            vm_dir.mkdir()
+            (vm_dir / "disk").write_bytes(b"")
+            return LaunchSpec(
+                name=name, uuid=str(uuid.uuid4()), vm_dir=vm_dir, spec=VMSpec(),
+                disk=vm_dir / "disk", console_log=vm_dir / "console.log",
+            )  # fmt: skip
+
+        return make

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meda_core import hookimpl
+from meda_core.events import VMEvent, VMEventKind
+from meda_core.plugins import PluginManager
+from meda_core.registry import BackendRegistry
+from meda_core.testing.fakes import FakePlugin, FakeStorage
+
+
+def test_entry_points_load_shipped_plugins() -> None:
+    plugins = PluginManager()
+    plugins.load_entry_points()
+    report = {p.name: p for p in plugins.report()}
+    assert report["qemu"].backends == ["hypervisor:qemu"]
+    assert report["qcow2"].backends == ["storage:qcow2"]
+    assert report["qemu"].version and report["qemu"].distribution == "meda"
+
+
+def test_broken_plugin_is_reported_not_fatal(
+    broken_plugin_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(broken_plugin_dir))
+    plugins = PluginManager()
+    plugins.load_entry_points()
+    report = {p.name: p for p in plugins.report()}
+    assert "this plugin is broken" in (report["broken"].error or "")
+    assert report["broken"].distribution == "meda-broken-plugin"
+    assert report["qemu"].error is None
+
+
+def test_disabled_plugins_are_skipped() -> None:
+    plugins = PluginManager()
+    plugins.load_entry_points(disabled={"qemu"})
+    assert "qemu" not in {p.name for p in plugins.report()}
+
+
+class _RaisingRegistrar:
+    @hookimpl
+    def meda_register_backends(self, registry: BackendRegistry) -> None:
+        registry.add(FakeStorage)
+        raise RuntimeError("boom")
+
+
+class _NotABackend:
+    @hookimpl
+    def meda_register_backends(self, registry: BackendRegistry) -> None:
+        registry.add(dict)  # type: ignore[arg-type]
+
+
+def test_failing_registration_is_recorded_and_rolled_back() -> None:
+    plugins = PluginManager()
+    plugins.add_plugin("raising", _RaisingRegistrar())
+    plugins.add_plugin("bogus", _NotABackend())
+    report = {p.name: p for p in plugins.report()}
+    assert "boom" in (report["raising"].error or "")
+    assert "not a subclass" in (report["bogus"].error or "")
+    assert plugins.registry.all() == []
+
+
+def test_duplicate_backend_name_is_an_error_for_the_second_plugin() -> None:
+    plugins = PluginManager()
+    plugins.add_plugin("first", FakePlugin())
+    plugins.add_plugin("second", FakePlugin())
+    report = {p.name: p for p in plugins.report()}
+    assert report["first"].error is None
+    assert "already registered" in (report["second"].error or "")
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.events: list[VMEvent] = []
+
+    @hookimpl
+    def meda_vm_event(self, event: VMEvent) -> None:
+        self.events.append(event)
+
+
+class _FailingObserver:
+    @hookimpl
+    def meda_vm_event(self, event: VMEvent) -> None:
+        raise RuntimeError("observer failed")
+
+
+def test_events_reach_observers_even_past_a_failing_one() -> None:
+    plugins = PluginManager()
+    observer = _Observer()
+    plugins.add_plugin("failing", _FailingObserver())
+    plugins.add_plugin("observer", observer)
+    plugins.emit(VMEvent(kind=VMEventKind.CREATED, vm="a", state=None))
+    assert [e.kind for e in observer.events] == [VMEventKind.CREATED]

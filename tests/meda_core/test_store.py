@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from meda_core.errors import InvalidState, VMExists, VMNotFound
+from meda_core.models import VM, VMSpec, VMState
+from meda_core.store import StateStore
+
+
+def _vm(name: str, state: VMState = VMState.STOPPED) -> VM:
+    return VM(
+        name=name, state=state, spec=VMSpec(), image="i:latest", vm_dir=Path("/x") / name,
+        hypervisor="fake", storage="fake", created=datetime.now(UTC), uuid=str(uuid.uuid4()),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    return StateStore(tmp_path / "state.db")
+
+
+def test_wal_mode(store: StateStore) -> None:
+    import sqlite3
+
+    assert sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_insert_get_list_delete(store: StateStore) -> None:
+    store.insert_vm(_vm("a"))
+    store.insert_vm(_vm("b"))
+    assert [v.name for v in store.list_vms()] == ["a", "b"]
+    with pytest.raises(VMExists):
+        store.insert_vm(_vm("a"))
+    store.delete_vm("a")
+    assert store.get_vm("a") is None
+    with pytest.raises(VMNotFound):
+        store.require_vm("a")
+
+
+def test_transition_is_compare_and_set(store: StateStore) -> None:
+    store.insert_vm(_vm("a"))
+    store.transition("a", {VMState.STOPPED}, VMState.STARTING)
+    with pytest.raises(InvalidState):
+        store.transition("a", {VMState.STOPPED}, VMState.STARTING)
+    assert store.require_vm("a").state == VMState.STARTING
+
+
+def test_only_one_of_many_concurrent_transitions_wins(store: StateStore) -> None:
+    store.insert_vm(_vm("a"))
+    wins: list[int] = []
+
+    def attempt(i: int) -> None:
+        try:
+            store.transition("a", {VMState.STOPPED}, VMState.STARTING)
+            wins.append(i)
+        except InvalidState:
+            pass
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+
+
+def test_failed_transaction_changes_nothing(store: StateStore) -> None:
+    store.insert_vm(_vm("a"))
+    with pytest.raises(VMNotFound):
+        store.save_vm(_vm("missing"))
+    assert [v.name for v in store.list_vms()] == ["a"]

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from meda_core import procs
+from meda_core.app import Meda
+from meda_core.errors import ImageNotFound, InvalidRequest, InvalidState, VMExists, VMNotFound
+from meda_core.models import VM, CreateVMRequest, RuntimeInfo, VMState
+from meda_core.testing.fakes import FakeHypervisor, FakeStorage
+
+MakeVM = Callable[..., VM]
+
+
+@pytest.fixture
+def failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    yield monkeypatch
+
+
+def test_create_gives_a_stopped_vm_with_a_disk(fake_meda: Meda, make_vm: MakeVM) -> None:
+    vm = make_vm("vm1", memory="512M", cpus=2, disk="2G")
+    assert vm.state == VMState.STOPPED
+    assert vm.disk_path.exists()
+    assert fake_meda.backends.storage().disk_info(vm.disk_path).virtual_size == 2 << 30
+    assert fake_meda.vms.get("vm1").spec.memory == "512M"
+
+
+def test_name_clash_is_a_conflict_unless_forced(fake_meda: Meda, make_vm: MakeVM) -> None:
+    first = make_vm("vm1")
+    with pytest.raises(VMExists):
+        make_vm("vm1")
+    second = make_vm("vm1", force=True)
+    assert second.uuid != first.uuid
+
+
+def test_no_image_says_how_to_get_one(fake_meda: Meda) -> None:
+    with pytest.raises(ImageNotFound, match="meda images import"):
+        fake_meda.vms.create(CreateVMRequest(name="vm1"))
+    assert fake_meda.vms.list() == []
+
+
+def test_failed_create_rolls_back(
+    fake_meda: Meda, make_vm: MakeVM, failing: pytest.MonkeyPatch
+) -> None:
+    failing.setattr(FakeStorage, "fail_create", True)
+    with pytest.raises(Exception, match="told to fail"):
+        make_vm("vm1")
+    assert fake_meda.vms.list() == []
+    assert not (fake_meda.settings.vms_dir / "vm1").exists()
+
+
+def test_lifecycle_leaves_nothing_behind(fake_meda: Meda, make_vm: MakeVM) -> None:
+    vm = make_vm("vm1")
+    vm = fake_meda.vms.start("vm1")
+    assert vm.state == VMState.RUNNING and vm.runtime is not None
+    runtime = vm.runtime
+    assert procs.is_alive(runtime)
+    with pytest.raises(InvalidState):
+        fake_meda.vms.start("vm1")
+    assert fake_meda.vms.stop("vm1").state == VMState.STOPPED
+    assert not procs.is_alive(runtime)
+    with pytest.raises(InvalidState):
+        fake_meda.vms.stop("vm1")
+    fake_meda.vms.delete("vm1")
+    assert not vm.vm_dir.exists()
+    with pytest.raises(VMNotFound):
+        fake_meda.vms.get("vm1")
+
+
+def test_delete_stops_a_running_vm(fake_meda: Meda, make_vm: MakeVM) -> None:
+    make_vm("vm1")
+    runtime = fake_meda.vms.start("vm1").runtime
+    assert runtime is not None
+    fake_meda.vms.delete("vm1")
+    assert not procs.is_alive(runtime)
+
+
+def test_failed_start_returns_to_stopped_with_the_error(
+    fake_meda: Meda, make_vm: MakeVM, failing: pytest.MonkeyPatch
+) -> None:
+    make_vm("vm1")
+    failing.setattr(FakeHypervisor, "fail_start", True)
+    with pytest.raises(Exception, match="told to fail"):
+        fake_meda.vms.start("vm1")
+    vm = fake_meda.vms.get("vm1")
+    assert vm.state == VMState.STOPPED and vm.runtime is None
+    assert vm.last_error and "told to fail" in vm.last_error
+
+
+def test_guest_that_powered_off_is_seen_as_stopped(fake_meda: Meda, make_vm: MakeVM) -> None:
+    make_vm("vm1")
+    runtime = fake_meda.vms.start("vm1").runtime
+    assert runtime is not None
+    procs.kill(runtime)
+    FakeHypervisor._children.pop(runtime.pid).wait()
+    assert fake_meda.vms.get("vm1").state == VMState.STOPPED
+    assert fake_meda.vms.start("vm1").state == VMState.RUNNING
+
+
+def _dead_owner() -> RuntimeInfo:
+    me = procs.identify(1)
+    assert me is not None
+    return RuntimeInfo(pid=me.pid, start_ticks=me.start_ticks + 1, boot_id=me.boot_id)
+
+
+@pytest.mark.parametrize(
+    ("interrupted", "process_left", "settled"),
+    [
+        (VMState.STARTING, True, VMState.RUNNING),
+        (VMState.STARTING, False, VMState.STOPPED),
+        (VMState.STOPPING, False, VMState.STOPPED),
+        (VMState.CREATING, False, VMState.ERROR),
+        (VMState.DELETING, False, VMState.ERROR),
+    ],
+)
+def test_an_operation_interrupted_by_a_crash_is_settled(
+    fake_meda: Meda,
+    make_vm: MakeVM,
+    interrupted: VMState,
+    process_left: bool,
+    settled: VMState,
+) -> None:
+    make_vm("vm1")
+    if process_left:
+        fake_meda.vms.start("vm1")
+    vm = fake_meda.store.require_vm("vm1")
+    vm.state, vm.runtime, vm.operation_owner = interrupted, None, _dead_owner()
+    fake_meda.store.save_vm(vm)
+    assert fake_meda.vms.get("vm1").state == settled
+    fake_meda.vms.delete("vm1")
+    assert fake_meda.vms.list() == []
+
+
+def test_operation_owned_by_a_live_process_is_left_alone(fake_meda: Meda, make_vm: MakeVM) -> None:
+    make_vm("vm1")
+    fake_meda.store.transition("vm1", {VMState.STOPPED}, VMState.STARTING, owner=procs.identify(1))
+    assert fake_meda.vms.get("vm1").state == VMState.STARTING
+    with pytest.raises(InvalidState):
+        fake_meda.vms.start("vm1")
+    fake_meda.store.transition("vm1", {VMState.STARTING}, VMState.STOPPED)
+
+
+def test_disk_smaller_than_image_is_refused(fake_meda: Meda, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    base = tmp_path / "base"
+    fake_meda.backends.storage().create_disk(base, 4 << 30)
+    fake_meda.images.import_files("big", disk=base)
+    with pytest.raises(InvalidRequest, match="smaller than the image"):
+        fake_meda.vms.create(CreateVMRequest(name="vm1", image="big", disk="1G"))
+    assert fake_meda.vms.list() == []
+
+
+def test_events_follow_the_lifecycle(fake_meda: Meda, make_vm: MakeVM) -> None:
+    from meda_core import hookimpl
+    from meda_core.events import VMEvent
+
+    seen: list[str] = []
+
+    class Observer:
+        @hookimpl
+        def meda_vm_event(self, event: VMEvent) -> None:
+            seen.append(f"{event.kind.value}:{event.vm}")
+
+    fake_meda.plugins.add_plugin("observer", Observer())
+    make_vm("vm1")
+    fake_meda.vms.start("vm1")
+    fake_meda.vms.stop("vm1")
+    fake_meda.vms.delete("vm1")
+    assert seen == ["created:vm1", "started:vm1", "stopped:vm1", "deleted:vm1"]
