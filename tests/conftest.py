@@ -8,7 +8,7 @@ import pytest
 
 from meda_core.app import Meda
 from meda_core.models import CreateVMRequest
-from meda_core.testing.guest import TestGuest
+from meda_core.testing.guest import BootableGuest
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def make_vm(fake_meda: Meda, fake_image: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def guest_image(test_guest: TestGuest) -> dict[str, object]:
+def guest_image(test_guest: BootableGuest) -> dict[str, object]:
     """Arguments for ``images.import_files`` that make the test guest an image."""
     return {"kernel": test_guest.kernel, "initrd": test_guest.initrd, "cmdline": test_guest.cmdline}
 

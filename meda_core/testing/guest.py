@@ -35,19 +35,21 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in /lib/modules/*.ko; do insmod "$m"; done
-echo {BOOT_MARKER}
-# Power off when the ACPI power button (QMP system_powerdown) is pressed.
+# Power off when the ACPI power button (QMP system_powerdown) is pressed. The device is
+# opened before the marker is printed, so no press after the marker can be missed.
 for ev in /sys/class/input/event*; do
   if grep -q "Power Button" "$ev/device/name" 2>/dev/null; then
-    (head -c 24 "/dev/input/${{ev##*/}}" >/dev/null; echo {POWEROFF_MARKER}; poweroff -f) &
+    exec 3<"/dev/input/${{ev##*/}}"
+    (head -c 24 <&3 >/dev/null; echo {POWEROFF_MARKER}; poweroff -f) &
   fi
 done
+echo {BOOT_MARKER}
 while true; do sleep 3600; done
 """
 
 
 @dataclass(frozen=True)
-class TestGuest:
+class BootableGuest:
     kernel: Path
     initrd: Path
     cmdline: str = CMDLINE
@@ -113,7 +115,7 @@ def _initramfs(dest: Path, busybox: Path, modules: Path) -> None:
     cpio.write_initramfs(dest, entries)
 
 
-def build_test_guest(cache_dir: Path) -> TestGuest:
+def build_test_guest(cache_dir: Path) -> BootableGuest:
     """The test guest's kernel and initramfs, built into ``cache_dir`` on first use."""
     package = kernel_package()
     kernel_dir = cache_dir / package
@@ -125,7 +127,7 @@ def build_test_guest(cache_dir: Path) -> TestGuest:
     initrd = cache_dir / f"initrd-{key[:16]}.gz"
     if not initrd.exists():
         _initramfs(initrd, busybox, kernel_dir / "modules")
-    return TestGuest(kernel=kernel_dir / "vmlinuz", initrd=initrd)
+    return BootableGuest(kernel=kernel_dir / "vmlinuz", initrd=initrd)
 
 
 def default_cache() -> Path:

@@ -15,7 +15,7 @@ from meda_core.backends import BackendContext
 from meda_core.config import Settings
 from meda_core.plugins import PluginManager
 from meda_core.testing.fakes import FakePlugin
-from meda_core.testing.guest import GuestBuildError, TestGuest, build_test_guest, default_cache
+from meda_core.testing.guest import GuestBuildError, BootableGuest, build_test_guest, default_cache
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 60.0) -> float:
@@ -53,7 +53,7 @@ def fake_meda(meda_settings: Settings) -> Iterator[Meda]:
 
 
 @pytest.fixture(scope="session")
-def test_guest() -> TestGuest:
+def test_guest() -> BootableGuest:
     """Debian's cloud kernel and a busybox initramfs that prints a boot marker (cached)."""
     if shutil.which(os.environ.get("MEDA_QEMU_BINARY", "qemu-system-x86_64")) is None:
         pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")

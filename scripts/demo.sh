@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# meda's main job, end to end: set up, start `meda serve`, and through the REST API create a
+# VM, start it, watch its guest boot, stop it and delete it. Leaves nothing running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+export MEDA_HOME=${MEDA_HOME:-$PWD/.meda-demo}
+export MEDA_DEFAULT_IMAGE=testguest
+port=${MEDA_PORT:-7777}
+api="http://127.0.0.1:$port/api/v1"
+
+echo "==> building the test guest (Debian cloud kernel + busybox initramfs) and importing it"
+.venv/bin/python -m meda_core.testing.guest --import testguest >/dev/null
+
+echo "==> meda serve on 127.0.0.1:$port"
+.venv/bin/meda serve --port "$port" --log-level warning &
+server=$!
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT
+for _ in $(seq 100); do curl -sf "$api/health" >/dev/null && break; sleep 0.1; done
+
+call() {  # METHOD PATH [JSON]: print the request, the status and the body
+    local method=$1 path=$2 body=${3:-}
+    echo "--> $method $path ${body}"
+    local args=(-s -w '\n%{http_code}' -X "$method" "$api$path")
+    [[ -n $body ]] && args+=(-H 'Content-Type: application/json' -d "$body")
+    local out; out=$(curl "${args[@]}")
+    echo "<-- ${out##*$'\n'} $(echo "${out%$'\n'*}" | jq -c . 2>/dev/null || echo "${out%$'\n'*}")"
+}
+
+call POST /vms '{"name": "api-test", "memory": "2G", "cpus": 4, "disk": "20G"}'
+call POST /vms/api-test/start
+console=$(curl -s "$api/vms/api-test" | jq -r .details.console_log)
+echo "==> waiting for the guest's init (serial console: $console)"
+for _ in $(seq 600); do grep -q MEDA-GUEST-BOOTED "$console" 2>/dev/null && break; sleep 0.1; done
+grep -q MEDA-GUEST-BOOTED "$console" || { echo "guest did not boot" >&2; exit 1; }
+echo "    guest says: $(grep MEDA-GUEST-BOOTED "$console")"
+call GET /vms/api-test
+call GET /vms
+call POST /vms/api-test/stop
+call DELETE /vms/api-test
+call GET /vms/api-test
+echo "==> done: the VM was created, booted, stopped and deleted through the API"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what meda needs on a Debian 12 host: QEMU, qemu-img, a static busybox (for the
+# test guest), curl; then a virtualenv in .venv with meda and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(qemu-system-x86 qemu-utils busybox-static curl ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    echo "==> installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+# The test guest's kernel is fetched with `apt-get download`: apt must know the package.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    echo "==> creating .venv"
+    "$python" -m venv .venv
+fi
+echo "==> installing meda into .venv"
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q ".[test]"

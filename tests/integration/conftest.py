@@ -1,0 +1,106 @@
+"""A real ``meda serve`` process with the test guest as its default image."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meda_core.app import Meda
+from meda_core.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (leak checks)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_text():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@dataclass
+class Server:
+    home: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(self.port)]
+        log = (self.home / "server.log").open("ab")
+        self.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError("meda serve did not come up: " + (self.home / "server.log").read_text())
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+        self.process = None
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120)
+
+
+@pytest.fixture
+def server(tmp_path: Path, guest_image: dict[str, object]) -> Iterator[Server]:
+    home = tmp_path / "home"
+    Meda(Settings(home=home)).images.import_files("guest", **guest_image)  # type: ignore[arg-type]
+    env = {**os.environ, "MEDA_HOME": str(home), "MEDA_DEFAULT_IMAGE": "guest"}
+    srv = Server(home=home, env=env)
+    srv.start()
+    yield srv
+    srv.kill(signal.SIGTERM)
+    # Whatever a test left, remove it through meda itself, then make sure nothing leaked.
+    meda = Meda(Settings(home=home, stop_timeout=3))
+    uuids = [vm.uuid for vm in meda.vms.list()]
+    for vm in meda.vms.list():
+        meda.vms.delete(vm.name)
+    for uuid in uuids:
+        assert processes_mentioning(uuid) == []
+
+
+RunMeda = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_meda(tmp_path: Path) -> RunMeda:
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "MEDA_HOME": str(tmp_path / "cli-home"), **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "meda_cli.main", *args],
+            env=full_env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    return run
