@@ -15,7 +15,7 @@ from meda_core.backends import BackendContext
 from meda_core.config import Settings
 from meda_core.plugins import PluginManager
 from meda_core.testing.fakes import FakePlugin
-from meda_core.testing.guest import GuestBuildError, BootableGuest, build_test_guest, default_cache
+from meda_core.testing.guest import BootableGuest, GuestBuildError, build_test_guest, default_cache
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 60.0) -> float:

@@ -61,7 +61,8 @@ class Server:
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise AssertionError("meda serve did not come up: " + (self.home / "server.log").read_text())
+        log_text = (self.home / "server.log").read_text()
+        raise AssertionError(f"meda serve did not come up: {log_text}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -18,7 +18,9 @@ class TestQcow2Conformance(StorageConformance):
         return backend
 
 
-def test_overlay_writes_do_not_touch_the_base(tmp_path: Path, backend_context: BackendContext) -> None:
+def test_overlay_writes_do_not_touch_the_base(
+    tmp_path: Path, backend_context: BackendContext
+) -> None:
     storage = Qcow2Storage(backend_context)
     base = tmp_path / "base.raw"
     base.write_bytes(b"\xab" * 4096)

@@ -116,7 +116,10 @@ class TestQemuConformance(HypervisorConformance):
         return make
 
     def test_guest_boots_and_powers_off_on_acpi(
-        self, backend: QemuHypervisor, launch, test_guest: BootableGuest  # type: ignore[no-untyped-def]
+        self,
+        backend: QemuHypervisor,
+        launch,
+        test_guest: BootableGuest,  # type: ignore[no-untyped-def]
     ) -> None:
         spec = launch("acpi")
         runtime = backend.start(spec)
