@@ -13,7 +13,7 @@ from pathlib import Path
 from meda_core import procs
 from meda_core.backends import HypervisorBackend, LaunchSpec, Role, StorageBackend
 from meda_core.config import Settings
-from meda_core.errors import BackendError, InvalidRequest, MedaError
+from meda_core.errors import BackendError, BackendUnavailable, InvalidRequest, MedaError
 from meda_core.events import VMEvent, VMEventKind
 from meda_core.images import ImageService
 from meda_core.models import (
@@ -69,6 +69,12 @@ class VMService:
 
     def create(self, request: CreateVMRequest) -> VM:
         name = check_vm_name(request.name)
+        if request.user_data is not None:
+            raise InvalidRequest(
+                "user_data is not supported by this version of meda yet (cloud-init seeds "
+                "are coming); omit the field",
+                field="user_data",
+            )
         image = self._images.resolve(request.image)
         hypervisor = self._backends.hypervisor()
         storage = self._backends.storage()
@@ -212,7 +218,16 @@ class VMService:
     # ---- reconciliation ----
 
     def _reconcile(self, vm: VM) -> VM:
-        """Bring a record in line with reality: a guest that powered off, a crashed operation."""
+        """Bring a record in line with reality: a guest that powered off, a crashed operation.
+
+        A VM whose hypervisor plugin is missing or broken is shown as recorded.
+        """
+        try:
+            return self._reconcile_with_backend(vm)
+        except BackendUnavailable:
+            return vm
+
+    def _reconcile_with_backend(self, vm: VM) -> VM:
         if vm.state == VMState.RUNNING and vm.runtime is not None:
             hypervisor = self._hypervisor(vm)
             if not hypervisor.is_running(vm.runtime):
