@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -14,8 +15,15 @@ from meda_core.errors import MedaError
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON (the API's model)")
 
 
-def emit_json(model: BaseModel) -> None:
-    typer.echo(model.model_dump_json(indent=2))
+M = TypeVar("M", bound=BaseModel)
+
+
+def render(model: M, as_json: bool, human: Callable[[M], None]) -> None:
+    """Print ``model`` as the API's JSON with ``--json``, else the way ``human`` does."""
+    if as_json:
+        typer.echo(model.model_dump_json(indent=2))
+    else:
+        human(model)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

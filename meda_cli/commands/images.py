@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from meda_cli.context import handles_errors, meda
-from meda_cli.output import JsonOption, emit_json, table
+from meda_cli.output import JsonOption, render, table
+from meda_core.models import ImageList
 from meda_core.views import image_info, image_list
 
 app = typer.Typer(help="Manage images in the local store.")
@@ -25,19 +26,16 @@ def import_(
 ) -> None:
     """Import local files as an image."""
     image = meda().images.import_files(ref, disk, kernel, initrd, cmdline)
-    if as_json:
-        emit_json(image_info(image))
-    else:
-        typer.echo(f"Imported image {image.ref}")
+    render(image_info(image), as_json, lambda i: typer.echo(f"Imported image {i.name}:{i.tag}"))
 
 
 @app.command("list")
 @handles_errors
 def list_(as_json: bool = JsonOption) -> None:
     """List images."""
-    result = image_list(meda().images.list())
-    if as_json:
-        emit_json(result)
-        return
+    render(image_list(meda().images.list()), as_json, _table)
+
+
+def _table(result: ImageList) -> None:
     rows = [(i.name, i.tag, i.size, i.disk, i.kernel, i.created.isoformat()) for i in result.images]
     table(("name", "tag", "size", "disk", "kernel", "created"), rows)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import typer
 
 from meda_cli.context import handles_errors, meda
-from meda_cli.output import JsonOption, emit_json, table
+from meda_cli.output import JsonOption, render, table
+from meda_core.models import PluginReport
 
 
 @handles_errors
 def plugins(as_json: bool = JsonOption) -> None:
     """List plugins and backends."""
-    report = meda().plugin_report()
-    if as_json:
-        emit_json(report)
-        return
+    render(meda().plugin_report(), as_json, _tables)
+
+
+def _tables(report: PluginReport) -> None:
     table(
         ("plugin", "version", "backends", "error"),
         [(p.name, p.version, ", ".join(p.backends), p.error) for p in report.plugins],

@@ -5,19 +5,16 @@ from __future__ import annotations
 import typer
 
 from meda_cli.context import handles_errors, meda
-from meda_cli.output import JsonOption, emit_json, table
+from meda_cli.output import JsonOption, render, table
 from meda_cli.validation import build
-from meda_core.models import CreateVMRequest, OperationResult, VMInfo
+from meda_core.models import CreateVMRequest, OperationResult, VMInfo, VMList
 from meda_core.views import vm_info, vm_list
 
 app = typer.Typer()
 
 
 def _report(result: OperationResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(result)
-    else:
-        typer.echo(result.message)
+    render(result, as_json, lambda r: typer.echo(r.message))
 
 
 def _show(info: VMInfo) -> None:
@@ -51,10 +48,10 @@ def create(
 @handles_errors
 def list_(as_json: bool = JsonOption) -> None:
     """List VMs."""
-    result = vm_list(meda().vms.list())
-    if as_json:
-        emit_json(result)
-        return
+    render(vm_list(meda().vms.list()), as_json, _table)
+
+
+def _table(result: VMList) -> None:
     rows = [(v.name, v.state.value, v.ip, v.cpus, v.memory, v.disk, v.image) for v in result.vms]
     table(("name", "state", "ip", "cpus", "memory", "disk", "image"), rows)
 
@@ -63,11 +60,7 @@ def list_(as_json: bool = JsonOption) -> None:
 @handles_errors
 def get(name: str, as_json: bool = JsonOption) -> None:
     """Show one VM."""
-    info = vm_info(meda().vms.get(name))
-    if as_json:
-        emit_json(info)
-    else:
-        _show(info)
+    render(vm_info(meda().vms.get(name)), as_json, _show)
 
 
 @app.command()
