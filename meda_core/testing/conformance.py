@@ -139,3 +139,11 @@ class HypervisorConformance(BackendConformance):
         with pytest.raises(MedaError):
             backend.start(spec)
         assert backend.recover(spec.vm_dir, spec.uuid) is None
+
+
+class NetworkConformance(BackendConformance):
+    """Network backends: the common checks; grows with the network role's interface."""
+
+
+class RegistryConformance(BackendConformance):
+    """Registry backends: the common checks; grows with the registry role's interface."""

@@ -130,6 +130,31 @@ def build_test_guest(cache_dir: Path) -> BootableGuest:
     return BootableGuest(kernel=kernel_dir / "vmlinuz", initrd=initrd)
 
 
+DISK_BOOT_MARKER = "MEDA-DISK-BOOTED"
+
+# 16-bit boot sector: DS=0, print the marker on COM1 (port 0x3f8), halt forever.
+_BOOT_CODE = bytes.fromhex(
+    "fc31c08ed8"  # cld; xor ax,ax; mov ds,ax
+    "be177c"  # mov si, 0x7c17 (the message below)
+    "baf803"  # mov dx, 0x3f8
+    "ac84c07403eeebf8"  # next: lodsb; test al,al; jz done; out dx,al; jmp next
+    "faf4ebfc"  # done: cli; hlt; jmp done
+)
+
+
+def boot_sector_disk(dest: Path, size: int = 1024 * 1024) -> Path:
+    """A raw disk whose MBR prints :data:`DISK_BOOT_MARKER` on the serial port.
+
+    It proves the firmware boot path (BIOS → disk) without any kernel.
+    """
+    message = (DISK_BOOT_MARKER + "\r\n").encode() + b"\0"
+    sector = (_BOOT_CODE + message).ljust(510, b"\0") + b"\x55\xaa"
+    with dest.open("wb") as disk:
+        disk.write(sector)
+        disk.truncate(size)
+    return dest
+
+
 def default_cache() -> Path:
     return Path.home() / ".cache" / "meda" / "test-guest"
 

@@ -9,7 +9,12 @@ import pytest
 from meda_core.backends import BackendContext, LaunchSpec
 from meda_core.models import VMSpec
 from meda_core.testing.conformance import HypervisorConformance
-from meda_core.testing.guest import POWEROFF_MARKER, BootableGuest
+from meda_core.testing.guest import (
+    DISK_BOOT_MARKER,
+    POWEROFF_MARKER,
+    BootableGuest,
+    boot_sector_disk,
+)
 from meda_core.testing.pytest_plugin import wait_for_text
 from meda_qcow2 import Qcow2Storage
 from meda_qemu import QemuHypervisor, accel
@@ -132,3 +137,22 @@ class TestQemuConformance(HypervisorConformance):
         finally:
             backend.stop(runtime, spec.vm_dir, timeout=1)
             backend.cleanup(spec.vm_dir)
+
+
+@pytest.mark.vm
+def test_disk_boots_through_firmware(
+    tmp_path: Path, backend_context: BackendContext, test_guest: BootableGuest
+) -> None:
+    base = boot_sector_disk(tmp_path / "base.raw")
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    launch = _launch(vm_dir)  # no kernel: SeaBIOS boots the disk
+    Qcow2Storage(backend_context).create_disk(launch.disk, 64 << 20, base, "raw")
+    backend = QemuHypervisor(backend_context)
+    runtime = backend.start(launch)
+    try:
+        wait_for_text(launch.console_log, DISK_BOOT_MARKER, timeout=60)
+    finally:
+        backend.stop(runtime, vm_dir, timeout=0.5)  # the boot sector ignores ACPI: forced
+        backend.cleanup(vm_dir)
+    assert not backend.is_running(runtime)
