@@ -10,6 +10,7 @@ from meda_core.backends import BackendContext
 from meda_core.config import Settings
 from meda_core.images import ImageService
 from meda_core.models import Health, PluginReport
+from meda_core.networking import NetworkService
 from meda_core.plugins import PluginManager
 from meda_core.selection import BackendSelector
 from meda_core.store import StateStore
@@ -35,7 +36,7 @@ class Meda:
         self.plugins = plugins
         self.settings.home.mkdir(parents=True, exist_ok=True)
         self.store = StateStore(self.settings.db_path)
-        self.backends = BackendSelector(plugins.registry, BackendContext(self.settings))
+        self.backends = BackendSelector(plugins.registry, BackendContext(self.settings, self.store))
         self.images = ImageService(
             self.store,
             self.settings.images_dir,
@@ -45,6 +46,7 @@ class Meda:
         self.vms = VMService(
             self.settings, self.store, self.images, self.backends, self.plugins.emit
         )
+        self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
 
     def _probe_disk_format(self, path: Path) -> str:
         return self.backends.storage().disk_info(path).format

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from meda_core.config import Settings
-from meda_core.models import RuntimeInfo, VMSpec
+from meda_core.models import PortForward, RuntimeInfo, VMSpec
+from meda_core.store import StateStore
 
 
 class Role(StrEnum):
@@ -40,6 +41,7 @@ class BackendContext:
     """What every backend is constructed with."""
 
     settings: Settings
+    state: StateStore
 
     @property
     def cache_dir(self) -> Path:
@@ -64,6 +66,16 @@ class Backend(ABC):
 
 
 @dataclass(frozen=True)
+class NicSpec:
+    """A guest NIC as the hypervisor must create it."""
+
+    kind: str  # "tap": attach to an existing tap device; "user": hypervisor user-mode net
+    mac: str
+    tap: str | None = None
+    hostfwds: tuple[PortForward, ...] = ()
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything a hypervisor needs to start one VM."""
 
@@ -77,6 +89,9 @@ class LaunchSpec:
     initrd: Path | None = None
     cmdline: str | None = None
     extra_disks: tuple[Path, ...] = field(default_factory=tuple)
+    nics: tuple[NicSpec, ...] = ()
+    #: Network namespace the VM process must run in (MEDA_NETNS), None for the caller's.
+    netns: str | None = None
 
 
 class HypervisorBackend(Backend):
@@ -103,6 +118,13 @@ class HypervisorBackend(Backend):
     @abstractmethod
     def cleanup(self, vm_dir: Path) -> None:
         """Remove the runtime files (sockets, pid files) a stopped VM left in ``vm_dir``."""
+
+    def add_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
+        """Forward a port into a running VM's user-mode network (capability ``hostfwd``)."""
+        raise NotImplementedError(f"{self.name} cannot forward ports itself")
+
+    def remove_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
+        raise NotImplementedError(f"{self.name} cannot forward ports itself")
 
 
 @dataclass(frozen=True)
@@ -133,10 +155,61 @@ class StorageBackend(Backend):
         """Format, sizes and backing file of a disk."""
 
 
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """A VM's place on a network, kept from create to delete."""
+
+    mac: str
+    ip: str | None = None
+    tap: str | None = None
+    subnet: str | None = None
+    gateway: str | None = None
+
+
 class NetworkBackend(Backend):
-    """Gives a VM its network; the full interface arrives with the networking plugins."""
+    """Gives VMs their NICs, addresses and port forwards, and takes them all away again.
+
+    A backend with the capability ``hostfwd`` has the hypervisor forward ports (the
+    forwards go into :class:`NicSpec`); others apply forwards on the host themselves.
+    """
 
     role = Role.NETWORK
+
+    @abstractmethod
+    def allocate(self, vm: str) -> NetworkAttachment:
+        """Reserve an address and a MAC for ``vm`` (at create)."""
+
+    @abstractmethod
+    def release(self, vm: str) -> None:
+        """Give back everything ``vm`` holds on the network (at delete); idempotent."""
+
+    @abstractmethod
+    def plug(self, vm: str, attachment: NetworkAttachment) -> NicSpec:
+        """Prepare the host side of the VM's NIC (before start)."""
+
+    @abstractmethod
+    def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
+        """Remove the host side of the NIC (after stop); idempotent."""
+
+    @abstractmethod
+    def check_host_port(self, forward: PortForward) -> str | None:
+        """Why ``forward.host_port`` cannot be used on this host, or None if it can."""
+
+    @abstractmethod
+    def apply_forwards(self) -> None:
+        """Make the host's forwarding rules match the stored port forwards."""
+
+    @abstractmethod
+    def restore(self) -> None:
+        """Re-create what the stored VMs need after a restart (rules, services)."""
+
+    @abstractmethod
+    def orphans(self) -> list[str]:
+        """Host resources of this backend that no stored VM owns, described."""
+
+    @abstractmethod
+    def remove_orphans(self) -> list[str]:
+        """Remove what :meth:`orphans` finds; returns what was removed."""
 
 
 class RegistryBackend(Backend):

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     registry: str = "auto"
     default_image: str = Field("default:latest", description="Image for VMs created without one")
     stop_timeout: float = Field(30.0, gt=0, description="Seconds a guest gets to power off")
+    netns: str | None = Field(
+        None, description="Network namespace for meda's whole network and its VMs"
+    )
+    allow_privileged_ports: bool = Field(
+        False, description="Allow forwarding host ports below 1024"
+    )
     disabled_plugins: str = Field("", description="Comma-separated plugin names not to load")
 
     def role_choice(self, role: str) -> str:

@@ -89,6 +89,21 @@ class Image(BaseModel):
         return f"{self.name}:{self.tag}"
 
 
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class PortForward(BaseModel):
+    """A host port forwarded to a guest port."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host_port: int = Field(ge=1, le=65535)
+    guest_port: int = Field(ge=1, le=65535)
+    protocol: Protocol = Protocol.TCP
+
+
 class VM(BaseModel):
     """A VM as the state store holds it."""
 
@@ -105,10 +120,14 @@ class VM(BaseModel):
     #: The meda process running a transitional operation (to tell a crash from work under way).
     operation_owner: RuntimeInfo | None = None
     last_error: str | None = None
+    network: str | None = Field(None, description="Network backend, None for no NIC")
     ip: str | None = None
     mac: str | None = None
     tap_device: str | None = None
     subnet: str | None = None
+    gateway: str | None = None
+    #: Filled in from the forwards table when read; not stored in the VM record.
+    port_forwards: list[PortForward] = Field(default_factory=list, exclude=True)
 
     @property
     def disk_path(self) -> Path:
@@ -156,6 +175,9 @@ class VMList(BaseModel):
 
 
 class VMDetails(BaseModel):
+    network: str | None
+    gateway: str | None
+    port_forwards: list[PortForward]
     subnet: str | None
     mac: str | None
     tap_device: str | None
@@ -178,6 +200,30 @@ class VMInfo(BaseModel):
     state: VMState
     ip: str | None
     details: VMDetails
+
+
+class VMAddress(BaseModel):
+    vm: str
+    ip: str | None
+
+
+class PortForwardList(BaseModel):
+    vm: str
+    forwards: list[PortForward]
+    count: int
+
+
+class PortForwardResult(BaseModel):
+    success: bool
+    message: str
+    vm: str
+    forward: PortForward
+
+
+class CleanupReport(BaseModel):
+    dry_run: bool
+    orphans: list[str]
+    count: int
 
 
 class OperationResult(BaseModel):

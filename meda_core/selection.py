@@ -9,6 +9,7 @@ from meda_core.backends import (
     Backend,
     BackendContext,
     HypervisorBackend,
+    NetworkBackend,
     Role,
     StorageBackend,
 )
@@ -83,6 +84,10 @@ class BackendSelector:
 
     def storage(self) -> StorageBackend:
         return cast(StorageBackend, self.choose(Role.STORAGE))
+
+    def network(self) -> NetworkBackend | None:
+        """The network backend, or None when no plugin offers one (VMs get no NIC)."""
+        return cast(NetworkBackend | None, self.optional(Role.NETWORK))
 
     def by_name(self, role: Role, name: str, base: type[B]) -> B:
         """A specific backend (the one a VM was created with), checked for availability."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from meda_core.errors import InvalidState, VMExists, VMNotFound
-from meda_core.models import VM, Image, RuntimeInfo, VMState
+from meda_core.errors import Conflict, InvalidState, VMExists, VMNotFound
+from meda_core.models import VM, Image, PortForward, RuntimeInfo, VMState
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -17,6 +18,21 @@ CREATE TABLE IF NOT EXISTS vms (
     state TEXT NOT NULL,
     data  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS leases (
+    network TEXT NOT NULL,
+    ip      TEXT NOT NULL,
+    vm      TEXT NOT NULL,
+    mac     TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (network, ip),
+    UNIQUE (network, vm)
+);
+CREATE TABLE IF NOT EXISTS forwards (
+    host_port  INTEGER NOT NULL,
+    protocol   TEXT NOT NULL,
+    vm         TEXT NOT NULL,
+    guest_port INTEGER NOT NULL,
+    PRIMARY KEY (host_port, protocol)
+);
 CREATE TABLE IF NOT EXISTS images (
     name TEXT NOT NULL,
     tag  TEXT NOT NULL,
@@ -24,6 +40,14 @@ CREATE TABLE IF NOT EXISTS images (
     PRIMARY KEY (name, tag)
 );
 """
+
+
+@dataclass(frozen=True)
+class Lease:
+    network: str
+    ip: str
+    vm: str
+    mac: str
 
 
 class StateStore:
@@ -162,3 +186,100 @@ class StateStore:
     def delete_image(self, name: str, tag: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM images WHERE name = ? AND tag = ?", (name, tag))
+
+    # ---- address leases ----
+
+    def lease_for(self, network: str, vm: str) -> Lease | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT network, ip, vm, mac FROM leases WHERE network = ? AND vm = ?",
+                (network, vm),
+            ).fetchone()
+        return Lease(*row) if row else None
+
+    def leases(self, network: str) -> list[Lease]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT network, ip, vm, mac FROM leases WHERE network = ? ORDER BY vm",
+                (network,),
+            ).fetchall()
+        return [Lease(*row) for row in rows]
+
+    def allocate_lease(
+        self, network: str, vm: str, candidates: Iterable[str], new_mac: Callable[[], str]
+    ) -> Lease:
+        """The VM's lease, or a new one on the first free candidate address, atomically."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT network, ip, vm, mac FROM leases WHERE network = ? AND vm = ?",
+                (network, vm),
+            ).fetchone()
+            if row:
+                return Lease(*row)
+            used = {r[0] for r in db.execute("SELECT ip FROM leases WHERE network = ?", (network,))}
+            macs = {r[0] for r in db.execute("SELECT mac FROM leases")}
+            ip = next((c for c in candidates if c not in used), None)
+            if ip is None:
+                raise Conflict(f"network {network} has no free address left", network=network)
+            mac = new_mac()
+            while mac in macs:
+                mac = new_mac()
+            db.execute(
+                "INSERT INTO leases (network, ip, vm, mac) VALUES (?, ?, ?, ?)",
+                (network, ip, vm, mac),
+            )
+        return Lease(network, ip, vm, mac)
+
+    def release_lease(self, network: str, vm: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE network = ? AND vm = ?", (network, vm))
+
+    # ---- port forwards ----
+
+    def add_forward(self, vm: str, forward: PortForward) -> None:
+        """Record a forward; :class:`Conflict` if its host port is already forwarded."""
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO forwards (host_port, protocol, vm, guest_port) "
+                    "VALUES (?, ?, ?, ?)",
+                    (forward.host_port, forward.protocol.value, vm, forward.guest_port),
+                )
+        except sqlite3.IntegrityError:
+            owner = self.forward_owner(forward)
+            raise Conflict(
+                f"host port {forward.host_port}/{forward.protocol.value} is already "
+                f"forwarded to VM '{owner}'",
+                host_port=forward.host_port,
+                vm=owner,
+            ) from None
+
+    def forward_owner(self, forward: PortForward) -> str | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT vm FROM forwards WHERE host_port = ? AND protocol = ?",
+                (forward.host_port, forward.protocol.value),
+            ).fetchone()
+        return row[0] if row else None
+
+    def forwards(self, vm: str | None = None) -> list[tuple[str, PortForward]]:
+        """``(vm, forward)`` pairs, of one VM or of all."""
+        query = "SELECT vm, host_port, guest_port, protocol FROM forwards"
+        args: tuple[str, ...] = ()
+        if vm is not None:
+            query, args = query + " WHERE vm = ?", (vm,)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY host_port, protocol", args).fetchall()
+        return [(r[0], PortForward(host_port=r[1], guest_port=r[2], protocol=r[3])) for r in rows]
+
+    def remove_forwards(self, vm: str, forward: PortForward | None = None) -> int:
+        """Remove one forward of ``vm`` (matched by host port and protocol) or all of them."""
+        with self._transaction() as db:
+            if forward is None:
+                cursor = db.execute("DELETE FROM forwards WHERE vm = ?", (vm,))
+            else:
+                cursor = db.execute(
+                    "DELETE FROM forwards WHERE vm = ? AND host_port = ? AND protocol = ?",
+                    (vm, forward.host_port, forward.protocol.value),
+                )
+        return cursor.rowcount

@@ -38,6 +38,9 @@ def vm_info(vm: VM) -> VMInfo:
         state=vm.state,
         ip=vm.ip,
         details=VMDetails(
+            network=vm.network,
+            gateway=vm.gateway,
+            port_forwards=vm.port_forwards,
             subnet=vm.subnet,
             mac=vm.mac,
             tap_device=vm.tap_device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -11,7 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from meda_core import procs
-from meda_core.backends import HypervisorBackend, LaunchSpec, Role, StorageBackend
+from meda_core.backends import (
+    HypervisorBackend,
+    LaunchSpec,
+    NetworkAttachment,
+    NetworkBackend,
+    NicSpec,
+    Role,
+    StorageBackend,
+)
 from meda_core.config import Settings
 from meda_core.errors import BackendError, BackendUnavailable, InvalidRequest, MedaError
 from meda_core.events import VMEvent, VMEventKind
@@ -31,6 +40,18 @@ from meda_core.store import StateStore
 
 log = logging.getLogger(__name__)
 Emit = Callable[[VMEvent], None]
+
+
+def attachment_of(vm: VM) -> NetworkAttachment:
+    """The network attachment recorded in a VM."""
+    return NetworkAttachment(
+        mac=vm.mac or "", ip=vm.ip, tap=vm.tap_device, subnet=vm.subnet, gateway=vm.gateway
+    )
+
+
+def _record_attachment(vm: VM, attachment: NetworkAttachment) -> None:
+    vm.mac, vm.ip, vm.tap_device = attachment.mac, attachment.ip, attachment.tap
+    vm.subnet, vm.gateway = attachment.subnet, attachment.gateway
 
 
 def _as_meda_error(exc: Exception, what: str) -> MedaError:
@@ -60,10 +81,14 @@ class VMService:
     # ---- queries ----
 
     def get(self, name: str) -> VM:
-        return self._reconcile(self._store.require_vm(check_vm_name(name)))
+        return self._with_forwards(self._reconcile(self._store.require_vm(check_vm_name(name))))
 
     def list(self) -> list[VM]:
-        return [self._reconcile(vm) for vm in self._store.list_vms()]
+        return [self._with_forwards(self._reconcile(vm)) for vm in self._store.list_vms()]
+
+    def _with_forwards(self, vm: VM) -> VM:
+        vm.port_forwards = [forward for _, forward in self._store.forwards(vm.name)]
+        return vm
 
     # ---- operations ----
 
@@ -78,6 +103,7 @@ class VMService:
         image = self._images.resolve(request.image)
         hypervisor = self._backends.hypervisor()
         storage = self._backends.storage()
+        network = self._backends.network()
         if request.force and self._store.get_vm(name) is not None:
             self.delete(name)
         vm = VM(
@@ -91,6 +117,7 @@ class VMService:
             created=datetime.now(UTC),
             uuid=str(uuid.uuid4()),
             operation_owner=self._me,
+            network=network.name if network else None,
         )
         self._store.insert_vm(vm)
         try:
@@ -98,8 +125,13 @@ class VMService:
             shutil.rmtree(vm.vm_dir, ignore_errors=True)
             vm.vm_dir.mkdir(parents=True)
             self._create_disk(vm, storage, image.disk, image.disk_format)
+            if network is not None:
+                _record_attachment(vm, network.allocate(name))
+                self._store.save_vm(vm)
         except BaseException as exc:
             self._remove_vm_files(vm, storage)
+            if network is not None:
+                network.release(name)
             self._store.delete_vm(name)
             if isinstance(exc, Exception):
                 raise _as_meda_error(exc, f"creating VM '{name}' failed") from exc
@@ -112,8 +144,10 @@ class VMService:
         self.get(name)  # reconcile first: a VM whose guest powered off is startable
         vm = self._begin(name, STARTABLE, VMState.STARTING)
         hypervisor = self._hypervisor(vm)
+        network = self._network(vm)
         try:
             image = self._images.get(vm.image)
+            nics = () if network is None else (self._plug(vm, network),)
             launch = LaunchSpec(
                 name=vm.name,
                 uuid=vm.uuid,
@@ -124,11 +158,14 @@ class VMService:
                 kernel=image.kernel,
                 initrd=image.initrd,
                 cmdline=image.cmdline,
+                nics=nics,
+                netns=self._settings.netns,
             )
             runtime = hypervisor.start(launch)
         except Exception as exc:
             error = _as_meda_error(exc, f"starting VM '{name}' failed")
             hypervisor.cleanup(vm.vm_dir)
+            self._unplug(vm)
             self._finish(vm, VMState.STOPPED, last_error=error.message)
             self._emit(
                 VMEvent(kind=VMEventKind.FAILED, vm=name, state=vm.state, message=error.message)
@@ -157,6 +194,12 @@ class VMService:
             procs.kill(vm.runtime)
         storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
         self._hypervisor(vm).cleanup(vm.vm_dir)
+        self._unplug(vm)
+        self._store.remove_forwards(name)
+        network = self._network(vm)
+        if network is not None:
+            network.release(name)
+            network.apply_forwards()
         self._remove_vm_files(vm, storage)
         self._store.delete_vm(name)
         self._emit(VMEvent(kind=VMEventKind.DELETED, vm=name, state=None))
@@ -165,6 +208,23 @@ class VMService:
 
     def _hypervisor(self, vm: VM) -> HypervisorBackend:
         return self._backends.by_name(Role.HYPERVISOR, vm.hypervisor, HypervisorBackend)
+
+    def _network(self, vm: VM) -> NetworkBackend | None:
+        if vm.network is None:
+            return None
+        return self._backends.by_name(Role.NETWORK, vm.network, NetworkBackend)
+
+    def _plug(self, vm: VM, network: NetworkBackend) -> NicSpec:
+        nic = network.plug(vm.name, attachment_of(vm))
+        if "hostfwd" in network.capabilities:
+            forwards = tuple(f for _, f in self._store.forwards(vm.name))
+            nic = dataclasses.replace(nic, hostfwds=forwards)
+        return nic
+
+    def _unplug(self, vm: VM) -> None:
+        network = self._network(vm)
+        if network is not None:
+            network.unplug(vm.name, attachment_of(vm))
 
     def _begin(self, name: str, allowed: frozenset[VMState] | set[VMState], to: VMState) -> VM:
         return self._store.transition(name, allowed, to, owner=self._me)
@@ -203,6 +263,7 @@ class VMService:
             if vm.runtime is not None:
                 hypervisor.stop(vm.runtime, vm.vm_dir, self._settings.stop_timeout)
             hypervisor.cleanup(vm.vm_dir)
+            self._unplug(vm)
         except Exception as exc:
             error = _as_meda_error(exc, f"stopping VM '{vm.name}' failed")
             self._finish(vm, VMState.ERROR, runtime=vm.runtime, last_error=error.message)
@@ -232,6 +293,7 @@ class VMService:
             hypervisor = self._hypervisor(vm)
             if not hypervisor.is_running(vm.runtime):
                 hypervisor.cleanup(vm.vm_dir)
+                self._unplug(vm)
                 return self._settle(vm, VMState.STOPPED, None)
         elif vm.state in TRANSITIONAL and not self._owner_alive(vm):
             return self._recover(vm)
@@ -250,6 +312,7 @@ class VMService:
             return self._settle(vm, VMState.RUNNING, runtime)
         if vm.state in (VMState.STARTING, VMState.STOPPING):
             hypervisor.cleanup(vm.vm_dir)
+            self._unplug(vm)
             return self._settle(vm, VMState.STOPPED, None)
         message = f"meda stopped while the VM was {vm.state.value}; delete it to clean up"
         return self._settle(vm, VMState.ERROR, runtime, message)

@@ -14,6 +14,7 @@ from meda_core.app import Meda
 from meda_core.backends import BackendContext
 from meda_core.config import Settings
 from meda_core.plugins import PluginManager
+from meda_core.store import StateStore
 from meda_core.testing.fakes import FakePlugin
 from meda_core.testing.guest import BootableGuest, GuestBuildError, build_test_guest, default_cache
 
@@ -38,7 +39,7 @@ def meda_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def backend_context(meda_settings: Settings) -> BackendContext:
     meda_settings.home.mkdir(parents=True, exist_ok=True)
-    return BackendContext(meda_settings)
+    return BackendContext(meda_settings, StateStore(meda_settings.db_path))
 
 
 @pytest.fixture

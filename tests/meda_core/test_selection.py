@@ -9,6 +9,7 @@ from meda_core.errors import BackendUnavailable
 from meda_core.plugins import PluginManager
 from meda_core.registry import BackendRegistry
 from meda_core.selection import BackendSelector
+from meda_core.store import StateStore
 from meda_core.testing.fakes import FakePlugin, FakeStorage
 
 
@@ -27,10 +28,11 @@ class UnavailablePlugin:
 
 
 def _selector(settings: Settings) -> BackendSelector:
+    settings.home.mkdir(parents=True, exist_ok=True)
     plugins = PluginManager()
     plugins.add_plugin("fake", FakePlugin())
     plugins.add_plugin("unavailable", UnavailablePlugin())
-    return BackendSelector(plugins.registry, BackendContext(settings))
+    return BackendSelector(plugins.registry, BackendContext(settings, StateStore(settings.db_path)))
 
 
 def test_auto_skips_unavailable_backends(meda_settings: Settings) -> None:
