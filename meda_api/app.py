@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from meda_api.errors import install_error_handlers
-from meda_api.routers import system, vms
+from meda_api.routers import network, system, vms
 from meda_core import __version__
 from meda_core.app import Meda
+from meda_core.errors import MedaError
 
 API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Rules and DHCP of stored VMs come back with the server (after a host reboot, say).
+    meda: Meda = app.state.meda
+    try:
+        await run_in_threadpool(meda.network.restore)
+    except MedaError as error:
+        log.error("could not restore the network: %s", error.message)
+    yield
 
 
 def create_app(meda: Meda | None = None) -> FastAPI:
@@ -23,7 +41,9 @@ def create_app(meda: Meda | None = None) -> FastAPI:
         openapi_url=f"{API_PREFIX}/openapi.json",
     )
     app.state.meda = meda or Meda()
+    app.router.lifespan_context = _lifespan
     install_error_handlers(app)
     app.include_router(vms.router, prefix=API_PREFIX)
+    app.include_router(network.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from meda_cli.commands import images, plugins, serve, vms
+from meda_cli.commands import images, network, plugins, serve, vms
 
 app = typer.Typer(
     name="meda",
@@ -13,6 +13,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.registered_commands += vms.app.registered_commands
+app.registered_commands += network.app.registered_commands
 app.command("serve")(serve.serve)
 app.command("plugins")(plugins.plugins)
 app.add_typer(images.app, name="images")

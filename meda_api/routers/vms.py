@@ -10,7 +10,7 @@ from meda_core.views import vm_info, vm_list
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
+ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         400: "Invalid parameters",
@@ -22,12 +22,12 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get("", response_model=VMList, responses=_ERRORS)
+@router.get("", response_model=VMList, responses=ERRORS)
 def list_vms(meda: MedaDep) -> VMList:
     return vm_list(meda.vms.list())
 
 
-@router.post("", status_code=201, response_model=OperationResult, responses=_ERRORS)
+@router.post("", status_code=201, response_model=OperationResult, responses=ERRORS)
 def create_vm(request: CreateVMRequest, meda: MedaDep) -> OperationResult:
     vm = meda.vms.create(request)
     return OperationResult(
@@ -35,24 +35,24 @@ def create_vm(request: CreateVMRequest, meda: MedaDep) -> OperationResult:
     )
 
 
-@router.get("/{name}", response_model=VMInfo, responses=_ERRORS)
+@router.get("/{name}", response_model=VMInfo, responses=ERRORS)
 def get_vm(name: str, meda: MedaDep) -> VMInfo:
     return vm_info(meda.vms.get(name))
 
 
-@router.post("/{name}/start", response_model=OperationResult, responses=_ERRORS)
+@router.post("/{name}/start", response_model=OperationResult, responses=ERRORS)
 def start_vm(name: str, meda: MedaDep) -> OperationResult:
     vm = meda.vms.start(name)
     return OperationResult(success=True, message=f"Started VM: {name}", vm=vm_info(vm))
 
 
-@router.post("/{name}/stop", response_model=OperationResult, responses=_ERRORS)
+@router.post("/{name}/stop", response_model=OperationResult, responses=ERRORS)
 def stop_vm(name: str, meda: MedaDep) -> OperationResult:
     vm = meda.vms.stop(name)
     return OperationResult(success=True, message=f"Stopped VM: {name}", vm=vm_info(vm))
 
 
-@router.delete("/{name}", response_model=OperationResult, responses=_ERRORS)
+@router.delete("/{name}", response_model=OperationResult, responses=ERRORS)
 def delete_vm(name: str, meda: MedaDep) -> OperationResult:
     meda.vms.delete(name)
     return OperationResult(success=True, message=f"Deleted VM: {name}")

@@ -27,14 +27,47 @@ BOOT_MARKER = "MEDA-GUEST-BOOTED"
 POWEROFF_MARKER = "MEDA-GUEST-POWEROFF"
 CMDLINE = "console=ttyS0 panic=-1 quiet"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
-MODULES = ("drivers/input/evdev.ko", "drivers/acpi/button.ko")
+#: Loaded in this order: the power button, then virtio-pci and virtio-net.
+MODULES = (
+    "drivers/input/evdev.ko",
+    "drivers/acpi/button.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/net/virtio_net.ko",
+)
+IP_MARKER = "MEDA-GUEST-IP="
+HTTP_PAGE = "MEDA-GUEST-HTTP"
+
+DHCP_EVENT = f"""#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${{router%% *}}" dev "$interface"
+    echo "{IP_MARKER}$ip" > /dev/console ;;
+esac
+"""
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in /lib/modules/*.ko; do insmod "$m"; done
+for m in $(cat /lib/modules/order); do insmod "/lib/modules/$m"; done
+# Network, in the background: an HTTP server on port 80 and an address by DHCP.
+if [ -e /sys/class/net/eth0 ]; then
+  mkdir -p /www && echo {HTTP_PAGE} > /www/index.html
+  ip link set lo up
+  ip link set eth0 up
+  httpd -p 80 -h /www
+  (udhcpc -i eth0 -s /bin/dhcp-event -q -n -t 30 -T 1 >/dev/null 2>&1 \\
+     || echo MEDA-GUEST-DHCP-FAILED > /dev/console) &
+fi
 # Power off when the ACPI power button (QMP system_powerdown) is pressed. The device is
 # opened before the marker is printed, so no press after the marker can be missed.
 for ev in /sys/class/input/event*; do
@@ -110,7 +143,10 @@ def static_busybox() -> Path:
 def _initramfs(dest: Path, busybox: Path, modules: Path) -> None:
     entries = [cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules")]
     entries.append(cpio.file("bin/busybox", busybox, executable=True))
-    entries += [cpio.file(f"lib/modules/{m.name}", m) for m in sorted(modules.glob("*.ko"))]
+    order = [Path(m).name for m in MODULES]
+    entries += [cpio.file(f"lib/modules/{name}", modules / name) for name in order]
+    entries.append(cpio.file("lib/modules/order", "\n".join(order).encode() + b"\n"))
+    entries.append(cpio.file("bin/dhcp-event", DHCP_EVENT.encode(), executable=True))
     entries.append(cpio.file("init", INIT.encode(), executable=True))
     cpio.write_initramfs(dest, entries)
 
@@ -118,12 +154,15 @@ def _initramfs(dest: Path, busybox: Path, modules: Path) -> None:
 def build_test_guest(cache_dir: Path) -> BootableGuest:
     """The test guest's kernel and initramfs, built into ``cache_dir`` on first use."""
     package = kernel_package()
-    kernel_dir = cache_dir / package
+    modules_key = hashlib.sha256("\n".join(MODULES).encode()).hexdigest()[:8]
+    kernel_dir = cache_dir / f"{package}-{modules_key}"
     if not (kernel_dir / "vmlinuz").exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         _fetch_kernel(package, kernel_dir)
     busybox = static_busybox()
-    key = hashlib.sha256(INIT.encode() + busybox.read_bytes() + package.encode()).hexdigest()
+    key = hashlib.sha256(
+        INIT.encode() + DHCP_EVENT.encode() + busybox.read_bytes() + kernel_dir.name.encode()
+    ).hexdigest()
     initrd = cache_dir / f"initrd-{key[:16]}.gz"
     if not initrd.exists():
         _initramfs(initrd, busybox, kernel_dir / "modules")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meda_core.backends import LaunchSpec
+from meda_core import netns
+from meda_core.backends import LaunchSpec, NicSpec
+from meda_core.errors import BackendError
+from meda_core.models import PortForward
 
 DEFAULT_CMDLINE = "console=ttyS0"
 
@@ -12,6 +15,28 @@ DEFAULT_CMDLINE = "console=ttyS0"
 def runtime_paths(vm_dir: Path) -> tuple[Path, Path]:
     """The QMP socket and pid file of a VM."""
     return vm_dir / "qmp.sock", vm_dir / "qemu.pid"
+
+
+def hostfwd_rule(forward: PortForward) -> str:
+    """QEMU's ``hostfwd`` syntax: ``tcp::8080-:80``."""
+    return f"{forward.protocol.value}::{forward.host_port}-:{forward.guest_port}"
+
+
+def nic_args(nics: tuple[NicSpec, ...]) -> list[str]:
+    args: list[str] = []
+    for index, nic in enumerate(nics):
+        netdev = f"net{index}"
+        if nic.kind == "tap":
+            # Never vhost=on: vhost-net is not everywhere and QEMU asserts instead of failing.
+            backend = f"tap,id={netdev},ifname={nic.tap},script=no,downscript=no"
+        elif nic.kind == "user":
+            backend = f"user,id={netdev}" + "".join(
+                f",hostfwd={hostfwd_rule(f)}" for f in nic.hostfwds
+            )
+        else:
+            raise BackendError(f"qemu cannot make a NIC of kind '{nic.kind}'")
+        args += ["-netdev", backend, "-device", f"virtio-net-pci,netdev={netdev},mac={nic.mac}"]
+    return args
 
 
 def build_argv(
@@ -24,6 +49,7 @@ def build_argv(
     qmp_socket, pidfile = runtime_paths(launch.vm_dir)
     memory_mib = launch.spec.memory_bytes // (1024 * 1024)
     argv = [
+        *netns.exec_prefix(launch.netns),
         binary,
         "-name", f"meda-{launch.name},process=meda-{launch.name}",
         "-uuid", launch.uuid,
@@ -46,6 +72,7 @@ def build_argv(
             "-drive", f"file={extra},if=none,id=disk{index},format=raw,readonly=on",
             "-device", f"virtio-blk-pci,drive=disk{index}",
         ]  # fmt: skip
+    argv += nic_args(launch.nics)
     if launch.kernel is not None:
         argv += ["-kernel", str(launch.kernel)]
         if launch.initrd is not None:

@@ -10,9 +10,9 @@ from typing import ClassVar
 from meda_core import procs
 from meda_core.backends import Availability, HypervisorBackend, LaunchSpec
 from meda_core.errors import BackendError
-from meda_core.models import RuntimeInfo
+from meda_core.models import PortForward, RuntimeInfo
 from meda_qemu import accel, qmp
-from meda_qemu.argv import build_argv, runtime_paths
+from meda_qemu.argv import build_argv, hostfwd_rule, runtime_paths
 from meda_qemu.settings import QemuSettings
 
 START_TIMEOUT = 60.0
@@ -20,7 +20,9 @@ START_TIMEOUT = 60.0
 
 class QemuHypervisor(HypervisorBackend):
     name = "qemu"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"direct-kernel-boot", "firmware-boot"})
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"direct-kernel-boot", "firmware-boot", "tap", "user-net", "hostfwd"}
+    )
     priority = 10
 
     @property
@@ -109,6 +111,20 @@ class QemuHypervisor(HypervisorBackend):
     def cleanup(self, vm_dir: Path) -> None:
         for path in runtime_paths(vm_dir):
             path.unlink(missing_ok=True)
+
+    def add_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
+        self._monitor(vm_dir, f"hostfwd_add net0 {hostfwd_rule(forward)}")
+
+    def remove_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
+        rule = f"{forward.protocol.value}::{forward.host_port}"
+        self._monitor(vm_dir, f"hostfwd_remove net0 {rule}")
+
+    def _monitor(self, vm_dir: Path, command: str) -> None:
+        """A human-monitor command (hostfwd has no QMP form); its output is its error."""
+        qmp_socket, _ = runtime_paths(vm_dir)
+        output = qmp.execute(qmp_socket, "human-monitor-command", {"command-line": command})
+        if output and output.strip():
+            raise BackendError(f"qemu: {output.strip()}", command=command)
 
 
 def _cmdline(pid: int) -> str:

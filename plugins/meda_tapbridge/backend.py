@@ -1,0 +1,207 @@
+"""The ``tap-bridge`` network backend: a Linux bridge, a tap per VM, dnsmasq and nftables."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+
+from meda_core import netns
+from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, NicSpec
+from meda_core.models import PortForward, VMState
+from meda_tapbridge import links, nft
+from meda_tapbridge.dhcp import DhcpServer
+from meda_tapbridge.settings import BridgeSettings
+from meda_usernet.backend import random_mac
+
+REQUIRED_TOOLS = {"nft": "nftables", "dnsmasq": "dnsmasq-base", "nsenter": "util-linux"}
+
+
+class TapBridgeNetwork(NetworkBackend):
+    name = "tap-bridge"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"dhcp", "nat", "port-forward"})
+    priority = 10
+
+    @property
+    def config(self) -> BridgeSettings:
+        return BridgeSettings()
+
+    @property
+    def ns(self) -> str | None:
+        return self.context.settings.netns
+
+    @property
+    def state_dir(self) -> Path:
+        return self.context.settings.home / "net" / self.config.bridge
+
+    @property
+    def dhcp(self) -> DhcpServer:
+        return DhcpServer(self.state_dir, self.ns, self.config.bridge)
+
+    # ---- availability ----
+
+    def check_available(self) -> Availability:
+        if os.geteuid() != 0:
+            return Availability.no("needs root (bridges, taps and nftables rules)")
+        if not os.path.exists("/dev/net/tun"):
+            return Availability.no("/dev/net/tun is missing (no TUN/TAP support)")
+        for tool, package in REQUIRED_TOOLS.items():
+            if shutil.which(tool) is None:
+                return Availability.no(f"'{tool}' not found (apt-get install {package})")
+        if self.ns is not None and not netns.namespace_path(self.ns).exists():
+            return Availability.no(f"network namespace '{self.ns}' (MEDA_NETNS) does not exist")
+        return Availability.yes()
+
+    # ---- addresses ----
+
+    def allocate(self, vm: str) -> NetworkAttachment:
+        config = self.config
+        lease = self.context.state.allocate_lease(
+            config.bridge, vm, config.guest_addresses(), random_mac
+        )
+        return NetworkAttachment(
+            mac=lease.mac,
+            ip=lease.ip,
+            tap=config.tap_name(lease.ip),
+            subnet=config.subnet,
+            gateway=config.gateway_ip,
+        )
+
+    def release(self, vm: str) -> None:
+        config = self.config
+        with self._locked():
+            lease = self.context.state.lease_for(config.bridge, vm)
+            if lease is not None:
+                links.remove_link(self.ns, config.tap_name(lease.ip))
+            self.context.state.release_lease(config.bridge, vm)
+            if self.context.state.leases(config.bridge):
+                self._sync_dhcp()
+            else:
+                self._teardown()
+
+    # ---- NICs ----
+
+    def plug(self, vm: str, attachment: NetworkAttachment) -> NicSpec:
+        assert attachment.tap is not None
+        with self._locked():
+            self._ensure_network()
+            links.add_tap(self.ns, attachment.tap, self.config.bridge)
+        return NicSpec(kind="tap", mac=attachment.mac, tap=attachment.tap)
+
+    def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
+        if attachment.tap is not None:
+            links.remove_link(self.ns, attachment.tap)
+
+    # ---- forwards ----
+
+    def check_host_port(self, forward: PortForward) -> str | None:
+        return netns.port_problem(self.ns, forward.host_port, forward.protocol.value)
+
+    def apply_forwards(self) -> None:
+        with self._locked():
+            if self.context.state.leases(self.config.bridge):
+                self._sync_rules()
+
+    def restore(self) -> None:
+        with self._locked():
+            if self.context.state.leases(self.config.bridge):
+                self._ensure_network()
+
+    # ---- cleanup ----
+
+    def orphans(self) -> list[str]:
+        return [description for description, _ in self._find_orphans()]
+
+    def remove_orphans(self) -> list[str]:
+        with self._locked():
+            found = self._find_orphans()
+            for _, remove in found:
+                remove()
+            if not self.context.state.leases(self.config.bridge):
+                self._teardown()
+            else:
+                self._sync_dhcp()
+        return [description for description, _ in found]
+
+    def _find_orphans(self) -> list[tuple[str, Callable[[], object]]]:
+        config, state = self.config, self.context.state
+        vms = {vm.name: vm for vm in state.list_vms()}
+        found: list[tuple[str, Callable[[], object]]] = []
+        for lease in state.leases(config.bridge):
+            if lease.vm not in vms:
+                found.append((
+                    f"lease {lease.ip} of missing VM '{lease.vm}'",
+                    partial(state.release_lease, config.bridge, lease.vm),
+                ))  # fmt: skip
+        live_taps = {
+            vm.tap_device for vm in vms.values()
+            if vm.state in (VMState.RUNNING, VMState.STARTING, VMState.STOPPING)
+        }  # fmt: skip
+        for link in links.link_names(self.ns):
+            if link.startswith("mtap") and link not in live_taps:
+                found.append((f"tap {link}", partial(links.remove_link, self.ns, link)))
+        if not any(lease.vm in vms for lease in state.leases(config.bridge)):
+            if self.dhcp.running() is not None:
+                found.append((f"dnsmasq for {config.bridge}", self.dhcp.stop))
+            if nft.exists(self.ns):
+                found.append((f"nftables table ip {nft.TABLE}", lambda: nft.replace(self.ns, None)))
+            if config.bridge in links.link_names(self.ns):
+                found.append((
+                    f"bridge {config.bridge}",
+                    lambda: links.remove_link(self.ns, config.bridge),
+                ))  # fmt: skip
+        return found
+
+    # ---- the shared network: bridge, sysctls, DHCP, rules ----
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One process at a time changes the shared network (threads and processes alike)."""
+        lock_path = self.context.settings.home / "net" / ".lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _ensure_network(self) -> None:
+        config = self.config
+        links.ensure_bridge(self.ns, config.bridge, config.gateway_ip, config.network.prefixlen)
+        netns.set_sysctl(self.ns, "net.ipv4.ip_forward", "1")
+        # Forwards reached from 127.0.0.1 are routed out of the bridge: allow it there only.
+        netns.set_sysctl(self.ns, f"net.ipv4.conf.{config.bridge}.route_localnet", "1")
+        self._sync_dhcp()
+        self._sync_rules()
+
+    def _sync_dhcp(self) -> None:
+        config = self.config
+        self.dhcp.ensure(
+            self.context.state.leases(config.bridge),
+            config.gateway_ip,
+            str(config.network.netmask),
+            str(config.network.network_address),
+        )
+
+    def _sync_rules(self) -> None:
+        config, state = self.config, self.context.state
+        ips = {lease.vm: lease.ip for lease in state.leases(config.bridge)}
+        forwards = [
+            (ips[vm], f.host_port, f.guest_port, f.protocol.value)
+            for vm, f in state.forwards()
+            if vm in ips
+        ]
+        nft.replace(self.ns, nft.render(config.subnet, config.bridge, forwards))
+
+    def _teardown(self) -> None:
+        """Remove everything the network had: DHCP, rules, bridge, files."""
+        self.dhcp.stop()
+        nft.replace(self.ns, None)
+        links.remove_link(self.ns, self.config.bridge)
+        shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -1,0 +1,76 @@
+"""The ``dnsmasq`` that meda runs per bridge: DHCP with static leases only, no DNS."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from meda_core import netns, procs
+from meda_core.models import RuntimeInfo
+from meda_core.store import Lease
+
+
+class DhcpServer:
+    """One dnsmasq for one bridge; its files live in ``state_dir``."""
+
+    def __init__(self, state_dir: Path, ns: str | None, bridge: str) -> None:
+        self.state_dir = state_dir
+        self.ns = ns
+        self.bridge = bridge
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / "dnsmasq.pid"
+
+    @property
+    def hostsfile(self) -> Path:
+        return self.state_dir / "dhcp-hosts"
+
+    def running(self) -> RuntimeInfo | None:
+        """The dnsmasq process, identified by its pid file and its command line."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        runtime = procs.identify(pid)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            return None
+        return runtime if runtime and str(self.pidfile) in cmdline else None
+
+    def write_hosts(self, leases: list[Lease]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.hostsfile.with_suffix(".tmp")
+        tmp.write_text("".join(f"{lease.mac},{lease.ip},{lease.vm}\n" for lease in leases))
+        tmp.replace(self.hostsfile)
+
+    def ensure(self, leases: list[Lease], gateway: str, netmask: str, network: str) -> None:
+        """Serve ``leases``: start dnsmasq, or make the running one re-read its hosts."""
+        self.write_hosts(leases)
+        runtime = self.running()
+        if runtime is not None:
+            os.kill(runtime.pid, signal.SIGHUP)
+            return
+        netns.run(self.ns, [
+            "dnsmasq", "--conf-file=/dev/null", f"--pid-file={self.pidfile}",
+            f"--interface={self.bridge}", "--bind-interfaces", "--except-interface=lo",
+            "--port=0", f"--dhcp-range={network},static,{netmask},12h",
+            f"--dhcp-hostsfile={self.hostsfile}",
+            f"--dhcp-leasefile={self.state_dir / 'dnsmasq.leases'}",
+            f"--dhcp-option=option:router,{gateway}", "--dhcp-authoritative",
+            "--user=root", "--group=root",
+            f"--log-facility={self.state_dir / 'dnsmasq.log'}", "--log-dhcp",
+        ])  # fmt: skip
+
+    def stop(self) -> bool:
+        """Stop dnsmasq and remove its files; True if a process was stopped."""
+        runtime = self.running()
+        if runtime is not None:
+            os.kill(runtime.pid, signal.SIGTERM)
+            if not procs.wait_gone(runtime, 5):
+                procs.kill(runtime)
+        for name in ("dnsmasq.pid", "dhcp-hosts", "dnsmasq.leases", "dnsmasq.log"):
+            (self.state_dir / name).unlink(missing_ok=True)
+        return runtime is not None

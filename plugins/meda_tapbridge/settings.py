@@ -1,0 +1,42 @@
+"""The tap-bridge plugin's settings (``MEDA_BRIDGE``, ``MEDA_SUBNET``)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BridgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDA_", extra="ignore")
+
+    bridge: str = Field("meda0", pattern=r"^[a-zA-Z0-9_-]{1,15}$")
+    subnet: str = "192.168.100.0/24"
+    #: The gateway (the bridge's address); the subnet's first host when unset.
+    gateway: str | None = None
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        network = ipaddress.IPv4Network(value, strict=True)
+        if network.prefixlen > 29:
+            raise ValueError("the subnet needs room for a gateway and guests (/29 or larger)")
+        return str(network)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def gateway_ip(self) -> str:
+        return self.gateway or str(next(self.network.hosts()))
+
+    def guest_addresses(self) -> list[str]:
+        """Addresses guests may lease, lowest first."""
+        return [str(ip) for ip in self.network.hosts() if str(ip) != self.gateway_ip]
+
+    def tap_name(self, ip: str) -> str:
+        """A tap's name from its guest's address: unique on the network, at most 15 chars."""
+        offset = int(ipaddress.IPv4Address(ip)) - int(self.network.network_address)
+        return f"mtap{offset}"

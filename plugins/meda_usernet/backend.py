@@ -1,0 +1,58 @@
+"""The ``user`` network backend: each VM gets its own QEMU user-mode (slirp) network."""
+
+from __future__ import annotations
+
+import secrets
+from typing import ClassVar
+
+from meda_core import netns
+from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, NicSpec
+from meda_core.models import PortForward
+
+#: What QEMU's user-mode DHCP server gives the (only) guest on its network.
+GUEST_IP = "10.0.2.15"
+SUBNET = "10.0.2.0/24"
+GATEWAY = "10.0.2.2"
+
+
+def random_mac() -> str:
+    """A locally administered MAC in QEMU's 52:54:00 range."""
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+class UserNetwork(NetworkBackend):
+    name = "user"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"hostfwd", "rootless"})
+    priority = 0
+
+    def check_available(self) -> Availability:
+        return Availability.yes()
+
+    def allocate(self, vm: str) -> NetworkAttachment:
+        return NetworkAttachment(mac=random_mac(), ip=GUEST_IP, subnet=SUBNET, gateway=GATEWAY)
+
+    def release(self, vm: str) -> None:
+        pass  # nothing lives on the host outside the VM's own QEMU process
+
+    def plug(self, vm: str, attachment: NetworkAttachment) -> NicSpec:
+        return NicSpec(kind="user", mac=attachment.mac)
+
+    def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
+        pass
+
+    def check_host_port(self, forward: PortForward) -> str | None:
+        return netns.port_problem(
+            self.context.settings.netns, forward.host_port, forward.protocol.value
+        )
+
+    def apply_forwards(self) -> None:
+        pass  # forwards are hostfwd rules inside each VM's QEMU
+
+    def restore(self) -> None:
+        pass
+
+    def orphans(self) -> list[str]:
+        return []
+
+    def remove_orphans(self) -> list[str]:
+        return []
