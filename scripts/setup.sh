@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what meda needs on a Debian 12 host: QEMU, qemu-img, a static busybox (for the
-# test guest), curl; then a virtualenv in .venv with meda and its test tools.
+# Installs what meda needs on a Debian 12 host: QEMU and qemu-img, dnsmasq, nftables and
+# iproute2 for the tap-bridge network, a static busybox (for the test guest), curl and jq;
+# then a virtualenv in .venv with meda and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 qemu-utils busybox-static curl ca-certificates)
+packages=(qemu-system-x86 qemu-utils busybox-static curl ca-certificates jq
+          dnsmasq-base nftables iproute2 util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

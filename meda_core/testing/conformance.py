@@ -13,7 +13,10 @@ boots) and may override ``stop_timeout``.
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,10 +27,11 @@ from meda_core.backends import (
     Backend,
     HypervisorBackend,
     LaunchSpec,
+    NetworkBackend,
     StorageBackend,
 )
 from meda_core.errors import MedaError
-from meda_core.models import RuntimeInfo
+from meda_core.models import PortForward, RuntimeInfo
 
 MiB = 1024 * 1024
 LaunchFactory = Callable[[str], LaunchSpec]
@@ -142,7 +146,67 @@ class HypervisorConformance(BackendConformance):
 
 
 class NetworkConformance(BackendConformance):
-    """Network backends: the common checks; grows with the network role's interface."""
+    """Network backends. Override ``busy_port`` where the backend's ports live elsewhere
+    (another namespace): it must yield a TCP port that is in use where the backend looks."""
+
+    @pytest.fixture
+    def busy_port(self) -> Iterator[int]:
+        with socket.socket() as sock:
+            sock.bind(("0.0.0.0", 0))
+            sock.listen()
+            yield sock.getsockname()[1]
+
+    def test_allocation_is_stable_and_distinct(self, backend: NetworkBackend) -> None:
+        first = backend.allocate("net-a")
+        assert backend.allocate("net-a") == first
+        second = backend.allocate("net-b")
+        assert second.mac != first.mac
+        assert re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", first.mac)
+        assert int(first.mac.split(":")[0], 16) & 1 == 0, "a MAC must be unicast"
+        if "dhcp" in backend.capabilities:
+            assert first.ip and second.ip and first.ip != second.ip
+        backend.release("net-a")
+        backend.release("net-b")
+        backend.release("net-b")  # idempotent
+
+    def test_concurrent_allocations_get_distinct_addresses(self, backend: NetworkBackend) -> None:
+        names = [f"par-{i}" for i in range(10)]
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            attachments = list(pool.map(backend.allocate, names))
+        try:
+            assert len({a.mac for a in attachments}) == 10
+            if "dhcp" in backend.capabilities:
+                assert len({a.ip for a in attachments}) == 10
+        finally:
+            for name in names:
+                backend.release(name)
+
+    def test_plug_gives_the_nic_and_unplug_is_idempotent(self, backend: NetworkBackend) -> None:
+        attachment = backend.allocate("net-plug")
+        try:
+            nic = backend.plug("net-plug", attachment)
+            assert nic.mac == attachment.mac
+            assert nic.kind in {"tap", "user"}
+            assert nic.kind != "tap" or nic.tap
+            backend.unplug("net-plug", attachment)
+            backend.unplug("net-plug", attachment)
+        finally:
+            backend.release("net-plug")
+
+    def test_host_port_check(self, backend: NetworkBackend, busy_port: int) -> None:
+        assert backend.check_host_port(PortForward(host_port=busy_port, guest_port=80))
+        with socket.socket() as sock:
+            sock.bind(("0.0.0.0", 0))
+            free = sock.getsockname()[1]
+        # The port was free an instant ago: a backend that says it is not is wrong.
+        assert backend.check_host_port(PortForward(host_port=free, guest_port=80)) is None
+
+    def test_nothing_is_orphaned_after_release(self, backend: NetworkBackend) -> None:
+        attachment = backend.allocate("net-orphan")
+        backend.plug("net-orphan", attachment)
+        backend.unplug("net-orphan", attachment)
+        backend.release("net-orphan")
+        assert backend.orphans() == []
 
 
 class RegistryConformance(BackendConformance):

@@ -7,21 +7,26 @@ They are never selected unless a test registers them.
 
 from __future__ import annotations
 
+import ipaddress
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 from typing import ClassVar
 
-from meda_core import hookimpl, procs
+from meda_core import hookimpl, netns, procs
 from meda_core.backends import (
     Availability,
     DiskInfo,
     HypervisorBackend,
     LaunchSpec,
+    NetworkAttachment,
+    NetworkBackend,
+    NicSpec,
     StorageBackend,
 )
 from meda_core.errors import BackendError, InvalidRequest
-from meda_core.models import RuntimeInfo
+from meda_core.models import PortForward, RuntimeInfo
 from meda_core.registry import BackendRegistry
 
 _IDLE = (
@@ -136,6 +141,67 @@ class FakeStorage(StorageBackend):
         )
 
 
+class FakeNetwork(NetworkBackend):
+    """Leases from the real lease table on a made-up subnet; no host devices at all."""
+
+    name = "fake"
+    priority = 100
+    subnet = ipaddress.IPv4Network("10.99.0.0/24")
+    plugged: ClassVar[set[str]] = set()
+    forwards_applied: ClassVar[int] = 0
+
+    def check_available(self) -> Availability:
+        return Availability.yes()
+
+    def allocate(self, vm: str) -> NetworkAttachment:
+        hosts = [str(ip) for ip in self.subnet.hosts()][1:]
+        lease = self.context.state.allocate_lease(self.name, vm, hosts, _fake_mac)
+        return NetworkAttachment(
+            mac=lease.mac, ip=lease.ip, tap=f"fake-{vm}", subnet=str(self.subnet),
+            gateway=str(next(self.subnet.hosts())),
+        )  # fmt: skip
+
+    def release(self, vm: str) -> None:
+        self.plugged.discard(vm)
+        self.context.state.release_lease(self.name, vm)
+
+    def plug(self, vm: str, attachment: NetworkAttachment) -> NicSpec:
+        self.plugged.add(vm)
+        return NicSpec(kind="tap", mac=attachment.mac, tap=attachment.tap)
+
+    def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
+        self.plugged.discard(vm)
+
+    def check_host_port(self, forward: PortForward) -> str | None:
+        return netns.port_problem(None, forward.host_port, forward.protocol.value)
+
+    def apply_forwards(self) -> None:
+        type(self).forwards_applied += 1
+
+    def restore(self) -> None:
+        pass
+
+    def orphans(self) -> list[str]:
+        vms = {vm.name for vm in self.context.state.list_vms()}
+        return [
+            f"lease {lease.ip} of missing VM '{lease.vm}'"
+            for lease in self.context.state.leases(self.name)
+            if lease.vm not in vms
+        ]
+
+    def remove_orphans(self) -> list[str]:
+        found = self.orphans()
+        vms = {vm.name for vm in self.context.state.list_vms()}
+        for lease in self.context.state.leases(self.name):
+            if lease.vm not in vms:
+                self.context.state.release_lease(self.name, lease.vm)
+        return found
+
+
+def _fake_mac() -> str:
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
 class FakePlugin:
     """Registers the fake backends (``pm.add_plugin("fake", FakePlugin())``)."""
 
@@ -143,3 +209,4 @@ class FakePlugin:
     def meda_register_backends(self, registry: BackendRegistry) -> None:
         registry.add(FakeHypervisor)
         registry.add(FakeStorage)
+        registry.add(FakeNetwork)

@@ -15,6 +15,7 @@ from meda_core.backends import BackendContext
 from meda_core.config import Settings
 from meda_core.plugins import PluginManager
 from meda_core.store import StateStore
+from meda_core.testing import namespaces
 from meda_core.testing.fakes import FakePlugin
 from meda_core.testing.guest import BootableGuest, GuestBuildError, build_test_guest, default_cache
 
@@ -51,6 +52,21 @@ def fake_meda(meda_settings: Settings) -> Iterator[Meda]:
     yield meda
     for vm in meda.vms.list():
         meda.vms.delete(vm.name)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace made for the test; afterwards it must be as it was made."""
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
+        pytest.skip("network namespaces need root, iproute2 and nftables")
+    name = namespaces.create()
+    try:
+        before = namespaces.snapshot(name)
+        yield name
+        after = namespaces.snapshot(name)
+        assert after == before, f"namespace {name} not left as it was: {before} -> {after}"
+    finally:
+        namespaces.destroy(name)
 
 
 @pytest.fixture(scope="session")

@@ -113,18 +113,22 @@ class QemuHypervisor(HypervisorBackend):
             path.unlink(missing_ok=True)
 
     def add_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
-        self._monitor(vm_dir, f"hostfwd_add net0 {hostfwd_rule(forward)}")
+        # Silence means success; anything printed is the reason it failed.
+        output = self._monitor(vm_dir, f"hostfwd_add net0 {hostfwd_rule(forward)}")
+        if output:
+            raise BackendError(f"qemu: {output}", forward=forward.model_dump())
 
     def remove_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
         rule = f"{forward.protocol.value}::{forward.host_port}"
-        self._monitor(vm_dir, f"hostfwd_remove net0 {rule}")
+        output = self._monitor(vm_dir, f"hostfwd_remove net0 {rule}")
+        if not output.endswith("removed"):
+            raise BackendError(f"qemu: {output}", forward=forward.model_dump())
 
-    def _monitor(self, vm_dir: Path, command: str) -> None:
-        """A human-monitor command (hostfwd has no QMP form); its output is its error."""
+    def _monitor(self, vm_dir: Path, command: str) -> str:
+        """Run a human-monitor command (hostfwd has no QMP form) and return its output."""
         qmp_socket, _ = runtime_paths(vm_dir)
         output = qmp.execute(qmp_socket, "human-monitor-command", {"command-line": command})
-        if output and output.strip():
-            raise BackendError(f"qemu: {output.strip()}", command=command)
+        return str(output or "").strip()
 
 
 def _cmdline(pid: int) -> str:

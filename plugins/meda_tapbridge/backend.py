@@ -79,8 +79,9 @@ class TapBridgeNetwork(NetworkBackend):
             if lease is not None:
                 links.remove_link(self.ns, config.tap_name(lease.ip))
             self.context.state.release_lease(config.bridge, vm)
-            if self.context.state.leases(config.bridge):
-                self._sync_dhcp()
+            leases = self.context.state.leases(config.bridge)
+            if leases:
+                self.dhcp.refresh(leases)
             else:
                 self._teardown()
 
@@ -122,10 +123,11 @@ class TapBridgeNetwork(NetworkBackend):
             found = self._find_orphans()
             for _, remove in found:
                 remove()
-            if not self.context.state.leases(self.config.bridge):
-                self._teardown()
+            leases = self.context.state.leases(self.config.bridge)
+            if leases:
+                self.dhcp.refresh(leases)
             else:
-                self._sync_dhcp()
+                self._teardown()
         return [description for description, _ in found]
 
     def _find_orphans(self) -> list[tuple[str, Callable[[], object]]]:

@@ -46,13 +46,20 @@ class DhcpServer:
         tmp.write_text("".join(f"{lease.mac},{lease.ip},{lease.vm}\n" for lease in leases))
         tmp.replace(self.hostsfile)
 
+    def refresh(self, leases: list[Lease]) -> bool:
+        """Have a running dnsmasq serve ``leases``; False if none runs."""
+        runtime = self.running()
+        if runtime is None:
+            return False
+        self.write_hosts(leases)
+        os.kill(runtime.pid, signal.SIGHUP)  # dnsmasq re-reads --dhcp-hostsfile on SIGHUP
+        return True
+
     def ensure(self, leases: list[Lease], gateway: str, netmask: str, network: str) -> None:
         """Serve ``leases``: start dnsmasq, or make the running one re-read its hosts."""
-        self.write_hosts(leases)
-        runtime = self.running()
-        if runtime is not None:
-            os.kill(runtime.pid, signal.SIGHUP)
+        if self.refresh(leases):
             return
+        self.write_hosts(leases)
         netns.run(self.ns, [
             "dnsmasq", "--conf-file=/dev/null", f"--pid-file={self.pidfile}",
             f"--interface={self.bridge}", "--bind-interfaces", "--except-interface=lo",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import ClassVar
 
@@ -29,7 +30,10 @@ class UserNetwork(NetworkBackend):
         return Availability.yes()
 
     def allocate(self, vm: str) -> NetworkAttachment:
-        return NetworkAttachment(mac=random_mac(), ip=GUEST_IP, subnet=SUBNET, gateway=GATEWAY)
+        # Each VM has a network of its own: its MAC need only be stable, not unique.
+        digest = hashlib.sha256(f"{self.context.settings.home}/{vm}".encode()).digest()
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+        return NetworkAttachment(mac=mac, ip=GUEST_IP, subnet=SUBNET, gateway=GATEWAY)
 
     def release(self, vm: str) -> None:
         pass  # nothing lives on the host outside the VM's own QEMU process

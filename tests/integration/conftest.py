@@ -74,22 +74,46 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=120)
 
 
+StartServer = Callable[..., Server]
+
+
 @pytest.fixture
-def server(tmp_path: Path, guest_image: dict[str, object]) -> Iterator[Server]:
+def start_server(
+    tmp_path: Path, guest_image: dict[str, object], netns: str
+) -> Iterator[StartServer]:
+    """Start ``meda serve`` with its network in a test-made namespace (extra env allowed)."""
     home = tmp_path / "home"
+    base_env = {
+        **os.environ, "MEDA_HOME": str(home), "MEDA_DEFAULT_IMAGE": "guest", "MEDA_NETNS": netns,
+    }  # fmt: skip
     Meda(Settings(home=home)).images.import_files("guest", **guest_image)  # type: ignore[arg-type]
-    env = {**os.environ, "MEDA_HOME": str(home), "MEDA_DEFAULT_IMAGE": "guest"}
-    srv = Server(home=home, env=env)
-    srv.start()
-    yield srv
-    srv.kill(signal.SIGTERM)
+    servers: list[Server] = []
+
+    def start(**env: str) -> Server:
+        srv = Server(home=home, env={**base_env, **env})
+        srv.start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.kill(signal.SIGTERM)
     # Whatever a test left, remove it through meda itself, then make sure nothing leaked.
-    meda = Meda(Settings(home=home, stop_timeout=3))
+    env = servers[-1].env if servers else base_env
+    settings = Settings(
+        home=home, stop_timeout=3, netns=netns, network=env.get("MEDA_NETWORK", "auto")
+    )
+    meda = Meda(settings)
     uuids = [vm.uuid for vm in meda.vms.list()]
     for vm in meda.vms.list():
         meda.vms.delete(vm.name)
     for uuid in uuids:
         assert processes_mentioning(uuid) == []
+
+
+@pytest.fixture
+def server(start_server: StartServer) -> Server:
+    return start_server()
 
 
 RunMeda = Callable[..., subprocess.CompletedProcess[str]]

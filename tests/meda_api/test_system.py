@@ -23,6 +23,7 @@ def test_plugins_lists_backends(fake_meda: Meda) -> None:
     body = TestClient(create_app(fake_meda)).get("/api/v1/plugins").json()
     assert {(b["role"], b["name"]) for b in body["backends"]} == {
         ("hypervisor", "fake"),
+        ("network", "fake"),
         ("storage", "fake"),
     }
 

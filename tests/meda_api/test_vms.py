@@ -36,7 +36,7 @@ def test_seed_sequence(client: TestClient) -> None:
 
     listed = client.get("/api/v1/vms").json()
     assert listed["count"] == 1
-    assert listed["vms"][0] | {"ip": None} == listed["vms"][0]
+    assert listed["vms"][0]["ip"] == "10.99.0.2"
     assert {k: listed["vms"][0][k] for k in ("name", "state", "memory", "disk")} == {
         "name": "api-test", "state": "stopped", "memory": "2G", "disk": "20G",
     }  # fmt: skip

@@ -90,3 +90,20 @@ def test_plugins_json() -> None:
     code, out, _ = meda("plugins", "--json")
     assert code == 0
     assert {b["name"] for b in json.loads(out)["backends"]} == {"fake"}
+
+
+def test_ip_and_port_forward_commands(fake_image: str) -> None:
+    meda("create", "vm1")
+    assert meda("ip", "vm1") == (0, "10.99.0.2\n", "")
+    code, out, _ = meda("port-forward", "vm1", "18090", "80", "--json")
+    assert code == 0 and json.loads(out)["forward"]["host_port"] == 18090
+    assert meda("port-forward", "vm1", "18090", "80")[0] == 4
+    listing = json.loads(meda("port-forward", "vm1", "--list", "--json")[1])
+    assert listing["count"] == 1
+    assert meda("port-forward", "vm1", "18090", "--remove")[0] == 0
+    assert json.loads(meda("port-forward", "vm1", "--json")[1])["count"] == 0
+
+
+def test_cleanup_dry_run(fake_image: str) -> None:
+    code, out, _ = meda("cleanup", "--dry-run", "--json")
+    assert code == 0 and json.loads(out) == {"dry_run": True, "orphans": [], "count": 0}

@@ -9,8 +9,12 @@ import pytest
 
 from meda_core.backends import BackendContext, LaunchSpec
 from meda_core.models import VMSpec
-from meda_core.testing.conformance import HypervisorConformance, StorageConformance
-from meda_core.testing.fakes import FakeHypervisor, FakeStorage
+from meda_core.testing.conformance import (
+    HypervisorConformance,
+    NetworkConformance,
+    StorageConformance,
+)
+from meda_core.testing.fakes import FakeHypervisor, FakeNetwork, FakeStorage
 
 
 class TestFakeStorage(StorageConformance):
@@ -36,3 +40,9 @@ class TestFakeHypervisor(HypervisorConformance):
             )  # fmt: skip
 
         return make
+
+
+class TestFakeNetwork(NetworkConformance):
+    @pytest.fixture
+    def backend(self, backend_context: BackendContext) -> FakeNetwork:
+        return FakeNetwork(backend_context)

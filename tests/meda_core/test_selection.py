@@ -59,4 +59,4 @@ def test_describe_marks_selected_and_reasons(meda_settings: Settings) -> None:
 
 
 def test_role_without_backends_is_optional(meda_settings: Settings) -> None:
-    assert _selector(meda_settings).optional(Role.NETWORK) is None
+    assert _selector(meda_settings).optional(Role.REGISTRY) is None

@@ -184,3 +184,49 @@ def test_vm_of_a_missing_hypervisor_plugin_is_still_listed(
     assert [v.name for v in fake_meda.vms.list()] == ["vm1"]
     vm.hypervisor = "fake"
     fake_meda.store.save_vm(vm)
+
+
+def test_network_follows_the_lifecycle(fake_meda: Meda, make_vm: MakeVM) -> None:
+    from meda_core.testing.fakes import FakeNetwork
+
+    vm = make_vm("vm1")
+    assert vm.ip == "10.99.0.2" and vm.mac and vm.network == "fake"
+    assert make_vm("vm2").ip == "10.99.0.3"
+    fake_meda.vms.start("vm1")
+    assert "vm1" in FakeNetwork.plugged
+    fake_meda.vms.stop("vm1")
+    assert "vm1" not in FakeNetwork.plugged
+    fake_meda.vms.delete("vm1")
+    assert [lease.vm for lease in fake_meda.store.leases("fake")] == ["vm2"]
+    assert make_vm("vm3").ip == "10.99.0.2"  # released addresses are reused
+
+
+def test_failed_create_releases_the_lease(
+    fake_meda: Meda, make_vm: MakeVM, failing: pytest.MonkeyPatch
+) -> None:
+    failing.setattr(FakeStorage, "fail_create", True)
+    with pytest.raises(Exception, match="told to fail"):
+        make_vm("vm1")
+    assert fake_meda.store.leases("fake") == []
+
+
+def test_failed_start_unplugs(
+    fake_meda: Meda, make_vm: MakeVM, failing: pytest.MonkeyPatch
+) -> None:
+    from meda_core.testing.fakes import FakeNetwork
+
+    make_vm("vm1")
+    failing.setattr(FakeHypervisor, "fail_start", True)
+    with pytest.raises(Exception, match="told to fail"):
+        fake_meda.vms.start("vm1")
+    assert "vm1" not in FakeNetwork.plugged
+
+
+def test_cleanup_finds_and_removes_orphaned_leases(fake_meda: Meda, make_vm: MakeVM) -> None:
+    make_vm("vm1")
+    fake_meda.store.allocate_lease("fake", "ghost", ["10.99.0.200"], lambda: "52:54:00:00:00:01")
+    report = fake_meda.network.cleanup(dry_run=True)
+    assert report.orphans == ["lease 10.99.0.200 of missing VM 'ghost'"]
+    assert len(fake_meda.store.leases("fake")) == 2  # a dry run really changes nothing
+    assert fake_meda.network.cleanup(dry_run=False).count == 1
+    assert [lease.vm for lease in fake_meda.store.leases("fake")] == ["vm1"]

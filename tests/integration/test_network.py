@@ -1,0 +1,136 @@
+"""Networking end to end, in a namespace the test makes: DHCP, reachability, forwards."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meda_core.testing.guest import HTTP_PAGE, IP_MARKER
+from meda_core.testing.namespaces import create, destroy, run_in
+from meda_core.testing.pytest_plugin import wait_for_text
+from tests.integration.conftest import Server, StartServer
+
+pytestmark = pytest.mark.vm
+NS_HOST = "10.200.0.1"
+CLIENT = "10.200.0.2"
+
+
+def start_vm(api: httpx.Client, name: str, memory: str = "256M") -> dict:  # type: ignore[type-arg]
+    assert api.post("/vms", json={"name": name, "memory": memory}).status_code == 201
+    response = api.post(f"/vms/{name}/start")
+    assert response.status_code == 200, response.text
+    return response.json()["vm"]  # type: ignore[no-any-return]
+
+
+def guest_ip(vm: dict, timeout: float = 120) -> str:  # type: ignore[type-arg]
+    """The address the guest itself got by DHCP, read from its serial console."""
+    console = Path(vm["details"]["console_log"])
+    wait_for_text(console, IP_MARKER, timeout)
+    match = re.search(re.escape(IP_MARKER) + r"(\S+)", console.read_text())
+    assert match
+    return match.group(1)
+
+
+def http_get(netns: str, url: str) -> str:
+    return run_in(netns, "curl", "-s", "-m", "10", url, check=False).strip()
+
+
+@pytest.fixture
+def client_host(netns: str) -> Iterator[str]:
+    """Another host: a namespace joined to meda's by a veth pair (10.200.0.0/24)."""
+    client = create("meda-c")
+    # Links between the two test namespaces; removed with the client namespace.
+    subprocess.run(
+        ["ip", "link", "add", "vc0", "netns", client, "type", "veth", "peer", "vh0",
+         "netns", netns], check=True,
+    )  # fmt: skip
+    run_in(client, "ip", "addr", "add", f"{CLIENT}/24", "dev", "vc0")
+    run_in(client, "ip", "link", "set", "vc0", "up")
+    run_in(netns, "ip", "addr", "add", f"{NS_HOST}/24", "dev", "vh0")
+    run_in(netns, "ip", "link", "set", "vh0", "up")
+    yield client
+    destroy(client)  # deleting it deletes vc0 and with it vh0
+
+
+def test_dhcp_reachability_and_port_forwards(server: Server, netns: str, client_host: str) -> None:
+    with server.client() as api:
+        vm = start_vm(api, "web")
+        leased = api.get("/vms/web/ip").json()
+        assert leased["vm"] == "web"
+        assert guest_ip(vm) == leased["ip"]  # the guest got the leased address by DHCP
+        ip = leased["ip"]
+        assert "1 packets received" in run_in(netns, "busybox", "ping", "-c", "1", "-W", "5", ip)
+        assert http_get(netns, f"http://{ip}/") == HTTP_PAGE
+
+        response = api.post("/vms/web/port-forward", json={"host_port": 8080, "guest_port": 80})
+        assert response.status_code == 201, response.text
+        assert http_get(netns, "http://127.0.0.1:8080/") == HTTP_PAGE
+        assert http_get(netns, f"http://{NS_HOST}:8080/") == HTTP_PAGE
+        assert http_get(client_host, f"http://{NS_HOST}:8080/") == HTTP_PAGE
+        assert api.get("/vms/web").json()["details"]["port_forwards"] == [
+            {"host_port": 8080, "guest_port": 80, "protocol": "tcp"}
+        ]
+        again = api.post("/vms/web/port-forward", json={"host_port": 8080, "guest_port": 80})
+        assert again.status_code == 409
+
+        assert api.delete("/vms/web/port-forward/8080").status_code == 200
+        assert http_get(netns, "http://127.0.0.1:8080/") == ""
+        assert api.delete("/vms/web").status_code == 200
+        # The netns fixture then checks links, rules and processes are as before.
+
+
+def test_forwards_come_back_when_the_server_restarts(server: Server, netns: str) -> None:
+    with server.client() as api:
+        vm = start_vm(api, "keep")
+        guest_ip(vm)
+        api.post("/vms/keep/port-forward", json={"host_port": 8081, "guest_port": 80})
+    server.kill(signal.SIGKILL)
+    run_in(netns, "nft", "delete", "table", "ip", "meda")  # as after a host reboot
+    assert http_get(netns, "http://127.0.0.1:8081/") == ""
+    server.start()
+    assert http_get(netns, "http://127.0.0.1:8081/") == HTTP_PAGE
+
+
+def test_ten_vms_started_at_once_get_ten_addresses(server: Server) -> None:
+    names = [f"par-{i}" for i in range(10)]
+    with server.client() as api, ThreadPoolExecutor(max_workers=10) as pool:
+        for name in names:
+            assert api.post("/vms", json={"name": name, "memory": "128M"}).status_code == 201
+        started = list(pool.map(lambda n: api.post(f"/vms/{n}/start"), names))
+        assert [r.status_code for r in started] == [200] * 10
+        leased = [api.get(f"/vms/{n}/ip").json()["ip"] for n in names]
+        assert len(set(leased)) == 10
+        got = list(pool.map(lambda r: guest_ip(r.json()["vm"], timeout=240), started))
+        assert got == leased
+        deleted = list(pool.map(lambda n: api.delete(f"/vms/{n}"), names))
+        assert [r.status_code for r in deleted] == [200] * 10
+        assert api.get("/vms").json()["count"] == 0
+
+
+def test_user_mode_network_boots_and_forwards(start_server: StartServer, netns: str) -> None:
+    server = start_server(MEDA_NETWORK="user")
+    run_in(netns, "ip", "link", "set", "lo", "up")  # a new namespace starts with lo down
+    with server.client() as api:
+        assert api.post("/vms", json={"name": "slirp", "memory": "256M"}).status_code == 201
+        # One forward given before start (a hostfwd on QEMU's command line) ...
+        api.post("/vms/slirp/port-forward", json={"host_port": 8090, "guest_port": 80})
+        vm = api.post("/vms/slirp/start").json()["vm"]
+        assert vm["details"]["network"] == "user"
+        assert guest_ip(vm) == "10.0.2.15" == api.get("/vms/slirp/ip").json()["ip"]
+        assert http_get(netns, "http://127.0.0.1:8090/") == HTTP_PAGE
+        # ... and one added while it runs (through QEMU's monitor).
+        assert (
+            api.post("/vms/slirp/port-forward", json={"host_port": 8091, "guest_port": 80})
+        ).status_code == 201
+        assert http_get(netns, "http://127.0.0.1:8091/") == HTTP_PAGE
+        assert api.delete("/vms/slirp/port-forward/8091").status_code == 200
+        assert http_get(netns, "http://127.0.0.1:8091/") == ""
+        assert api.delete("/vms/slirp").status_code == 200
+    assert "meda0" not in run_in(netns, "ip", "link")
