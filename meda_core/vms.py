@@ -238,7 +238,7 @@ class VMService:
     ) -> VM:
         vm.state, vm.runtime, vm.last_error, vm.operation_owner = state, runtime, last_error, None
         self._store.save_vm(vm)
-        return vm
+        return self._with_forwards(vm)
 
     def _create_disk(
         self, vm: VM, storage: StorageBackend, base: Path | None, base_format: str | None

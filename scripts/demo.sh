@@ -22,7 +22,8 @@ echo "==> meda serve on 127.0.0.1:$port"
 .venv/bin/meda serve --port "$port" --log-level warning &
 server=$!
 finish() {
-    kill "$server" 2>/dev/null; wait "$server" 2>/dev/null
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
     .venv/bin/meda delete api-test >/dev/null 2>&1 || true  # only if the demo failed midway
     ip netns delete "$MEDA_NETNS"
 }

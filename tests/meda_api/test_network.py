@@ -92,3 +92,9 @@ def test_delete_removes_forwards_and_lease(client: TestClient, fake_meda: Meda) 
     assert client.delete("/api/v1/vms/web").status_code == 200
     assert fake_meda.store.forwards() == []
     assert fake_meda.store.leases("fake") == []
+
+
+def test_forwards_show_in_every_vm_response(client: TestClient) -> None:
+    client.post("/api/v1/vms/web/port-forward", json={"host_port": 18083, "guest_port": 80})
+    for response in (client.post("/api/v1/vms/web/start"), client.post("/api/v1/vms/web/stop")):
+        assert response.json()["vm"]["details"]["port_forwards"][0]["host_port"] == 18083
