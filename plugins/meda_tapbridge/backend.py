@@ -16,7 +16,7 @@ from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, 
 from meda_core.models import PortForward, VMState
 from meda_tapbridge import links, nft
 from meda_tapbridge.dhcp import DhcpServer
-from meda_tapbridge.settings import BridgeSettings
+from meda_tapbridge.settings import BridgeSettings, settings_problem
 from meda_usernet.backend import random_mac
 
 REQUIRED_TOOLS = {"nft": "nftables", "dnsmasq": "dnsmasq-base", "nsenter": "util-linux"}
@@ -46,6 +46,9 @@ class TapBridgeNetwork(NetworkBackend):
     # ---- availability ----
 
     def check_available(self) -> Availability:
+        problem = settings_problem()
+        if problem:
+            return Availability.no(f"bad settings: {problem}")
         if os.geteuid() != 0:
             return Availability.no("needs root (bridges, taps and nftables rules)")
         if not os.path.exists("/dev/net/tun"):

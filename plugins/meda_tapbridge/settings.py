@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def settings_problem() -> str | None:
+    """What is wrong with the MEDA_BRIDGE/SUBNET/GATEWAY settings, or None."""
+    try:
+        BridgeSettings()
+    except ValidationError as exc:
+        return "; ".join(
+            f"MEDA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+    return None
 
 
 class BridgeSettings(BaseSettings):
@@ -23,6 +34,12 @@ class BridgeSettings(BaseSettings):
         if network.prefixlen > 29:
             raise ValueError("the subnet needs room for a gateway and guests (/29 or larger)")
         return str(network)
+
+    @model_validator(mode="after")
+    def _gateway_in_subnet(self) -> BridgeSettings:
+        if self.gateway is not None and ipaddress.IPv4Address(self.gateway) not in self.network:
+            raise ValueError(f"gateway {self.gateway} is not in subnet {self.subnet}")
+        return self
 
     @property
     def network(self) -> ipaddress.IPv4Network:

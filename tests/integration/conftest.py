@@ -109,6 +109,7 @@ def start_server(
         meda.vms.delete(vm.name)
     for uuid in uuids:
         assert processes_mentioning(uuid) == []
+    assert meda.store.leases("meda0") == [] and meda.store.forwards() == []
 
 
 @pytest.fixture

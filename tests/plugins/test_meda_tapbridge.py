@@ -97,3 +97,24 @@ def test_cleanup_dry_run_changes_nothing(in_netns: BackendContext, netns: str) -
     assert backend.orphans() == found  # looking twice changes nothing
     assert backend.remove_orphans() == found
     assert backend.orphans() == []
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MEDA_SUBNET": "192.168.100.0/30"}, "room"),
+        ({"MEDA_SUBNET": "192.168.100.5/24"}, "host bits"),
+        ({"MEDA_GATEWAY": "10.0.0.1"}, "not in subnet"),
+        ({"MEDA_BRIDGE": "a-very-long-bridge-name"}, "MEDA_BRIDGE"),
+    ],
+)
+def test_bad_settings_make_it_unavailable_with_a_reason(
+    backend_context: BackendContext,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict,
+    message: str,  # type: ignore[type-arg]
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reason = TapBridgeNetwork(backend_context).check_available().reason
+    assert reason and message in reason
