@@ -8,7 +8,7 @@ from meda_core import procs
 from meda_core.app import Meda
 from meda_core.errors import ImageNotFound, InvalidRequest, InvalidState, VMExists, VMNotFound
 from meda_core.models import VM, CreateVMRequest, RuntimeInfo, VMState
-from meda_core.testing.fakes import FakeHypervisor, FakeStorage
+from meda_core.testing.fakes import FakeHypervisor, FakeNetwork, FakeStorage
 
 MakeVM = Callable[..., VM]
 
@@ -48,6 +48,7 @@ def test_failed_create_rolls_back(
         make_vm("vm1")
     assert fake_meda.vms.list() == []
     assert not (fake_meda.settings.vms_dir / "vm1").exists()
+    assert fake_meda.store.leases("fake") == []
 
 
 def test_lifecycle_leaves_nothing_behind(fake_meda: Meda, make_vm: MakeVM) -> None:
@@ -86,6 +87,7 @@ def test_failed_start_returns_to_stopped_with_the_error(
     vm = fake_meda.vms.get("vm1")
     assert vm.state == VMState.STOPPED and vm.runtime is None
     assert vm.last_error and "told to fail" in vm.last_error
+    assert "vm1" not in FakeNetwork.plugged
 
 
 def test_guest_that_powered_off_is_seen_as_stopped(fake_meda: Meda, make_vm: MakeVM) -> None:
@@ -187,8 +189,6 @@ def test_vm_of_a_missing_hypervisor_plugin_is_still_listed(
 
 
 def test_network_follows_the_lifecycle(fake_meda: Meda, make_vm: MakeVM) -> None:
-    from meda_core.testing.fakes import FakeNetwork
-
     vm = make_vm("vm1")
     assert vm.ip == "10.99.0.2" and vm.mac and vm.network == "fake"
     assert make_vm("vm2").ip == "10.99.0.3"
@@ -199,27 +199,6 @@ def test_network_follows_the_lifecycle(fake_meda: Meda, make_vm: MakeVM) -> None
     fake_meda.vms.delete("vm1")
     assert [lease.vm for lease in fake_meda.store.leases("fake")] == ["vm2"]
     assert make_vm("vm3").ip == "10.99.0.2"  # released addresses are reused
-
-
-def test_failed_create_releases_the_lease(
-    fake_meda: Meda, make_vm: MakeVM, failing: pytest.MonkeyPatch
-) -> None:
-    failing.setattr(FakeStorage, "fail_create", True)
-    with pytest.raises(Exception, match="told to fail"):
-        make_vm("vm1")
-    assert fake_meda.store.leases("fake") == []
-
-
-def test_failed_start_unplugs(
-    fake_meda: Meda, make_vm: MakeVM, failing: pytest.MonkeyPatch
-) -> None:
-    from meda_core.testing.fakes import FakeNetwork
-
-    make_vm("vm1")
-    failing.setattr(FakeHypervisor, "fail_start", True)
-    with pytest.raises(Exception, match="told to fail"):
-        fake_meda.vms.start("vm1")
-    assert "vm1" not in FakeNetwork.plugged
 
 
 def test_cleanup_finds_and_removes_orphaned_leases(fake_meda: Meda, make_vm: MakeVM) -> None:
