@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 from meda_core import __version__
 from meda_core.backends import BackendContext
@@ -39,17 +38,15 @@ class Meda:
         self.backends = BackendSelector(plugins.registry, BackendContext(self.settings, self.store))
         self.images = ImageService(
             self.store,
-            self.settings.images_dir,
+            self.settings.home,
             self.settings.default_image,
-            self._probe_disk_format,
+            self.backends.storage,
+            self.backends.registry,
         )
         self.vms = VMService(
             self.settings, self.store, self.images, self.backends, self.plugins.emit
         )
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
-
-    def _probe_disk_format(self, path: Path) -> str:
-        return self.backends.storage().disk_info(path).format
 
     def plugin_report(self) -> PluginReport:
         return PluginReport(plugins=self.plugins.report(), backends=self.backends.describe())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import ClassVar
 
 from meda_core.config import Settings
 from meda_core.models import PortForward, RuntimeInfo, VMSpec
+from meda_core.references import Reference
 from meda_core.store import StateStore
 
 
@@ -154,6 +156,10 @@ class StorageBackend(Backend):
     def disk_info(self, path: Path) -> DiskInfo:
         """Format, sizes and backing file of a disk."""
 
+    @abstractmethod
+    def flatten(self, source: Path, dest: Path) -> DiskInfo:
+        """A standalone copy of ``source`` (its backing chain merged) at ``dest``."""
+
 
 @dataclass(frozen=True)
 class NetworkAttachment:
@@ -212,10 +218,43 @@ class NetworkBackend(Backend):
         """Remove what :meth:`orphans` finds; returns what was removed."""
 
 
+#: Progress of a transfer: (bytes done, bytes in all).
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """An image's files and metadata as they travel to or from a registry."""
+
+    disk: Path | None = None
+    disk_format: str | None = None
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    defaults: VMSpec | None = None
+    digest: str | None = None  # the manifest's, once pushed or pulled
+
+
 class RegistryBackend(Backend):
-    """Moves images to and from registries; the full interface arrives with the oci plugin."""
+    """Moves images to and from registries."""
 
     role = Role.REGISTRY
+
+    @abstractmethod
+    def pull(self, reference: Reference, workdir: Path, progress: Progress) -> ImageFiles:
+        """Download and verify ``reference`` into ``workdir``.
+
+        ``workdir`` is the same for the same reference: what an interrupted pull left
+        there is resumed. Every file returned has been checked against its digest.
+        """
+
+    @abstractmethod
+    def push(self, files: ImageFiles, reference: Reference, progress: Progress) -> str:
+        """Upload an image; returns its manifest digest."""
+
+    @abstractmethod
+    def manifest_digest(self, reference: Reference) -> str | None:
+        """The digest ``reference`` has in its registry now, or None if it has none."""
 
 
 ROLE_BASES: dict[Role, type[Backend]] = {

@@ -1,37 +1,67 @@
-"""The local image store: import files as an image, list, resolve a reference."""
+"""The local image store: content-addressed blobs plus records; import, pull, push, remove."""
 
 from __future__ import annotations
 
+import builtins
+import fcntl
+import hashlib
 import shutil
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from meda_core.errors import ImageExists, ImageNotFound, InvalidRequest
-from meda_core.files import copy_sparse
-from meda_core.models import Image
+from meda_core.backends import ImageFiles, Progress, RegistryBackend, StorageBackend
+from meda_core.blobs import BlobStore, sha256_file
+from meda_core.errors import (
+    Conflict,
+    ImageExists,
+    ImageNotFound,
+    InvalidRequest,
+    VMNotFound,
+)
+from meda_core.models import Image, VMState
 from meda_core.names import parse_image_ref
+from meda_core.references import parse_reference
 from meda_core.store import StateStore
-
-DiskFormatProbe = Callable[[Path], str]
 
 NO_IMAGE_HINT = (
     "import one with `meda images import NAME --kernel FILE --initrd FILE` "
-    "(or `--disk FILE`) and set MEDA_DEFAULT_IMAGE=NAME, or name an image in the request"
+    "(or `--disk FILE`), or pull one, and set MEDA_DEFAULT_IMAGE=NAME, or name an image "
+    "in the request"
 )
+Backend = Callable[[], StorageBackend]
+Registry = Callable[[], RegistryBackend]
+
+
+def _no_progress(done: int, total: int) -> None:
+    pass
 
 
 class ImageService:
-    """Images under ``MEDA_HOME/images/<name>/<tag>/``, recorded in the state store."""
+    """Images are records in the state store whose files are blobs in ``MEDA_HOME/blobs``.
+
+    Removing an image that a VM uses is refused (409): the VM's disk is backed by the
+    image's disk blob and a VM started later still boots the image's kernel. Blobs that no
+    image holds and no VM disk is backed by are removed with the image, or by prune.
+    """
 
     def __init__(
-        self, store: StateStore, root: Path, default_ref: str, probe_format: DiskFormatProbe
+        self,
+        store: StateStore,
+        home: Path,
+        default_ref: str,
+        storage: Backend,
+        registry: Registry,
     ) -> None:
         self._store = store
-        self._root = root
+        self._home = home
         self._default_ref = default_ref
-        self._probe_format = probe_format
+        self._storage = storage
+        self._registry = registry
+        self.blobs = BlobStore(home / "blobs")
+
+    # ---- queries ----
 
     def list(self) -> list[Image]:
         return self._store.list_images()
@@ -47,6 +77,12 @@ class ImageService:
         """The image a new VM uses: ``ref``, else the configured default image."""
         return self.get(ref or self._default_ref)
 
+    def users(self, image: Image) -> builtins.list[str]:
+        """Names of the VMs created from ``image``."""
+        return [vm.name for vm in self._store.list_vms() if vm.image == image.ref]
+
+    # ---- local import ----
+
     def import_files(
         self,
         ref: str,
@@ -55,7 +91,7 @@ class ImageService:
         initrd: Path | None = None,
         cmdline: str | None = None,
     ) -> Image:
-        """Copy local files into the store as image ``ref``, atomically."""
+        """Copy local files into the store as image ``ref``."""
         name, tag = parse_image_ref(ref)
         if disk is None and kernel is None:
             raise InvalidRequest("an image needs a disk, a kernel, or both")
@@ -66,49 +102,188 @@ class ImageService:
                 raise InvalidRequest(f"no such file: {path}", path=str(path))
         if self._store.get_image(name, tag) is not None:
             raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
-        final = self._root / name / tag
-        staging = self._root / f".staging-{uuid.uuid4().hex}"
-        staging.mkdir(parents=True)
-        try:
-            image = self._stage(staging, final, name, tag, disk, kernel, initrd, cmdline)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        files = ImageFiles(
+            disk=disk,
+            disk_format=self._storage().disk_info(disk).format if disk else None,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=cmdline,
+        )
+        image = self._record(name, tag, self._adopt(files, copy=True))
         if not self._store.insert_image(image):
-            shutil.rmtree(final, ignore_errors=True)
             raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
         return image
 
-    def _stage(
-        self,
-        staging: Path,
-        final: Path,
-        name: str,
-        tag: str,
-        disk: Path | None,
-        kernel: Path | None,
-        initrd: Path | None,
-        cmdline: str | None,
-    ) -> Image:
-        fields: dict[str, Path] = {}
-        for field, source, filename in (
-            ("disk", disk, "disk"),
-            ("kernel", kernel, "vmlinuz"),
-            ("initrd", initrd, "initrd"),
-        ):
-            if source is not None:
-                copy_sparse(source, staging / filename)
-                fields[field] = final / filename
-        disk_format = self._probe_format(staging / "disk") if disk is not None else None
-        size = sum(f.stat().st_size for f in staging.iterdir())
+    def _adopt(self, files: ImageFiles, copy: bool) -> ImageFiles:
+        """Put the files into the blob store (copied, or moved when ``copy`` is False)."""
+        moved: dict[str, Path | None] = {}
+        for field in ("disk", "kernel", "initrd"):
+            path: Path | None = getattr(files, field)
+            if path is None:
+                moved[field] = None
+            elif copy:
+                moved[field] = self.blobs.add_file(path)[1]
+            else:
+                moved[field] = self.blobs.adopt(path, sha256_file(path))
+        return ImageFiles(
+            disk=moved["disk"], disk_format=files.disk_format, kernel=moved["kernel"],
+            initrd=moved["initrd"], cmdline=files.cmdline, defaults=files.defaults,
+            digest=files.digest,
+        )  # fmt: skip
+
+    def _record(
+        self, name: str, tag: str, files: ImageFiles, registry: str | None = None,
+        org: str | None = None, source: str | None = None,
+    ) -> Image:  # fmt: skip
+        parts = [p for p in (files.disk, files.kernel, files.initrd) if p is not None]
         return Image(
-            name=name,
-            tag=tag,
-            disk_format=disk_format,
-            cmdline=cmdline,
-            size=size,
-            created=datetime.now(UTC),
-            **fields,
-        )
+            name=name, tag=tag, registry=registry, org=org, disk=files.disk,
+            disk_format=files.disk_format, kernel=files.kernel, initrd=files.initrd,
+            cmdline=files.cmdline, size=sum(p.stat().st_size for p in parts),
+            created=datetime.now(UTC), digest=files.digest, source=source,
+            defaults=files.defaults,
+        )  # fmt: skip
+
+    # ---- registries ----
+
+    def pull(
+        self, image: str, registry: str | None = None, org: str | None = None,
+        progress: Progress = _no_progress,
+    ) -> Image:  # fmt: skip
+        """Pull ``image``; a second pull of the same reference waits and does no work."""
+        ref = parse_reference(image, registry, org)
+        backend = self._registry()
+        workdir = self._home / "pulls" / hashlib.sha256(str(ref).encode()).hexdigest()[:32]
+        with _exclusive(workdir.with_suffix(".lock")):
+            local = self._store.get_image(ref.name, ref.tag)
+            remote = ref.digest or backend.manifest_digest(ref)
+            if remote is None:
+                raise ImageNotFound(f"no image {ref} in its registry", reference=str(ref))
+            if local is not None and local.digest == remote and local.source == str(ref):
+                return local  # already here: nothing to move
+            workdir.mkdir(parents=True, exist_ok=True)
+            files = self._adopt(backend.pull(ref, workdir, progress), copy=False)
+            record = self._record(ref.name, ref.tag, files, ref.registry, ref.org, source=str(ref))
+            self._store.put_image(record)
+            shutil.rmtree(workdir, ignore_errors=True)
+        workdir.with_suffix(".lock").unlink(missing_ok=True)
+        self.collect_garbage()
+        return record
+
+    def push(
+        self, name: str, target: str, registry: str | None = None, org: str | None = None,
+        dry_run: bool = False, progress: Progress = _no_progress,
+    ) -> tuple[Image, str | None]:  # fmt: skip
+        """Push local image ``name`` to ``target``; the manifest digest (None on a dry run)."""
+        image = self.get(name)
+        ref = parse_reference(target, registry, org)
+        backend = self._registry()
+        if dry_run:
+            return image, None
+        files = ImageFiles(
+            disk=image.disk, disk_format=image.disk_format, kernel=image.kernel,
+            initrd=image.initrd, cmdline=image.cmdline, defaults=image.defaults,
+        )  # fmt: skip
+        digest = backend.push(files, ref, progress)
+        image.digest, image.registry, image.org = digest, ref.registry, ref.org
+        self._store.put_image(image)
+        return image, digest
+
+    # ---- from a VM ----
+
+    def create_from_vm(
+        self, vm_name: str, name: str, tag: str, registry: str | None, org: str | None
+    ) -> Image:
+        """A new image from a stopped VM's disk (flattened), kernel and command line."""
+        parse_image_ref(f"{name}:{tag}")
+        vm = self._store.get_vm(vm_name)
+        if vm is None:
+            raise VMNotFound(vm_name)
+        if vm.state != VMState.STOPPED:
+            raise Conflict(
+                f"VM '{vm_name}' is {vm.state.value}: stop it first, so its disk is not "
+                "read while it is being written",
+                vm=vm_name,
+            )
+        if self._store.get_image(name, tag) is not None:
+            raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
+        base = self._store.get_image(*parse_image_ref(vm.image))
+        staging = self.blobs.staging()
+        try:
+            flat = staging / "disk.qcow2"
+            self._storage().flatten(vm.disk_path, flat)
+            files = ImageFiles(
+                disk=flat, disk_format="qcow2", kernel=base.kernel if base else None,
+                initrd=base.initrd if base else None, cmdline=base.cmdline if base else None,
+                defaults=vm.spec,
+            )  # fmt: skip
+            image = self._record(name, tag, self._adopt(files, copy=False), registry, org)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not self._store.insert_image(image):
+            raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
+        return image
+
+    # ---- removal ----
+
+    def remove(self, ref: str) -> Image:
+        """Remove an image no VM uses (409 otherwise) and the blobs only it held."""
+        image = self.get(ref)
+        users = self.users(image)
+        if users:
+            raise Conflict(
+                f"image '{image.ref}' is used by VM(s) {', '.join(users)}; delete them first",
+                image=image.ref,
+                vms=users,
+            )
+        self._store.delete_image(image.name, image.tag)
+        self.collect_garbage()
+        return image
+
+    def prune(self, all_images: bool) -> tuple[builtins.list[str], builtins.list[str], int]:
+        """Remove unused images (pulled ones; every one with ``all_images``) and dangling
+        blobs; never anything a VM uses. Returns (images, blobs, bytes freed)."""
+        removed: builtins.list[str] = []
+        for image in self.list():
+            if (all_images or image.source is not None) and not self.users(image):
+                self._store.delete_image(image.name, image.tag)
+                removed.append(image.ref)
+        before = self._blob_bytes()
+        blobs = self.collect_garbage()
+        pulls = self._home / "pulls"
+        for leftover in pulls.iterdir() if pulls.exists() else []:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+                blobs.append(f"pulls/{leftover.name}")
+        return removed, blobs, before - self._blob_bytes()
+
+    def collect_garbage(self) -> builtins.list[str]:
+        """Delete blobs that no image holds and no VM disk is backed by."""
+        keep = set()
+        for image in self.list():
+            for path in (image.disk, image.kernel, image.initrd):
+                if path is not None:
+                    keep.add(f"sha256:{path.name}")
+        for vm in self._store.list_vms():
+            try:
+                backing = self._storage().disk_info(vm.disk_path).backing_file
+            except Exception:
+                continue
+            if backing is not None and backing.parent == self.blobs.root / "sha256":
+                keep.add(f"sha256:{backing.name}")
+        return self.blobs.remove_except(keep)
+
+    def _blob_bytes(self) -> int:
+        folder = self.blobs.root / "sha256"
+        return sum(p.stat().st_blocks * 512 for p in folder.iterdir()) if folder.exists() else 0
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -83,6 +83,11 @@ class Image(BaseModel):
     cmdline: str | None = None
     size: int = 0
     created: datetime
+    #: Manifest digest in its registry (pulled or pushed images).
+    digest: str | None = None
+    #: Where it was pulled from, ``host/org/name:tag``.
+    source: str | None = None
+    defaults: VMSpec | None = None
 
     @property
     def ref(self) -> str:
@@ -236,15 +241,85 @@ class ImageInfo(BaseModel):
     name: str
     tag: str
     registry: str | None
+    org: str | None = None
     size: str
     created: datetime
+    digest: str | None = None
     kernel: bool
     disk: bool
+    used_by: list[str] = Field(default_factory=list)
 
 
 class ImageList(BaseModel):
     images: list[ImageInfo]
     count: int
+
+
+class PullRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="NAME[:TAG] or a full reference host/org/name:tag")
+    registry: str | None = None
+    org: str | None = None
+
+
+class PushRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Local image NAME[:TAG]")
+    image: str = Field(description="Target: NAME[:TAG] or a full reference")
+    registry: str | None = None
+    org: str | None = None
+    dry_run: bool = False
+
+
+class CreateImageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    tag: str = "latest"
+    registry: str | None = None
+    org: str | None = None
+    from_vm: str
+
+
+class RunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str
+    name: str = Field(pattern=VM_NAME_PATTERN)
+    registry: str | None = None
+    org: str | None = None
+    user_data: str | None = None
+    no_start: bool = False
+    memory: str = "1G"
+    cpus: int = Field(1, ge=1, le=64)
+    disk: str = "10G"
+
+    _name = field_validator("name")(check_vm_name)
+    _sizes = field_validator("memory", "disk")(_canonical_size)
+
+
+class PruneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    all: bool = False
+    force: bool = False
+
+
+class ImageResult(BaseModel):
+    success: bool
+    message: str
+    image: ImageInfo | None = None
+    digest: str | None = None
+
+
+class PruneResult(BaseModel):
+    success: bool
+    message: str
+    removed_images: list[str]
+    removed_blobs: int
+    freed: str
 
 
 class Health(BaseModel):

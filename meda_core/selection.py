@@ -10,6 +10,7 @@ from meda_core.backends import (
     BackendContext,
     HypervisorBackend,
     NetworkBackend,
+    RegistryBackend,
     Role,
     StorageBackend,
 )
@@ -84,6 +85,9 @@ class BackendSelector:
 
     def storage(self) -> StorageBackend:
         return cast(StorageBackend, self.choose(Role.STORAGE))
+
+    def registry(self) -> RegistryBackend:
+        return cast(RegistryBackend, self.choose(Role.REGISTRY))
 
     def network(self) -> NetworkBackend | None:
         """The network backend, or None when no plugin offers one (VMs get no NIC)."""

@@ -171,6 +171,14 @@ class StateStore:
             return False
         return True
 
+    def put_image(self, image: Image) -> None:
+        """Add or replace the record of ``name:tag``."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO images (name, tag, data) VALUES (?, ?, ?)",
+                (image.name, image.tag, image.model_dump_json()),
+            )
+
     def get_image(self, name: str, tag: str) -> Image | None:
         with self._connect() as db:
             row = db.execute(

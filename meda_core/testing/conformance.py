@@ -81,6 +81,13 @@ class StorageConformance(BackendConformance):
             backend.create_disk(where / "disk", 16 * MiB, where / "missing-base")
         assert list(where.iterdir()) == []
 
+    def test_flatten_gives_a_standalone_disk(self, backend: StorageBackend, tmp_path: Path) -> None:
+        base = tmp_path / "base"
+        backend.create_disk(base, 32 * MiB)
+        backend.create_disk(tmp_path / "overlay", 64 * MiB, base)
+        info = backend.flatten(tmp_path / "overlay", tmp_path / "flat")
+        assert info.backing_file is None and info.virtual_size == 64 * MiB
+
     def test_info_of_missing_disk_is_an_error(
         self, backend: StorageBackend, tmp_path: Path
     ) -> None:

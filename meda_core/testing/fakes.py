@@ -128,6 +128,13 @@ class FakeStorage(StorageBackend):
     def delete_disk(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
+    def flatten(self, source: Path, dest: Path) -> DiskInfo:
+        info = self.disk_info(source)
+        with dest.open("wb") as disk:
+            disk.write(f"fake {info.virtual_size} \n".encode())
+            disk.truncate(info.virtual_size)
+        return self.disk_info(dest)
+
     def disk_info(self, path: Path) -> DiskInfo:
         if not path.exists():
             raise BackendError(f"no disk at {path}")

@@ -52,6 +52,15 @@ class Qcow2Storage(StorageBackend):
             tmp.unlink(missing_ok=True)
         return self.disk_info(dest)
 
+    def flatten(self, source: Path, dest: Path) -> DiskInfo:
+        tmp = dest.with_name(dest.name + ".tmp")
+        try:
+            _qemu_img("convert", "-q", "-O", "qcow2", str(source), str(tmp))
+            tmp.rename(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.disk_info(dest)
+
     def delete_disk(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 

@@ -16,8 +16,9 @@ def test_import_copies_files_atomically(fake_meda: Meda, tmp_path: Path) -> None
     assert image.kernel and image.kernel.read_bytes() == b"k" * 100
     assert image.size == 150 and image.ref == "tiny:v1"
     assert [i.ref for i in fake_meda.images.list()] == ["tiny:v1"]
-    leftovers = [p.name for p in fake_meda.settings.images_dir.iterdir()]
-    assert leftovers == ["tiny"]
+    blobs = fake_meda.images.blobs
+    assert blobs.digests() == {f"sha256:{image.kernel.name}", f"sha256:{image.initrd.name}"}
+    assert not any((blobs.root / "staging").iterdir())
     with pytest.raises(ImageExists):
         fake_meda.images.import_files("tiny:v1", kernel=kernel)
 
@@ -30,9 +31,7 @@ def test_bad_imports_are_refused_and_leave_nothing(fake_meda: Meda, kwargs: dict
     with pytest.raises(InvalidRequest):
         fake_meda.images.import_files("bad", **kwargs)
     assert fake_meda.images.list() == []
-    assert not fake_meda.settings.images_dir.exists() or not any(
-        fake_meda.settings.images_dir.iterdir()
-    )
+    assert fake_meda.images.blobs.digests() == set()
 
 
 def test_disk_format_is_probed(fake_meda: Meda, tmp_path: Path) -> None:

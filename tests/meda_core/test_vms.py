@@ -145,10 +145,10 @@ def test_operation_owned_by_a_live_process_is_left_alone(fake_meda: Meda, make_v
 
 def test_disk_smaller_than_image_is_refused(fake_meda: Meda, tmp_path) -> None:  # type: ignore[no-untyped-def]
     base = tmp_path / "base"
-    fake_meda.backends.storage().create_disk(base, 4 << 30)
+    fake_meda.backends.storage().create_disk(base, 256 << 20)
     fake_meda.images.import_files("big", disk=base)
     with pytest.raises(InvalidRequest, match="smaller than the image"):
-        fake_meda.vms.create(CreateVMRequest(name="vm1", image="big", disk="1G"))
+        fake_meda.vms.create(CreateVMRequest(name="vm1", image="big", disk="128M"))
     assert fake_meda.vms.list() == []
 
 
