@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.registered_commands += vms.app.registered_commands
 app.registered_commands += network.app.registered_commands
+app.registered_commands += images.commands.registered_commands
 app.command("serve")(serve.serve)
 app.command("plugins")(plugins.plugins)
 app.add_typer(images.app, name="images")

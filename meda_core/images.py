@@ -77,6 +77,10 @@ class ImageService:
         """The image a new VM uses: ``ref``, else the configured default image."""
         return self.get(ref or self._default_ref)
 
+    def listing(self) -> builtins.list[tuple[Image, builtins.list[str]]]:
+        """Every image with the names of the VMs that use it."""
+        return [(image, self.users(image)) for image in self.list()]
+
     def users(self, image: Image) -> builtins.list[str]:
         """Names of the VMs created from ``image``."""
         return [vm.name for vm in self._store.list_vms() if vm.image == image.ref]

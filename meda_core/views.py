@@ -60,17 +60,21 @@ def vm_info(vm: VM) -> VMInfo:
     )
 
 
-def image_info(image: Image) -> ImageInfo:
+def image_info(image: Image, used_by: list[str] | None = None) -> ImageInfo:
     return ImageInfo(
         name=image.name,
         tag=image.tag,
         registry=image.registry,
+        org=image.org,
         size=format_size(image.size),
         created=image.created,
+        digest=image.digest,
         kernel=image.kernel is not None,
         disk=image.disk is not None,
+        used_by=used_by or [],
     )
 
 
-def image_list(images: list[Image]) -> ImageList:
-    return ImageList(images=[image_info(i) for i in images], count=len(images))
+def image_list(images: list[tuple[Image, list[str]]]) -> ImageList:
+    """The seed's list from ``(image, names of VMs using it)`` pairs."""
+    return ImageList(images=[image_info(i, users) for i, users in images], count=len(images))

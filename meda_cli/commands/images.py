@@ -1,4 +1,5 @@
-"""``meda images import|list``: the local image store."""
+"""Image commands: ``meda images [list|import]``, ``pull``, ``push``, ``rmi``, ``prune``,
+``create-image`` and ``run``."""
 
 from __future__ import annotations
 
@@ -8,10 +9,41 @@ import typer
 
 from meda_cli.context import handles_errors, meda
 from meda_cli.output import JsonOption, render, table
-from meda_core.models import ImageList
-from meda_core.views import image_info, image_list
+from meda_cli.progress import transfer
+from meda_cli.validation import build
+from meda_core.models import ImageList, ImageResult, OperationResult, PruneResult, RunRequest
+from meda_core.sizes import format_size
+from meda_core.views import image_info, image_list, vm_info
+from meda_core.workflows import run_image
 
-app = typer.Typer(help="Manage images in the local store.")
+app = typer.Typer(help="Manage images in the local store.", invoke_without_command=True)
+commands = typer.Typer()
+
+
+def _say(result: ImageResult | OperationResult | PruneResult) -> None:
+    typer.echo(result.message)
+
+
+@app.callback()
+def images(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """List images (the default), or import one."""
+    if ctx.invoked_subcommand is None:
+        list_(as_json=as_json)
+
+
+@app.command("list")
+@handles_errors
+def list_(as_json: bool = JsonOption) -> None:
+    """List images."""
+    render(image_list(meda().images.listing()), as_json, _table)
+
+
+def _table(result: ImageList) -> None:
+    rows = [
+        (i.name, i.tag, i.size, i.registry, (i.digest or "")[:19], ", ".join(i.used_by))
+        for i in result.images
+    ]
+    table(("name", "tag", "size", "registry", "digest", "used by"), rows)
 
 
 @app.command("import")
@@ -26,16 +58,108 @@ def import_(
 ) -> None:
     """Import local files as an image."""
     image = meda().images.import_files(ref, disk, kernel, initrd, cmdline)
-    render(image_info(image), as_json, lambda i: typer.echo(f"Imported image {i.name}:{i.tag}"))
+    result = ImageResult(success=True, message=f"Imported image {image.ref}",
+                         image=image_info(image))  # fmt: skip
+    render(result, as_json, _say)
 
 
-@app.command("list")
+@commands.command()
 @handles_errors
-def list_(as_json: bool = JsonOption) -> None:
-    """List images."""
-    render(image_list(meda().images.list()), as_json, _table)
+def pull(
+    image: str = typer.Argument(..., help="NAME[:TAG] or host/org/name:tag"),
+    registry: str | None = typer.Option(None, help="Registry (default ghcr.io)"),
+    org: str | None = typer.Option(None, help="Organisation (default cirunlabs)"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Pull an image from a registry."""
+    with transfer(f"pull {image}", quiet=as_json) as progress:
+        pulled = meda().images.pull(image, registry, org, progress)
+    result = ImageResult(success=True, message=f"Pulled {pulled.source} as {pulled.ref}",
+                         image=image_info(pulled), digest=pulled.digest)  # fmt: skip
+    render(result, as_json, _say)
 
 
-def _table(result: ImageList) -> None:
-    rows = [(i.name, i.tag, i.size, i.disk, i.kernel, i.created.isoformat()) for i in result.images]
-    table(("name", "tag", "size", "disk", "kernel", "created"), rows)
+@commands.command()
+@handles_errors
+def push(
+    name: str = typer.Argument(..., help="Local image NAME[:TAG]"),
+    target: str = typer.Argument(..., help="NAME[:TAG] or host/org/name:tag"),
+    registry: str | None = typer.Option(None),
+    org: str | None = typer.Option(None),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check, but move nothing"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Push a local image to a registry."""
+    with transfer(f"push {name}", quiet=as_json) as progress:
+        image, digest = meda().images.push(name, target, registry, org, dry_run, progress)
+    verb = "Would push" if dry_run else "Pushed"
+    result = ImageResult(success=True, message=f"{verb} {image.ref} to {target}",
+                         image=image_info(image), digest=digest)  # fmt: skip
+    render(result, as_json, _say)
+
+
+@commands.command()
+@handles_errors
+def rmi(image: str, as_json: bool = JsonOption) -> None:
+    """Remove an image (refused while a VM uses it)."""
+    removed = meda().images.remove(image)
+    render(ImageResult(success=True, message=f"Removed image {removed.ref}"), as_json, _say)
+
+
+@commands.command()
+@handles_errors
+def prune(
+    all_: bool = typer.Option(False, "--all", help="Also unused images imported locally"),
+    force: bool = typer.Option(False, "--force", help="Do not ask"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Remove unused pulled images (all unused with --all), dangling blobs, partial pulls."""
+    if not force and not as_json and not typer.confirm("Remove unused images and blobs?"):
+        raise typer.Exit(1)
+    images, blobs, freed = meda().images.prune(all_)
+    result = PruneResult(
+        success=True, message=f"Removed {len(images)} image(s), freed {format_size(freed)}",
+        removed_images=images, removed_blobs=len(blobs), freed=format_size(freed),
+    )  # fmt: skip
+    render(result, as_json, _say)
+
+
+@commands.command("create-image")
+@handles_errors
+def create_image(
+    name: str,
+    from_vm: str = typer.Option(..., "--from-vm", help="A stopped VM"),
+    tag: str = typer.Option("latest"),
+    registry: str | None = typer.Option(None),
+    org: str | None = typer.Option(None),
+    as_json: bool = JsonOption,
+) -> None:
+    """Make an image from a stopped VM's disk."""
+    image = meda().images.create_from_vm(from_vm, name, tag, registry, org)
+    result = ImageResult(success=True, message=f"Created image {image.ref} from VM {from_vm}",
+                         image=image_info(image))  # fmt: skip
+    render(result, as_json, _say)
+
+
+@commands.command()
+@handles_errors
+def run(
+    image: str,
+    name: str = typer.Option(..., help="Name of the new VM"),
+    registry: str | None = typer.Option(None),
+    org: str | None = typer.Option(None),
+    memory: str = typer.Option("1G"),
+    cpus: int = typer.Option(1),
+    disk: str = typer.Option("10G"),
+    no_start: bool = typer.Option(False, "--no-start", help="Create only"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Pull an image if needed, create a VM from it and start it."""
+    request = build(RunRequest, image=image, name=name, registry=registry, org=org,
+                    memory=memory, cpus=cpus, disk=disk, no_start=no_start)  # fmt: skip
+    with transfer(f"pull {image}", quiet=as_json) as progress:
+        vm = run_image(meda().images, meda().vms, request, progress)
+    verb = "Created" if no_start else "Started"
+    result = OperationResult(success=True, message=f"{verb} VM {vm.name} from {image}",
+                             vm=vm_info(vm))  # fmt: skip
+    render(result, as_json, _say)

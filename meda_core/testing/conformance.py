@@ -13,6 +13,7 @@ boots) and may override ``stop_timeout``.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -26,12 +27,15 @@ from meda_core.backends import (
     Availability,
     Backend,
     HypervisorBackend,
+    ImageFiles,
     LaunchSpec,
     NetworkBackend,
+    RegistryBackend,
     StorageBackend,
 )
 from meda_core.errors import MedaError
 from meda_core.models import PortForward, RuntimeInfo
+from meda_core.references import Reference
 
 MiB = 1024 * 1024
 LaunchFactory = Callable[[str], LaunchSpec]
@@ -217,4 +221,42 @@ class NetworkConformance(BackendConformance):
 
 
 class RegistryConformance(BackendConformance):
-    """Registry backends: the common checks; grows with the registry role's interface."""
+    """Registry backends. Needs ``reference``: a factory ``tag -> Reference`` into a
+    registry the test may write to."""
+
+    @pytest.fixture
+    def image_files(self, tmp_path: Path) -> ImageFiles:
+        disk, kernel = tmp_path / "disk.raw", tmp_path / "vmlinuz"
+        with disk.open("wb") as f:
+            f.write(os.urandom(MiB))
+            f.seek(9 * MiB)  # a hole in the middle
+            f.write(os.urandom(MiB))
+        kernel.write_bytes(os.urandom(64 * 1024))
+        return ImageFiles(disk=disk, disk_format="raw", kernel=kernel, cmdline="console=ttyS0")
+
+    def test_push_then_pull_gives_the_same_files_and_digest(
+        self, backend: RegistryBackend, reference: Callable[[str], Reference],
+        image_files: ImageFiles, tmp_path: Path,
+    ) -> None:  # fmt: skip
+        ref = reference("roundtrip")
+        seen: list[tuple[int, int]] = []
+        digest = backend.push(image_files, ref, lambda done, total: seen.append((done, total)))
+        assert digest.startswith("sha256:") and seen
+        assert backend.manifest_digest(ref) == digest
+        workdir = tmp_path / "pull"
+        workdir.mkdir()
+        pulled = backend.pull(ref, workdir, lambda done, total: None)
+        assert pulled.digest == digest
+        assert pulled.disk is not None and image_files.disk is not None
+        assert pulled.disk.read_bytes() == image_files.disk.read_bytes()
+        assert pulled.kernel is not None and image_files.kernel is not None
+        assert pulled.kernel.read_bytes() == image_files.kernel.read_bytes()
+        assert pulled.cmdline == "console=ttyS0" and pulled.disk_format == "raw"
+
+    def test_missing_reference(
+        self, backend: RegistryBackend, reference: Callable[[str], Reference], tmp_path: Path
+    ) -> None:
+        ref = reference("never-pushed")
+        assert backend.manifest_digest(ref) is None
+        with pytest.raises(MedaError):
+            backend.pull(ref, tmp_path, lambda done, total: None)

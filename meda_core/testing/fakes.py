@@ -7,8 +7,11 @@ They are never selected unless a test registers them.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +22,18 @@ from meda_core.backends import (
     Availability,
     DiskInfo,
     HypervisorBackend,
+    ImageFiles,
     LaunchSpec,
     NetworkAttachment,
     NetworkBackend,
     NicSpec,
+    Progress,
+    RegistryBackend,
     StorageBackend,
 )
-from meda_core.errors import BackendError, InvalidRequest
+from meda_core.errors import BackendError, InvalidRequest, NotFound
 from meda_core.models import PortForward, RuntimeInfo
+from meda_core.references import Reference
 from meda_core.registry import BackendRegistry
 
 _IDLE = (
@@ -205,6 +212,60 @@ class FakeNetwork(NetworkBackend):
         return found
 
 
+class FakeRegistry(RegistryBackend):
+    """A registry in a local folder: copies of the files plus a JSON manifest per tag."""
+
+    name = "fake"
+    priority = 100
+
+    def check_available(self) -> Availability:
+        return Availability.yes()
+
+    def _root(self, reference: Reference) -> Path:
+        key = hashlib.sha256(
+            f"{reference.registry}/{reference.repository}:{reference.tag}".encode()
+        )
+        return self.context.cache_dir / "fake-registry" / key.hexdigest()[:32]
+
+    def manifest_digest(self, reference: Reference) -> str | None:
+        manifest = self._root(reference) / "manifest.json"
+        if not manifest.exists():
+            return None
+        return "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+    def push(self, files: ImageFiles, reference: Reference, progress: Progress) -> str:
+        root = self._root(reference)
+        root.mkdir(parents=True, exist_ok=True)
+        meta = {"disk_format": files.disk_format, "cmdline": files.cmdline}
+        for field in ("disk", "kernel", "initrd"):
+            path = getattr(files, field)
+            if path is not None:
+                shutil.copyfile(path, root / field)
+                meta[field] = field
+        (root / "manifest.json").write_text(json.dumps(meta, sort_keys=True))
+        progress(1, 1)
+        digest = self.manifest_digest(reference)
+        assert digest is not None
+        return digest
+
+    def pull(self, reference: Reference, workdir: Path, progress: Progress) -> ImageFiles:
+        root = self._root(reference)
+        digest = self.manifest_digest(reference)
+        if digest is None:
+            raise NotFound(f"no image {reference} in the fake registry")
+        meta = json.loads((root / "manifest.json").read_text())
+        paths = {}
+        for field in ("disk", "kernel", "initrd"):
+            if field in meta:
+                shutil.copyfile(root / field, workdir / field)
+                paths[field] = workdir / field
+        progress(1, 1)
+        return ImageFiles(
+            disk=paths.get("disk"), disk_format=meta["disk_format"], kernel=paths.get("kernel"),
+            initrd=paths.get("initrd"), cmdline=meta["cmdline"], digest=digest,
+        )  # fmt: skip
+
+
 def _fake_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
@@ -217,3 +278,4 @@ class FakePlugin:
         registry.add(FakeHypervisor)
         registry.add(FakeStorage)
         registry.add(FakeNetwork)
+        registry.add(FakeRegistry)

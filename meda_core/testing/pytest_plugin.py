@@ -15,7 +15,7 @@ from meda_core.backends import BackendContext
 from meda_core.config import Settings
 from meda_core.plugins import PluginManager
 from meda_core.store import StateStore
-from meda_core.testing import namespaces
+from meda_core.testing import namespaces, registry
 from meda_core.testing.fakes import FakePlugin
 from meda_core.testing.guest import BootableGuest, GuestBuildError, build_test_guest, default_cache
 
@@ -67,6 +67,15 @@ def netns() -> Iterator[str]:
         assert after == before, f"namespace {name} not left as it was: {before} -> {after}"
     finally:
         namespaces.destroy(name)
+
+
+@pytest.fixture
+def oci_registry(tmp_path: Path) -> Iterator[str]:
+    """A real registry (Debian's docker-registry) on 127.0.0.1; yields ``host:port``."""
+    if shutil.which(registry.BINARY) is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    with registry.local_registry(tmp_path / "registry") as address:
+        yield address
 
 
 @pytest.fixture(scope="session")

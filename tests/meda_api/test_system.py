@@ -24,6 +24,7 @@ def test_plugins_lists_backends(fake_meda: Meda) -> None:
     assert {(b["role"], b["name"]) for b in body["backends"]} == {
         ("hypervisor", "fake"),
         ("network", "fake"),
+        ("registry", "fake"),
         ("storage", "fake"),
     }
 

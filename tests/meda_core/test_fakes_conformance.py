@@ -9,12 +9,14 @@ import pytest
 
 from meda_core.backends import BackendContext, LaunchSpec
 from meda_core.models import VMSpec
+from meda_core.references import parse_reference
 from meda_core.testing.conformance import (
     HypervisorConformance,
     NetworkConformance,
+    RegistryConformance,
     StorageConformance,
 )
-from meda_core.testing.fakes import FakeHypervisor, FakeNetwork, FakeStorage
+from meda_core.testing.fakes import FakeHypervisor, FakeNetwork, FakeRegistry, FakeStorage
 
 
 class TestFakeStorage(StorageConformance):
@@ -46,3 +48,13 @@ class TestFakeNetwork(NetworkConformance):
     @pytest.fixture
     def backend(self, backend_context: BackendContext) -> FakeNetwork:
         return FakeNetwork(backend_context)
+
+
+class TestFakeRegistry(RegistryConformance):
+    @pytest.fixture
+    def backend(self, backend_context: BackendContext) -> FakeRegistry:
+        return FakeRegistry(backend_context)
+
+    @pytest.fixture
+    def reference(self):  # type: ignore[no-untyped-def]
+        return lambda tag: parse_reference(f"127.0.0.1:1/test/image:{tag}")

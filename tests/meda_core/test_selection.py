@@ -59,4 +59,7 @@ def test_describe_marks_selected_and_reasons(meda_settings: Settings) -> None:
 
 
 def test_role_without_backends_is_optional(meda_settings: Settings) -> None:
-    assert _selector(meda_settings).optional(Role.REGISTRY) is None
+    meda_settings.home.mkdir(parents=True, exist_ok=True)
+    context = BackendContext(meda_settings, StateStore(meda_settings.db_path))
+    selector = BackendSelector(PluginManager().registry, context)
+    assert selector.optional(Role.NETWORK) is None
