@@ -45,6 +45,8 @@ class BlobStore:
     def adopt(self, verified: Path, digest: str) -> Path:
         """Move a file whose digest was checked into the store (a no-op if present)."""
         dest = self.path(digest)
+        if verified == dest:
+            return dest  # already in the store
         if dest.exists():
             verified.unlink(missing_ok=True)
         else:

@@ -109,7 +109,7 @@ class FakeHypervisor(HypervisorBackend):
 
 
 class FakeStorage(StorageBackend):
-    """Sparse files with a one-line header naming their base; ``fail_create`` for errors."""
+    """A disk is a one-line file: ``fake <size> <base>``; ``fail_create`` for errors."""
 
     name = "fake"
     priority = 100
@@ -127,19 +127,14 @@ class FakeStorage(StorageBackend):
             raise BackendError("fake storage told to fail")
         if base is not None and not base.exists():
             raise BackendError(f"base disk {base} does not exist")
-        with dest.open("wb") as disk:
-            disk.write(f"fake {size} {base or ''}\n".encode())
-            disk.truncate(size)
+        dest.write_text(f"fake {size} {base or ''}\n")
         return self.disk_info(dest)
 
     def delete_disk(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
     def flatten(self, source: Path, dest: Path) -> DiskInfo:
-        info = self.disk_info(source)
-        with dest.open("wb") as disk:
-            disk.write(f"fake {info.virtual_size} \n".encode())
-            disk.truncate(info.virtual_size)
+        dest.write_text(f"fake {self.disk_info(source).virtual_size} \n")
         return self.disk_info(dest)
 
     def disk_info(self, path: Path) -> DiskInfo:

@@ -1,0 +1,100 @@
+"""The seed's image endpoints: shapes and status codes, against the fake backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from meda_api import create_app
+from meda_core.app import Meda
+
+REMOTE = "127.0.0.1:1/cirunlabs/default:v1"
+
+
+@pytest.fixture
+def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
+    with TestClient(create_app(fake_meda), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_push_pull_run_and_the_list(client: TestClient) -> None:
+    dry = client.post("/api/v1/images/push", json={"name": "default", "image": REMOTE,
+                                                   "dry_run": True})  # fmt: skip
+    assert dry.status_code == 200 and dry.json()["digest"] is None
+    pushed = client.post("/api/v1/images/push", json={"name": "default", "image": REMOTE})
+    assert pushed.status_code == 200 and pushed.json()["digest"].startswith("sha256:")
+    pulled = client.post(
+        "/api/v1/images/pull", json={"image": "default:v1", "registry": "127.0.0.1:1"}
+    )
+    assert pulled.status_code == 200, pulled.text
+    assert pulled.json()["digest"] == pushed.json()["digest"]
+    run = client.post("/api/v1/images/run", json={"image": "default:v1", "name": "r1",
+                                                  "memory": "512M", "cpus": 2})  # fmt: skip
+    assert run.status_code == 201, run.text
+    assert run.json()["vm"]["state"] == "running"
+    listed = client.get("/api/v1/images").json()
+    assert listed["count"] == 2
+    used = {i["tag"]: i["used_by"] for i in listed["images"]}
+    assert used == {"latest": [], "v1": ["r1"]}
+
+
+def test_used_image_cannot_be_removed_or_pruned(client: TestClient) -> None:
+    client.post("/api/v1/vms", json={"name": "user"})
+    response = client.delete("/api/v1/images/default")
+    assert response.status_code == 409 and "user" in response.json()["error"]
+    pruned = client.post("/api/v1/images/prune", json={"all": True, "force": True})
+    assert pruned.status_code == 200 and pruned.json()["removed_images"] == []
+    client.delete("/api/v1/vms/user")
+    assert client.delete("/api/v1/images/default").status_code == 200
+    assert client.get("/api/v1/images").json()["count"] == 0
+    assert client.delete("/api/v1/images/default").status_code == 404
+
+
+def test_prune_without_all_removes_unused_pulled_images(client: TestClient) -> None:
+    client.post("/api/v1/images/push", json={"name": "default", "image": REMOTE})
+    client.post("/api/v1/images/pull", json={"image": REMOTE})
+    pruned = client.post("/api/v1/images/prune", json={})
+    assert pruned.json()["removed_images"] == ["default:v1"]  # the local import stays
+    assert [i["tag"] for i in client.get("/api/v1/images").json()["images"]] == ["latest"]
+
+
+def test_create_image_from_a_vm(client: TestClient, fake_meda: Meda) -> None:
+    client.post("/api/v1/vms", json={"name": "src"})
+    client.post("/api/v1/vms/src/start")
+    running = client.post("/api/v1/images", json={"name": "snap", "from_vm": "src"})
+    assert running.status_code == 409  # never read a disk a VM is writing
+    client.post("/api/v1/vms/src/stop")
+    created = client.post("/api/v1/images", json={"name": "snap", "tag": "v2", "from_vm": "src"})
+    assert created.status_code == 201, created.text
+    assert created.json()["image"]["name"] == "snap"
+    snap, base = fake_meda.images.get("snap:v2"), fake_meda.images.get("default")
+    assert snap.kernel == base.kernel and base.kernel is not None and base.kernel.exists()
+    again = client.post("/api/v1/images", json={"name": "snap", "tag": "v2", "from_vm": "src"})
+    assert again.status_code == 409
+    missing = client.post("/api/v1/images", json={"name": "x", "from_vm": "nope"})
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/images/pull", {"image": "../../etc"}),
+        ("/api/v1/images/pull", {"image": "UPPER"}),
+        ("/api/v1/images/push", {"name": "default", "image": "a b"}),
+        ("/api/v1/images/run", {"image": "default", "name": "Bad_Name"}),
+        ("/api/v1/images", {"name": "../x", "from_vm": "src"}),
+        ("/api/v1/images/prune", {"all": "yes please"}),
+    ],
+)
+def test_bad_requests_are_400(client: TestClient, path: str, body: dict) -> None:  # type: ignore[type-arg]
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_REQUEST"
+
+
+def test_run_of_a_missing_image_is_404_and_leaves_no_vm(client: TestClient) -> None:
+    response = client.post("/api/v1/images/run", json={"image": "nothing", "name": "r"})
+    assert response.status_code == 404
+    assert client.get("/api/v1/vms").json()["count"] == 0

@@ -1,0 +1,172 @@
+"""The oci plugin against a real registry (Debian's docker-registry on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from meda_core.app import Meda
+from meda_core.backends import BackendContext
+from meda_core.blobs import sha256_file
+from meda_core.config import Settings
+from meda_core.errors import BackendError
+from meda_core.references import Reference, parse_reference
+from meda_core.testing.conformance import RegistryConformance
+from meda_oci import OciRegistry, formats
+from meda_oci.client import RegistryClient, sha256_digest
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def reference(oci_registry: str) -> Callable[[str], Reference]:
+    return lambda tag: parse_reference(f"{oci_registry}/meda/test:{tag}")
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDA_OCI_CHUNK_SIZE", str(MiB))  # many chunks from a small disk
+
+
+class TestOciConformance(RegistryConformance):
+    @pytest.fixture
+    def backend(self, backend_context: BackendContext, small_chunks: None) -> OciRegistry:
+        return OciRegistry(backend_context)
+
+
+@pytest.fixture
+def meda(tmp_path: Path, small_chunks: None) -> Meda:
+    return Meda(Settings(home=tmp_path / "home"))
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Path:
+    path = tmp_path / "disk.raw"
+    with path.open("wb") as f:
+        f.write(os.urandom(3 * MiB))
+        f.seek(8 * MiB)  # zero chunks 3..7 are not sent at all
+        f.write(os.urandom(2 * MiB))
+    return path
+
+
+def test_push_rmi_pull_round_trip_keeps_digests(meda: Meda, disk: Path, oci_registry: str) -> None:
+    meda.images.import_files("rt", disk=disk)
+    target = f"{oci_registry}/meda/rt:v1"
+    _, pushed = meda.images.push("rt", target)
+    manifest = json.loads(RegistryClient(parse_reference(target)).manifest("v1")[0])
+    assert manifest["artifactType"] == formats.ARTIFACT_TYPE
+    assert len(formats.chunks_of(manifest, MiB)) == 5  # 10 chunks, 5 of them zeros
+    meda.images.remove("rt")
+    pulled = meda.images.pull(target)
+    assert pulled.digest == pushed
+    assert pulled.disk is not None and sha256_file(pulled.disk) == sha256_file(disk)
+    assert meda.images.pull(target).created == pulled.created  # already here: no work
+
+
+def test_interrupted_pull_leaves_no_image_and_resumes(
+    meda: Meda, disk: Path, oci_registry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meda.images.import_files("big", disk=disk)
+    target = f"{oci_registry}/meda/big:v1"
+    meda.images.push("big", target)
+    meda.images.remove("big")
+    downloads: list[str] = []
+    original = RegistryClient.download
+
+    def flaky(self: RegistryClient, digest: str, dest: Path, advance):  # type: ignore[no-untyped-def]
+        downloads.append(digest)
+        if len(downloads) == 3:
+            raise BackendError("connection dropped")
+        return original(self, digest, dest, advance)
+
+    monkeypatch.setattr(RegistryClient, "download", flaky)
+    monkeypatch.setenv("MEDA_OCI_CONCURRENCY", "1")
+    with pytest.raises(BackendError, match="dropped"):
+        meda.images.pull(target)
+    assert meda.images.list() == []  # nothing half-made is visible
+    first_try = len(downloads)
+    downloads.clear()
+    monkeypatch.setattr(RegistryClient, "download", original)
+    monkeypatch.setattr(RegistryClient, "download", _counting(original, downloads))
+    pulled = meda.images.pull(target)
+    assert pulled.disk is not None and sha256_file(pulled.disk) == sha256_file(disk)
+    assert len(downloads) < 1 + 5  # config + 5 chunks: what was done is not fetched again
+    assert first_try >= 3
+
+
+def _counting(original, seen: list[str]):  # type: ignore[no-untyped-def]
+    def download(self: RegistryClient, digest: str, dest: Path, advance):  # type: ignore[no-untyped-def]
+        seen.append(digest)
+        return original(self, digest, dest, advance)
+
+    return download
+
+
+def test_corrupted_blob_is_refused(
+    meda: Meda, disk: Path, oci_registry: str, tmp_path: Path
+) -> None:
+    meda.images.import_files("bad", disk=disk)
+    target = f"{oci_registry}/meda/bad:v1"
+    meda.images.push("bad", target)
+    meda.images.remove("bad")
+    manifest = json.loads(RegistryClient(parse_reference(target)).manifest("v1")[0])
+    victim = formats.chunks_of(manifest, MiB)[0].blob[7:]
+    stored = next((tmp_path / "registry").rglob(f"blobs/sha256/{victim[:2]}/{victim}/data"))
+    stored.write_bytes(b"not what was pushed" + stored.read_bytes()[19:])
+    with pytest.raises(BackendError, match="failed verification"):
+        meda.images.pull(target)
+    assert meda.images.list() == []
+
+
+def test_rust_meda_artifact_pulls_and_reassembles(
+    meda: Meda, oci_registry: str, tmp_path: Path
+) -> None:
+    """One layer per file; a big file split into ``<file>.chunk.NNN`` layers; no compression."""
+    ref = parse_reference(f"{oci_registry}/cirunlabs/legacy:v1")
+    client = RegistryClient(ref)
+    original = os.urandom(5 * MiB + 123)
+    parts = [original[i : i + 2 * MiB] for i in range(0, len(original), 2 * MiB)]
+    layers = []
+    for index, part in reversed(list(enumerate(parts))):  # out of order on purpose
+        digest = sha256_digest(part)
+        client.upload(part, digest, len(part))
+        layers.append(formats.descriptor(
+            "application/vnd.cirunlabs.meda.base-image-chunk.v1", digest, len(part),
+            **{formats.TITLE: f"base.raw.chunk.{index:03d}"},
+        ))  # fmt: skip
+    user_data = b"#cloud-config\n"
+    client.upload(user_data, sha256_digest(user_data), len(user_data))
+    layers.append(formats.descriptor(
+        "application/vnd.cirunlabs.meda.user-data.v1", sha256_digest(user_data),
+        len(user_data), **{formats.TITLE: "user-data"},
+    ))  # fmt: skip
+    empty = b"{}"
+    client.upload(empty, sha256_digest(empty), 2)
+    client.put_manifest({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": formats.RUST_ARTIFACT_TYPE,
+        "config": formats.descriptor("application/vnd.oci.empty.v1+json", sha256_digest(empty), 2),
+        "layers": layers,
+    }, "v1")  # fmt: skip
+    pulled = meda.images.pull(str(ref))
+    assert pulled.disk is not None and pulled.disk_format == "raw"
+    assert sha256_file(pulled.disk) == sha256_digest(original)
+
+
+def test_not_a_meda_image_is_refused(meda: Meda, oci_registry: str) -> None:
+    ref = parse_reference(f"{oci_registry}/other/thing:v1")
+    client = RegistryClient(ref)
+    empty = b"{}"
+    client.upload(empty, sha256_digest(empty), 2)
+    client.put_manifest({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": formats.descriptor("application/vnd.oci.image.config.v1+json",
+                                     sha256_digest(empty), 2),
+        "layers": [],
+    }, "v1")  # fmt: skip
+    with pytest.raises(BackendError, match="not a meda image"):
+        meda.images.pull(str(ref))
