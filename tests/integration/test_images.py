@@ -1,0 +1,55 @@
+"""The seed's image workflow against a real registry, with guests that really boot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meda_core.testing.guest import BOOT_MARKER
+from meda_core.testing.pytest_plugin import wait_for_text
+from tests.integration.conftest import Server
+
+pytestmark = pytest.mark.vm
+
+
+def test_pull_run_create_push_rmi_pull(server: Server, oci_registry: str) -> None:
+    with server.client() as api:
+        pushed = api.post("/images/push", json={"name": "guest", "image": "guest:v1",
+                                                "registry": oci_registry})  # fmt: skip
+        assert pushed.status_code == 200, pushed.text
+
+        # The seed's image workflow: pull → run → create an image from the VM.
+        pulled = api.post("/images/pull", json={"image": "guest:v1", "registry": oci_registry})
+        assert pulled.status_code == 200, pulled.text
+        assert pulled.json()["digest"] == pushed.json()["digest"]
+        run = api.post("/images/run", json={"image": "guest:v1", "name": "ubuntu-vm",
+                                            "memory": "256M", "cpus": 1})  # fmt: skip
+        assert run.status_code == 201, run.text
+        wait_for_text(Path(run.json()["vm"]["details"]["console_log"]), BOOT_MARKER, 60)
+        busy = api.post("/images", json={"name": "my-ubuntu", "tag": "v1.0",
+                                         "from_vm": "ubuntu-vm"})  # fmt: skip
+        assert busy.status_code == 409  # running: its disk is not read
+        assert api.post("/vms/ubuntu-vm/stop").status_code == 200
+        created = api.post("/images", json={"name": "my-ubuntu", "tag": "v1.0",
+                                            "from_vm": "ubuntu-vm"})  # fmt: skip
+        assert created.status_code == 201, created.text
+        assert api.delete("/images/guest:v1").status_code == 409  # ubuntu-vm uses it
+
+        # push → rmi → pull gives the same digest, and the image boots.
+        target = f"{oci_registry}/cirunlabs/my-ubuntu:v1.0"
+        first = api.post("/images/push", json={"name": "my-ubuntu:v1.0", "image": target})
+        assert first.status_code == 200, first.text
+        assert api.delete("/images/my-ubuntu:v1.0").status_code == 200
+        again = api.post("/images/pull", json={"image": target})
+        assert again.json()["digest"] == first.json()["digest"]
+        names = {(i["name"], i["tag"]) for i in api.get("/images").json()["images"]}
+        assert ("my-ubuntu", "v1.0") in names
+        reborn = api.post("/images/run", json={"image": "my-ubuntu:v1.0", "name": "reborn",
+                                               "memory": "256M"})  # fmt: skip
+        assert reborn.status_code == 201, reborn.text
+        wait_for_text(Path(reborn.json()["vm"]["details"]["console_log"]), BOOT_MARKER, 60)
+        assert api.delete("/vms/reborn").status_code == 200
+        assert api.delete("/vms/ubuntu-vm").status_code == 200
+        pruned = api.post("/images/prune", json={"all": True, "force": True}).json()
+        assert set(pruned["removed_images"]) >= {"my-ubuntu:v1.0", "guest:v1"}
