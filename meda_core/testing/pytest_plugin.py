@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -76,6 +77,20 @@ def oci_registry(tmp_path: Path) -> Iterator[str]:
         pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
     with registry.local_registry(tmp_path / "registry") as address:
         yield address
+
+
+@pytest.fixture
+def oci_registry_with_auth(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """A registry that wants basic auth (htpasswd); yields ``(host:port, user, password)``."""
+    if shutil.which(registry.BINARY) is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    bcrypt = pytest.importorskip("bcrypt")
+    user, password = "meda", secrets.token_urlsafe(16)
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"{user}:{hashed}\n")
+    with registry.local_registry(tmp_path / "registry-auth", htpasswd) as address:
+        yield address, user, password
 
 
 @pytest.fixture(scope="session")

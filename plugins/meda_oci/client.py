@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,6 +18,7 @@ from typing import Any, BinaryIO
 import oras.container
 import oras.provider
 import requests
+from oras.auth.basic import BasicAuth
 
 from meda_core.errors import BackendError, NotFound
 from meda_core.references import Reference
@@ -24,6 +27,7 @@ from meda_oci.settings import Credentials
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ACCEPT_MANIFESTS = [OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"]
 _READ = 1024 * 1024
+RETRIES = 3
 Advance = Callable[[int], None]
 
 
@@ -50,8 +54,67 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             self.auth.set_token_auth(credentials.token.get_secret_value())
         elif credentials.username and credentials.password is not None:
             self.auth.set_basic_auth(credentials.username, credentials.password.get_secret_value())
-        else:
-            self.auth.load_configs(self.container)  # docker config and credential helpers
+        else:  # docker's config and its credential helpers
+            config = docker_config()
+            self.auth.load_configs(self.container, [str(config)] if config.exists() else [])
+        self._needs_login = challenge.lower().startswith("basic") and not (
+            hasattr(self.auth, "_basic_auth") or credentials.token is not None
+        )
+
+    def do_request(
+        self,
+        url: str,
+        method: str = "GET",
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """One request with auth, retried briefly on connection errors and 5xx only.
+
+        (oras-py's own retries every error, authentication failures included, for minutes.)
+        """
+        if self._needs_login:
+            raise BackendError(
+                f"registry {self.ref.registry} requires a login: set MEDA_REGISTRY_USERNAME "
+                "and MEDA_REGISTRY_PASSWORD, or log in with docker",
+                registry=self.ref.registry,
+            )
+        headers = dict(headers or {})
+        if getattr(self.auth, "_basic_auth", None) and isinstance(self.auth, BasicAuth):
+            headers.update(self.auth.get_auth_header())
+        elif getattr(self.auth, "token", None):
+            headers["Authorization"] = f"Bearer {self.auth.token}"
+        response = self._send(method, url, data, headers, json, stream)
+        if response.status_code in (401, 403) and not isinstance(self.auth, BasicAuth):
+            headers, changed = self.auth.authenticate_request(response, headers)
+            if changed:
+                response = self._send(method, url, data, headers, json, stream)
+        if response.status_code in (401, 403):
+            raise BackendError(
+                f"registry {self.ref.registry} refused the credentials ({response.status_code})",
+                registry=self.ref.registry,
+            )
+        return response
+
+    def _send(
+        self, method: str, url: str, data: Any, headers: dict[str, str],
+        json: dict[str, Any] | None, stream: bool,
+    ) -> requests.Response:  # fmt: skip
+        for attempt in range(RETRIES):
+            try:
+                response: requests.Response = self.session.request(
+                    method, url, data=data, json=json, headers=headers, stream=stream,
+                    verify=self._tls_verify, timeout=(30, 300),
+                )  # fmt: skip
+            except requests.ConnectionError as exc:
+                if attempt + 1 == RETRIES or not _rewindable(data):
+                    raise BackendError(f"registry {self.ref.registry}: {exc}") from None
+            else:
+                if response.status_code < 500 or attempt + 1 == RETRIES or not _rewindable(data):
+                    return response
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _url(self, path: str) -> str:
         return f"{self.prefix}://{self.ref.registry}/v2/{self.ref.repository}/{path}"
@@ -148,6 +211,17 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             )
         partial.replace(dest)
         return dest
+
+
+def docker_config() -> Path:
+    """docker's config file: ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``."""
+    folder = os.environ.get("DOCKER_CONFIG")
+    return Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
+
+
+def _rewindable(data: Any) -> bool:
+    """A body can be sent again unless it is a stream already (partly) read."""
+    return data is None or isinstance(data, bytes | str)
 
 
 def _challenge(ref: Reference) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Callable
@@ -170,3 +171,35 @@ def test_not_a_meda_image_is_refused(meda: Meda, oci_registry: str) -> None:
     }, "v1")  # fmt: skip
     with pytest.raises(BackendError, match="not a meda image"):
         meda.images.pull(str(ref))
+
+
+def test_basic_auth_from_the_environment_and_docker_config(
+    meda: Meda,
+    disk: Path,
+    oci_registry_with_auth: tuple[str, str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    address, user, password = oci_registry_with_auth
+    meda.images.import_files("secret", disk=disk)
+    target = f"{address}/private/secret:v1"
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    with pytest.raises(Exception) as refused:
+        meda.images.push("secret", target)
+    assert password not in str(refused.value)
+
+    monkeypatch.setenv("MEDA_REGISTRY_USERNAME", user)
+    monkeypatch.setenv("MEDA_REGISTRY_PASSWORD", password)
+    _, digest = meda.images.push("secret", target)
+    monkeypatch.delenv("MEDA_REGISTRY_USERNAME")
+    monkeypatch.delenv("MEDA_REGISTRY_PASSWORD")
+
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {address: {"auth": token}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+    meda.images.remove("secret")
+    assert meda.images.pull(target).digest == digest
+    assert password not in caplog.text
