@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from meda_api.errors import install_error_handlers
-from meda_api.routers import images, network, system, vms
+from meda_api.routers import images, network, operations, system, vms
 from meda_core import __version__
 from meda_core.app import Meda
 from meda_core.errors import MedaError
@@ -28,6 +28,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except MedaError as error:
         log.error("could not restore the network: %s", error.message)
     yield
+    meda.operations.shutdown()
 
 
 def create_app(meda: Meda | None = None) -> FastAPI:
@@ -46,5 +47,6 @@ def create_app(meda: Meda | None = None) -> FastAPI:
     app.include_router(vms.router, prefix=API_PREFIX)
     app.include_router(network.router, prefix=API_PREFIX)
     app.include_router(images.router, prefix=API_PREFIX)
+    app.include_router(operations.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
     return app

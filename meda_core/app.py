@@ -7,9 +7,12 @@ from datetime import UTC, datetime
 from meda_core import __version__
 from meda_core.backends import BackendContext
 from meda_core.config import Settings
+from meda_core.eventbus import EventBus
+from meda_core.events import VMEvent
 from meda_core.images import ImageService
 from meda_core.models import Health, PluginReport
 from meda_core.networking import NetworkService
+from meda_core.operations import Operations
 from meda_core.plugins import PluginManager
 from meda_core.selection import BackendSelector
 from meda_core.store import StateStore
@@ -43,10 +46,14 @@ class Meda:
             self.backends.storage,
             self.backends.registry,
         )
-        self.vms = VMService(
-            self.settings, self.store, self.images, self.backends, self.plugins.emit
-        )
+        self.events = EventBus()
+        self.operations = Operations(self.events)
+        self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
+
+    def _emit(self, event: VMEvent) -> None:
+        self.plugins.emit(event)
+        self.events.publish("vm", event.model_dump(mode="json"))
 
     def plugin_report(self) -> PluginReport:
         return PluginReport(plugins=self.plugins.report(), backends=self.backends.describe())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
+from meda_api.background import ASYNC_RESPONSES, PreferHeader, run_or_accept
 from meda_api.deps import MedaDep
 from meda_api.routers.vms import ERRORS
+from meda_core.backends import Progress
 from meda_core.models import (
     CreateImageRequest,
     ImageList,
@@ -29,13 +33,16 @@ def list_images(meda: MedaDep) -> ImageList:
     return image_list(meda.images.listing())
 
 
-@router.post("/pull", response_model=ImageResult, responses=ERRORS)
-def pull_image(request: PullRequest, meda: MedaDep) -> ImageResult:
-    image = meda.images.pull(request.image, request.registry, request.org)
-    return ImageResult(
-        success=True, message=f"Pulled {image.source}", image=image_info(image),
-        digest=image.digest,
-    )  # fmt: skip
+@router.post("/pull", response_model=ImageResult, responses=ERRORS | ASYNC_RESPONSES)
+def pull_image(request: PullRequest, meda: MedaDep, prefer: PreferHeader = None) -> Any:
+    def work(progress: Progress) -> ImageResult:
+        image = meda.images.pull(request.image, request.registry, request.org, progress)
+        return ImageResult(
+            success=True, message=f"Pulled {image.source}", image=image_info(image),
+            digest=image.digest,
+        )  # fmt: skip
+
+    return run_or_accept(prefer, meda, "pull", work)
 
 
 @router.post("", status_code=201, response_model=ImageResult, responses=ERRORS)
@@ -49,24 +56,33 @@ def create_image(request: CreateImageRequest, meda: MedaDep) -> ImageResult:
     )  # fmt: skip
 
 
-@router.post("/push", response_model=ImageResult, responses=ERRORS)
-def push_image(request: PushRequest, meda: MedaDep) -> ImageResult:
-    image, digest = meda.images.push(
-        request.name, request.image, request.registry, request.org, request.dry_run
-    )
-    verb = "Would push" if request.dry_run else "Pushed"
-    return ImageResult(
-        success=True, message=f"{verb} {image.ref} to {request.image}",
-        image=image_info(image), digest=digest,
-    )  # fmt: skip
+@router.post("/push", response_model=ImageResult, responses=ERRORS | ASYNC_RESPONSES)
+def push_image(request: PushRequest, meda: MedaDep, prefer: PreferHeader = None) -> Any:
+    def work(progress: Progress) -> ImageResult:
+        image, digest = meda.images.push(
+            request.name, request.image, request.registry, request.org, request.dry_run,
+            progress,
+        )  # fmt: skip
+        verb = "Would push" if request.dry_run else "Pushed"
+        return ImageResult(
+            success=True, message=f"{verb} {image.ref} to {request.image}",
+            image=image_info(image), digest=digest,
+        )  # fmt: skip
+
+    return run_or_accept(prefer, meda, "push", work)
 
 
-@router.post("/run", status_code=201, response_model=OperationResult, responses=ERRORS)
-def run(request: RunRequest, meda: MedaDep) -> OperationResult:
-    vm = run_image(meda.images, meda.vms, request)
-    verb = "Created" if request.no_start else "Started"
-    return OperationResult(success=True, message=f"{verb} VM {vm.name} from {request.image}",
-                           vm=vm_info(vm))  # fmt: skip
+@router.post(
+    "/run", status_code=201, response_model=OperationResult, responses=ERRORS | ASYNC_RESPONSES
+)
+def run(request: RunRequest, meda: MedaDep, prefer: PreferHeader = None) -> Any:
+    def work(progress: Progress) -> OperationResult:
+        vm = run_image(meda.images, meda.vms, request, progress)
+        verb = "Created" if request.no_start else "Started"
+        return OperationResult(success=True, message=f"{verb} VM {vm.name} from {request.image}",
+                               vm=vm_info(vm))  # fmt: skip
+
+    return run_or_accept(prefer, meda, "run", work)
 
 
 @router.delete("/{image}", response_model=ImageResult, responses=ERRORS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -97,3 +98,28 @@ def test_plugins_report_a_broken_plugin_and_meda_still_works(
     backends = {(b["role"], b["name"]): b for b in report["backends"]}
     assert backends[("hypervisor", "qemu")]["selected"]
     assert run_meda("list", "--json", env=env).returncode == 0
+
+
+def test_events_stream_vm_lifecycle_as_sse(server: Server) -> None:
+    import httpx
+
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{server.url}/events", timeout=30) as stream:
+            for line in stream.iter_lines():
+                ready.set()
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]).get("kind", ""))
+                    if "deleted" in seen:
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert ready.wait(10)
+    with server.client() as api:
+        api.post("/vms", json={"name": "watched"})
+        api.delete("/vms/watched")
+    listener.join(15)
+    assert seen == ["created", "deleted"]

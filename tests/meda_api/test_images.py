@@ -98,3 +98,27 @@ def test_run_of_a_missing_image_is_404_and_leaves_no_vm(client: TestClient) -> N
     response = client.post("/api/v1/images/run", json={"image": "nothing", "name": "r"})
     assert response.status_code == 404
     assert client.get("/api/v1/vms").json()["count"] == 0
+
+
+def test_respond_async_gives_202_and_an_operation(client: TestClient) -> None:
+    client.post("/api/v1/images/push", json={"name": "default", "image": REMOTE})
+    accepted = client.post(
+        "/api/v1/images/pull", json={"image": REMOTE}, headers={"Prefer": "respond-async"}
+    )
+    assert accepted.status_code == 202
+    location = accepted.headers["Location"]
+    assert location == f"/api/v1/operations/{accepted.json()['id']}"
+    done = client.get(location, params={"wait": 10}).json()
+    assert done["state"] == "succeeded", done
+    assert done["result"]["image"]["tag"] == "v1"
+    assert client.get("/api/v1/operations").json()["count"] >= 1
+    assert client.delete(location).status_code == 409  # already finished
+
+
+def test_failed_background_operation_reports_the_error(client: TestClient) -> None:
+    accepted = client.post(
+        "/api/v1/images/pull", json={"image": "127.0.0.1:1/x/none:v1"},
+        headers={"Prefer": "respond-async"},
+    )  # fmt: skip
+    done = client.get(accepted.headers["Location"], params={"wait": 10}).json()
+    assert done["state"] == "failed" and done["error"]["code"] == "IMAGE_NOT_FOUND"

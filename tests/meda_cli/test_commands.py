@@ -107,3 +107,27 @@ def test_ip_and_port_forward_commands(fake_image: str) -> None:
 def test_cleanup_dry_run(fake_image: str) -> None:
     code, out, _ = meda("cleanup", "--dry-run", "--json")
     assert code == 0 and json.loads(out) == {"dry_run": True, "orphans": [], "count": 0}
+
+
+def test_image_commands(fake_image: str) -> None:
+    remote = "127.0.0.1:1/cirunlabs/default:v1"
+    code, out, _ = meda("push", "default", remote, "--json")
+    assert code == 0 and json.loads(out)["digest"].startswith("sha256:")
+    code, out, _ = meda("pull", remote)
+    assert code == 0 and "Pulled" in out
+    code, out, _ = meda("run", "default:v1", "--name", "r1", "--json")
+    assert code == 0 and json.loads(out)["vm"]["state"] == "running"
+    listing = json.loads(meda("images", "--json")[1])
+    assert {i["tag"]: i["used_by"] for i in listing["images"]} == {"latest": [], "v1": ["r1"]}
+    assert meda("rmi", "default:v1")[0] == 4  # r1 uses it
+    assert meda("delete", "r1")[0] == 0
+    code, out, _ = meda("prune", "--force", "--json")
+    assert code == 0 and json.loads(out)["removed_images"] == ["default:v1"]
+    assert meda("rmi", "default")[0] == 0
+    assert json.loads(meda("images", "list", "--json")[1])["count"] == 0
+
+
+def test_create_image_command(fake_image: str) -> None:
+    meda("create", "src")
+    code, out, _ = meda("create-image", "snap", "--from-vm", "src", "--tag", "v1", "--json")
+    assert code == 0 and json.loads(out)["image"]["name"] == "snap"

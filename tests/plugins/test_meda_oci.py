@@ -6,6 +6,7 @@ import base64
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,18 @@ def test_basic_auth_from_the_environment_and_docker_config(
     meda.images.remove("secret")
     assert meda.images.pull(target).digest == digest
     assert password not in caplog.text
+
+
+def test_two_pulls_of_one_reference_do_the_work_once(
+    meda: Meda, disk: Path, oci_registry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meda.images.import_files("twice", disk=disk)
+    target = f"{oci_registry}/meda/twice:v1"
+    meda.images.push("twice", target)
+    meda.images.remove("twice")
+    downloads: list[str] = []
+    monkeypatch.setattr(RegistryClient, "download", _counting(RegistryClient.download, downloads))
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: meda.images.pull(target), range(2)))
+    assert results[0].digest == results[1].digest
+    assert len(downloads) == len(set(downloads)) == 1 + 5  # config + chunks, once each
