@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,22 @@ done
 echo {BOOT_MARKER}
 while true; do sleep 3600; done
 """
+
+
+# A kernel message (timestamped) may land in the middle of a line a guest program wrote.
+_KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\][^\n]*\n?")
+_GUEST_IP = re.compile(re.escape(IP_MARKER) + r"(\d+\.\d+\.\d+\.\d+)")
+
+
+def guest_output(console: str) -> str:
+    """What the guest's programs wrote to the console, kernel messages taken out."""
+    return _KERNEL_LINE.sub("", console)
+
+
+def guest_ip(console: str) -> str | None:
+    """The address the guest reported after DHCP, if it has."""
+    match = _GUEST_IP.search(guest_output(console))
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from meda_core.testing.guest import HTTP_PAGE, IP_MARKER
+from meda_core.testing.guest import guest_ip as reported_ip
 from meda_core.testing.namespaces import create, destroy, run_in
 from meda_core.testing.pytest_plugin import wait_for_text
 from tests.integration.conftest import Server, StartServer
@@ -33,9 +34,11 @@ def guest_ip(vm: dict, timeout: float = 120) -> str:  # type: ignore[type-arg]
     """The address the guest itself got by DHCP, read from its serial console."""
     console = Path(vm["details"]["console_log"])
     wait_for_text(console, IP_MARKER, timeout)
-    match = re.search(re.escape(IP_MARKER) + r"(\S+)", console.read_text())
-    assert match
-    return match.group(1)
+    deadline = time.monotonic() + 10  # the rest of the line may still be on its way
+    while (ip := reported_ip(console.read_text(errors="replace"))) is None:
+        assert time.monotonic() < deadline, console.read_text(errors="replace")[-2000:]
+        time.sleep(0.1)
+    return ip
 
 
 def http_get(netns: str, url: str) -> str:
