@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,12 @@ def test_pull_run_create_push_rmi_pull(server: Server, oci_registry: str) -> Non
         assert api.delete("/vms/ubuntu-vm").status_code == 200
         pruned = api.post("/images/prune", json={"all": True, "force": True}).json()
         assert set(pruned["removed_images"]) >= {"my-ubuntu:v1.0", "guest:v1"}
+
+
+def test_api_and_cli_list_the_same_images(server: Server, run_meda) -> None:  # type: ignore[no-untyped-def]
+    with server.client() as api:
+        listed = api.get("/images").json()
+    env = {"MEDA_HOME": server.env["MEDA_HOME"], "MEDA_NETNS": server.env["MEDA_NETNS"]}
+    cli = run_meda("images", "--json", env=env)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == listed

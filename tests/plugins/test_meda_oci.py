@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -219,3 +222,33 @@ def test_two_pulls_of_one_reference_do_the_work_once(
         results = list(pool.map(lambda _: meda.images.pull(target), range(2)))
     assert results[0].digest == results[1].digest
     assert len(downloads) == len(set(downloads)) == 1 + 5  # config + chunks, once each
+
+
+def test_pull_killed_half_way_leaves_no_image_and_the_next_resumes(
+    meda: Meda, oci_registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = tmp_path / "many-chunks.raw"
+    disk.write_bytes(os.urandom(48 * MiB))
+    meda.images.import_files("killed", disk=disk)
+    target = f"{oci_registry}/meda/killed:v1"
+    meda.images.push("killed", target)
+    meda.images.remove("killed")
+    env = {**os.environ, "MEDA_HOME": str(meda.settings.home), "MEDA_OCI_CONCURRENCY": "1",
+           "MEDA_OCI_CHUNK_SIZE": str(MiB)}  # fmt: skip
+    puller = subprocess.Popen(
+        [sys.executable, "-m", "meda_cli.main", "pull", target], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    done_dir = meda.settings.home / "pulls"
+    deadline = time.monotonic() + 60
+    while len(list(done_dir.glob("*/chunks-done/*"))) < 8:
+        assert time.monotonic() < deadline and puller.poll() is None, "pull ended too soon"
+        time.sleep(0.01)
+    puller.kill()
+    puller.wait()
+    assert meda.images.list() == []
+    downloads: list[str] = []
+    monkeypatch.setattr(RegistryClient, "download", _counting(RegistryClient.download, downloads))
+    pulled = meda.images.pull(target)
+    assert pulled.disk is not None and sha256_file(pulled.disk) == sha256_file(disk)
+    assert len(downloads) <= 1 + 48 - 8  # the config again, then only what was missing
