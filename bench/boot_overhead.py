@@ -12,7 +12,6 @@ writes JSON (default bench/results/boot_overhead.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -25,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from results_file import write_result  # beside this script
 
 from meda_core.app import Meda
 from meda_core.backends import LaunchSpec
@@ -169,9 +169,7 @@ def main() -> int:
         f"qemu -daemonize {result['raw_launch_median_ms']:.0f} ms "
         f"(meda adds {result['start_call_added_ms']:.0f} ms)"
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_result(args.json, result)
     return 0
 
 

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_file import write_result  # beside this script
+
 from meda_core.app import Meda
 from meda_core.config import Settings
 from meda_core.testing.registry import local_registry
@@ -163,9 +165,7 @@ def main() -> int:
         f"({result['pull_ratio']}x); disk writes {result['disk_write_mb_s']} MB/s "
         f"(pull is {result['pull_vs_disk']:.0%} of it)"
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_result(args.json, result)
     return 0
 
 

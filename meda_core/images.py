@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import builtins
-import fcntl
 import hashlib
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from meda_core.errors import (
     InvalidRequest,
     VMNotFound,
 )
+from meda_core.locks import exclusive
 from meda_core.models import Image, VMState
 from meda_core.names import parse_image_ref
 from meda_core.references import parse_reference
@@ -158,7 +157,7 @@ class ImageService:
         ref = parse_reference(image, registry, org)
         backend = self._registry()
         workdir = self._home / "pulls" / hashlib.sha256(str(ref).encode()).hexdigest()[:32]
-        with _exclusive(workdir.with_suffix(".lock")):
+        with exclusive(workdir.with_suffix(".lock")):
             local = self._store.get_image(ref.name, ref.tag)
             remote = ref.digest or backend.manifest_digest(ref)
             if remote is None:
@@ -280,14 +279,3 @@ class ImageService:
     def _blob_bytes(self) -> int:
         folder = self.blobs.root / "sha256"
         return sum(p.stat().st_blocks * 512 for p in folder.iterdir()) if folder.exists() else 0
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

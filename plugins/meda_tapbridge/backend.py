@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 from meda_core import netns
 from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, NicSpec
+from meda_core.locks import exclusive
 from meda_core.models import PortForward, VMState
 from meda_tapbridge import links, nft
 from meda_tapbridge.dhcp import DhcpServer
@@ -164,17 +164,9 @@ class TapBridgeNetwork(NetworkBackend):
 
     # ---- the shared network: bridge, sysctls, DHCP, rules ----
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> AbstractContextManager[None]:
         """One process at a time changes the shared network (threads and processes alike)."""
-        lock_path = self.context.settings.home / "net" / ".lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return exclusive(self.context.settings.home / "net" / ".lock")
 
     def _ensure_network(self) -> None:
         config = self.config
