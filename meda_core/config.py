@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     allow_privileged_ports: bool = Field(
         False, description="Allow forwarding host ports below 1024"
     )
+    user_data_dirs: str = Field(
+        "", description="Colon-separated directories user_data paths may name (none by default)"
+    )
     disabled_plugins: str = Field("", description="Comma-separated plugin names not to load")
 
     def role_choice(self, role: str) -> str:
@@ -53,6 +56,9 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.home / "state.db"
+
+    def user_data_dir_list(self) -> list[Path]:
+        return [Path(d) for d in self.user_data_dirs.split(":") if d.strip()]
 
     def disabled(self) -> set[str]:
         return {name.strip() for name in self.disabled_plugins.split(",") if name.strip()}

@@ -126,6 +126,7 @@ class VM(BaseModel):
     operation_owner: RuntimeInfo | None = None
     last_error: str | None = None
     network: str | None = Field(None, description="Network backend, None for no NIC")
+    user_data: str | None = Field(None, description="cloud-init user data (content)")
     ip: str | None = None
     mac: str | None = None
     tap_device: str | None = None
@@ -150,7 +151,11 @@ class CreateVMRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=VM_NAME_PATTERN, description="VM name: " + VM_NAME_PATTERN)
-    user_data: str | None = Field(None, description="cloud-init user data (not used yet)")
+    user_data: str | None = Field(
+        None,
+        description="cloud-init user data: cloud-config or a script, or a path in a "
+        "directory the operator allows (MEDA_USER_DATA_DIRS)",
+    )
     force: bool = Field(False, description="Replace a VM of the same name")
     memory: str = "1G"
     cpus: int = Field(1, ge=1, le=64)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from meda_core import procs
+from meda_core import procs, seed, userdata
 from meda_core.backends import (
     HypervisorBackend,
     LaunchSpec,
@@ -36,6 +36,7 @@ from meda_core.models import (
 from meda_core.names import check_vm_name
 from meda_core.selection import BackendSelector
 from meda_core.sizes import format_size
+from meda_core.sshkeys import managed_key
 from meda_core.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,9 @@ class VMService:
 
     def create(self, request: CreateVMRequest) -> VM:
         name = check_vm_name(request.name)
+        user_data = None
         if request.user_data is not None:
-            raise InvalidRequest(
-                "user_data is not supported by this version of meda yet (cloud-init seeds "
-                "are coming); omit the field",
-                field="user_data",
-            )
+            user_data = userdata.resolve(request.user_data, self._settings.user_data_dir_list())
         image = self._images.resolve(request.image)
         hypervisor = self._backends.hypervisor()
         storage = self._backends.storage()
@@ -118,6 +116,7 @@ class VMService:
             uuid=str(uuid.uuid4()),
             operation_owner=self._me,
             network=network.name if network else None,
+            user_data=user_data,
         )
         self._store.insert_vm(vm)
         try:
@@ -148,6 +147,7 @@ class VMService:
         try:
             image = self._images.get(vm.image)
             nics = () if network is None else (self._plug(vm, network),)
+            seed = self._write_seed(vm)
             launch = LaunchSpec(
                 name=vm.name,
                 uuid=vm.uuid,
@@ -160,6 +160,7 @@ class VMService:
                 cmdline=image.cmdline,
                 nics=nics,
                 netns=self._settings.netns,
+                extra_disks=(seed,),
             )
             runtime = hypervisor.start(launch)
         except Exception as exc:
@@ -208,6 +209,20 @@ class VMService:
 
     def _hypervisor(self, vm: VM) -> HypervisorBackend:
         return self._backends.by_name(Role.HYPERVISOR, vm.hypervisor, HypervisorBackend)
+
+    def _write_seed(self, vm: VM) -> Path:
+        """The VM's cloud-init seed, rebuilt at each start (the VM is not running)."""
+        _, public_key = managed_key(self._settings.home)
+        files = {
+            "meta-data": seed.meta_data(vm),
+            "user-data": userdata.render(vm.user_data, public_key),
+        }
+        network = seed.network_config(vm)
+        if network is not None:
+            files["network-config"] = network
+        path = vm.vm_dir / "seed.iso"
+        seed.write_seed(path, files)
+        return path
 
     def _network(self, vm: VM) -> NetworkBackend | None:
         if vm.network is None:

@@ -171,12 +171,6 @@ def test_events_follow_the_lifecycle(fake_meda: Meda, make_vm: MakeVM) -> None:
     assert seen == ["created:vm1", "started:vm1", "stopped:vm1", "deleted:vm1"]
 
 
-def test_user_data_is_refused_until_supported(fake_meda: Meda, fake_image: str) -> None:
-    with pytest.raises(InvalidRequest, match="user_data"):
-        fake_meda.vms.create(CreateVMRequest(name="vm1", user_data="#cloud-config\n"))
-    assert fake_meda.vms.list() == []
-
-
 def test_vm_of_a_missing_hypervisor_plugin_is_still_listed(
     fake_meda: Meda, make_vm: MakeVM
 ) -> None:
