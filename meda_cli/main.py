@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from meda_cli.commands import images, network, plugins, serve, vms
+from meda_cli.commands import images, network, plugins, serve, ssh, vms
 
 app = typer.Typer(
     name="meda",
@@ -15,6 +15,7 @@ app = typer.Typer(
 app.registered_commands += vms.app.registered_commands
 app.registered_commands += network.app.registered_commands
 app.registered_commands += images.commands.registered_commands
+app.registered_commands += ssh.app.registered_commands
 app.command("serve")(serve.serve)
 app.command("plugins")(plugins.plugins)
 app.add_typer(images.app, name="images")

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     netns: str | None = Field(
         None, description="Network namespace for meda's whole network and its VMs"
     )
+    netns_create: bool = Field(
+        False, description="Create MEDA_NETNS when missing, and delete it with the network"
+    )
     allow_privileged_ports: bool = Field(
         False, description="Allow forwarding host ports below 1024"
     )

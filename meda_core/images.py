@@ -93,6 +93,7 @@ class ImageService:
         kernel: Path | None = None,
         initrd: Path | None = None,
         cmdline: str | None = None,
+        source: str | None = None,
     ) -> Image:
         """Copy local files into the store as image ``ref``."""
         name, tag = parse_image_ref(ref)
@@ -112,7 +113,7 @@ class ImageService:
             initrd=initrd,
             cmdline=cmdline,
         )
-        image = self._record(name, tag, self._adopt(files, copy=True))
+        image = self._record(name, tag, self._adopt(files, copy=True), source=source)
         if not self._store.insert_image(image):
             raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
         return image
@@ -248,7 +249,8 @@ class ImageService:
         blobs; never anything a VM uses. Returns (images, blobs, bytes freed)."""
         removed: builtins.list[str] = []
         for image in self.list():
-            if (all_images or image.source is not None) and not self.users(image):
+            pulled = image.source is not None and not image.source.startswith("build:")
+            if (all_images or pulled) and not self.users(image):
                 self._store.delete_image(image.name, image.tag)
                 removed.append(image.ref)
         before = self._blob_bytes()

@@ -24,7 +24,7 @@ def network_config(vm: VM) -> str | None:
     if vm.network == "tap-bridge" and vm.ip and vm.subnet and vm.gateway:
         prefix = vm.subnet.split("/")[1]
         nic["addresses"] = [f"{vm.ip}/{prefix}"]
-        nic["routes"] = [{"to": "default", "via": vm.gateway}]
+        nic["routes"] = [{"to": "0.0.0.0/0", "via": vm.gateway}]  # cloud-init 22 lacks "default"
     else:
         nic["dhcp4"] = True
     return str(yaml.safe_dump({"version": 2, "ethernets": {"eth0": nic}}, sort_keys=False))

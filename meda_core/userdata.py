@@ -77,6 +77,7 @@ def render(user_data: str | None, public_key: str) -> str:
     users = config.get("users", ["default"])
     config["users"] = [*(users if isinstance(users, list) else [users]), meda_user(public_key)]
     config.setdefault("ssh_pwauth", False)
+    config.setdefault("manage_etc_hosts", True)  # so sudo and friends resolve the hostname
     document = "#cloud-config\n" + str(yaml.safe_dump(config, sort_keys=False))
     if user_data is None or user_data.startswith("#cloud-config"):
         return document

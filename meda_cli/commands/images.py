@@ -11,6 +11,7 @@ from meda_cli.context import handles_errors, meda
 from meda_cli.output import JsonOption, render, table
 from meda_cli.progress import transfer
 from meda_cli.validation import build
+from meda_core import imagebuild
 from meda_core.models import ImageList, ImageResult, OperationResult, PruneResult, RunRequest
 from meda_core.sizes import format_size
 from meda_core.views import image_info, image_list, vm_info
@@ -162,4 +163,22 @@ def run(
     verb = "Created" if no_start else "Started"
     result = OperationResult(success=True, message=f"{verb} VM {vm.name} from {image}",
                              vm=vm_info(vm))  # fmt: skip
+    render(result, as_json, _say)
+
+
+@app.command("build")
+@handles_errors
+def build_(
+    ref: str = typer.Argument("debian:12", metavar="NAME[:TAG]"),
+    suite: str = typer.Option("bookworm", help="Debian suite"),
+    mirror: str = typer.Option("http://deb.debian.org/debian", help="Debian mirror"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build a Debian base image (cloud-init, SSH, DHCP) from Debian's mirror; cached."""
+    spec = imagebuild.BuildSpec(suite=suite, mirror=mirror)
+    work = meda().settings.cache_dir / "builds" / "work"
+    log = (lambda line: None) if as_json else (lambda line: typer.echo(line, err=True))
+    image = imagebuild.build(meda().images, ref, spec, work, log)
+    result = ImageResult(success=True, message=f"Image {image.ref} is ready",
+                         image=image_info(image))  # fmt: skip
     render(result, as_json, _say)

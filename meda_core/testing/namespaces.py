@@ -63,6 +63,8 @@ def create(prefix: str = "meda-t") -> str:
 
 def destroy(name: str) -> None:
     """Kill what still runs in the namespace (it was made by the test), then delete it."""
+    if not (Path("/run/netns") / name).exists():
+        return
     for pid in pids_in(name):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -56,8 +56,15 @@ class TapBridgeNetwork(NetworkBackend):
         for tool, package in REQUIRED_TOOLS.items():
             if shutil.which(tool) is None:
                 return Availability.no(f"'{tool}' not found (apt-get install {package})")
-        if self.ns is not None and not netns.namespace_path(self.ns).exists():
-            return Availability.no(f"network namespace '{self.ns}' (MEDA_NETNS) does not exist")
+        if (
+            self.ns is not None
+            and not netns.namespace_path(self.ns).exists()
+            and not self.context.settings.netns_create
+        ):
+            return Availability.no(
+                f"network namespace '{self.ns}' (MEDA_NETNS) does not exist "
+                "(MEDA_NETNS_CREATE=1 has meda make it)"
+            )
         return Availability.yes()
 
     # ---- addresses ----
@@ -168,7 +175,21 @@ class TapBridgeNetwork(NetworkBackend):
         """One process at a time changes the shared network (threads and processes alike)."""
         return exclusive(self.context.settings.home / "net" / ".lock")
 
+    @property
+    def _made_namespace(self) -> Path:
+        return self.context.settings.home / "net" / f"{self.config.bridge}.made-netns"
+
+    def _ensure_namespace(self) -> None:
+        """Make MEDA_NETNS when told to; remember that meda made it, to delete it later."""
+        if self.ns is None or netns.namespace_path(self.ns).exists():
+            return
+        if not self.context.settings.netns_create:
+            return  # exec_prefix will say that it is missing
+        links.create_namespace(self.ns)
+        self._made_namespace.write_text(self.ns)
+
     def _ensure_network(self) -> None:
+        self._ensure_namespace()
         config = self.config
         links.ensure_bridge(self.ns, config.bridge, config.gateway_ip, config.network.prefixlen)
         netns.set_sysctl(self.ns, "net.ipv4.ip_forward", "1")
@@ -198,7 +219,13 @@ class TapBridgeNetwork(NetworkBackend):
 
     def _teardown(self) -> None:
         """Remove everything the network had: DHCP, rules, bridge, files."""
+        if self.ns is not None and not netns.namespace_path(self.ns).exists():
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            return
         self.dhcp.stop()
         nft.replace(self.ns, None)
         links.remove_link(self.ns, self.config.bridge)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self.ns is not None and self._made_namespace.exists():
+            links.remove_namespace(self.ns)
+            self._made_namespace.unlink()

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pyroute2 import IPRoute, NetNS
+from pyroute2 import netns as pyroute2_netns
 
 from meda_core import netns as namespaces
 
@@ -64,3 +65,13 @@ def remove_link(netns: str | None, name: str) -> bool:
             return False
         ipr.link("del", index=index)
         return True
+
+
+def create_namespace(name: str) -> None:
+    namespaces.namespace_path(name)  # validates the name
+    pyroute2_netns.create(name)
+
+
+def remove_namespace(name: str) -> None:
+    namespaces.namespace_path(name)
+    pyroute2_netns.remove(name)

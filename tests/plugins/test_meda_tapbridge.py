@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from meda_core.backends import BackendContext
 from meda_core.testing.conformance import NetworkConformance
-from meda_core.testing.namespaces import run_in
+from meda_core.testing.namespaces import destroy, run_in
 from meda_tapbridge import TapBridgeNetwork, nft
 from meda_tapbridge.settings import BridgeSettings
 
@@ -118,3 +120,22 @@ def test_bad_settings_make_it_unavailable_with_a_reason(
         monkeypatch.setenv(key, value)
     reason = TapBridgeNetwork(backend_context).check_available().reason
     assert reason and message in reason
+
+
+def test_meda_makes_its_namespace_and_deletes_it_with_the_network(
+    backend_context: BackendContext,
+) -> None:
+    name = f"meda-made-{secrets.token_hex(3)}"
+    backend_context.settings.netns = name
+    backend_context.settings.netns_create = True
+    backend = TapBridgeNetwork(backend_context)
+    try:
+        assert backend.check_available().ok
+        attachment = backend.allocate("vm1")
+        backend.plug("vm1", attachment)
+        assert Path(f"/run/netns/{name}").exists()
+        backend.unplug("vm1", attachment)
+        backend.release("vm1")
+        assert not Path(f"/run/netns/{name}").exists()
+    finally:
+        destroy(name)  # only if the test failed half-way

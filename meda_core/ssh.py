@@ -1,0 +1,37 @@
+"""How to reach a VM over SSH with meda's managed key (used by ``meda ssh``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meda_core import netns
+from meda_core.errors import Conflict
+from meda_core.models import VM, VMState
+from meda_core.sshkeys import managed_key
+from meda_core.userdata import MEDA_USER
+
+
+def ssh_argv(vm: VM, home: Path, command: list[str], ns: str | None) -> list[str]:
+    """argv for the system ssh client: managed key, a known-hosts file of this VM's own
+    (it goes with the VM, so a re-created VM never trips it), through ``ns``."""
+    if vm.state != VMState.RUNNING:
+        raise Conflict(f"VM '{vm.name}' is {vm.state.value}, not running", name=vm.name)
+    host, port = vm.ip, 22
+    if vm.network == "user":
+        forward = next((f for f in vm.port_forwards if f.guest_port == 22), None)
+        if forward is None:
+            raise Conflict(
+                f"VM '{vm.name}' uses user-mode networking: forward a host port to its port 22 "
+                "first (meda port-forward NAME 2222 22)",
+                name=vm.name,
+            )
+        host, port = "127.0.0.1", forward.host_port
+    if host is None:
+        raise Conflict(f"VM '{vm.name}' has no address", name=vm.name)
+    key, _ = managed_key(home)
+    return [
+        *netns.exec_prefix(ns), "ssh", "-i", str(key), "-p", str(port),
+        "-o", f"UserKnownHostsFile={vm.vm_dir / 'known_hosts'}",
+        "-o", "StrictHostKeyChecking=accept-new", "-o", "IdentitiesOnly=yes",
+        "-o", "LogLevel=ERROR", f"{MEDA_USER}@{host}", *command,
+    ]  # fmt: skip
