@@ -15,8 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meda_core import imagebuild
 from meda_core.app import Meda
 from meda_core.config import Settings
+from meda_core.models import Image
 
 
 def free_port() -> int:
@@ -130,3 +132,13 @@ def run_meda(tmp_path: Path) -> RunMeda:
         )  # fmt: skip
 
     return run
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> Image:
+    """The Debian image ``meda images build`` makes, built once and cached across runs."""
+    home = Path(os.environ.get("MEDA_TEST_DEBIAN_HOME", Path.home() / ".cache/meda/debian"))
+    meda = Meda(Settings(home=home))
+    return imagebuild.build(
+        meda.images, "debian:12", imagebuild.BuildSpec(), home / "cache" / "work", print
+    )

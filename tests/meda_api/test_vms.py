@@ -132,3 +132,18 @@ def test_unavailable_backend_is_503(fake_meda: Meda, fake_image: str) -> None:
         response = client.post("/api/v1/vms", json={"name": "x"})
     assert response.status_code == 503
     assert _is_error_body(response.json(), "BACKEND_UNAVAILABLE")
+
+
+def test_user_data_over_the_api(client: TestClient, fake_meda: Meda, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    content = "#cloud-config\nruncmd: [[touch, /x]]\n"
+    ok = client.post("/api/v1/vms", json={"name": "ud1", "user_data": content})
+    assert ok.status_code == 201 and fake_meda.vms.get("ud1").user_data == content
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "ud").write_text(content)
+    fake_meda.settings.user_data_dirs = str(allowed)
+    by_path = client.post("/api/v1/vms", json={"name": "ud2", "user_data": str(allowed / "ud")})
+    assert by_path.status_code == 201 and fake_meda.vms.get("ud2").user_data == content
+    forbidden = client.post("/api/v1/vms", json={"name": "ud3", "user_data": "/etc/passwd"})
+    assert forbidden.status_code == 400 and "not in a directory" in forbidden.json()["error"]
+    assert [vm["name"] for vm in client.get("/api/v1/vms").json()["vms"]] == ["ud1", "ud2"]

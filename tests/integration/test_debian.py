@@ -1,0 +1,67 @@
+"""A real Debian guest: built by meda, configured by cloud-init, reached over SSH."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from meda_core.app import Meda
+from meda_core.config import Settings
+from meda_core.models import Image
+from meda_core.ssh import ssh_argv
+from meda_core.testing.namespaces import run_in
+from meda_core.testing.pytest_plugin import wait_for_text
+from tests.integration.conftest import Server
+
+pytestmark = pytest.mark.vm
+READY = "Cloud-init v."  # … "finished at": the final stage is over
+USER_DATA = """#cloud-config
+write_files:
+  - path: /etc/meda-test
+    content: written by user_data
+runcmd:
+  - [sh, -c, "hostname > /run/ran-as"]
+  - [sh, -c, "mkdir -p /srv/www && echo MEDA-DEBIAN-HTTP > /srv/www/index.html"]
+  - [sh, -c, "cd /srv/www && busybox httpd -p 8000"]
+"""
+
+
+def test_debian_guest_user_data_ssh_and_forward(
+    server: Server, netns: str, debian_image: Image
+) -> None:
+    meda = Meda(Settings(home=server.home, netns=netns))
+    meda.images.import_files(
+        "debian:12", disk=debian_image.disk, kernel=debian_image.kernel,
+        initrd=debian_image.initrd, cmdline=debian_image.cmdline,
+    )  # fmt: skip
+    with server.client() as api:
+        started = time.monotonic()
+        run = api.post("/images/run", json={"image": "debian:12", "name": "deb-e2e",
+                                            "memory": "1G", "cpus": 2, "disk": "4G",
+                                            "user_data": USER_DATA})  # fmt: skip
+        assert run.status_code == 201, run.text
+        console = Path(run.json()["vm"]["details"]["console_log"])
+        wait_for_text(console, "finished at", timeout=600)
+        print(f"Debian guest ready (cloud-init final) {time.monotonic() - started:.0f}s after run")
+
+        def ssh(*command: str) -> str:
+            argv = ssh_argv(meda.vms.get("deb-e2e"), server.home, list(command), netns)
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            return result.stdout.strip()
+
+        assert ssh("hostname") == "deb-e2e"
+        assert ssh("cat", "/etc/meda-test") == "written by user_data"
+        assert ssh("cat", "/run/ran-as") == "deb-e2e"
+        assert ssh("sudo", "-n", "id", "-u") == "0"
+
+        forward = api.post(
+            "/vms/deb-e2e/port-forward", json={"host_port": 8080, "guest_port": 8000}
+        )
+        assert forward.status_code == 201, forward.text
+        page = run_in(netns, "curl", "-s", "-m", "10", "http://127.0.0.1:8080/", check=False)
+        assert page.strip() == "MEDA-DEBIAN-HTTP"
+        assert api.delete("/vms/deb-e2e").status_code == 200
