@@ -1,60 +1,78 @@
 #!/usr/bin/env bash
-# meda's main job, end to end: set up, start `meda serve`, and through the REST API create a
-# VM, start it, watch its guest boot and take an address by DHCP, forward a port to it,
-# stop it and delete it. meda's network (bridge, taps, dnsmasq, nftables) lives in a
-# network namespace made for the demo and deleted after it. Leaves nothing running.
+# meda's main job, end to end, on a fresh Debian 12 machine:
+#   set up (apt packages, .venv), build the Debian base image if missing (cached),
+#   start `meda serve`, and through the REST API run a VM from that image with user_data
+#   that starts a web server, forward a host port to it and fetch the page through the
+#   forward; then say how to SSH in and how to clean up.
+# meda's network lives in a namespace meda makes for it (MEDA_NETNS_CREATE) and deletes
+# with its last VM. By default the demo cleans up after itself; KEEP=1 leaves the VM
+# running for you to SSH into.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 bash scripts/setup.sh
 
 export MEDA_HOME=${MEDA_HOME:-$PWD/.meda-demo}
-export MEDA_DEFAULT_IMAGE=testguest
-export MEDA_NETNS=meda-demo-$$
+export MEDA_NETNS=${MEDA_NETNS:-meda-demo} MEDA_NETNS_CREATE=1
 port=${MEDA_PORT:-7777}
 api="http://127.0.0.1:$port/api/v1"
+meda=.venv/bin/meda
 
-echo "==> building the test guest (Debian cloud kernel + busybox initramfs) and importing it"
-.venv/bin/python -m meda_core.testing.guest --import testguest >/dev/null
+echo "==> the Debian 12 base image (built from Debian's mirror the first time, then cached)"
+$meda images build debian:12
 
-echo "==> network namespace $MEDA_NETNS for meda's network"
-ip netns add "$MEDA_NETNS"
 echo "==> meda serve on 127.0.0.1:$port"
-.venv/bin/meda serve --port "$port" --log-level warning &
+$meda serve --port "$port" --log-level warning &
 server=$!
 finish() {
     kill "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
-    .venv/bin/meda delete api-test >/dev/null 2>&1 || true  # only if the demo failed midway
-    ip netns delete "$MEDA_NETNS"
+    if [[ ${KEEP:-0} != 1 ]]; then
+        $meda delete web >/dev/null 2>&1 || true  # the VM, its network and the namespace
+    fi
 }
 trap finish EXIT
 for _ in $(seq 100); do curl -sf "$api/health" >/dev/null && break; sleep 0.1; done
 
 call() {  # METHOD PATH [JSON]: print the request, the status and the body
     local method=$1 path=$2 body=${3:-}
-    echo "--> $method $path ${body}"
+    echo "--> $method $path"
     local args=(-s -w '\n%{http_code}' -X "$method" "$api$path")
     [[ -n $body ]] && args+=(-H 'Content-Type: application/json' -d "$body")
     local out; out=$(curl "${args[@]}")
-    echo "<-- ${out##*$'\n'} $(echo "${out%$'\n'*}" | jq -c . 2>/dev/null || echo "${out%$'\n'*}")"
+    echo "<-- ${out##*$'\n'} $(echo "${out%$'\n'*}" | jq -c . 2>/dev/null | cut -c1-240)"
 }
 
-call POST /vms '{"name": "api-test", "memory": "2G", "cpus": 4, "disk": "20G"}'
-call POST /vms/api-test/start
-console=$(curl -s "$api/vms/api-test" | jq -r .details.console_log)
-echo "==> waiting for the guest's init (serial console: $console)"
-for _ in $(seq 600); do grep -q MEDA-GUEST-BOOTED "$console" 2>/dev/null && break; sleep 0.1; done
-grep -q MEDA-GUEST-BOOTED "$console" || { echo "guest did not boot" >&2; exit 1; }
-echo "    guest says: $(grep MEDA-GUEST-BOOTED "$console")"
-for _ in $(seq 600); do grep -q MEDA-GUEST-IP "$console" 2>/dev/null && break; sleep 0.1; done
-echo "    guest says: $(grep MEDA-GUEST-IP "$console")"
-call GET /vms/api-test/ip
-call POST /vms/api-test/port-forward '{"host_port": 8080, "guest_port": 80}'
-echo "==> HTTP to the forwarded port, from inside meda's namespace"
-echo "    http://127.0.0.1:8080/ says: $(ip netns exec "$MEDA_NETNS" curl -s -m 10 http://127.0.0.1:8080/)"
-call GET /vms/api-test
+$meda delete web >/dev/null 2>&1 || true  # a VM left by an earlier KEEP=1 run
+user_data=$(cat <<'YAML'
+#cloud-config
+write_files:
+  - path: /srv/www/index.html
+    content: "<h1>Hello from a meda VM</h1>\n"
+runcmd:
+  - [sh, -c, "cd /srv/www && busybox httpd -p 8000"]
+YAML
+)
+body=$(jq -n --arg ud "$user_data" \
+    '{image: "debian:12", name: "web", memory: "1G", cpus: 2, disk: "8G", user_data: $ud}')
+boot=$(date +%s)
+call POST /images/run "$body"
+console=$(curl -s "$api/vms/web" | jq -r .details.console_log)
+echo "==> waiting for cloud-init to finish in the guest (serial console: $console)"
+for _ in $(seq 1200); do grep -q "finished at" "$console" 2>/dev/null && break; sleep 0.5; done
+grep -q "finished at" "$console" || { echo "the guest did not get ready" >&2; exit 1; }
+echo "    guest ready $(( $(date +%s) - boot )) s after POST /images/run"
+call GET /vms/web/ip
+call POST /vms/web/port-forward '{"host_port": 8080, "guest_port": 8000}'
+echo "==> the page, fetched through the forward (127.0.0.1:8080 in meda's namespace):"
+ip netns exec "$MEDA_NETNS" curl -s -m 10 http://127.0.0.1:8080/
 call GET /vms
-call POST /vms/api-test/stop
-call DELETE /vms/api-test
-call GET /vms/api-test
-echo "==> done: the VM was created, booted, reached, stopped and deleted through the API"
+
+cat <<MSG
+==> done in $(( $(date +%s) - started )) s.
+    SSH in:    MEDA_HOME=$MEDA_HOME MEDA_NETNS=$MEDA_NETNS $meda ssh web
+    Clean up:  MEDA_HOME=$MEDA_HOME MEDA_NETNS=$MEDA_NETNS $meda delete web
+MSG
+if [[ ${KEEP:-0} != 1 ]]; then
+    echo "    (this run cleans up now; run with KEEP=1 to keep the VM for SSH)"
+fi

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(qemu-system-x86 qemu-utils busybox-static curl ca-certificates jq
-          dnsmasq-base nftables iproute2 util-linux docker-registry skopeo)
+          dnsmasq-base nftables iproute2 util-linux docker-registry skopeo
+          mmdebstrap e2fsprogs openssh-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
