@@ -5,14 +5,28 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import typer
 from pydantic import BaseModel
 
-from meda_core.errors import MedaError
+from meda_core.errors import InvalidRequest, MedaError
 
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON (the API's model)")
+UserDataOption = typer.Option(
+    None, "--user-data", help="cloud-config or script FILE, read here and sent as content"
+)
+
+
+def read_user_data(path: Path | None) -> str | None:
+    """The content of a --user-data file (read on the client side, never by the server)."""
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read user data file {path}: {exc.strerror}") from None
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from meda_cli.context import handles_errors, meda
-from meda_cli.output import JsonOption, render, table
+from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
 from meda_cli.progress import transfer
 from meda_cli.validation import build
 from meda_core import imagebuild
@@ -153,11 +153,13 @@ def run(
     cpus: int = typer.Option(1),
     disk: str = typer.Option("10G"),
     no_start: bool = typer.Option(False, "--no-start", help="Create only"),
+    user_data: Path | None = UserDataOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Pull an image if needed, create a VM from it and start it."""
     request = build(RunRequest, image=image, name=name, registry=registry, org=org,
-                    memory=memory, cpus=cpus, disk=disk, no_start=no_start)  # fmt: skip
+                    memory=memory, cpus=cpus, disk=disk, no_start=no_start,
+                    user_data=read_user_data(user_data))  # fmt: skip
     with transfer(f"pull {image}", quiet=as_json) as progress:
         vm = run_image(meda().images, meda().vms, request, progress)
     verb = "Created" if no_start else "Started"

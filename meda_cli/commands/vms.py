@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from meda_cli.context import handles_errors, meda
-from meda_cli.output import JsonOption, render, table
+from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
 from meda_cli.validation import build
 from meda_core.models import CreateVMRequest, OperationResult, VMInfo, VMList
 from meda_core.views import vm_info, vm_list
@@ -34,11 +36,12 @@ def create(
     disk: str = typer.Option("10G", help="Disk size"),
     image: str | None = typer.Option(None, help="Image NAME[:TAG] (default: MEDA_DEFAULT_IMAGE)"),
     force: bool = typer.Option(False, "--force", help="Replace a VM of the same name"),
+    user_data: Path | None = UserDataOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Create a VM (stopped) from an image."""
     request = build(CreateVMRequest, name=name, memory=memory, cpus=cpus, disk=disk,
-                    image=image, force=force)  # fmt: skip
+                    image=image, force=force, user_data=read_user_data(user_data))  # fmt: skip
     vm = meda().vms.create(request)
     result = OperationResult(success=True, message=f"Created VM: {vm.name}", vm=vm_info(vm))
     _report(result, as_json)

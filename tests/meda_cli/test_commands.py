@@ -131,3 +131,14 @@ def test_create_image_command(fake_image: str) -> None:
     meda("create", "src")
     code, out, _ = meda("create-image", "snap", "--from-vm", "src", "--tag", "v1", "--json")
     assert code == 0 and json.loads(out)["image"]["name"] == "snap"
+
+
+def test_user_data_file_is_read_by_the_client(
+    fake_image: str, cli_meda: Meda, tmp_path: Path
+) -> None:
+    cloud_config = tmp_path / "ud.yaml"
+    cloud_config.write_text("#cloud-config\nhostname: x\n")
+    assert meda("create", "vm1", "--user-data", str(cloud_config))[0] == 0
+    assert cli_meda.vms.get("vm1").user_data == "#cloud-config\nhostname: x\n"
+    code, _, err = meda("create", "vm2", "--user-data", str(tmp_path / "missing"))
+    assert code == 2 and "cannot read" in err
