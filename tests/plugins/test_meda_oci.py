@@ -58,6 +58,14 @@ def disk(tmp_path: Path) -> Path:
     return path
 
 
+def published(meda: Meda, disk: Path, target: str) -> str:
+    """Push ``disk`` as ``target`` and keep no local copy: the next pull moves bytes."""
+    meda.images.import_files("published", disk=disk)
+    meda.images.push("published", target)
+    meda.images.remove("published")
+    return target
+
+
 def test_push_rmi_pull_round_trip_keeps_digests(meda: Meda, disk: Path, oci_registry: str) -> None:
     meda.images.import_files("rt", disk=disk)
     target = f"{oci_registry}/meda/rt:v1"
@@ -75,10 +83,7 @@ def test_push_rmi_pull_round_trip_keeps_digests(meda: Meda, disk: Path, oci_regi
 def test_interrupted_pull_leaves_no_image_and_resumes(
     meda: Meda, disk: Path, oci_registry: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    meda.images.import_files("big", disk=disk)
-    target = f"{oci_registry}/meda/big:v1"
-    meda.images.push("big", target)
-    meda.images.remove("big")
+    target = published(meda, disk, f"{oci_registry}/meda/big:v1")
     downloads: list[str] = []
     original = RegistryClient.download
 
@@ -114,10 +119,7 @@ def _counting(original, seen: list[str]):  # type: ignore[no-untyped-def]
 def test_corrupted_blob_is_refused(
     meda: Meda, disk: Path, oci_registry: str, tmp_path: Path
 ) -> None:
-    meda.images.import_files("bad", disk=disk)
-    target = f"{oci_registry}/meda/bad:v1"
-    meda.images.push("bad", target)
-    meda.images.remove("bad")
+    target = published(meda, disk, f"{oci_registry}/meda/bad:v1")
     manifest = json.loads(RegistryClient(parse_reference(target)).manifest("v1")[0])
     victim = formats.chunks_of(manifest, MiB)[0].blob[7:]
     stored = next((tmp_path / "registry").rglob(f"blobs/sha256/{victim[:2]}/{victim}/data"))
@@ -212,10 +214,7 @@ def test_basic_auth_from_the_environment_and_docker_config(
 def test_two_pulls_of_one_reference_do_the_work_once(
     meda: Meda, disk: Path, oci_registry: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    meda.images.import_files("twice", disk=disk)
-    target = f"{oci_registry}/meda/twice:v1"
-    meda.images.push("twice", target)
-    meda.images.remove("twice")
+    target = published(meda, disk, f"{oci_registry}/meda/twice:v1")
     downloads: list[str] = []
     monkeypatch.setattr(RegistryClient, "download", _counting(RegistryClient.download, downloads))
     with ThreadPoolExecutor(2) as pool:
@@ -229,10 +228,7 @@ def test_pull_killed_half_way_leaves_no_image_and_the_next_resumes(
 ) -> None:
     disk = tmp_path / "many-chunks.raw"
     disk.write_bytes(os.urandom(48 * MiB))
-    meda.images.import_files("killed", disk=disk)
-    target = f"{oci_registry}/meda/killed:v1"
-    meda.images.push("killed", target)
-    meda.images.remove("killed")
+    target = published(meda, disk, f"{oci_registry}/meda/killed:v1")
     env = {**os.environ, "MEDA_HOME": str(meda.settings.home), "MEDA_OCI_CONCURRENCY": "1",
            "MEDA_OCI_CHUNK_SIZE": str(MiB)}  # fmt: skip
     puller = subprocess.Popen(
