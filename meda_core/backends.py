@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from meda_core.config import Settings
 from meda_core.models import PortForward, RuntimeInfo, VMSpec
@@ -120,6 +120,10 @@ class HypervisorBackend(Backend):
     @abstractmethod
     def cleanup(self, vm_dir: Path) -> None:
         """Remove the runtime files (sockets, pid files) a stopped VM left in ``vm_dir``."""
+
+    def plan(self, launch: LaunchSpec) -> dict[str, Any]:
+        """What :meth:`start` would run and send, for an operator to check (dry run)."""
+        return {}
 
     def add_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
         """Forward a port into a running VM's user-mode network (capability ``hostfwd``)."""

@@ -203,6 +203,9 @@ class VMDetails(BaseModel):
     console_log: str
     created: datetime
     last_error: str | None
+    launch: dict[str, Any] | None = Field(
+        None, description="What the hypervisor ran and sent (command line, VM config)"
+    )
 
 
 class VMInfo(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TypeVar, cast
 
 from meda_core.backends import (
@@ -19,6 +20,7 @@ from meda_core.models import BackendInfo
 from meda_core.registry import BackendRegistry, RegisteredBackend
 
 B = TypeVar("B", bound=Backend)
+log = logging.getLogger(__name__)
 
 
 class BackendSelector:
@@ -62,13 +64,15 @@ class BackendSelector:
                     role=role.value,
                 )
             candidates = [entry]
-        reasons = []
+        reasons: list[str] = []
         for entry in candidates:
             available = self.availability(entry)
             if available.ok:
+                if reasons:
+                    log.info("%s backend: using %s (%s)", role, entry.name, "; ".join(reasons))
                 self._chosen[role] = self.instance(entry)
                 return self._chosen[role]
-            reasons.append(f"{entry.name}: {available.reason}")
+            reasons.append(f"{entry.name} unavailable: {available.reason}")
         detail = "; ".join(reasons) or f"no plugin registers a {role} backend"
         raise BackendUnavailable(
             f"no usable {role} backend ({detail})", role=role.value, reasons=reasons

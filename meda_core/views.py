@@ -56,6 +56,7 @@ def vm_info(vm: VM) -> VMInfo:
             console_log=str(vm.console_log),
             created=vm.created,
             last_error=vm.last_error,
+            launch=dict(runtime.extra) if runtime else None,
         ),
     )
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from meda_core import procs, seed, userdata
 from meda_core.backends import (
@@ -145,24 +146,8 @@ class VMService:
         hypervisor = self._hypervisor(vm)
         network = self._network(vm)
         try:
-            image = self._images.get(vm.image)
             nics = () if network is None else (self._plug(vm, network),)
-            seed = self._write_seed(vm)
-            launch = LaunchSpec(
-                name=vm.name,
-                uuid=vm.uuid,
-                vm_dir=vm.vm_dir,
-                spec=vm.spec,
-                disk=vm.disk_path,
-                console_log=vm.console_log,
-                kernel=image.kernel,
-                initrd=image.initrd,
-                cmdline=image.cmdline,
-                nics=nics,
-                netns=self._settings.netns,
-                extra_disks=(seed,),
-            )
-            runtime = hypervisor.start(launch)
+            runtime = hypervisor.start(self._launch_spec(vm, nics, self._write_seed(vm)))
         except Exception as exc:
             error = _as_meda_error(exc, f"starting VM '{name}' failed")
             hypervisor.cleanup(vm.vm_dir)
@@ -209,6 +194,28 @@ class VMService:
 
     def _hypervisor(self, vm: VM) -> HypervisorBackend:
         return self._backends.by_name(Role.HYPERVISOR, vm.hypervisor, HypervisorBackend)
+
+    def plan(self, name: str, hypervisor: str | None = None) -> dict[str, Any]:
+        """What starting the VM would run (dry run): nothing is created or changed."""
+        vm = self.get(name)
+        backend = self._backends.by_name(
+            Role.HYPERVISOR, hypervisor or vm.hypervisor, HypervisorBackend
+        )
+        nics: tuple[NicSpec, ...] = ()
+        if vm.network is not None and vm.mac is not None:
+            kind = "tap" if vm.tap_device else "user"
+            nics = (NicSpec(kind=kind, mac=vm.mac, tap=vm.tap_device),)
+        launch = self._launch_spec(vm, nics, vm.vm_dir / "seed.iso")
+        return {"hypervisor": backend.name, **backend.plan(launch)}
+
+    def _launch_spec(self, vm: VM, nics: tuple[NicSpec, ...], seed_iso: Path) -> LaunchSpec:
+        image = self._images.get(vm.image)
+        return LaunchSpec(
+            name=vm.name, uuid=vm.uuid, vm_dir=vm.vm_dir, spec=vm.spec, disk=vm.disk_path,
+            console_log=vm.console_log, kernel=image.kernel, initrd=image.initrd,
+            cmdline=image.cmdline, nics=nics, netns=self._settings.netns,
+            extra_disks=(seed_iso,),
+        )  # fmt: skip
 
     def _write_seed(self, vm: VM) -> Path:
         """The VM's cloud-init seed, rebuilt at each start (the VM is not running)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from meda_api.deps import MedaDep
@@ -56,3 +58,9 @@ def stop_vm(name: str, meda: MedaDep) -> OperationResult:
 def delete_vm(name: str, meda: MedaDep) -> OperationResult:
     meda.vms.delete(name)
     return OperationResult(success=True, message=f"Deleted VM: {name}")
+
+
+@router.get("/{name}/plan", responses=ERRORS)
+def plan_vm(name: str, meda: MedaDep, hypervisor: str | None = None) -> dict[str, Any]:
+    """Dry run of start: the command line and config the hypervisor would use."""
+    return meda.vms.plan(name, hypervisor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -68,8 +69,16 @@ def get(name: str, as_json: bool = JsonOption) -> None:
 
 @app.command()
 @handles_errors
-def start(name: str, as_json: bool = JsonOption) -> None:
-    """Start a VM."""
+def start(
+    name: str,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run; start nothing"),
+    hypervisor: str | None = typer.Option(None, help="With --dry-run: another hypervisor's plan"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Start a VM (or show, with --dry-run, the command line and config it would use)."""
+    if dry_run:
+        typer.echo(json.dumps(meda().vms.plan(name, hypervisor), indent=2))
+        return
     vm = meda().vms.start(name)
     _report(OperationResult(success=True, message=f"Started VM: {name}", vm=vm_info(vm)), as_json)
 

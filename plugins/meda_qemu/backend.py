@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from meda_core import procs
 from meda_core.backends import Availability, HypervisorBackend, LaunchSpec
@@ -48,6 +48,12 @@ class QemuHypervisor(HypervisorBackend):
             config.probe_timeout,
         )
 
+    def plan(self, launch: LaunchSpec) -> dict[str, Any]:
+        config = self.config
+        choice = self.choose_accel(launch.kernel)
+        argv = build_argv(config.binary, launch, choice.accel, config.machine, config.firmware)
+        return {"argv": argv, "accelerator": choice.accel, "accelerator_reason": choice.reason}
+
     def start(self, launch: LaunchSpec) -> RuntimeInfo:
         config = self.config
         self.cleanup(launch.vm_dir)
@@ -64,7 +70,7 @@ class QemuHypervisor(HypervisorBackend):
         if runtime is None:
             raise BackendError("qemu started but its process could not be found")
         runtime.accelerator = self._accelerator_in_use(launch.vm_dir, choice.accel)
-        runtime.extra["accelerator_reason"] = choice.reason
+        runtime.extra.update({"accelerator_reason": choice.reason, "argv": argv})
         return runtime
 
     def _accelerator_in_use(self, vm_dir: Path, wanted: str) -> str:

@@ -147,3 +147,11 @@ def test_user_data_over_the_api(client: TestClient, fake_meda: Meda, tmp_path) -
     forbidden = client.post("/api/v1/vms", json={"name": "ud3", "user_data": "/etc/passwd"})
     assert forbidden.status_code == 400 and "not in a directory" in forbidden.json()["error"]
     assert [vm["name"] for vm in client.get("/api/v1/vms").json()["vms"]] == ["ud1", "ud2"]
+
+
+def test_plan_is_a_dry_run(client: TestClient, fake_meda: Meda) -> None:
+    client.post("/api/v1/vms", json={"name": "planned"})
+    plan = client.get("/api/v1/vms/planned/plan")
+    assert plan.status_code == 200 and plan.json() == {"hypervisor": "fake"}
+    assert client.get("/api/v1/vms/planned").json()["state"] == "stopped"
+    assert client.get("/api/v1/vms/planned/plan", params={"hypervisor": "nope"}).status_code == 503

@@ -1,0 +1,14 @@
+"""meda's cloud-hypervisor plugin: the VMM's REST API over its Unix socket."""
+
+from __future__ import annotations
+
+from meda_cloudhv.backend import CloudHypervisor
+from meda_core import hookimpl
+from meda_core.registry import BackendRegistry
+
+__all__ = ["CloudHypervisor"]
+
+
+@hookimpl
+def meda_register_backends(registry: BackendRegistry) -> None:
+    registry.add(CloudHypervisor)

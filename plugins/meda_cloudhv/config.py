@@ -1,0 +1,61 @@
+"""The command line and the VmConfig of a VM under cloud-hypervisor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from meda_core import netns
+from meda_core.backends import LaunchSpec
+from meda_core.errors import BackendError, InvalidRequest
+
+SOCKET = "ch.sock"
+PIDFILE = "ch.pid"
+LOG = "ch.log"
+
+
+def argv(binary: str, launch: LaunchSpec) -> list[str]:
+    """The VMM process: only its API socket and logs; the VM comes through vm.create."""
+    return [
+        *netns.exec_prefix(launch.netns), binary,
+        "--api-socket", f"path={launch.vm_dir / SOCKET}",
+        "--log-file", str(launch.vm_dir / LOG),
+    ]  # fmt: skip
+
+
+def vm_config(launch: LaunchSpec, firmware: Path | None) -> dict[str, Any]:
+    """The VmConfig body of ``vm.create``."""
+    if launch.kernel is not None:
+        payload: dict[str, Any] = {"kernel": str(launch.kernel)}
+        if launch.initrd is not None:
+            payload["initramfs"] = str(launch.initrd)
+        payload["cmdline"] = launch.cmdline or "console=ttyS0"
+    elif firmware is not None:
+        payload = {"firmware": str(firmware)}
+    else:
+        raise InvalidRequest(
+            "cloud-hypervisor needs a kernel in the image, or firmware (MEDA_CH_FIRMWARE) "
+            "to boot its disk"
+        )
+    disks = [{"path": str(launch.disk), "image_type": "Qcow2", "backing_files": True}]
+    disks += [{"path": str(d), "readonly": True, "image_type": "Raw"} for d in launch.extra_disks]
+    net = []
+    for nic in launch.nics:
+        if nic.kind != "tap" or nic.tap is None:
+            raise BackendError(
+                f"cloud-hypervisor cannot make a '{nic.kind}' NIC; use the tap-bridge network"
+            )
+        # Only tap and mac: cloud-hypervisor applies ip/mask only to taps it makes itself.
+        net.append({"tap": nic.tap, "mac": nic.mac})
+    config: dict[str, Any] = {
+        "payload": payload,
+        "cpus": {"boot_vcpus": launch.spec.cpus, "max_vcpus": launch.spec.cpus},
+        "memory": {"size": launch.spec.memory_bytes},
+        "disks": disks,
+        "serial": {"mode": "File", "file": str(launch.console_log)},
+        "console": {"mode": "Off"},
+        "rng": {"src": "/dev/urandom"},
+    }
+    if net:
+        config["net"] = net
+    return config
