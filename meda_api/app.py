@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 
 from meda_api.errors import install_error_handlers
 from meda_api.routers import images, network, operations, system, vms
+from meda_api.security import BodyLimit, TokenAuth
 from meda_core import __version__
 from meda_core.app import Meda
 from meda_core.errors import MedaError
@@ -31,8 +33,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     meda.operations.shutdown()
 
 
-def create_app(meda: Meda | None = None) -> FastAPI:
-    """The API app; builds a ``Meda`` from the environment unless one is given."""
+def create_app(
+    meda: Meda | None = None, token: str | None = None, cors_origins: list[str] | None = None
+) -> FastAPI:
+    """The API app; builds a ``Meda`` from the environment unless one is given.
+
+    With ``token`` every request needs it as a bearer token; CORS is off unless origins
+    are given.
+    """
     app = FastAPI(
         title="meda",
         version=__version__,
@@ -49,4 +57,10 @@ def create_app(meda: Meda | None = None) -> FastAPI:
     app.include_router(images.router, prefix=API_PREFIX)
     app.include_router(operations.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])  # fmt: skip
+    app.add_middleware(BodyLimit)
+    if token is not None:
+        app.add_middleware(TokenAuth, token=token)
     return app

@@ -1,0 +1,69 @@
+"""Bearer-token auth and a cap on request bodies, as plain ASGI middleware."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MAX_BODY = 2 * 1024 * 1024  # user_data is capped at 1 MiB; JSON around it needs little
+
+
+async def _refuse(send: Send, status: int, code: str, message: str, **headers: str) -> None:
+    body = json.dumps({"error": message, "code": code, "details": {"message": message}}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class TokenAuth:
+    """Every request must carry ``Authorization: Bearer <token>`` (compared in constant time)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await _refuse(send, 401, "UNAUTHORIZED", "a valid bearer token is required",
+                              **{"WWW-Authenticate": "Bearer"})  # fmt: skip
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuse bodies over ``limit`` bytes with 413, by header or while they arrive."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _refuse(send, 413, "PAYLOAD_TOO_LARGE", f"request body over {self.limit} bytes")
+            return
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message: dict[str, Any] = dict(await receive())
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting, send)
+        except _TooLarge:
+            await _refuse(send, 413, "PAYLOAD_TOO_LARGE", f"request body over {self.limit} bytes")
+
+
+class _TooLarge(Exception):
+    pass
