@@ -36,7 +36,10 @@ async def _meda_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MedaError)
     if exc.http_status >= 500:
         log.error("%s: %s", exc.code, exc.message)
-    return JSONResponse(exc.to_body(), status_code=exc.http_status)
+    headers = {}
+    if "retry_after" in exc.details:
+        headers["Retry-After"] = str(exc.details["retry_after"])
+    return JSONResponse(exc.to_body(), status_code=exc.http_status, headers=headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

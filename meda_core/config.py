@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     allow_privileged_ports: bool = Field(
         False, description="Allow forwarding host ports below 1024"
     )
+    reserve_memory: str = Field("512M", description="Host memory VMs may not use")
+    reserve_cpus: int = Field(0, ge=0, description="vCPUs held back from VMs")
+    cpu_overcommit: int = Field(8, ge=1, description="vCPUs per host CPU")
+    reserve_disk: str = Field("1G", description="Free disk under MEDA_HOME kept free")
     user_data_dirs: str = Field(
         "", description="Colon-separated directories user_data paths may name (none by default)"
     )

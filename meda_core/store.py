@@ -84,10 +84,13 @@ class StateStore:
 
     # ---- VMs ----
 
-    def insert_vm(self, vm: VM) -> None:
-        """Add a new VM; :class:`VMExists` if the name is taken."""
+    def insert_vm(self, vm: VM, admit: Callable[[], None] | None = None) -> None:
+        """Add a new VM; :class:`VMExists` if the name is taken. ``admit`` runs inside
+        the transaction and may refuse."""
         try:
             with self._transaction() as db:
+                if admit is not None:
+                    admit()
                 db.execute(
                     "INSERT INTO vms (name, state, data) VALUES (?, ?, ?)",
                     (vm.name, vm.state.value, vm.model_dump_json()),
@@ -127,6 +130,7 @@ class StateStore:
         allowed: Collection[VMState],
         to: VMState,
         owner: RuntimeInfo | None = None,
+        admit: Callable[[list[VM], VM], None] | None = None,
     ) -> VM:
         """Move a VM to ``to`` only if it is in one of ``allowed``, atomically.
 
@@ -145,6 +149,9 @@ class StateStore:
                     name=name,
                     state=vm.state.value,
                 )
+            if admit is not None:  # checked and reserved in one transaction
+                rows = db.execute("SELECT data FROM vms").fetchall()
+                admit([VM.model_validate_json(r[0]) for r in rows], vm)
             vm.state = to
             vm.operation_owner = owner
             db.execute(

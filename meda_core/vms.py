@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meda_core import procs, seed, userdata
+from meda_core import capacity, procs, seed, userdata
 from meda_core.backends import (
     HypervisorBackend,
     LaunchSpec,
@@ -119,7 +119,7 @@ class VMService:
             network=network.name if network else None,
             user_data=user_data,
         )
-        self._store.insert_vm(vm)
+        self._store.insert_vm(vm, admit=lambda: capacity.admit_create(self._settings))
         try:
             # A directory without a record is debris of a crash: it is ours to clear.
             shutil.rmtree(vm.vm_dir, ignore_errors=True)
@@ -142,7 +142,10 @@ class VMService:
 
     def start(self, name: str) -> VM:
         self.get(name)  # reconcile first: a VM whose guest powered off is startable
-        vm = self._begin(name, STARTABLE, VMState.STARTING)
+        vm = self._store.transition(
+            name, STARTABLE, VMState.STARTING, owner=self._me,
+            admit=lambda vms, vm: capacity.admit_start(self._settings, vms, vm),
+        )  # fmt: skip
         hypervisor = self._hypervisor(vm)
         network = self._network(vm)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from meda_api.deps import MedaDep
+from meda_core.capacity import Capacity, measure
 from meda_core.models import Health, PluginReport
 
 router = APIRouter()
@@ -13,6 +14,12 @@ router = APIRouter()
 @router.get("/health", response_model=Health, tags=["system"])
 def health(meda: MedaDep) -> Health:
     return meda.health()
+
+
+@router.get("/capacity", response_model=Capacity, tags=["system"])
+def capacity(meda: MedaDep) -> Capacity:
+    """What the host can give VMs: totals, reserves and what running VMs hold."""
+    return measure(meda.settings, meda.store.list_vms())
 
 
 @router.get("/plugins", response_model=PluginReport, tags=["system"])
