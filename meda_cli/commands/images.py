@@ -12,7 +12,14 @@ from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, 
 from meda_cli.progress import transfer
 from meda_cli.validation import build
 from meda_core import imagebuild
-from meda_core.models import ImageList, ImageResult, OperationResult, PruneResult, RunRequest
+from meda_core.models import (
+    Image,
+    ImageList,
+    ImageResult,
+    OperationResult,
+    PruneResult,
+    RunRequest,
+)
 from meda_core.sizes import format_size
 from meda_core.views import image_info, image_list, vm_info
 from meda_core.workflows import run_image
@@ -23,6 +30,12 @@ commands = typer.Typer()
 
 def _say(result: ImageResult | OperationResult | PruneResult) -> None:
     typer.echo(result.message)
+
+
+def _done(image: Image, message: str, as_json: bool, digest: str | None = None) -> None:
+    """Report an image operation: the API's ImageResult with --json, its message otherwise."""
+    result = ImageResult(success=True, message=message, image=image_info(image), digest=digest)
+    render(result, as_json, _say)
 
 
 @app.callback()
@@ -59,9 +72,7 @@ def import_(
 ) -> None:
     """Import local files as an image."""
     image = meda().images.import_files(ref, disk, kernel, initrd, cmdline)
-    result = ImageResult(success=True, message=f"Imported image {image.ref}",
-                         image=image_info(image))  # fmt: skip
-    render(result, as_json, _say)
+    _done(image, f"Imported image {image.ref}", as_json)
 
 
 @commands.command()
@@ -75,9 +86,7 @@ def pull(
     """Pull an image from a registry."""
     with transfer(f"pull {image}", quiet=as_json) as progress:
         pulled = meda().images.pull(image, registry, org, progress)
-    result = ImageResult(success=True, message=f"Pulled {pulled.source} as {pulled.ref}",
-                         image=image_info(pulled), digest=pulled.digest)  # fmt: skip
-    render(result, as_json, _say)
+    _done(pulled, f"Pulled {pulled.source} as {pulled.ref}", as_json, digest=pulled.digest)
 
 
 @commands.command()
@@ -94,9 +103,7 @@ def push(
     with transfer(f"push {name}", quiet=as_json) as progress:
         image, digest = meda().images.push(name, target, registry, org, dry_run, progress)
     verb = "Would push" if dry_run else "Pushed"
-    result = ImageResult(success=True, message=f"{verb} {image.ref} to {target}",
-                         image=image_info(image), digest=digest)  # fmt: skip
-    render(result, as_json, _say)
+    _done(image, f"{verb} {image.ref} to {target}", as_json, digest=digest)
 
 
 @commands.command()
@@ -137,9 +144,7 @@ def create_image(
 ) -> None:
     """Make an image from a stopped VM's disk."""
     image = meda().images.create_from_vm(from_vm, name, tag, registry, org)
-    result = ImageResult(success=True, message=f"Created image {image.ref} from VM {from_vm}",
-                         image=image_info(image))  # fmt: skip
-    render(result, as_json, _say)
+    _done(image, f"Created image {image.ref} from VM {from_vm}", as_json)
 
 
 @commands.command()
@@ -181,6 +186,4 @@ def build_(
     work = meda().settings.cache_dir / "builds" / "work"
     log = (lambda line: None) if as_json else (lambda line: typer.echo(line, err=True))
     image = imagebuild.build(meda().images, ref, spec, work, log)
-    result = ImageResult(success=True, message=f"Image {image.ref} is ready",
-                         image=image_info(image))  # fmt: skip
-    render(result, as_json, _say)
+    _done(image, f"Image {image.ref} is ready", as_json)
