@@ -53,10 +53,6 @@ class Settings(BaseSettings):
         return self.home / "vms"
 
     @property
-    def images_dir(self) -> Path:
-        return self.home / "images"
-
-    @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
 

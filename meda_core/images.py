@@ -170,7 +170,8 @@ class ImageService:
             record = self._record(ref.name, ref.tag, files, ref.registry, ref.org, source=str(ref))
             self._store.put_image(record)
             shutil.rmtree(workdir, ignore_errors=True)
-        workdir.with_suffix(".lock").unlink(missing_ok=True)
+        # The lock file stays: unlinking it would let a third pull lock a new file while a
+        # second still waits on the old one.
         self.collect_garbage()
         return record
 

@@ -61,14 +61,6 @@ class RuntimeInfo(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
-class ImageRef(BaseModel):
-    name: str
-    tag: str = "latest"
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.tag}"
-
-
 class Image(BaseModel):
     """An image in the local store: a base disk and/or a kernel for direct boot."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import secrets
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from meda_core.backends import (
     StorageBackend,
 )
 from meda_core.errors import BackendError, InvalidRequest, NotFound
+from meda_core.macs import random_mac
 from meda_core.models import PortForward, RuntimeInfo
 from meda_core.references import Reference
 from meda_core.registry import BackendRegistry
@@ -164,7 +164,7 @@ class FakeNetwork(NetworkBackend):
 
     def allocate(self, vm: str) -> NetworkAttachment:
         hosts = [str(ip) for ip in self.subnet.hosts()][1:]
-        lease = self.context.state.allocate_lease(self.name, vm, hosts, _fake_mac)
+        lease = self.context.state.allocate_lease(self.name, vm, hosts, random_mac)
         return NetworkAttachment(
             mac=lease.mac, ip=lease.ip, tap=f"fake-{vm}", subnet=str(self.subnet),
             gateway=str(next(self.subnet.hosts())),
@@ -259,10 +259,6 @@ class FakeRegistry(RegistryBackend):
             disk=paths.get("disk"), disk_format=meta["disk_format"], kernel=paths.get("kernel"),
             initrd=paths.get("initrd"), cmdline=meta["cmdline"], digest=digest,
         )  # fmt: skip
-
-
-def _fake_mac() -> str:
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
 class FakePlugin:

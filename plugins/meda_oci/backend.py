@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from typing import Any, ClassVar
 import zstandard
 
 from meda_core.backends import Availability, ImageFiles, Progress, RegistryBackend
+from meda_core.blobs import sha256_file
 from meda_core.errors import BackendError
 from meda_core.models import VMSpec
 from meda_core.references import Reference
@@ -132,7 +132,7 @@ class OciRegistry(RegistryBackend):
     def _push_file(
         self, path: Path, media_type: str, title: str, client: RegistryClient, meter: _Meter
     ) -> dict[str, Any]:
-        digest, size = _file_digest(path), path.stat().st_size
+        digest, size = sha256_file(path), path.stat().st_size
         with path.open("rb") as f:
             client.upload(f, digest, size)
         meter.advance(size)
@@ -257,11 +257,3 @@ def _fetch(
         meter.advance(int(layer["size"]))
         return dest
     return client().download(layer["digest"], dest, meter.advance)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"

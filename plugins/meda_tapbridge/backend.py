@@ -13,11 +13,11 @@ from typing import ClassVar
 from meda_core import netns
 from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, NicSpec
 from meda_core.locks import exclusive
+from meda_core.macs import random_mac
 from meda_core.models import PortForward, VMState
 from meda_tapbridge import links, nft
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings, settings_problem
-from meda_usernet.backend import random_mac
 
 REQUIRED_TOOLS = {"nft": "nftables", "dnsmasq": "dnsmasq-base", "nsenter": "util-linux"}
 

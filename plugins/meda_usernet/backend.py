@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import secrets
 from typing import ClassVar
 
 from meda_core import netns
@@ -14,11 +13,6 @@ from meda_core.models import PortForward
 GUEST_IP = "10.0.2.15"
 SUBNET = "10.0.2.0/24"
 GATEWAY = "10.0.2.2"
-
-
-def random_mac() -> str:
-    """A locally administered MAC in QEMU's 52:54:00 range."""
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
 class UserNetwork(NetworkBackend):
