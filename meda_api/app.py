@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from meda_api.security import BodyLimit, TokenAuth
 from meda_core import __version__
 from meda_core.app import Meda
 from meda_core.errors import MedaError
+from meda_core.models import VMState
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
@@ -23,12 +25,16 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Rules and DHCP of stored VMs come back with the server (after a host reboot, say).
     meda: Meda = app.state.meda
+    started = time.monotonic()
     try:
-        await run_in_threadpool(meda.network.restore)
+        vms = await run_in_threadpool(meda.recover)
     except MedaError as error:
-        log.error("could not restore the network: %s", error.message)
+        log.error("could not recover the VMs' state: %s", error.message)
+    else:
+        running = sum(vm.state == VMState.RUNNING for vm in vms)
+        log.info("recovered %d VM(s), %d running, in %.0f ms",
+                 len(vms), running, (time.monotonic() - started) * 1000)  # fmt: skip
     yield
     meda.operations.shutdown()
 

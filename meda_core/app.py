@@ -10,7 +10,7 @@ from meda_core.config import Settings
 from meda_core.eventbus import EventBus
 from meda_core.events import VMEvent
 from meda_core.images import ImageService
-from meda_core.models import Health, PluginReport
+from meda_core.models import VM, Health, PluginReport
 from meda_core.networking import NetworkService
 from meda_core.operations import Operations
 from meda_core.plugins import PluginManager
@@ -50,6 +50,16 @@ class Meda:
         self.operations = Operations(self.events)
         self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
+
+    def recover(self) -> list[VM]:
+        """Settle every VM after a (re)start and bring back what their network needs.
+
+        Running guests are re-adopted as they are; operations a crash cut short are rolled
+        forward or back; rules and DHCP come back after a host reboot.
+        """
+        vms = self.vms.list()
+        self.network.restore()
+        return vms
 
     def _emit(self, event: VMEvent) -> None:
         self.plugins.emit(event)

@@ -131,11 +131,13 @@ class StateStore:
         to: VMState,
         owner: RuntimeInfo | None = None,
         admit: Callable[[list[VM], VM], None] | None = None,
+        taking_over: RuntimeInfo | None = None,
     ) -> VM:
         """Move a VM to ``to`` only if it is in one of ``allowed``, atomically.
 
         This compare-and-set is what keeps two operations on one VM apart, across
-        threads and processes, without lock files.
+        threads and processes, without lock files. With ``taking_over`` the VM's operation
+        must also still belong to that (dead) owner: one process alone takes it over.
         """
         with self._transaction() as db:
             row = db.execute("SELECT data FROM vms WHERE name = ?", (name,)).fetchone()
@@ -149,6 +151,8 @@ class StateStore:
                     name=name,
                     state=vm.state.value,
                 )
+            if taking_over is not None and vm.operation_owner != taking_over:
+                raise InvalidState(f"VM '{name}' was taken over already", name=name)
             if admit is not None:  # checked and reserved in one transaction
                 rows = db.execute("SELECT data FROM vms").fetchall()
                 admit([VM.model_validate_json(r[0]) for r in rows], vm)

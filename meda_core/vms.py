@@ -83,10 +83,14 @@ class VMService:
     # ---- queries ----
 
     def get(self, name: str) -> VM:
-        return self._with_forwards(self._reconcile(self._store.require_vm(check_vm_name(name))))
+        vm = self._reconcile(self._store.require_vm(check_vm_name(name)))
+        if vm is None:  # a create or delete cut short by a crash, settled just now
+            vm = self._store.require_vm(name)
+        return self._with_forwards(vm)
 
     def list(self) -> list[VM]:
-        return [self._with_forwards(self._reconcile(vm)) for vm in self._store.list_vms()]
+        settled = (self._reconcile(vm) for vm in self._store.list_vms())
+        return [self._with_forwards(vm) for vm in settled if vm is not None]
 
     def _with_forwards(self, vm: VM) -> VM:
         vm.port_forwards = [forward for _, forward in self._store.forwards(vm.name)]
@@ -129,10 +133,7 @@ class VMService:
                 _record_attachment(vm, network.allocate(name))
                 self._store.save_vm(vm)
         except BaseException as exc:
-            self._remove_vm_files(vm, storage)
-            if network is not None:
-                network.release(name)
-            self._store.delete_vm(name)
+            self._discard(vm)
             if isinstance(exc, Exception):
                 raise _as_meda_error(exc, f"creating VM '{name}' failed") from exc
             raise
@@ -179,18 +180,7 @@ class VMService:
             self._power_off(vm)
             self._finish(vm, VMState.STOPPED)
         vm = self._begin(name, STARTABLE, VMState.DELETING)
-        if vm.runtime is not None:
-            procs.kill(vm.runtime)
-        storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
-        self._hypervisor(vm).cleanup(vm.vm_dir)
-        self._unplug(vm)
-        self._store.remove_forwards(name)
-        network = self._network(vm)
-        if network is not None:
-            network.release(name)
-            network.apply_forwards()
-        self._remove_vm_files(vm, storage)
-        self._store.delete_vm(name)
+        self._discard(vm)
         self._emit(VMEvent(kind=VMEventKind.DELETED, vm=name, state=None))
 
     # ---- steps ----
@@ -294,26 +284,43 @@ class VMService:
             self._finish(vm, VMState.ERROR, runtime=vm.runtime, last_error=error.message)
             raise error from exc
 
-    def _remove_vm_files(self, vm: VM, storage: StorageBackend) -> None:
+    def _discard(self, vm: VM) -> None:
+        """Remove everything a VM has on the host, then its record (delete, failed create).
+
+        Each step tolerates what is already gone, so a discard cut short by a crash can
+        simply run again.
+        """
+        if vm.runtime is not None:
+            procs.kill(vm.runtime)
+        self._hypervisor(vm).cleanup(vm.vm_dir)
+        self._unplug(vm)
+        self._store.remove_forwards(vm.name)
+        network = self._network(vm)
+        if network is not None:
+            network.release(vm.name)
+            network.apply_forwards()
+        storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
         try:
             storage.delete_disk(vm.disk_path)
         except Exception:
             log.exception("could not delete disk of VM %s", vm.name)
         shutil.rmtree(vm.vm_dir, ignore_errors=True)
+        self._store.delete_vm(vm.name)
 
     # ---- reconciliation ----
 
-    def _reconcile(self, vm: VM) -> VM:
+    def _reconcile(self, vm: VM) -> VM | None:
         """Bring a record in line with reality: a guest that powered off, a crashed operation.
 
-        A VM whose hypervisor plugin is missing or broken is shown as recorded.
+        ``None`` when the VM no longer exists (a crashed create rolled back, a crashed delete
+        finished). A VM whose hypervisor plugin is missing or broken is shown as recorded.
         """
         try:
             return self._reconcile_with_backend(vm)
         except BackendUnavailable:
             return vm
 
-    def _reconcile_with_backend(self, vm: VM) -> VM:
+    def _reconcile_with_backend(self, vm: VM) -> VM | None:
         if vm.state == VMState.RUNNING and vm.runtime is not None:
             hypervisor = self._hypervisor(vm)
             if not hypervisor.is_running(vm.runtime):
@@ -327,20 +334,38 @@ class VMService:
     def _owner_alive(self, vm: VM) -> bool:
         return vm.operation_owner is not None and procs.is_alive(vm.operation_owner)
 
-    def _recover(self, vm: VM) -> VM:
-        """Settle a VM whose operation's process died midway."""
+    def _recover(self, vm: VM) -> VM | None:
+        """Settle a VM whose operation's process died midway.
+
+        A create is rolled back and a delete rolled forward (both end in ``None``); a start
+        or stop ends running or stopped, as the hypervisor finds the guest.
+        """
+        if vm.state in (VMState.CREATING, VMState.DELETING):
+            return self._finish_discard(vm)
         hypervisor = self._hypervisor(vm)
         runtime = vm.runtime
         if runtime is None or not hypervisor.is_running(runtime):
             runtime = hypervisor.recover(vm.vm_dir, vm.uuid)
         if vm.state in (VMState.STARTING, VMState.STOPPING) and runtime is not None:
             return self._settle(vm, VMState.RUNNING, runtime)
-        if vm.state in (VMState.STARTING, VMState.STOPPING):
-            hypervisor.cleanup(vm.vm_dir)
-            self._unplug(vm)
-            return self._settle(vm, VMState.STOPPED, None)
-        message = f"meda stopped while the VM was {vm.state.value}; delete it to clean up"
-        return self._settle(vm, VMState.ERROR, runtime, message)
+        hypervisor.cleanup(vm.vm_dir)
+        self._unplug(vm)
+        return self._settle(vm, VMState.STOPPED, None)
+
+    def _finish_discard(self, vm: VM) -> VM | None:
+        try:  # take the operation over, so one process alone finishes it
+            taken = self._store.transition(
+                vm.name, {vm.state}, VMState.DELETING, owner=self._me,
+                taking_over=vm.operation_owner,
+            )  # fmt: skip
+        except MedaError:
+            return self._store.get_vm(vm.name)
+        runtime = self._hypervisor(vm).recover(vm.vm_dir, vm.uuid)
+        taken.runtime = taken.runtime or runtime
+        log.warning("finishing the %s of VM %s cut short by a crash", vm.state.value, vm.name)
+        self._discard(taken)
+        self._emit(VMEvent(kind=VMEventKind.DELETED, vm=vm.name, state=None))
+        return None
 
     def _settle(
         self, vm: VM, state: VMState, runtime: RuntimeInfo | None, last_error: str | None = None

@@ -9,6 +9,7 @@ import pytest
 from meda_core.app import Meda
 from meda_core.models import CreateVMRequest
 from meda_core.testing.guest import BootableGuest
+from meda_core.testing.installs import install_entry_points
 
 
 @pytest.fixture
@@ -40,11 +41,8 @@ def broken_plugin_dir(tmp_path: Path) -> Path:
 
     Put it on ``sys.path`` (or PYTHONPATH) and the ``meda`` entry-point group has it.
     """
-    root = tmp_path / "site"
-    dist = root / "meda_broken_plugin-0.1.dist-info"
-    dist.mkdir(parents=True)
-    metadata = "Metadata-Version: 2.1\nName: meda-broken-plugin\nVersion: 0.1\n"
-    (dist / "METADATA").write_text(metadata)
-    (dist / "entry_points.txt").write_text("[meda]\nbroken = meda_broken_plugin\n")
+    root = install_entry_points(
+        tmp_path / "site", "meda-broken-plugin", {"broken": "meda_broken_plugin"}
+    )
     (root / "meda_broken_plugin.py").write_text("raise ImportError('this plugin is broken')\n")
     return root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -61,6 +62,7 @@ def serve(
 
     from meda_api import create_app
 
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     token = api_token(Settings().home, host, generate_token)
     origins = [o for o in os.environ.get("MEDA_CORS_ORIGINS", "").split(",") if o.strip()]
     uvicorn.run(create_app(token=token, cors_origins=origins), host=host, port=port,

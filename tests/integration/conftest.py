@@ -19,6 +19,8 @@ from meda_core import imagebuild
 from meda_core.app import Meda
 from meda_core.config import Settings
 from meda_core.models import Image
+from meda_core.testing.host import processes_mentioning
+from meda_core.testing.installs import install_entry_points
 
 
 def free_port() -> int:
@@ -26,19 +28,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains ``text`` (leak checks)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_text():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 @dataclass
@@ -142,3 +131,18 @@ def debian_image() -> Image:
     return imagebuild.build(
         meda.images, "debian:12", imagebuild.BuildSpec(), home / "cache" / "work", print
     )
+
+
+@pytest.fixture
+def pausing_backends(tmp_path: Path) -> dict[str, str]:
+    """Environment that makes ``meda serve`` use QEMU and qcow2 backends that can pause
+    at a step (``MEDA_TEST_PAUSE_AT``, see ``pausing_plugin``)."""
+    site = install_entry_points(
+        tmp_path / "site", "meda-pausing", {"pausing": "tests.integration.pausing_plugin"}
+    )
+    repo = Path(__file__).resolve().parents[2]
+    return {
+        "PYTHONPATH": os.pathsep.join([str(site), str(repo)]),
+        "MEDA_HYPERVISOR": "pausing-qemu",
+        "MEDA_STORAGE": "pausing-qcow2",
+    }

@@ -12,8 +12,9 @@ import pytest
 
 from meda_core.app import Meda
 from meda_core.config import Settings
+from meda_core.testing.host import processes_mentioning
 from meda_core.testing.namespaces import snapshot
-from tests.integration.conftest import StartServer, processes_mentioning
+from tests.integration.conftest import StartServer
 
 pytestmark = pytest.mark.vm
 CYCLES = 100

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from meda_core.testing.guest import BOOT_MARKER, POWEROFF_MARKER
+from meda_core.testing.host import processes_mentioning
 from meda_core.testing.pytest_plugin import wait_for_text
-from tests.integration.conftest import RunMeda, Server, processes_mentioning
+from tests.integration.conftest import RunMeda, Server
 
 pytestmark = pytest.mark.vm
 SEED_CREATE = {"name": "api-test", "memory": "2G", "cpus": 4, "disk": "20G"}

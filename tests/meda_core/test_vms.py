@@ -9,6 +9,7 @@ from meda_core.app import Meda
 from meda_core.errors import ImageNotFound, InvalidRequest, InvalidState, VMExists, VMNotFound
 from meda_core.models import VM, CreateVMRequest, RuntimeInfo, VMState
 from meda_core.testing.fakes import FakeHypervisor, FakeNetwork, FakeStorage
+from meda_core.testing.host import processes_mentioning
 
 MakeVM = Callable[..., VM]
 
@@ -112,11 +113,9 @@ def _dead_owner() -> RuntimeInfo:
         (VMState.STARTING, True, VMState.RUNNING),
         (VMState.STARTING, False, VMState.STOPPED),
         (VMState.STOPPING, False, VMState.STOPPED),
-        (VMState.CREATING, False, VMState.ERROR),
-        (VMState.DELETING, False, VMState.ERROR),
     ],
 )
-def test_an_operation_interrupted_by_a_crash_is_settled(
+def test_a_start_or_stop_interrupted_by_a_crash_is_settled(
     fake_meda: Meda,
     make_vm: MakeVM,
     interrupted: VMState,
@@ -132,6 +131,26 @@ def test_an_operation_interrupted_by_a_crash_is_settled(
     assert fake_meda.vms.get("vm1").state == settled
     fake_meda.vms.delete("vm1")
     assert fake_meda.vms.list() == []
+
+
+@pytest.mark.parametrize("interrupted", [VMState.CREATING, VMState.DELETING])
+@pytest.mark.parametrize("process_left", [True, False])
+def test_a_create_or_delete_interrupted_by_a_crash_is_finished(
+    fake_meda: Meda, make_vm: MakeVM, interrupted: VMState, process_left: bool
+) -> None:
+    make_vm("vm1")
+    if process_left:
+        fake_meda.vms.start("vm1")
+    vm = fake_meda.store.require_vm("vm1")
+    vm.state, vm.runtime, vm.operation_owner = interrupted, None, _dead_owner()
+    fake_meda.store.save_vm(vm)
+    assert fake_meda.vms.list() == []  # rolled back (create) or forward (delete)
+    with pytest.raises(VMNotFound):
+        fake_meda.vms.get("vm1")
+    assert not vm.vm_dir.exists()
+    assert fake_meda.store.leases("meda0") == []
+    assert processes_mentioning(f"meda-fake-{vm.uuid}") == []
+    make_vm("vm1")  # the name is free again
 
 
 def test_operation_owned_by_a_live_process_is_left_alone(fake_meda: Meda, make_vm: MakeVM) -> None:
