@@ -13,11 +13,12 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What lives in a namespace: links, the nftables ruleset, processes."""
+    """What lives in a namespace: links, the nftables ruleset, processes, listening sockets."""
 
     links: tuple[str, ...]
     ruleset: str
     pids: tuple[int, ...]
+    sockets: tuple[str, ...]
 
 
 def _inode(name: str) -> int:
@@ -52,6 +53,7 @@ def snapshot(name: str) -> Snapshot:
         links=tuple(sorted(line.split(":")[1].strip().split("@")[0] for line in links)),
         ruleset=run_in(name, "nft", "list", "ruleset"),
         pids=tuple(pids_in(name)),
+        sockets=tuple(sorted(run_in(name, "ss", "-H", "-l", "-t", "-u", "-n").splitlines())),
     )
 
 
