@@ -1,12 +1,13 @@
-"""Request dependencies: the ``Meda`` instance the app was built with."""
+"""Request dependencies: the ``Meda`` instance the app was built with; path parameters."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from meda_core.app import Meda
+from meda_core.names import IMAGE_REF_PATTERN, VM_NAME_PATTERN
 
 
 def _meda(request: Request) -> Meda:
@@ -15,3 +16,8 @@ def _meda(request: Request) -> Meda:
 
 
 MedaDep = Annotated[Meda, Depends(_meda)]
+# The patterns are published in the schema; the core checks them, with a clear message.
+VMName = Annotated[str, Path(description="VM name", json_schema_extra={"pattern": VM_NAME_PATTERN})]
+ImageRef = Annotated[
+    str, Path(description="Image NAME[:TAG]", json_schema_extra={"pattern": IMAGE_REF_PATTERN})
+]

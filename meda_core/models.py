@@ -5,12 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+)
 
 from meda_core.names import VM_NAME_PATTERN, check_vm_name
-from meda_core.sizes import format_size, parse_size
+from meda_core.sizes import SIZE_PATTERN, at_least, parse_size
+
+#: Request bodies: unknown fields are rejected; their bools and ints are strict too
+#: (``"force": 0`` is not ``false``).
+REQUEST = ConfigDict(extra="forbid")
 
 
 class VMState(StrEnum):
@@ -29,18 +41,28 @@ STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
 TRANSITIONAL = frozenset({VMState.CREATING, VMState.STARTING, VMState.STOPPING, VMState.DELETING})
 
 
-def _canonical_size(value: str) -> str:
-    return format_size(parse_size(value))
+# The pattern is published in the schema; the validator checks it with a friendlier message.
+_SIZE: dict[str, Any] = {"pattern": SIZE_PATTERN}
+MIN_MEMORY = 32 << 20
+MIN_DISK = 1 << 20
+Memory = Annotated[
+    str,
+    Field(description="Guest memory, e.g. '512M' or '2G' (at least 32M)", json_schema_extra=_SIZE),
+    AfterValidator(at_least(MIN_MEMORY, "memory")),
+]
+Disk = Annotated[
+    str,
+    Field(description="Disk size, e.g. '20G' (at least 1M)", json_schema_extra=_SIZE),
+    AfterValidator(at_least(MIN_DISK, "disk")),
+]
 
 
 class VMSpec(BaseModel):
     """The resources a VM asks for."""
 
-    memory: str = Field("1G", description="Guest memory, e.g. '512M' or '2G'")
+    memory: Memory = "1G"
     cpus: int = Field(1, ge=1, le=64, description="Virtual CPUs")
-    disk: str = Field("10G", description="Disk size, e.g. '20G'")
-
-    _sizes = field_validator("memory", "disk")(_canonical_size)
+    disk: Disk = "10G"
 
     @property
     def memory_bytes(self) -> int:
@@ -94,10 +116,10 @@ class Protocol(StrEnum):
 class PortForward(BaseModel):
     """A host port forwarded to a guest port."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
-    host_port: int = Field(ge=1, le=65535)
-    guest_port: int = Field(ge=1, le=65535)
+    host_port: StrictInt = Field(ge=1, le=65535)
+    guest_port: StrictInt = Field(ge=1, le=65535)
     protocol: Protocol = Protocol.TCP
 
 
@@ -140,7 +162,7 @@ class VM(BaseModel):
 
 
 class CreateVMRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: str = Field(pattern=VM_NAME_PATTERN, description="VM name: " + VM_NAME_PATTERN)
     user_data: str | None = Field(
@@ -148,14 +170,13 @@ class CreateVMRequest(BaseModel):
         description="cloud-init user data: cloud-config or a script, or a path in a "
         "directory the operator allows (MEDA_USER_DATA_DIRS)",
     )
-    force: bool = Field(False, description="Replace a VM of the same name")
-    memory: str = "1G"
-    cpus: int = Field(1, ge=1, le=64)
-    disk: str = "10G"
+    force: StrictBool = Field(False, description="Replace a VM of the same name")
+    memory: Memory = "1G"
+    cpus: StrictInt = Field(1, ge=1, le=64)
+    disk: Disk = "10G"
     image: str | None = Field(None, description="Image NAME[:TAG]; default MEDA_DEFAULT_IMAGE")
 
     _name = field_validator("name")(check_vm_name)
-    _sizes = field_validator("memory", "disk")(_canonical_size)
 
     def spec(self) -> VMSpec:
         return VMSpec(memory=self.memory, cpus=self.cpus, disk=self.disk)
@@ -256,7 +277,7 @@ class ImageList(BaseModel):
 
 
 class PullRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     image: str = Field(description="NAME[:TAG] or a full reference host/org/name:tag")
     registry: str | None = None
@@ -264,17 +285,17 @@ class PullRequest(BaseModel):
 
 
 class PushRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: str = Field(description="Local image NAME[:TAG]")
     image: str = Field(description="Target: NAME[:TAG] or a full reference")
     registry: str | None = None
     org: str | None = None
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 class CreateImageRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: str
     tag: str = "latest"
@@ -284,27 +305,26 @@ class CreateImageRequest(BaseModel):
 
 
 class RunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     image: str
     name: str = Field(pattern=VM_NAME_PATTERN)
     registry: str | None = None
     org: str | None = None
     user_data: str | None = None
-    no_start: bool = False
-    memory: str = "1G"
-    cpus: int = Field(1, ge=1, le=64)
-    disk: str = "10G"
+    no_start: StrictBool = False
+    memory: Memory = "1G"
+    cpus: StrictInt = Field(1, ge=1, le=64)
+    disk: Disk = "10G"
 
     _name = field_validator("name")(check_vm_name)
-    _sizes = field_validator("memory", "disk")(_canonical_size)
 
 
 class PruneRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
-    all: bool = False
-    force: bool = False
+    all: StrictBool = False
+    force: StrictBool = False
 
 
 class ImageResult(BaseModel):

@@ -9,6 +9,7 @@ from meda_core.errors import InvalidRequest
 VM_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 IMAGE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+IMAGE_REF_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$"
 
 _VM_NAME = re.compile(VM_NAME_PATTERN)
 _IMAGE_NAME = re.compile(IMAGE_NAME_PATTERN)

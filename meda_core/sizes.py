@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from meda_core.errors import InvalidRequest
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+#: What a size looks like (also published in the API's schema).
+SIZE_PATTERN = r"^\s*(\d{1,15})\s*([KkMmGgTt]?)(?:[Ii]?[Bb])?\s*$"
+_SIZE = re.compile(SIZE_PATTERN)
 
 
 def parse_size(text: str) -> int:
@@ -20,6 +23,21 @@ def parse_size(text: str) -> int:
         )
     number, unit = match.groups()
     return int(number) * _UNITS[unit.upper()]
+
+
+def at_least(minimum: int, what: str) -> Callable[[str], str]:
+    """A validator: a size of at least ``minimum`` bytes, in its canonical form."""
+
+    def check(text: str) -> str:
+        size = parse_size(text)
+        if size < minimum:
+            raise InvalidRequest(
+                f"{what} {text.strip()} is too small: at least {format_size(minimum)}",
+                value=text, minimum=format_size(minimum),
+            )  # fmt: skip
+        return format_size(size)
+
+    return check
 
 
 def format_size(size: int) -> str:

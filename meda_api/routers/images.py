@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from meda_api.background import ASYNC_RESPONSES, PreferHeader, run_or_accept
-from meda_api.deps import MedaDep
+from meda_api.deps import ImageRef, MedaDep
 from meda_api.routers.vms import ERRORS
 from meda_core.backends import Progress
 from meda_core.models import (
@@ -86,7 +86,7 @@ def run(request: RunRequest, meda: MedaDep, prefer: PreferHeader = None) -> Any:
 
 
 @router.delete("/{image}", response_model=ImageResult, responses=ERRORS)
-def remove_image(image: str, meda: MedaDep) -> ImageResult:
+def remove_image(image: ImageRef, meda: MedaDep) -> ImageResult:
     removed = meda.images.remove(image)
     return ImageResult(success=True, message=f"Removed image {removed.ref}")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from meda_api.deps import MedaDep
+from fastapi import APIRouter, Path
+
+from meda_api.deps import MedaDep, VMName
 from meda_api.routers.vms import ERRORS
 from meda_core.models import PortForward, PortForwardList, PortForwardResult, Protocol, VMAddress
 
@@ -12,12 +14,12 @@ router = APIRouter(prefix="/vms/{name}", tags=["network"])
 
 
 @router.get("/ip", response_model=VMAddress, responses=ERRORS)
-def get_ip(name: str, meda: MedaDep) -> VMAddress:
+def get_ip(name: VMName, meda: MedaDep) -> VMAddress:
     return meda.network.address(name)
 
 
 @router.post("/port-forward", status_code=201, response_model=PortForwardResult, responses=ERRORS)
-def add_port_forward(name: str, forward: PortForward, meda: MedaDep) -> PortForwardResult:
+def add_port_forward(name: VMName, forward: PortForward, meda: MedaDep) -> PortForwardResult:
     added = meda.network.add_forward(name, forward)
     return PortForwardResult(
         success=True,
@@ -29,14 +31,17 @@ def add_port_forward(name: str, forward: PortForward, meda: MedaDep) -> PortForw
 
 
 @router.get("/port-forward", response_model=PortForwardList, responses=ERRORS)
-def list_port_forwards(name: str, meda: MedaDep) -> PortForwardList:
+def list_port_forwards(name: VMName, meda: MedaDep) -> PortForwardList:
     forwards = meda.network.forwards(name)
     return PortForwardList(vm=name, forwards=forwards, count=len(forwards))
 
 
 @router.delete("/port-forward/{host_port}", response_model=PortForwardResult, responses=ERRORS)
 def remove_port_forward(
-    name: str, host_port: int, meda: MedaDep, protocol: Protocol = Protocol.TCP
+    name: VMName,
+    host_port: Annotated[int, Path(ge=1, le=65535)],
+    meda: MedaDep,
+    protocol: Protocol = Protocol.TCP,
 ) -> PortForwardResult:
     removed = meda.network.remove_forward(name, host_port, protocol)
     return PortForwardResult(

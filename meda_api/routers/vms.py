@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from meda_api.deps import MedaDep
+from meda_api.deps import MedaDep, VMName
 from meda_core.models import CreateVMRequest, ErrorBody, OperationResult, VMInfo, VMList
 from meda_core.views import vm_info, vm_list
 
@@ -38,29 +38,29 @@ def create_vm(request: CreateVMRequest, meda: MedaDep) -> OperationResult:
 
 
 @router.get("/{name}", response_model=VMInfo, responses=ERRORS)
-def get_vm(name: str, meda: MedaDep) -> VMInfo:
+def get_vm(name: VMName, meda: MedaDep) -> VMInfo:
     return vm_info(meda.vms.get(name))
 
 
 @router.post("/{name}/start", response_model=OperationResult, responses=ERRORS)
-def start_vm(name: str, meda: MedaDep) -> OperationResult:
+def start_vm(name: VMName, meda: MedaDep) -> OperationResult:
     vm = meda.vms.start(name)
     return OperationResult(success=True, message=f"Started VM: {name}", vm=vm_info(vm))
 
 
 @router.post("/{name}/stop", response_model=OperationResult, responses=ERRORS)
-def stop_vm(name: str, meda: MedaDep) -> OperationResult:
+def stop_vm(name: VMName, meda: MedaDep) -> OperationResult:
     vm = meda.vms.stop(name)
     return OperationResult(success=True, message=f"Stopped VM: {name}", vm=vm_info(vm))
 
 
 @router.delete("/{name}", response_model=OperationResult, responses=ERRORS)
-def delete_vm(name: str, meda: MedaDep) -> OperationResult:
+def delete_vm(name: VMName, meda: MedaDep) -> OperationResult:
     meda.vms.delete(name)
     return OperationResult(success=True, message=f"Deleted VM: {name}")
 
 
 @router.get("/{name}/plan", responses=ERRORS)
-def plan_vm(name: str, meda: MedaDep, hypervisor: str | None = None) -> dict[str, Any]:
+def plan_vm(name: VMName, meda: MedaDep, hypervisor: str | None = None) -> dict[str, Any]:
     """Dry run of start: the command line and config the hypervisor would use."""
     return meda.vms.plan(name, hypervisor)
