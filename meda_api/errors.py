@@ -57,7 +57,7 @@ def _allowed_methods(request: Request) -> str:
     for route in request.app.router.routes:
         match, _ = route.matches({**request.scope, "method": "GET"})
         if match != Match.NONE and isinstance(route, APIRoute):
-            methods |= route.methods
+            methods |= route.methods or set()
     return ", ".join(sorted(methods))
 
 
