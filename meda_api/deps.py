@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from meda_core.api import LocalApi
 from meda_core.app import Meda
 from meda_core.names import IMAGE_REF_PATTERN, VM_NAME_PATTERN
 
@@ -15,7 +16,12 @@ def _meda(request: Request) -> Meda:
     return meda
 
 
+def _api(request: Request) -> LocalApi:
+    return LocalApi(_meda(request))
+
+
 MedaDep = Annotated[Meda, Depends(_meda)]
+ApiDep = Annotated[LocalApi, Depends(_api)]
 # The patterns are published in the schema; the core checks them, with a clear message.
 VMName = Annotated[str, Path(description="VM name", json_schema_extra={"pattern": VM_NAME_PATTERN})]
 ImageRef = Annotated[

@@ -8,14 +8,16 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from meda_core.errors import MedaError, PayloadTooLarge, Unauthorized
+
 MAX_BODY = 2 * 1024 * 1024  # user_data is capped at 1 MiB; JSON around it needs little
 
 
-async def _refuse(send: Send, status: int, code: str, message: str, **headers: str) -> None:
-    body = json.dumps({"error": message, "code": code, "details": {"message": message}}).encode()
+async def _refuse(send: Send, error: MedaError, **headers: str) -> None:
+    body = json.dumps(error.to_body()).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.start", "status": error.http_status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -29,8 +31,8 @@ class TokenAuth:
         if scope["type"] == "http":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                await _refuse(send, 401, "UNAUTHORIZED", "a valid bearer token is required",
-                              **{"WWW-Authenticate": "Bearer"})  # fmt: skip
+                error = Unauthorized("a valid bearer token is required")
+                await _refuse(send, error, **{"WWW-Authenticate": "Bearer"})
                 return
         await self.app(scope, receive, send)
 
@@ -47,7 +49,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _refuse(send, 413, "PAYLOAD_TOO_LARGE", f"request body over {self.limit} bytes")
+            await _refuse(send, self._too_large())
             return
         seen = 0
 
@@ -62,7 +64,10 @@ class BodyLimit:
         try:
             await self.app(scope, counting, send)
         except _TooLarge:
-            await _refuse(send, 413, "PAYLOAD_TOO_LARGE", f"request body over {self.limit} bytes")
+            await _refuse(send, self._too_large())
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body over {self.limit} bytes", limit=self.limit)
 
 
 class _TooLarge(Exception):

@@ -1,34 +1,58 @@
-"""The ``Meda`` instance a CLI command works on, and error handling around commands."""
+"""What a CLI command works on — this host's ``Meda``, or a server at ``MEDA_URL`` — and
+error handling around commands."""
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from meda_cli.output import fail
+from meda_core.api import LocalApi, MedaApi
 from meda_core.app import Meda
-from meda_core.errors import MedaError
+from meda_core.client import RemoteApi
+from meda_core.errors import InvalidRequest, MedaError
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 _instance: Meda | None = None
+_server: tuple[str, str | None] | None = None
 
 
 def meda() -> Meda:
-    """The ``Meda`` commands act on: built from the environment on first use."""
+    """This host's ``Meda`` (built from the environment on first use), for the commands
+    that only make sense where the VMs run."""
     global _instance
+    if _server is not None:
+        raise InvalidRequest(
+            f"this command works on the meda host itself, not through {_server[0]}; "
+            "run it there, or unset MEDA_URL"
+        )
     if _instance is None:
         _instance = Meda()
     return _instance
+
+
+def api() -> MedaApi:
+    """The API the commands call: the server at ``MEDA_URL``, else this host."""
+    if _server is not None:
+        return RemoteApi(*_server)
+    return LocalApi(meda())
 
 
 def use(instance: Meda | None) -> None:
     """Make commands act on ``instance`` (tests, embedding programs)."""
     global _instance
     _instance = instance
+
+
+def use_server(url: str | None, token: str | None = None) -> None:
+    """Send the commands to the meda server at ``url`` (None: act on this host)."""
+    global _server
+    _server = None if not url else (url, token or os.environ.get("MEDA_API_TOKEN") or None)
 
 
 def handles_errors(command: Callable[P, R]) -> Callable[P, R]:

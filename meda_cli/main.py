@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from meda_cli import context
 from meda_cli.commands import images, network, plugins, serve, ssh, vms
 
 app = typer.Typer(
@@ -12,6 +15,25 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def main(
+    url: str | None = typer.Option(
+        None, "--url", envvar="MEDA_URL", help="A meda server to send commands to (else this host)"
+    ),
+    token_file: Path | None = typer.Option(
+        None,
+        "--token-file",
+        envvar="MEDA_API_TOKEN_FILE",
+        help="File holding the server's bearer token (or set MEDA_API_TOKEN)",
+    ),
+) -> None:
+    """Micro-VMs on this host: a REST API and a CLI, every backend a plugin."""
+    token = token_file.read_text().strip() if token_file is not None else None
+    context.use_server(url, token)
+
+
 app.registered_commands += vms.app.registered_commands
 app.registered_commands += network.app.registered_commands
 app.registered_commands += images.commands.registered_commands

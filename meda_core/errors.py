@@ -6,6 +6,8 @@ CLI map errors in exactly one place each, by reading these attributes.
 
     MedaError                      500  exit 1   INTERNAL_ERROR
     ├── InvalidRequest             400  exit 2   INVALID_REQUEST
+    │   └── PayloadTooLarge        413           PAYLOAD_TOO_LARGE
+    ├── Unauthorized               401  exit 7   UNAUTHORIZED
     ├── NotFound                   404  exit 3   NOT_FOUND
     │   ├── VMNotFound                           VM_NOT_FOUND
     │   └── ImageNotFound                        IMAGE_NOT_FOUND
@@ -22,6 +24,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
+def _subclasses(cls: type[MedaError]) -> list[type[MedaError]]:
+    """``cls`` and every class below it, parents first."""
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _subclasses(sub)
+    return found
+
+
 class MedaError(Exception):
     """Base of every meda error; ``details`` is extra structured context."""
 
@@ -33,6 +43,19 @@ class MedaError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    @classmethod
+    def from_body(cls, body: Any, status: int) -> MedaError:
+        """The error a server answered with: its class found by ``code``, else by status."""
+        if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+            body = {"error": f"the server answered {status}: {str(body)[:200]}", "code": ""}
+        classes = {c.code: c for c in _subclasses(MedaError)}
+        by_status = {c.http_status: c for c in reversed(_subclasses(MedaError))}
+        found = classes.get(body.get("code", ""), by_status.get(status, MedaError))
+        details = {k: v for k, v in (body.get("details") or {}).items() if k != "message"}
+        error = found.__new__(found)  # past subclasses' own __init__ signatures
+        MedaError.__init__(error, body["error"], **details)
+        return error
 
     def to_body(self) -> dict[str, Any]:
         """The seed's error body: ``{error, code, details}``."""
@@ -49,6 +72,21 @@ class InvalidRequest(MedaError):
     code = "INVALID_REQUEST"
     http_status = 400
     exit_code = 2
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A request body over the server's limit."""
+
+    code = "PAYLOAD_TOO_LARGE"
+    http_status = 413
+
+
+class Unauthorized(MedaError):
+    """The server wants a bearer token and got none, or a wrong one."""
+
+    code = "UNAUTHORIZED"
+    http_status = 401
+    exit_code = 7
 
 
 class NotFound(MedaError):

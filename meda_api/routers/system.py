@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from meda_api.deps import MedaDep
+from meda_api.deps import ApiDep, MedaDep
 from meda_core.capacity import Capacity, measure
 from meda_core.models import Health, PluginReport
 
@@ -23,5 +23,5 @@ def capacity(meda: MedaDep) -> Capacity:
 
 
 @router.get("/plugins", response_model=PluginReport, tags=["system"])
-def plugins(meda: MedaDep) -> PluginReport:
-    return meda.plugin_report()
+def plugins(api: ApiDep) -> PluginReport:
+    return api.plugins()

@@ -7,22 +7,24 @@ from pathlib import Path
 
 import typer
 
-from meda_cli.context import handles_errors, meda
+from meda_cli.context import api, handles_errors, meda
 from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
 from meda_cli.progress import transfer
 from meda_cli.validation import build
 from meda_core import imagebuild
 from meda_core.models import (
+    CreateImageRequest,
     Image,
     ImageList,
     ImageResult,
     OperationResult,
+    PruneRequest,
     PruneResult,
+    PullRequest,
+    PushRequest,
     RunRequest,
 )
-from meda_core.sizes import format_size
-from meda_core.views import image_info, image_list, vm_info
-from meda_core.workflows import run_image
+from meda_core.views import image_info
 
 app = typer.Typer(help="Manage images in the local store.", invoke_without_command=True)
 commands = typer.Typer()
@@ -49,7 +51,7 @@ def images(ctx: typer.Context, as_json: bool = JsonOption) -> None:
 @handles_errors
 def list_(as_json: bool = JsonOption) -> None:
     """List images."""
-    render(image_list(meda().images.listing()), as_json, _table)
+    render(api().list_images(), as_json, _table)
 
 
 def _table(result: ImageList) -> None:
@@ -84,9 +86,10 @@ def pull(
     as_json: bool = JsonOption,
 ) -> None:
     """Pull an image from a registry."""
+    request = build(PullRequest, image=image, registry=registry, org=org)
     with transfer(f"pull {image}", quiet=as_json) as progress:
-        pulled = meda().images.pull(image, registry, org, progress)
-    _done(pulled, f"Pulled {pulled.source} as {pulled.ref}", as_json, digest=pulled.digest)
+        result = api().pull_image(request, progress)
+    render(result, as_json, _say)
 
 
 @commands.command()
@@ -100,18 +103,18 @@ def push(
     as_json: bool = JsonOption,
 ) -> None:
     """Push a local image to a registry."""
+    request = build(PushRequest, name=name, image=target, registry=registry, org=org,
+                    dry_run=dry_run)  # fmt: skip
     with transfer(f"push {name}", quiet=as_json) as progress:
-        image, digest = meda().images.push(name, target, registry, org, dry_run, progress)
-    verb = "Would push" if dry_run else "Pushed"
-    _done(image, f"{verb} {image.ref} to {target}", as_json, digest=digest)
+        result = api().push_image(request, progress)
+    render(result, as_json, _say)
 
 
 @commands.command()
 @handles_errors
 def rmi(image: str, as_json: bool = JsonOption) -> None:
     """Remove an image (refused while a VM uses it)."""
-    removed = meda().images.remove(image)
-    render(ImageResult(success=True, message=f"Removed image {removed.ref}"), as_json, _say)
+    render(api().remove_image(image), as_json, _say)
 
 
 @commands.command()
@@ -124,12 +127,7 @@ def prune(
     """Remove unused pulled images (all unused with --all), dangling blobs, partial pulls."""
     if not force and not as_json and not typer.confirm("Remove unused images and blobs?"):
         raise typer.Exit(1)
-    images, blobs, freed = meda().images.prune(all_)
-    result = PruneResult(
-        success=True, message=f"Removed {len(images)} image(s), freed {format_size(freed)}",
-        removed_images=images, removed_blobs=len(blobs), freed=format_size(freed),
-    )  # fmt: skip
-    render(result, as_json, _say)
+    render(api().prune_images(build(PruneRequest, all=all_, force=True)), as_json, _say)
 
 
 @commands.command("create-image")
@@ -143,8 +141,9 @@ def create_image(
     as_json: bool = JsonOption,
 ) -> None:
     """Make an image from a stopped VM's disk."""
-    image = meda().images.create_from_vm(from_vm, name, tag, registry, org)
-    _done(image, f"Created image {image.ref} from VM {from_vm}", as_json)
+    request = build(CreateImageRequest, name=name, tag=tag, registry=registry, org=org,
+                    from_vm=from_vm)  # fmt: skip
+    render(api().create_image(request), as_json, _say)
 
 
 @commands.command()
@@ -166,10 +165,7 @@ def run(
                     memory=memory, cpus=cpus, disk=disk, no_start=no_start,
                     user_data=read_user_data(user_data))  # fmt: skip
     with transfer(f"pull {image}", quiet=as_json) as progress:
-        vm = run_image(meda().images, meda().vms, request, progress)
-    verb = "Created" if no_start else "Started"
-    result = OperationResult(success=True, message=f"{verb} VM {vm.name} from {image}",
-                             vm=vm_info(vm))  # fmt: skip
+        result = api().run_image(request, progress)
     render(result, as_json, _say)
 
 

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from meda_cli.context import handles_errors, meda
+from meda_cli.context import api, handles_errors
 from meda_cli.output import JsonOption, render, table
 from meda_cli.validation import build
 from meda_core.errors import InvalidRequest
-from meda_core.models import (
-    CleanupReport,
-    PortForward,
-    PortForwardList,
-    PortForwardResult,
-    Protocol,
-)
+from meda_core.models import CleanupReport, PortForward, PortForwardList, Protocol
 
 app = typer.Typer()
 
@@ -23,7 +17,7 @@ app = typer.Typer()
 @handles_errors
 def ip(name: str, as_json: bool = JsonOption) -> None:
     """Print a VM's IP address."""
-    render(meda().network.address(name), as_json, lambda a: typer.echo(a.ip or "-"))
+    render(api().vm_ip(name), as_json, lambda a: typer.echo(a.ip or "-"))
 
 
 @app.command("port-forward")
@@ -38,23 +32,17 @@ def port_forward(
     as_json: bool = JsonOption,
 ) -> None:
     """Forward HOST_PORT to the VM's GUEST_PORT; or --list, or HOST_PORT --remove."""
-    network = meda().network
     if list_ or host_port is None:
-        forwards = network.forwards(name)
-        result = PortForwardList(vm=name, forwards=forwards, count=len(forwards))
-        render(result, as_json, _forward_table)
+        render(api().list_forwards(name), as_json, _forward_table)
         return
     if remove:
-        removed = network.remove_forward(name, host_port, protocol)
-        message = f"Removed forward of host port {host_port}/{protocol.value}"
+        result = api().remove_forward(name, host_port, protocol)
     else:
         if guest_port is None:
             raise InvalidRequest("give GUEST_PORT, or --remove or --list")
         forward = build(PortForward, host_port=host_port, guest_port=guest_port, protocol=protocol)
-        removed = network.add_forward(name, forward)
-        message = f"Forwarding host port {host_port}/{protocol.value} to {name}:{guest_port}"
-    result_ = PortForwardResult(success=True, message=message, vm=name, forward=removed)
-    render(result_, as_json, lambda r: typer.echo(r.message))
+        result = api().add_forward(name, forward)
+    render(result, as_json, lambda r: typer.echo(r.message))
 
 
 def _forward_table(result: PortForwardList) -> None:
@@ -69,7 +57,7 @@ def cleanup(
     as_json: bool = JsonOption,
 ) -> None:
     """Find and remove network resources no VM owns (taps, leases, rules, dnsmasq)."""
-    render(meda().network.cleanup(dry_run), as_json, _cleanup_text)
+    render(api().cleanup_network(dry_run), as_json, _cleanup_text)
 
 
 def _cleanup_text(report: CleanupReport) -> None:

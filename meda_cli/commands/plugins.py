@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from meda_cli.context import handles_errors, meda
+from meda_cli.context import api, handles_errors
 from meda_cli.output import JsonOption, render, table
 from meda_core.models import PluginReport
 
@@ -12,7 +12,7 @@ from meda_core.models import PluginReport
 @handles_errors
 def plugins(as_json: bool = JsonOption) -> None:
     """List plugins and backends."""
-    render(meda().plugin_report(), as_json, _tables)
+    render(api().plugins(), as_json, _tables)
 
 
 def _tables(report: PluginReport) -> None:

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import typer
 
-from meda_cli.context import handles_errors, meda
+from meda_cli.context import api, handles_errors
 from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
 from meda_cli.validation import build
 from meda_core.models import CreateVMRequest, OperationResult, VMInfo, VMList
-from meda_core.views import vm_info, vm_list
 
 app = typer.Typer()
 
@@ -43,16 +42,14 @@ def create(
     """Create a VM (stopped) from an image."""
     request = build(CreateVMRequest, name=name, memory=memory, cpus=cpus, disk=disk,
                     image=image, force=force, user_data=read_user_data(user_data))  # fmt: skip
-    vm = meda().vms.create(request)
-    result = OperationResult(success=True, message=f"Created VM: {vm.name}", vm=vm_info(vm))
-    _report(result, as_json)
+    _report(api().create_vm(request), as_json)
 
 
 @app.command("list")
 @handles_errors
 def list_(as_json: bool = JsonOption) -> None:
     """List VMs."""
-    render(vm_list(meda().vms.list()), as_json, _table)
+    render(api().list_vms(), as_json, _table)
 
 
 def _table(result: VMList) -> None:
@@ -64,7 +61,7 @@ def _table(result: VMList) -> None:
 @handles_errors
 def get(name: str, as_json: bool = JsonOption) -> None:
     """Show one VM."""
-    render(vm_info(meda().vms.get(name)), as_json, _show)
+    render(api().get_vm(name), as_json, _show)
 
 
 @app.command()
@@ -77,23 +74,20 @@ def start(
 ) -> None:
     """Start a VM (or show, with --dry-run, the command line and config it would use)."""
     if dry_run:
-        typer.echo(json.dumps(meda().vms.plan(name, hypervisor), indent=2))
+        typer.echo(json.dumps(api().plan_vm(name, hypervisor), indent=2))
         return
-    vm = meda().vms.start(name)
-    _report(OperationResult(success=True, message=f"Started VM: {name}", vm=vm_info(vm)), as_json)
+    _report(api().start_vm(name), as_json)
 
 
 @app.command()
 @handles_errors
 def stop(name: str, as_json: bool = JsonOption) -> None:
     """Power a VM off (ACPI, then forced after MEDA_STOP_TIMEOUT seconds)."""
-    vm = meda().vms.stop(name)
-    _report(OperationResult(success=True, message=f"Stopped VM: {name}", vm=vm_info(vm)), as_json)
+    _report(api().stop_vm(name), as_json)
 
 
 @app.command()
 @handles_errors
 def delete(name: str, as_json: bool = JsonOption) -> None:
     """Delete a VM, stopping it first if it runs."""
-    meda().vms.delete(name)
-    _report(OperationResult(success=True, message=f"Deleted VM: {name}"), as_json)
+    _report(api().delete_vm(name), as_json)

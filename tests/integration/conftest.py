@@ -48,7 +48,7 @@ class Server:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/health").status_code == 200:
+                if httpx.get(f"{self.url}/health", headers=self.auth).status_code == 200:
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -61,8 +61,13 @@ class Server:
             self.process.wait(30)
         self.process = None
 
+    @property
+    def auth(self) -> dict[str, str]:
+        token = self.env.get("MEDA_API_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120)
+        return httpx.Client(base_url=self.url, timeout=120, headers=self.auth)
 
 
 StartServer = Callable[..., Server]

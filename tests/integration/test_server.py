@@ -14,7 +14,7 @@ import pytest
 from meda_core.testing.guest import BOOT_MARKER, POWEROFF_MARKER
 from meda_core.testing.host import processes_mentioning
 from meda_core.testing.pytest_plugin import wait_for_text
-from tests.integration.conftest import RunMeda, Server
+from tests.integration.conftest import RunMeda, Server, StartServer
 
 pytestmark = pytest.mark.vm
 SEED_CREATE = {"name": "api-test", "memory": "2G", "cpus": 4, "disk": "20G"}
@@ -124,3 +124,19 @@ def test_events_stream_vm_lifecycle_as_sse(server: Server) -> None:
         api.delete("/vms/watched")
     listener.join(15)
     assert seen == ["created", "deleted"]
+
+
+def test_the_cli_boots_a_vm_on_a_server_that_wants_a_token(
+    start_server: StartServer, run_meda: RunMeda
+) -> None:
+    server = start_server(MEDA_API_TOKEN="tok-123")
+    remote = {"MEDA_URL": f"http://127.0.0.1:{server.port}", "MEDA_API_TOKEN": "tok-123"}
+    assert run_meda("list", env={**remote, "MEDA_API_TOKEN": "wrong"}).returncode == 7
+    created = run_meda("create", "far", "--memory", "256M", env=remote)
+    assert created.returncode == 0, created.stderr
+    started = run_meda("start", "far", "--json", env=remote)
+    assert started.returncode == 0, started.stderr
+    vm = json.loads(started.stdout)["vm"]
+    wait_for_text(Path(vm["details"]["console_log"]), BOOT_MARKER, timeout=60)
+    assert run_meda("delete", "far", env=remote).returncode == 0
+    assert processes_mentioning(vm["details"]["vm_dir"]) == []

@@ -1,0 +1,125 @@
+"""The CLI against a meda server (``--url``/``MEDA_URL``) that wants a bearer token."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from meda_api import create_app
+from meda_cli import context
+from meda_cli.main import app
+from meda_core.app import Meda
+from meda_core.client import RemoteApi
+from meda_core.errors import Unauthorized, VMNotFound
+from meda_core.models import (
+    CreateVMRequest,
+    OperationResult,
+    PortForwardResult,
+    RunRequest,
+    VMInfo,
+)
+
+TOKEN = "s3cret-token"
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server_url(fake_meda: Meda, fake_image: str) -> Iterator[str]:
+    """``meda serve`` in a thread: the fake backends, a token required."""
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(fake_meda, token=TOKEN), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    context.use_server(None)
+
+
+def remote(url: str, *args: str, token: str | None = TOKEN) -> tuple[int, str, str]:
+    env = {"MEDA_URL": url, "MEDA_API_TOKEN": token or ""}
+    result = runner.invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_the_cli_drives_a_remote_server(server_url: str, fake_meda: Meda) -> None:
+    code, out, err = remote(server_url, "create", "far", "--memory", "256M", "--json")
+    assert code == 0, err
+    assert OperationResult.model_validate_json(out).message == "Successfully created VM: far"
+    assert fake_meda.store.get_vm("far") is not None  # it is the server that made it
+    assert remote(server_url, "start", "far")[0] == 0
+    info = VMInfo.model_validate_json(remote(server_url, "get", "far", "--json")[1])
+    assert info.state == "running" and info.details.memory == "256M"
+    code, out, _ = remote(server_url, "port-forward", "far", "18080", "80", "--json")
+    assert code == 0 and PortForwardResult.model_validate_json(out).forward.host_port == 18080
+    assert "18080" in remote(server_url, "port-forward", "far", "--list")[1]
+    assert remote(server_url, "ip", "far")[1].strip() == info.ip
+    assert "far" in remote(server_url, "list")[1]
+    assert remote(server_url, "delete", "far")[0] == 0
+    assert fake_meda.store.get_vm("far") is None
+
+
+def test_server_errors_keep_their_code_and_exit_code(server_url: str) -> None:
+    code, _, err = remote(server_url, "get", "nope", "--json")
+    assert code == VMNotFound.exit_code
+    assert json.loads(err)["code"] == "VM_NOT_FOUND"
+    code, _, err = remote(server_url, "create", "Bad..Name")
+    assert code == 2 and "invalid" in err
+
+
+def test_a_wrong_or_missing_token_is_refused(server_url: str, tmp_path: Path) -> None:
+    assert remote(server_url, "list", token="wrong")[0] == Unauthorized.exit_code
+    assert remote(server_url, "list", token=None)[0] == Unauthorized.exit_code
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    result = runner.invoke(
+        app, ["--url", server_url, "--token-file", str(token_file), "list", "--json"],
+        env={"MEDA_API_TOKEN": ""},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+
+
+def test_host_only_commands_say_so(server_url: str, tmp_path: Path) -> None:
+    code, _, err = remote(server_url, "images", "import", "x", "--kernel", str(tmp_path))
+    assert code == 2 and "meda host itself" in err
+
+
+def test_an_unreachable_server_is_a_clear_error() -> None:
+    code, _, err = remote(f"http://127.0.0.1:{_free_port()}", "list")
+    assert code == 5 and "cannot reach the meda server" in err
+
+
+def test_remote_api_for_programs(server_url: str) -> None:
+    api = RemoteApi(server_url, token=TOKEN)
+    try:
+        assert api.create_vm(CreateVMRequest(name="prog")).vm is not None
+        with pytest.raises(VMNotFound):
+            api.get_vm("missing")
+        assert [vm.name for vm in api.list_vms().vms] == ["prog"]
+        assert api.delete_vm("prog").success
+        # Long work goes through a background operation, polled to its end.
+        ran = api.run_image(RunRequest(image="default", name="ran"))
+        assert ran.vm is not None and ran.vm.state == "running"
+        assert api.delete_vm("ran").success
+    finally:
+        api.close()
