@@ -66,7 +66,11 @@ class NetworkService:
                 host_port=host_port,
             )
         self._store.remove_forwards(vm.name, match[0])
-        self._apply(network, vm.name, match[0], add=False)
+        try:
+            self._apply(network, vm.name, match[0], add=False)
+        except BaseException:
+            self._store.add_forward(vm.name, match[0])  # it is still there on the host
+            raise
         return match[0]
 
     def _apply(self, network: NetworkBackend, name: str, forward: PortForward, add: bool) -> None:

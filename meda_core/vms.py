@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -10,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from meda_core import capacity, procs, seed, userdata
 from meda_core.backends import (
@@ -42,6 +43,7 @@ from meda_core.store import StateStore
 
 log = logging.getLogger(__name__)
 Emit = Callable[[VMEvent], None]
+T = TypeVar("T")
 
 
 def attachment_of(vm: VM) -> NetworkAttachment:
@@ -54,6 +56,21 @@ def attachment_of(vm: VM) -> NetworkAttachment:
 def _record_attachment(vm: VM, attachment: NetworkAttachment) -> None:
     vm.mac, vm.ip, vm.tap_device = attachment.mac, attachment.ip, attachment.tap
     vm.subnet, vm.gateway = attachment.subnet, attachment.gateway
+
+
+class _Failures(list[str]):
+    """Steps of a clean-up that failed; the others still run."""
+
+    def attempt(self, what: str, step: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return step(*args)
+        except Exception as exc:
+            log.warning("could not %s: %s", what, exc)
+            self.append(f"{what}: {exc}")
+            return None
+
+    def __str__(self) -> str:
+        return "; ".join(self)
 
 
 def _as_meda_error(exc: Exception, what: str) -> MedaError:
@@ -133,7 +150,8 @@ class VMService:
                 _record_attachment(vm, network.allocate(name))
                 self._store.save_vm(vm)
         except BaseException as exc:
-            self._discard(vm)
+            with contextlib.suppress(MedaError):  # if it fails, the VM stays in error saying why
+                self._discard(vm)
             if isinstance(exc, Exception):
                 raise _as_meda_error(exc, f"creating VM '{name}' failed") from exc
             raise
@@ -147,16 +165,23 @@ class VMService:
             name, STARTABLE, VMState.STARTING, owner=self._me,
             admit=lambda vms, vm: capacity.admit_start(self._settings, vms, vm),
         )  # fmt: skip
-        hypervisor = self._hypervisor(vm)
-        network = self._network(vm)
         try:
+            hypervisor = self._hypervisor(vm)
+            network = self._network(vm)
             nics = () if network is None else (self._plug(vm, network),)
             runtime = hypervisor.start(self._launch_spec(vm, nics, self._write_seed(vm)))
         except Exception as exc:
             error = _as_meda_error(exc, f"starting VM '{name}' failed")
-            hypervisor.cleanup(vm.vm_dir)
-            self._unplug(vm)
-            self._finish(vm, VMState.STOPPED, last_error=error.message)
+            undo = _Failures()
+            undo.attempt(
+                "clean up after the hypervisor", lambda: self._hypervisor(vm).cleanup(vm.vm_dir)
+            )
+            undo.attempt("unplug its NIC", self._unplug, vm)
+            if undo:
+                message = f"{error.message}; then could not {undo}"
+                self._finish(vm, VMState.ERROR, last_error=message)
+            else:
+                self._finish(vm, VMState.STOPPED, last_error=error.message)
             self._emit(
                 VMEvent(kind=VMEventKind.FAILED, vm=name, state=vm.state, message=error.message)
             )
@@ -287,23 +312,33 @@ class VMService:
     def _discard(self, vm: VM) -> None:
         """Remove everything a VM has on the host, then its record (delete, failed create).
 
-        Each step tolerates what is already gone, so a discard cut short by a crash can
-        simply run again.
+        Every step runs even when one fails, and each tolerates what is already gone. If a
+        step failed the record stays, in ``error`` with what failed, and the VM keeps the
+        runtime it has: deleting it again finishes the job. A crash midway is finished the
+        same way at the next start.
         """
+        failures = _Failures()
         if vm.runtime is not None:
-            procs.kill(vm.runtime)
-        self._hypervisor(vm).cleanup(vm.vm_dir)
-        self._unplug(vm)
+            failures.attempt("stop its process", procs.kill, vm.runtime)
+        failures.attempt(
+            "clean up after the hypervisor", lambda: self._hypervisor(vm).cleanup(vm.vm_dir)
+        )
+        failures.attempt("unplug its NIC", self._unplug, vm)
         self._store.remove_forwards(vm.name)
-        network = self._network(vm)
+        network = failures.attempt("find its network", self._network, vm)
         if network is not None:
-            network.release(vm.name)
-            network.apply_forwards()
-        storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
-        try:
-            storage.delete_disk(vm.disk_path)
-        except Exception:
-            log.exception("could not delete disk of VM %s", vm.name)
+            failures.attempt("release its address", network.release, vm.name)
+            failures.attempt("update the forwarding rules", network.apply_forwards)
+        storage = failures.attempt(
+            "find its storage",
+            self._backends.by_name, Role.STORAGE, vm.storage, StorageBackend,
+        )  # fmt: skip
+        if storage is not None:
+            failures.attempt("delete its disk", storage.delete_disk, vm.disk_path)
+        if failures:
+            message = f"could not remove all of VM '{vm.name}' ({failures}); delete it again"
+            self._finish(vm, VMState.ERROR, runtime=vm.runtime, last_error=message)
+            raise BackendError(message, name=vm.name)
         shutil.rmtree(vm.vm_dir, ignore_errors=True)
         self._store.delete_vm(vm.name)
 

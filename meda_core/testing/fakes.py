@@ -158,6 +158,8 @@ class FakeNetwork(NetworkBackend):
     subnet = ipaddress.IPv4Network("10.99.0.0/24")
     plugged: ClassVar[set[str]] = set()
     forwards_applied: ClassVar[int] = 0
+    #: The forwards the host would have: what the last apply_forwards found in the store.
+    applied: ClassVar[set[tuple[str, int, str]]] = set()
 
     def check_available(self) -> Availability:
         return Availability.yes()
@@ -186,6 +188,8 @@ class FakeNetwork(NetworkBackend):
 
     def apply_forwards(self) -> None:
         type(self).forwards_applied += 1
+        forwards = self.context.state.forwards()
+        type(self).applied = {(vm, f.host_port, f.protocol.value) for vm, f in forwards}
 
     def restore(self) -> None:
         pass
