@@ -52,6 +52,7 @@ class Server:
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
+        self.kill()  # never leave a server that did not come up
         log_text = (self.home / "server.log").read_text()
         raise AssertionError(f"meda serve did not come up: {log_text}")
 
