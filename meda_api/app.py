@@ -59,6 +59,7 @@ def create_app(
     app.router.lifespan_context = _lifespan
     install_error_handlers(app)
     app.include_router(vms.router, prefix=API_PREFIX)
+    app.include_router(vms.templates_router, prefix=API_PREFIX)
     app.include_router(network.router, prefix=API_PREFIX)
     app.include_router(images.router, prefix=API_PREFIX)
     app.include_router(operations.router, prefix=API_PREFIX)

@@ -14,6 +14,7 @@ from meda_core.app import Meda
 from meda_core.backends import Progress
 from meda_core.models import (
     CleanupReport,
+    CloneRequest,
     CreateImageRequest,
     CreateVMRequest,
     ImageList,
@@ -28,6 +29,7 @@ from meda_core.models import (
     PullRequest,
     PushRequest,
     RunRequest,
+    TemplateList,
     VMAddress,
     VMInfo,
     VMList,
@@ -36,7 +38,7 @@ from meda_core.models import (
     Protocol as PortProtocol,
 )
 from meda_core.sizes import format_size
-from meda_core.views import image_info, image_list, vm_info, vm_list
+from meda_core.views import image_info, image_list, template_list, vm_info, vm_list
 from meda_core.workflows import run_image
 
 
@@ -54,6 +56,10 @@ class MedaApi(Protocol):
     def stop_vm(self, name: str) -> OperationResult: ...
     def delete_vm(self, name: str) -> OperationResult: ...
     def plan_vm(self, name: str, hypervisor: str | None = None) -> dict[str, Any]: ...
+    def snapshot_vm(self, name: str) -> OperationResult: ...
+    def restore_vm(self, name: str) -> OperationResult: ...
+    def clone_vm(self, source: str, request: CloneRequest) -> OperationResult: ...
+    def list_templates(self) -> TemplateList: ...
     def vm_ip(self, name: str) -> VMAddress: ...
     def list_forwards(self, name: str) -> PortForwardList: ...
     def add_forward(self, name: str, forward: PortForward) -> PortForwardResult: ...
@@ -105,6 +111,29 @@ class LocalApi:
 
     def plan_vm(self, name: str, hypervisor: str | None = None) -> dict[str, Any]:
         return self.meda.vms.plan(name, hypervisor)
+
+    # ---- snapshots ----
+
+    def snapshot_vm(self, name: str) -> OperationResult:
+        vm = self.meda.snapshots.snapshot(name)
+        assert vm.snapshot is not None
+        message = (
+            f"Snapshot {vm.snapshot.id} of VM {name}: "
+            f"{format_size(vm.snapshot.state_bytes)} saved in {vm.snapshot.seconds:.2f}s"
+        )
+        return OperationResult(success=True, message=message, vm=vm_info(vm))
+
+    def restore_vm(self, name: str) -> OperationResult:
+        vm = self.meda.snapshots.restore(name)
+        return OperationResult(success=True, message=f"Restored VM: {name}", vm=vm_info(vm))
+
+    def clone_vm(self, source: str, request: CloneRequest) -> OperationResult:
+        vm = self.meda.snapshots.clone(source, request.name)
+        message = f"Cloned VM {request.name} from {source}"
+        return OperationResult(success=True, message=message, vm=vm_info(vm))
+
+    def list_templates(self) -> TemplateList:
+        return template_list(self.meda.vms.list())
 
     # ---- network ----
 

@@ -15,6 +15,7 @@ from meda_core.networking import NetworkService
 from meda_core.operations import Operations
 from meda_core.plugins import PluginManager
 from meda_core.selection import BackendSelector
+from meda_core.snapshots import SnapshotService
 from meda_core.store import StateStore
 from meda_core.vms import VMService
 
@@ -50,6 +51,7 @@ class Meda:
         self.operations = Operations(self.events)
         self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
+        self.snapshots = SnapshotService(self.store, self.backends, self.vms)
 
     def recover(self) -> list[VM]:
         """Settle every VM after a (re)start and bring back what their network needs.

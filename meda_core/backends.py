@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from meda_core.config import Settings
+from meda_core.errors import BackendUnavailable
 from meda_core.models import PortForward, RuntimeInfo, VMSpec
 from meda_core.references import Reference
 from meda_core.store import StateStore
@@ -75,6 +76,8 @@ class NicSpec:
     mac: str
     tap: str | None = None
     hostfwds: tuple[PortForward, ...] = ()
+    #: The VM's own network namespace, where its hypervisor process must run.
+    netns: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class LaunchSpec:
     nics: tuple[NicSpec, ...] = ()
     #: Network namespace the VM process must run in (MEDA_NETNS), None for the caller's.
     netns: str | None = None
+    #: Resume from this saved device and memory state instead of booting (a restore).
+    restore_state: Path | None = None
 
 
 class HypervisorBackend(Backend):
@@ -132,6 +137,21 @@ class HypervisorBackend(Backend):
     def remove_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
         raise NotImplementedError(f"{self.name} cannot forward ports itself")
 
+    # Snapshots (capability ``snapshot``): save_state, switch_disk and resume make one of a
+    # running VM; start with ``LaunchSpec.restore_state`` brings it back.
+
+    def save_state(self, runtime: RuntimeInfo, vm_dir: Path, state_file: Path) -> None:
+        """Pause the VM and write its device and memory state to ``state_file``."""
+        raise BackendUnavailable(f"the {self.name} hypervisor cannot snapshot VMs")
+
+    def switch_disk(self, runtime: RuntimeInfo, vm_dir: Path, overlay: Path) -> None:
+        """Make the paused VM write to ``overlay``, a fresh overlay on its current disk."""
+        raise BackendUnavailable(f"the {self.name} hypervisor cannot snapshot VMs")
+
+    def resume(self, runtime: RuntimeInfo, vm_dir: Path) -> None:
+        """Let a paused VM run again."""
+        raise BackendUnavailable(f"the {self.name} hypervisor cannot snapshot VMs")
+
 
 @dataclass(frozen=True)
 class DiskInfo:
@@ -164,6 +184,10 @@ class StorageBackend(Backend):
     def flatten(self, source: Path, dest: Path) -> DiskInfo:
         """A standalone copy of ``source`` (its backing chain merged) at ``dest``."""
 
+    def create_overlay(self, dest: Path, size: int, base: Path) -> DiskInfo:
+        """Like :meth:`create_disk` over ``base``, which a running VM may hold open."""
+        return self.create_disk(dest, size, base, self.disk_info(base).format)
+
 
 @dataclass(frozen=True)
 class NetworkAttachment:
@@ -174,6 +198,8 @@ class NetworkAttachment:
     tap: str | None = None
     subnet: str | None = None
     gateway: str | None = None
+    #: The VM's own namespace, for an isolated attachment (capability ``isolated``).
+    netns: str | None = None
 
 
 class NetworkBackend(Backend):
@@ -186,8 +212,13 @@ class NetworkBackend(Backend):
     role = Role.NETWORK
 
     @abstractmethod
-    def allocate(self, vm: str) -> NetworkAttachment:
-        """Reserve an address and a MAC for ``vm`` (at create)."""
+    def allocate(self, vm: str, isolated: bool = False) -> NetworkAttachment:
+        """Reserve an address and a MAC for ``vm`` (at create).
+
+        ``isolated``: the VM gets a network of its own with NAT in front of a fixed guest
+        address (templates and clones; capability ``isolated``), so clones that restore
+        the same guest still get distinct, reachable addresses.
+        """
 
     @abstractmethod
     def release(self, vm: str) -> None:

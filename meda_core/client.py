@@ -19,6 +19,7 @@ from meda_core.backends import Progress
 from meda_core.errors import BackendUnavailable, MedaError
 from meda_core.models import (
     CleanupReport,
+    CloneRequest,
     CreateImageRequest,
     CreateVMRequest,
     ImageList,
@@ -34,6 +35,7 @@ from meda_core.models import (
     PullRequest,
     PushRequest,
     RunRequest,
+    TemplateList,
     VMAddress,
     VMInfo,
     VMList,
@@ -140,6 +142,21 @@ class RemoteApi:
             "GET", f"/vms/{_segment(name)}/plan", params=params
         ).json()
         return plan
+
+    # ---- snapshots ----
+
+    def snapshot_vm(self, name: str) -> OperationResult:
+        return self._call(OperationResult, "POST", f"/vms/{_segment(name)}/snapshot")
+
+    def restore_vm(self, name: str) -> OperationResult:
+        return self._call(OperationResult, "POST", f"/vms/{_segment(name)}/restore")
+
+    def clone_vm(self, source: str, request: CloneRequest) -> OperationResult:
+        path = f"/vms/{_segment(source)}/clone"
+        return self._call(OperationResult, "POST", path, **self._body(request))
+
+    def list_templates(self) -> TemplateList:
+        return self._call(TemplateList, "GET", "/templates")
 
     # ---- network ----
 

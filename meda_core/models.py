@@ -31,6 +31,7 @@ class VMState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
+    SNAPSHOTTING = "snapshotting"
     DELETING = "deleting"
     ERROR = "error"
 
@@ -38,7 +39,9 @@ class VMState(StrEnum):
 #: States in which no operation is under way and the VM may be started.
 STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
 #: States a crashed operation may leave behind; reconciled when seen.
-TRANSITIONAL = frozenset({VMState.CREATING, VMState.STARTING, VMState.STOPPING, VMState.DELETING})
+TRANSITIONAL = frozenset({
+    VMState.CREATING, VMState.STARTING, VMState.STOPPING, VMState.SNAPSHOTTING, VMState.DELETING
+})  # fmt: skip
 
 
 # The pattern is published in the schema; the validator checks it with a friendlier message.
@@ -123,6 +126,17 @@ class PortForward(BaseModel):
     protocol: Protocol = Protocol.TCP
 
 
+class Snapshot(BaseModel):
+    """A running VM's device and memory state, paired with its disk as it was then."""
+
+    id: str
+    created: datetime
+    state_file: Path = Field(description="The saved device and memory state")
+    disk: Path = Field(description="The disk frozen at that moment (a base for overlays)")
+    state_bytes: int
+    seconds: float = Field(description="How long saving took (the guest was paused)")
+
+
 class VM(BaseModel):
     """A VM as the state store holds it."""
 
@@ -146,6 +160,11 @@ class VM(BaseModel):
     tap_device: str | None = None
     subnet: str | None = None
     gateway: str | None = None
+    #: The VM's own network namespace (templates and clones: NAT in front of the guest).
+    netns: str | None = None
+    template: bool = Field(False, description="May be cloned (its network is its own)")
+    clone_of: str | None = Field(None, description="The template this VM was cloned from")
+    snapshot: Snapshot | None = None
     #: Filled in from the forwards table when read; not stored in the VM record.
     port_forwards: list[PortForward] = Field(default_factory=list, exclude=True)
 
@@ -171,6 +190,9 @@ class CreateVMRequest(BaseModel):
         "directory the operator allows (MEDA_USER_DATA_DIRS)",
     )
     force: StrictBool = Field(False, description="Replace a VM of the same name")
+    template: StrictBool = Field(
+        False, description="Make a VM that can be cloned once snapshotted (its own network)"
+    )
     memory: Memory = "1G"
     cpus: StrictInt = Field(1, ge=1, le=64)
     disk: Disk = "10G"
@@ -219,6 +241,16 @@ class VMDetails(BaseModel):
     launch: dict[str, Any] | None = Field(
         None, description="What the hypervisor ran and sent (command line, VM config)"
     )
+    template: bool = False
+    clone_of: str | None = None
+    snapshot: SnapshotInfo | None = None
+
+
+class SnapshotInfo(BaseModel):
+    id: str
+    created: datetime
+    state_size: str
+    save_seconds: float
 
 
 class VMInfo(BaseModel):
@@ -375,3 +407,26 @@ class ErrorBody(BaseModel):
     error: str
     code: str
     details: dict[str, Any]
+
+
+class CloneRequest(BaseModel):
+    model_config = REQUEST
+
+    name: str = Field(pattern=VM_NAME_PATTERN, description="Name of the new VM")
+
+    _name = field_validator("name")(check_vm_name)
+
+
+class TemplateInfo(BaseModel):
+    name: str
+    image: str
+    memory: str
+    cpus: int
+    disk: str
+    snapshot: SnapshotInfo | None
+    clones: list[str]
+
+
+class TemplateList(BaseModel):
+    templates: list[TemplateInfo]
+    count: int

@@ -17,11 +17,12 @@ def meta_data(vm: VM) -> str:
 
 def network_config(vm: VM) -> str | None:
     """network-config v2 for the VM's NIC, matched by MAC (Debian's ifupdown renderer
-    mangles name globs); a static address where meda leased one, DHCP otherwise."""
+    mangles name globs); a static address where meda leased one, DHCP otherwise (also in
+    a VM's own namespace, where the guest's address is not the one meda leased)."""
     if vm.mac is None:
         return None
     nic: dict[str, object] = {"match": {"macaddress": vm.mac}, "set-name": "eth0"}
-    if vm.network == "tap-bridge" and vm.ip and vm.subnet and vm.gateway:
+    if vm.network == "tap-bridge" and vm.ip and vm.subnet and vm.gateway and vm.netns is None:
         prefix = vm.subnet.split("/")[1]
         nic["addresses"] = [f"{vm.ip}/{prefix}"]
         nic["routes"] = [{"to": "0.0.0.0/0", "via": vm.gateway}]  # cloud-init 22 lacks "default"

@@ -7,6 +7,10 @@ from meda_core.models import (
     Image,
     ImageInfo,
     ImageList,
+    Snapshot,
+    SnapshotInfo,
+    TemplateInfo,
+    TemplateList,
     VMDetails,
     VMInfo,
     VMList,
@@ -57,8 +61,37 @@ def vm_info(vm: VM) -> VMInfo:
             created=vm.created,
             last_error=vm.last_error,
             launch=dict(runtime.extra) if runtime else None,
+            template=vm.template,
+            clone_of=vm.clone_of,
+            snapshot=snapshot_info(vm.snapshot),
         ),
     )
+
+
+def snapshot_info(snapshot: Snapshot | None) -> SnapshotInfo | None:
+    if snapshot is None:
+        return None
+    return SnapshotInfo(
+        id=snapshot.id, created=snapshot.created, state_size=format_size(snapshot.state_bytes),
+        save_seconds=round(snapshot.seconds, 3),
+    )  # fmt: skip
+
+
+def template_list(vms: list[VM]) -> TemplateList:
+    templates = [
+        TemplateInfo(
+            name=vm.name,
+            image=vm.image,
+            memory=vm.spec.memory,
+            cpus=vm.spec.cpus,
+            disk=vm.spec.disk,
+            snapshot=snapshot_info(vm.snapshot),
+            clones=sorted(c.name for c in vms if c.clone_of == vm.name),
+        )
+        for vm in vms
+        if vm.template
+    ]
+    return TemplateList(templates=templates, count=len(templates))
 
 
 def image_info(image: Image, used_by: list[str] | None = None) -> ImageInfo:

@@ -24,7 +24,13 @@ from meda_core.backends import (
     StorageBackend,
 )
 from meda_core.config import Settings
-from meda_core.errors import BackendError, BackendUnavailable, InvalidRequest, MedaError
+from meda_core.errors import (
+    BackendError,
+    BackendUnavailable,
+    Conflict,
+    InvalidRequest,
+    MedaError,
+)
 from meda_core.events import VMEvent, VMEventKind
 from meda_core.images import ImageService
 from meda_core.models import (
@@ -33,6 +39,7 @@ from meda_core.models import (
     VM,
     CreateVMRequest,
     RuntimeInfo,
+    Snapshot,
     VMState,
 )
 from meda_core.names import check_vm_name
@@ -49,13 +56,14 @@ T = TypeVar("T")
 def attachment_of(vm: VM) -> NetworkAttachment:
     """The network attachment recorded in a VM."""
     return NetworkAttachment(
-        mac=vm.mac or "", ip=vm.ip, tap=vm.tap_device, subnet=vm.subnet, gateway=vm.gateway
-    )
+        mac=vm.mac or "", ip=vm.ip, tap=vm.tap_device, subnet=vm.subnet, gateway=vm.gateway,
+        netns=vm.netns,
+    )  # fmt: skip
 
 
 def _record_attachment(vm: VM, attachment: NetworkAttachment) -> None:
     vm.mac, vm.ip, vm.tap_device = attachment.mac, attachment.ip, attachment.tap
-    vm.subnet, vm.gateway = attachment.subnet, attachment.gateway
+    vm.subnet, vm.gateway, vm.netns = attachment.subnet, attachment.gateway, attachment.netns
 
 
 class _Failures(list[str]):
@@ -97,6 +105,15 @@ class VMService:
         self._emit = emit
         self._me = procs.identify(os.getpid())
 
+    @property
+    def me(self) -> RuntimeInfo | None:
+        """This process, as it marks the operations it runs."""
+        return self._me
+
+    def finish(self, vm: VM, state: VMState) -> VM:
+        """End an operation another service ran on ``vm``: save it in ``state``."""
+        return self._finish(vm, state, runtime=vm.runtime)
+
     # ---- queries ----
 
     def get(self, name: str) -> VM:
@@ -115,12 +132,14 @@ class VMService:
 
     # ---- operations ----
 
-    def create(self, request: CreateVMRequest) -> VM:
+    def create(self, request: CreateVMRequest, clone_of: VM | None = None) -> VM:
+        """Create a VM from an image; or, with ``clone_of``, a clone of that template: its
+        disk an overlay on the template's snapshot, its network its own."""
         name = check_vm_name(request.name)
         user_data = None
         if request.user_data is not None:
             user_data = userdata.resolve(request.user_data, self._settings.user_data_dir_list())
-        image = self._images.resolve(request.image)
+        image = self._images.resolve(request.image if clone_of is None else clone_of.image)
         hypervisor = self._backends.hypervisor()
         storage = self._backends.storage()
         network = self._backends.network()
@@ -129,25 +148,31 @@ class VMService:
         vm = VM(
             name=name,
             state=VMState.CREATING,
-            spec=request.spec(),
+            spec=request.spec() if clone_of is None else clone_of.spec,
             image=image.ref,
             vm_dir=self._settings.vms_dir / name,
-            hypervisor=hypervisor.name,
-            storage=storage.name,
+            hypervisor=hypervisor.name if clone_of is None else clone_of.hypervisor,
+            storage=storage.name if clone_of is None else clone_of.storage,
             created=datetime.now(UTC),
             uuid=str(uuid.uuid4()),
             operation_owner=self._me,
             network=network.name if network else None,
-            user_data=user_data,
+            user_data=user_data if clone_of is None else clone_of.user_data,
+            template=request.template,
+            clone_of=clone_of.name if clone_of is not None else None,
         )
         self._store.insert_vm(vm, admit=lambda: capacity.admit_create(self._settings))
         try:
             # A directory without a record is debris of a crash: it is ours to clear.
             shutil.rmtree(vm.vm_dir, ignore_errors=True)
             vm.vm_dir.mkdir(parents=True)
-            self._create_disk(vm, storage, image.disk, image.disk_format)
+            if clone_of is not None and clone_of.snapshot is not None:
+                storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, clone_of.snapshot.disk)
+            else:
+                self._create_disk(vm, storage, image.disk, image.disk_format)
             if network is not None:
-                _record_attachment(vm, network.allocate(name))
+                isolated = vm.template or clone_of is not None
+                _record_attachment(vm, network.allocate(name, isolated=isolated))
                 self._store.save_vm(vm)
         except BaseException as exc:
             with contextlib.suppress(MedaError):  # if it fails, the VM stays in error saying why
@@ -159,7 +184,9 @@ class VMService:
         self._emit(VMEvent(kind=VMEventKind.CREATED, vm=name, state=vm.state))
         return vm
 
-    def start(self, name: str) -> VM:
+    def start(self, name: str, restore: Snapshot | None = None, reset_disk: bool = False) -> VM:
+        """Boot the VM, or with ``restore`` resume it from that snapshot's saved state
+        (``reset_disk``: its disk first goes back to the snapshot's)."""
         self.get(name)  # reconcile first: a VM whose guest powered off is startable
         vm = self._store.transition(
             name, STARTABLE, VMState.STARTING, owner=self._me,
@@ -167,9 +194,14 @@ class VMService:
         )  # fmt: skip
         try:
             hypervisor = self._hypervisor(vm)
+            if restore is not None and reset_disk:
+                storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
+                storage.delete_disk(vm.disk_path)
+                storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, restore.disk)
             network = self._network(vm)
             nics = () if network is None else (self._plug(vm, network),)
-            runtime = hypervisor.start(self._launch_spec(vm, nics, self._write_seed(vm)))
+            state = restore.state_file if restore is not None else None
+            runtime = hypervisor.start(self._launch_spec(vm, nics, self._write_seed(vm), state))
         except Exception as exc:
             error = _as_meda_error(exc, f"starting VM '{name}' failed")
             undo = _Failures()
@@ -200,6 +232,12 @@ class VMService:
 
     def delete(self, name: str) -> None:
         vm = self.get(name)
+        clones = sorted(c.name for c in self._store.list_vms() if c.clone_of == name)
+        if clones:  # their disks are overlays on this VM's snapshot
+            raise Conflict(
+                f"VM '{name}' is the template of {', '.join(clones)}: delete those first",
+                name=name, clones=clones,
+            )  # fmt: skip
         if vm.state == VMState.RUNNING:
             vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
             self._power_off(vm)
@@ -222,17 +260,21 @@ class VMService:
         nics: tuple[NicSpec, ...] = ()
         if vm.network is not None and vm.mac is not None:
             kind = "tap" if vm.tap_device else "user"
-            nics = (NicSpec(kind=kind, mac=vm.mac, tap=vm.tap_device),)
+            tap = "tap0" if vm.netns else vm.tap_device
+            nics = (NicSpec(kind=kind, mac=vm.mac, tap=tap, netns=vm.netns),)
         launch = self._launch_spec(vm, nics, vm.vm_dir / "seed.iso")
         return {"hypervisor": backend.name, **backend.plan(launch)}
 
-    def _launch_spec(self, vm: VM, nics: tuple[NicSpec, ...], seed_iso: Path) -> LaunchSpec:
+    def _launch_spec(
+        self, vm: VM, nics: tuple[NicSpec, ...], seed_iso: Path, restore_state: Path | None = None
+    ) -> LaunchSpec:
         image = self._images.get(vm.image)
+        own_netns = next((nic.netns for nic in nics if nic.netns), None)
         return LaunchSpec(
             name=vm.name, uuid=vm.uuid, vm_dir=vm.vm_dir, spec=vm.spec, disk=vm.disk_path,
             console_log=vm.console_log, kernel=image.kernel, initrd=image.initrd,
-            cmdline=image.cmdline, nics=nics, netns=self._settings.netns,
-            extra_disks=(seed_iso,),
+            cmdline=image.cmdline, nics=nics, netns=own_netns or self._settings.netns,
+            extra_disks=(seed_iso,), restore_state=restore_state,
         )  # fmt: skip
 
     def _write_seed(self, vm: VM) -> Path:
@@ -381,7 +423,10 @@ class VMService:
         runtime = vm.runtime
         if runtime is None or not hypervisor.is_running(runtime):
             runtime = hypervisor.recover(vm.vm_dir, vm.uuid)
-        if vm.state in (VMState.STARTING, VMState.STOPPING) and runtime is not None:
+        if runtime is not None:
+            if vm.state == VMState.SNAPSHOTTING:  # it may have been left paused
+                with contextlib.suppress(Exception):
+                    hypervisor.resume(runtime, vm.vm_dir)
             return self._settle(vm, VMState.RUNNING, runtime)
         hypervisor.cleanup(vm.vm_dir)
         self._unplug(vm)

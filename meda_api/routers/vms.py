@@ -7,7 +7,15 @@ from typing import Any
 from fastapi import APIRouter
 
 from meda_api.deps import ApiDep, VMName
-from meda_core.models import CreateVMRequest, ErrorBody, OperationResult, VMInfo, VMList
+from meda_core.models import (
+    CloneRequest,
+    CreateVMRequest,
+    ErrorBody,
+    OperationResult,
+    TemplateList,
+    VMInfo,
+    VMList,
+)
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 
@@ -57,3 +65,30 @@ def delete_vm(name: VMName, api: ApiDep) -> OperationResult:
 def plan_vm(name: VMName, api: ApiDep, hypervisor: str | None = None) -> dict[str, Any]:
     """Dry run of start: the command line and config the hypervisor would use."""
     return api.plan_vm(name, hypervisor)
+
+
+@router.post("/{name}/snapshot", response_model=OperationResult, responses=ERRORS)
+def snapshot_vm(name: VMName, api: ApiDep) -> OperationResult:
+    """Pause the running VM, save its memory and device state with its disk, resume it."""
+    return api.snapshot_vm(name)
+
+
+@router.post("/{name}/restore", response_model=OperationResult, responses=ERRORS)
+def restore_vm(name: VMName, api: ApiDep) -> OperationResult:
+    """Start the stopped VM from its snapshot (changes made since are dropped)."""
+    return api.restore_vm(name)
+
+
+@router.post("/{name}/clone", status_code=201, response_model=OperationResult, responses=ERRORS)
+def clone_vm(name: VMName, request: CloneRequest, api: ApiDep) -> OperationResult:
+    """A new running VM from this template's snapshot, with its own disk and address."""
+    return api.clone_vm(name, request)
+
+
+templates_router = APIRouter(tags=["vms"])
+
+
+@templates_router.get("/templates", response_model=TemplateList, responses=ERRORS)
+def list_templates(api: ApiDep) -> TemplateList:
+    """VMs that can be cloned, with their snapshot and clones."""
+    return api.list_templates()

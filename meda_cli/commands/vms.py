@@ -10,7 +10,14 @@ import typer
 from meda_cli.context import api, handles_errors
 from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
 from meda_cli.validation import build
-from meda_core.models import CreateVMRequest, OperationResult, VMInfo, VMList
+from meda_core.models import (
+    CloneRequest,
+    CreateVMRequest,
+    OperationResult,
+    TemplateList,
+    VMInfo,
+    VMList,
+)
 
 app = typer.Typer()
 
@@ -36,12 +43,16 @@ def create(
     disk: str = typer.Option("10G", help="Disk size"),
     image: str | None = typer.Option(None, help="Image NAME[:TAG] (default: MEDA_DEFAULT_IMAGE)"),
     force: bool = typer.Option(False, "--force", help="Replace a VM of the same name"),
+    template: bool = typer.Option(
+        False, "--template", help="A VM to clone once snapshotted (gets a network of its own)"
+    ),
     user_data: Path | None = UserDataOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Create a VM (stopped) from an image."""
     request = build(CreateVMRequest, name=name, memory=memory, cpus=cpus, disk=disk,
-                    image=image, force=force, user_data=read_user_data(user_data))  # fmt: skip
+                    image=image, force=force, template=template,
+                    user_data=read_user_data(user_data))  # fmt: skip
     _report(api().create_vm(request), as_json)
 
 
@@ -91,3 +102,41 @@ def stop(name: str, as_json: bool = JsonOption) -> None:
 def delete(name: str, as_json: bool = JsonOption) -> None:
     """Delete a VM, stopping it first if it runs."""
     _report(api().delete_vm(name), as_json)
+
+
+@app.command()
+@handles_errors
+def snapshot(name: str, as_json: bool = JsonOption) -> None:
+    """Save a running VM's memory, devices and disk as they are now (it keeps running)."""
+    _report(api().snapshot_vm(name), as_json)
+
+
+@app.command()
+@handles_errors
+def restore(name: str, as_json: bool = JsonOption) -> None:
+    """Start a stopped VM from its snapshot (its disk changes since then are dropped)."""
+    _report(api().restore_vm(name), as_json)
+
+
+@app.command()
+@handles_errors
+def clone(source: str, name: str, as_json: bool = JsonOption) -> None:
+    """Start NAME as a clone of the template SOURCE, from SOURCE's snapshot."""
+    _report(api().clone_vm(source, build(CloneRequest, name=name)), as_json)
+
+
+@app.command()
+@handles_errors
+def templates(as_json: bool = JsonOption) -> None:
+    """List templates: VMs that can be cloned."""
+    render(api().list_templates(), as_json, _template_table)
+
+
+def _template_table(result: TemplateList) -> None:
+    rows = [
+        (t.name, t.image, t.memory, t.cpus, t.disk,
+         t.snapshot.created.strftime("%Y-%m-%d %H:%M:%S") if t.snapshot else None,
+         ", ".join(t.clones))
+        for t in result.templates
+    ]  # fmt: skip
+    table(("name", "image", "memory", "cpus", "disk", "snapshot", "clones"), rows)

@@ -164,12 +164,12 @@ class FakeNetwork(NetworkBackend):
     def check_available(self) -> Availability:
         return Availability.yes()
 
-    def allocate(self, vm: str) -> NetworkAttachment:
+    def allocate(self, vm: str, isolated: bool = False) -> NetworkAttachment:
         hosts = [str(ip) for ip in self.subnet.hosts()][1:]
         lease = self.context.state.allocate_lease(self.name, vm, hosts, random_mac)
         return NetworkAttachment(
             mac=lease.mac, ip=lease.ip, tap=f"fake-{vm}", subnet=str(self.subnet),
-            gateway=str(next(self.subnet.hosts())),
+            gateway=str(next(self.subnet.hosts())), netns=f"fake-{vm}" if isolated else None,
         )  # fmt: skip
 
     def release(self, vm: str) -> None:

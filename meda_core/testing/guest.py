@@ -40,9 +40,11 @@ MODULES = (
     "drivers/virtio/virtio_pci_modern_dev.ko",
     "drivers/virtio/virtio_pci.ko",
     "drivers/net/virtio_net.ko",
+    "drivers/block/virtio_blk.ko",
 )
 IP_MARKER = "MEDA-GUEST-IP="
 HTTP_PAGE = "MEDA-GUEST-HTTP"
+COUNTER_MARKER = "meda-counter "
 
 DHCP_EVENT = f"""#!/bin/sh
 case "$1" in
@@ -63,6 +65,12 @@ for m in $(cat /lib/modules/order); do insmod "/lib/modules/$m"; done
 # Network, in the background: an HTTP server on port 80 and an address by DHCP.
 if [ -e /sys/class/net/eth0 ]; then
   mkdir -p /www && echo {HTTP_PAGE} > /www/index.html
+  # State that lives only in memory: a token drawn at boot and a counter that ticks on,
+  # also written to the first disk (snapshot and clone tests read both).
+  head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n' > /www/token
+  (i=0; while true; do i=$((i+1)); echo $i > /www/counter
+     [ -b /dev/vda ] && echo "{COUNTER_MARKER}$i" | dd of=/dev/vda conv=notrunc 2>/dev/null
+     sleep 1; done) &
   ip link set lo up
   ip link set eth0 up
   httpd -p 80 -h /www

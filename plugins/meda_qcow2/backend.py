@@ -52,6 +52,17 @@ class Qcow2Storage(StorageBackend):
             tmp.unlink(missing_ok=True)
         return self.disk_info(dest)
 
+    def create_overlay(self, dest: Path, size: int, base: Path) -> DiskInfo:
+        # -u: never open the base, which the VM being snapshotted still holds locked.
+        tmp = dest.with_name(dest.name + ".tmp")
+        try:
+            _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(base.resolve()),
+                      "-F", "qcow2", str(tmp), str(size))  # fmt: skip
+            tmp.rename(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.disk_info(dest)
+
     def flatten(self, source: Path, dest: Path) -> DiskInfo:
         tmp = dest.with_name(dest.name + ".tmp")
         try:

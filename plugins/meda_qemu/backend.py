@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,12 +18,15 @@ from meda_qemu.argv import build_argv, hostfwd_rule, runtime_paths
 from meda_qemu.settings import QemuSettings
 
 START_TIMEOUT = 60.0
+RESTORE_TIMEOUT = 60.0
+SAVE_TIMEOUT = 120.0
+MAX_BANDWIDTH = 1 << 40  # bytes/s: unlimited, in effect
 
 
 class QemuHypervisor(HypervisorBackend):
     name = "qemu"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"direct-kernel-boot", "firmware-boot", "tap", "user-net", "hostfwd"}
+        {"direct-kernel-boot", "firmware-boot", "tap", "user-net", "hostfwd", "snapshot"}
     )
     priority = 10
 
@@ -69,9 +74,61 @@ class QemuHypervisor(HypervisorBackend):
         runtime = self.recover(launch.vm_dir, launch.uuid)
         if runtime is None:
             raise BackendError("qemu started but its process could not be found")
+        if launch.restore_state is not None:
+            self._await_restore(runtime, launch.vm_dir)
         runtime.accelerator = self._accelerator_in_use(launch.vm_dir, choice.accel)
         runtime.extra.update({"accelerator_reason": choice.reason, "argv": argv})
         return runtime
+
+    def _await_restore(self, runtime: RuntimeInfo, vm_dir: Path) -> None:
+        """Wait until the incoming state is loaded and the guest runs; kill QEMU if not."""
+        qmp_socket, _ = runtime_paths(vm_dir)
+        deadline = time.monotonic() + RESTORE_TIMEOUT
+        status = "inmigrate"
+        while time.monotonic() < deadline and procs.is_alive(runtime):
+            status = qmp.execute(qmp_socket, "query-status")["status"]
+            if status == "running":
+                return
+            if status == "paused":  # the state was saved paused: loaded, so let it run
+                qmp.execute(qmp_socket, "cont")
+                continue
+            if status not in ("inmigrate", "prelaunch", "restore-vm"):
+                break
+            time.sleep(0.01)
+        procs.kill(runtime)
+        raise BackendError(f"qemu did not resume from the saved state (status: {status})")
+
+    # ---- snapshots ----
+
+    def save_state(self, runtime: RuntimeInfo, vm_dir: Path, state_file: Path) -> None:
+        qmp_socket, _ = runtime_paths(vm_dir)
+        # The default cap of 128 MiB/s made saving several times slower than the disk.
+        qmp.execute(qmp_socket, "migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
+        qmp.execute(qmp_socket, "stop")
+        uri = f"exec:cat > {shlex.quote(str(state_file))}"
+        qmp.execute(qmp_socket, "migrate", {"uri": uri})
+        deadline = time.monotonic() + SAVE_TIMEOUT
+        while time.monotonic() < deadline:
+            info = qmp.execute(qmp_socket, "query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise BackendError(f"qemu could not save the VM: {info.get('error-desc', status)}")
+            time.sleep(0.01)
+        qmp.execute(qmp_socket, "migrate_cancel")
+        raise BackendError("qemu took too long to save the VM")
+
+    def switch_disk(self, runtime: RuntimeInfo, vm_dir: Path, overlay: Path) -> None:
+        qmp_socket, _ = runtime_paths(vm_dir)
+        qmp.execute(qmp_socket, "blockdev-snapshot-sync", {
+            "device": "disk0", "snapshot-file": str(overlay), "format": "qcow2",
+            "mode": "existing",
+        })  # fmt: skip
+
+    def resume(self, runtime: RuntimeInfo, vm_dir: Path) -> None:
+        qmp_socket, _ = runtime_paths(vm_dir)
+        qmp.execute(qmp_socket, "cont")
 
     def _accelerator_in_use(self, vm_dir: Path, wanted: str) -> str:
         """Ask QEMU which accelerator runs, rather than trusting what was asked for."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -15,16 +16,17 @@ from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, 
 from meda_core.locks import exclusive
 from meda_core.macs import random_mac
 from meda_core.models import PortForward, VMState
-from meda_tapbridge import links, nft
+from meda_tapbridge import isolated, links, nft
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings, settings_problem
 
+NAMESPACE_PREFIX = "meda-vm-"
 REQUIRED_TOOLS = {"nft": "nftables", "dnsmasq": "dnsmasq-base", "nsenter": "util-linux"}
 
 
 class TapBridgeNetwork(NetworkBackend):
     name = "tap-bridge"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"dhcp", "nat", "port-forward"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"dhcp", "nat", "port-forward", "isolated"})
     priority = 10
 
     @property
@@ -69,18 +71,25 @@ class TapBridgeNetwork(NetworkBackend):
 
     # ---- addresses ----
 
-    def allocate(self, vm: str) -> NetworkAttachment:
+    def allocate(self, vm: str, isolated: bool = False) -> NetworkAttachment:
         config = self.config
         lease = self.context.state.allocate_lease(
             config.bridge, vm, config.guest_addresses(), random_mac
         )
+        number = config.tap_name(lease.ip).removeprefix("mtap")
         return NetworkAttachment(
             mac=lease.mac,
             ip=lease.ip,
-            tap=config.tap_name(lease.ip),
+            tap=f"mveth{number}" if isolated else config.tap_name(lease.ip),
             subnet=config.subnet,
             gateway=config.gateway_ip,
+            netns=self._vm_namespace(number) if isolated else None,
         )
+
+    def _vm_namespace(self, number: str) -> str:
+        """A VM's own namespace: named after this meda's home too, as names are host-wide."""
+        home = hashlib.sha256(str(self.context.settings.home).encode()).hexdigest()[:8]
+        return f"{NAMESPACE_PREFIX}{home}-{number}"
 
     def release(self, vm: str) -> None:
         config = self.config
@@ -101,12 +110,26 @@ class TapBridgeNetwork(NetworkBackend):
         assert attachment.tap is not None
         with self._locked():
             self._ensure_network()
-            links.add_tap(self.ns, attachment.tap, self.config.bridge)
-        return NicSpec(kind="tap", mac=attachment.mac, tap=attachment.tap)
+            if attachment.netns is None:
+                links.add_tap(self.ns, attachment.tap, self.config.bridge)
+                return NicSpec(kind="tap", mac=attachment.mac, tap=attachment.tap)
+        assert attachment.ip is not None and attachment.gateway is not None
+        config = self.config
+        isolated.setup(
+            self.ns, attachment.netns, attachment.tap, config.bridge, attachment.ip,
+            config.network.prefixlen, attachment.gateway, self._vm_state_dir(attachment.netns),
+        )  # fmt: skip
+        return NicSpec(kind="tap", mac=attachment.mac, tap=isolated.TAP, netns=attachment.netns)
 
     def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
-        if attachment.tap is not None:
+        if attachment.netns is not None and attachment.tap is not None:
+            state_dir = self._vm_state_dir(attachment.netns)
+            isolated.teardown(self.ns, attachment.netns, attachment.tap, state_dir)
+        elif attachment.tap is not None:
             links.remove_link(self.ns, attachment.tap)
+
+    def _vm_state_dir(self, vm_ns: str) -> Path:
+        return self.state_dir / "vms" / vm_ns
 
     # ---- forwards ----
 

@@ -23,7 +23,7 @@ class UserNetwork(NetworkBackend):
     def check_available(self) -> Availability:
         return Availability.yes()
 
-    def allocate(self, vm: str) -> NetworkAttachment:
+    def allocate(self, vm: str, isolated: bool = False) -> NetworkAttachment:
         # Each VM has a network of its own: its MAC need only be stable, not unique.
         digest = hashlib.sha256(f"{self.context.settings.home}/{vm}".encode()).digest()
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
