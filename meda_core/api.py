@@ -39,6 +39,7 @@ from meda_core.models import (
 )
 from meda_core.sizes import format_size
 from meda_core.views import image_info, image_list, template_list, vm_info, vm_list
+from meda_core.warmrun import can_clone
 from meda_core.workflows import run_image
 
 
@@ -195,11 +196,13 @@ class LocalApi:
         )  # fmt: skip
 
     def run_image(self, request: RunRequest, progress: Progress = _no_progress) -> OperationResult:
-        vm = run_image(self.meda.images, self.meda.vms, request, progress)
+        warm = self.meda.warm_runs if can_clone(self.meda.backends) else None
+        vm = run_image(self.meda.images, self.meda.vms, request, progress, warm)
         verb = "Created" if request.no_start else "Started"
-        return OperationResult(
-            success=True, message=f"{verb} VM {vm.name} from {request.image}", vm=vm_info(vm)
-        )
+        message = f"{verb} VM {vm.name} from {request.image}"
+        if vm.clone_of is not None:
+            message += f" (a clone of its warm template {vm.clone_of})"
+        return OperationResult(success=True, message=message, vm=vm_info(vm))
 
     def remove_image(self, ref: str) -> ImageResult:
         removed = self.meda.images.remove(ref)

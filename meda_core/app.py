@@ -18,6 +18,7 @@ from meda_core.selection import BackendSelector
 from meda_core.snapshots import SnapshotService
 from meda_core.store import StateStore
 from meda_core.vms import VMService
+from meda_core.warmrun import WarmRuns
 
 
 class Meda:
@@ -52,6 +53,7 @@ class Meda:
         self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
         self.snapshots = SnapshotService(self.store, self.backends, self.vms)
+        self.warm_runs = WarmRuns(self.settings, self.store, self.vms, self.snapshots)
 
     def recover(self) -> list[VM]:
         """Settle every VM after a (re)start and bring back what their network needs.

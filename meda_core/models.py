@@ -165,6 +165,8 @@ class VM(BaseModel):
     template: bool = Field(False, description="May be cloned (its network is its own)")
     clone_of: str | None = Field(None, description="The template this VM was cloned from")
     snapshot: Snapshot | None = None
+    #: For a template ``run`` made: a fingerprint of the image it was built from.
+    image_fingerprint: str | None = None
     #: Filled in from the forwards table when read; not stored in the VM record.
     port_forwards: list[PortForward] = Field(default_factory=list, exclude=True)
 
@@ -345,6 +347,12 @@ class RunRequest(BaseModel):
     org: str | None = None
     user_data: str | None = None
     no_start: StrictBool = False
+    cold: StrictBool = Field(
+        False, description="Boot from scratch instead of cloning the image's warm template"
+    )
+    ready_port: StrictInt = Field(
+        22, ge=1, le=65535, description="Guest port that answers once it is ready (22: SSH)"
+    )
     memory: Memory = "1G"
     cpus: StrictInt = Field(1, ge=1, le=64)
     disk: Disk = "10G"

@@ -222,10 +222,11 @@ class VMService:
         self._emit(VMEvent(kind=VMEventKind.STARTED, vm=name, state=vm.state))
         return vm
 
-    def stop(self, name: str) -> VM:
+    def stop(self, name: str, timeout: float | None = None) -> VM:
+        """Power the VM off: ACPI, then forced after ``timeout`` (MEDA_STOP_TIMEOUT)."""
         self.get(name)
         vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
-        self._power_off(vm)
+        self._power_off(vm, timeout)
         vm = self._finish(vm, VMState.STOPPED)
         self._emit(VMEvent(kind=VMEventKind.STOPPED, vm=name, state=vm.state))
         return vm
@@ -339,11 +340,13 @@ class VMService:
         else:
             storage.create_disk(vm.disk_path, size)
 
-    def _power_off(self, vm: VM) -> None:
+    def _power_off(self, vm: VM, timeout: float | None = None) -> None:
         hypervisor = self._hypervisor(vm)
+        if timeout is None:
+            timeout = self._settings.stop_timeout
         try:
             if vm.runtime is not None:
-                hypervisor.stop(vm.runtime, vm.vm_dir, self._settings.stop_timeout)
+                hypervisor.stop(vm.runtime, vm.vm_dir, timeout)
             hypervisor.cleanup(vm.vm_dir)
             self._unplug(vm)
         except Exception as exc:

@@ -8,6 +8,7 @@ from meda_core.images import ImageService
 from meda_core.models import VM, CreateVMRequest, Image, RunRequest
 from meda_core.names import parse_image_ref
 from meda_core.vms import VMService
+from meda_core.warmrun import WarmRuns
 
 
 def _no_progress(done: int, total: int) -> None:
@@ -32,10 +33,17 @@ def find_or_pull(
 
 
 def run_image(
-    images: ImageService, vms: VMService, request: RunRequest, progress: Progress = _no_progress
+    images: ImageService,
+    vms: VMService,
+    request: RunRequest,
+    progress: Progress = _no_progress,
+    warm: WarmRuns | None = None,
 ) -> VM:
-    """Pull if needed, create the VM, and start it unless ``no_start``."""
+    """Pull if needed, then clone the image's warm template (``warm``, unless ``cold``
+    or ``no_start``); else create the VM and start it unless ``no_start``."""
     image = find_or_pull(images, request.image, request.registry, request.org, progress)
+    if warm is not None and not request.cold and not request.no_start:
+        return warm.run(image, request)
     vm = vms.create(
         CreateVMRequest(
             name=request.name, user_data=request.user_data, memory=request.memory,

@@ -157,13 +157,16 @@ def run(
     cpus: int = typer.Option(1),
     disk: str = typer.Option("10G"),
     no_start: bool = typer.Option(False, "--no-start", help="Create only"),
+    cold: bool = typer.Option(False, "--cold", help="Boot from scratch, not from a template"),
+    ready_port: int = typer.Option(22, help="Guest port that answers once it is ready"),
     user_data: Path | None = UserDataOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Pull an image if needed, create a VM from it and start it."""
+    """Pull an image if needed and start a VM from it: a clone of the image's warm
+    template (built by the first run with these resources), or a cold boot."""
     request = build(RunRequest, image=image, name=name, registry=registry, org=org,
-                    memory=memory, cpus=cpus, disk=disk, no_start=no_start,
-                    user_data=read_user_data(user_data))  # fmt: skip
+                    memory=memory, cpus=cpus, disk=disk, no_start=no_start, cold=cold,
+                    ready_port=ready_port, user_data=read_user_data(user_data))  # fmt: skip
     with transfer(f"pull {image}", quiet=as_json) as progress:
         result = api().run_image(request, progress)
     render(result, as_json, _say)
