@@ -137,8 +137,10 @@ class HypervisorBackend(Backend):
     def remove_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
         raise NotImplementedError(f"{self.name} cannot forward ports itself")
 
-    # Snapshots (capability ``snapshot``): save_state, switch_disk and resume make one of a
-    # running VM; start with ``LaunchSpec.restore_state`` brings it back.
+    # Snapshots (capability ``snapshot``): save_state and resume make one of a running VM
+    # (with ``disk-switch``, switch_disk moves it to an overlay meanwhile; without, meda
+    # copies its disk while it is paused); start with ``LaunchSpec.restore_state`` brings
+    # it back.
 
     def save_state(self, runtime: RuntimeInfo, vm_dir: Path, state_file: Path) -> None:
         """Pause the VM and write its device and memory state to ``state_file``."""

@@ -8,9 +8,11 @@ import secrets
 import shutil
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from meda_core.backends import HypervisorBackend, Role, StorageBackend
 from meda_core.errors import Conflict, InvalidRequest
+from meda_core.files import copy_sparse
 from meda_core.models import VM, CreateVMRequest, Snapshot, VMState
 from meda_core.selection import BackendSelector
 from meda_core.store import StateStore
@@ -44,16 +46,11 @@ class SnapshotService:
             try:
                 hypervisor.save_state(vm.runtime, vm.vm_dir, state)
                 seconds = time.monotonic() - started
-                # Paused: the disk is as the state expects. Freeze it, and let the VM go on
-                # writing to a fresh overlay on it.
-                os.rename(vm.disk_path, frozen)
-                try:
-                    storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, frozen)
-                    hypervisor.switch_disk(vm.runtime, vm.vm_dir, vm.disk_path)
-                except BaseException:
-                    vm.disk_path.unlink(missing_ok=True)
-                    os.rename(frozen, vm.disk_path)
-                    raise
+                # Paused: the disk is as the state expects; freeze it beside the state.
+                if "disk-switch" in hypervisor.capabilities:
+                    self._freeze_and_switch(vm, hypervisor, storage, frozen)
+                else:  # the VM keeps its disk file: freeze a copy (an overlay is small)
+                    copy_sparse(vm.disk_path, frozen)
             finally:
                 hypervisor.resume(vm.runtime, vm.vm_dir)
         except BaseException:
@@ -62,11 +59,26 @@ class SnapshotService:
             raise
         vm.snapshot = Snapshot(
             id=snapshot_id, created=datetime.now(UTC), state_file=state, disk=frozen,
-            state_bytes=state.stat().st_size, seconds=seconds,
+            state_bytes=_size(state), seconds=seconds,
         )  # fmt: skip
         log.info("snapshot %s of %s: %d bytes in %.2fs", snapshot_id, name,
                  vm.snapshot.state_bytes, seconds)  # fmt: skip
         return self._vms.finish(vm, VMState.RUNNING)
+
+    @staticmethod
+    def _freeze_and_switch(
+        vm: VM, hypervisor: HypervisorBackend, storage: StorageBackend, frozen: Path
+    ) -> None:
+        """Move the disk beside the state and have the VM write to an overlay on it."""
+        assert vm.runtime is not None
+        os.rename(vm.disk_path, frozen)
+        try:
+            storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, frozen)
+            hypervisor.switch_disk(vm.runtime, vm.vm_dir, vm.disk_path)
+        except BaseException:
+            vm.disk_path.unlink(missing_ok=True)
+            os.rename(frozen, vm.disk_path)
+            raise
 
     def restore(self, name: str) -> VM:
         """Bring a stopped VM back to the moment of its snapshot (later disk changes go)."""
@@ -96,3 +108,10 @@ class SnapshotService:
 
     def templates(self) -> list[VM]:
         return [vm for vm in self._vms.list() if vm.template]
+
+
+def _size(path: Path) -> int:
+    """Bytes in a state file, or in a state directory (some hypervisors write several)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

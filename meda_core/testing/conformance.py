@@ -13,6 +13,7 @@ boots) and may override ``stop_timeout``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -145,6 +146,28 @@ class HypervisorConformance(BackendConformance):
         left = set(spec.vm_dir.iterdir()) - before - {spec.console_log}
         assert left == set(), f"runtime files left behind: {left}"
         backend.stop(runtime, spec.vm_dir, stop_timeout)  # stopping a stopped VM is harmless
+
+    def test_snapshot_then_restore(
+        self,
+        backend: HypervisorBackend,
+        running: tuple[LaunchSpec, RuntimeInfo],
+        stop_timeout: float,
+        tmp_path: Path,
+    ) -> None:
+        if "snapshot" not in backend.capabilities:
+            pytest.skip(f"{backend.name} has no 'snapshot' capability")
+        spec, runtime = running
+        state = tmp_path / "saved-state"
+        backend.save_state(runtime, spec.vm_dir, state)
+        backend.resume(runtime, spec.vm_dir)
+        assert state.stat().st_size > 0 and backend.is_running(runtime)
+        backend.stop(runtime, spec.vm_dir, stop_timeout)
+        backend.cleanup(spec.vm_dir)
+        restored = backend.start(dataclasses.replace(spec, restore_state=state))
+        try:
+            assert backend.is_running(restored) and restored.pid != runtime.pid
+        finally:
+            backend.stop(restored, spec.vm_dir, stop_timeout)
 
     def test_failed_start_raises_and_leaves_no_process(
         self, backend: HypervisorBackend, launch: LaunchFactory, tmp_path: Path

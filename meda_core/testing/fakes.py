@@ -44,10 +44,13 @@ _IDLE = (
 
 
 class FakeHypervisor(HypervisorBackend):
-    """Runs an idle Python process in place of a VM; ``fail_start`` makes starts fail."""
+    """Runs an idle Python process in place of a VM; ``fail_start`` makes starts fail.
+
+    A snapshot's state file records the VM's console; a restore writes it back first.
+    """
 
     name = "fake"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"fake"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"fake", "snapshot", "disk-switch"})
     priority = 100
     fail_start: ClassVar[bool] = False
     _children: ClassVar[dict[int, subprocess.Popen[bytes]]] = {}
@@ -65,7 +68,11 @@ class FakeHypervisor(HypervisorBackend):
         )
         self._children[child.pid] = child
         (launch.vm_dir / "fake.pid").write_text(str(child.pid))
-        launch.console_log.write_text(f"fake VM {launch.name} booted\n")
+        if launch.restore_state is not None:
+            saved = launch.restore_state.read_text()
+            launch.console_log.write_text(f"{saved}fake VM {launch.name} restored\n")
+        else:
+            launch.console_log.write_text(f"fake VM {launch.name} booted\n")
         runtime = procs.identify(child.pid)
         assert runtime is not None
         runtime.accelerator = "none"
@@ -106,6 +113,16 @@ class FakeHypervisor(HypervisorBackend):
 
     def cleanup(self, vm_dir: Path) -> None:
         (vm_dir / "fake.pid").unlink(missing_ok=True)
+
+    def save_state(self, runtime: RuntimeInfo, vm_dir: Path, state_file: Path) -> None:
+        state_file.write_text((vm_dir / "console.log").read_text())
+
+    def switch_disk(self, runtime: RuntimeInfo, vm_dir: Path, overlay: Path) -> None:
+        if not overlay.exists():
+            raise BackendError(f"no overlay at {overlay}")
+
+    def resume(self, runtime: RuntimeInfo, vm_dir: Path) -> None:
+        pass
 
 
 class FakeStorage(StorageBackend):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ from meda_core.backends import LaunchSpec
 from meda_core.errors import BackendError, InvalidRequest
 
 SOCKET = "ch.sock"
+RESTORE_SOURCE = "restore-source"
 PIDFILE = "ch.pid"
 LOG = "ch.log"
 
@@ -59,3 +62,25 @@ def vm_config(launch: LaunchSpec, firmware: Path | None) -> dict[str, Any]:
     if net:
         config["net"] = net
     return config
+
+
+#: What a restore takes from this launch rather than from the snapshot: the VM's own disk,
+#: seed, console and NICs (a clone's are not its template's).
+PER_VM = ("disks", "serial", "net", "payload")
+
+
+def restore_source(snapshot: Path, vm_config: dict[str, Any], vm_dir: Path) -> Path:
+    """A directory to restore from: the snapshot's state and memory (linked, not copied),
+    with its ``config.json`` pointing at this VM's disk, console and NICs."""
+    source = vm_dir / RESTORE_SOURCE
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir()
+    for item in snapshot.iterdir():
+        if item.name != "config.json":
+            (source / item.name).symlink_to(item)
+    config = json.loads((snapshot / "config.json").read_text())
+    for key in PER_VM:
+        if key in vm_config:
+            config[key] = vm_config[key]
+    (source / "config.json").write_text(json.dumps(config))
+    return source

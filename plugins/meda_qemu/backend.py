@@ -26,7 +26,15 @@ MAX_BANDWIDTH = 1 << 40  # bytes/s: unlimited, in effect
 class QemuHypervisor(HypervisorBackend):
     name = "qemu"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"direct-kernel-boot", "firmware-boot", "tap", "user-net", "hostfwd", "snapshot"}
+        {
+            "direct-kernel-boot",
+            "firmware-boot",
+            "tap",
+            "user-net",
+            "hostfwd",
+            "snapshot",
+            "disk-switch",
+        }
     )
     priority = 10
 

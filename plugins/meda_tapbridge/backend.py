@@ -175,11 +175,19 @@ class TapBridgeNetwork(NetworkBackend):
                 ))  # fmt: skip
         live_taps = {
             vm.tap_device for vm in vms.values()
-            if vm.state in (VMState.RUNNING, VMState.STARTING, VMState.STOPPING)
+            if vm.state in (VMState.RUNNING, VMState.STARTING, VMState.STOPPING,
+                            VMState.SNAPSHOTTING)
         }  # fmt: skip
         for link in links.link_names(self.ns):
-            if link.startswith("mtap") and link not in live_taps:
-                found.append((f"tap {link}", partial(links.remove_link, self.ns, link)))
+            if link.startswith(("mtap", "mveth")) and link not in live_taps:
+                found.append((f"link {link}", partial(links.remove_link, self.ns, link)))
+        live_namespaces = {vm.netns for vm in vms.values() if vm.tap_device in live_taps}
+        mine = self._vm_namespace("")
+        for path in sorted(Path("/run/netns").glob(f"{mine}*")):
+            if path.name not in live_namespaces:
+                found.append((f"network namespace {path.name}", partial(
+                    isolated.teardown, self.ns, path.name, "", self._vm_state_dir(path.name)
+                )))  # fmt: skip
         if not any(lease.vm in vms for lease in state.leases(config.bridge)):
             if self.dhcp.running() is not None:
                 found.append((f"dnsmasq for {config.bridge}", self.dhcp.stop))

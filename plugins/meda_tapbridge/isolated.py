@@ -90,7 +90,8 @@ def teardown(meda_ns: str | None, vm_ns: str, veth: str, state_dir: Path) -> Non
         procs.wait_gone(runtime, 5)
     if netns.namespace_path(vm_ns).exists():
         subprocess.run(["ip", "netns", "delete", vm_ns], check=True, capture_output=True)
-    links.remove_link(meda_ns, veth)  # normally gone with its peer already
+    if veth:
+        links.remove_link(meda_ns, veth)  # normally gone with its peer already
     for name in ("dnsmasq.pid", "dnsmasq.leases"):
         (state_dir / name).unlink(missing_ok=True)
     if state_dir.exists() and not any(state_dir.iterdir()):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pyroute2 import IPRoute, NetNS
 from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 from meda_core import netns as namespaces
 
@@ -63,7 +65,12 @@ def remove_link(netns: str | None, name: str) -> bool:
         index = _index(ipr, name)
         if index is None:
             return False
-        ipr.link("del", index=index)
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:  # gone meanwhile (a veth whose peer went)
+                raise
+            return False
         return True
 
 

@@ -27,6 +27,7 @@ ALLOWED = {  # action -> states it is allowed in
     "vm.resume": {"Paused"},
     "vm.reboot": {"Running"},
     "vm.delete": {"Created", "Running", "Paused", "Shutdown"},
+    "vm.snapshot": {"Paused"},
 }
 
 
@@ -67,6 +68,14 @@ class Handler(BaseHTTPRequestHandler):
         if endpoint == "vmm.shutdown":
             self._reply(204)
             os._exit(0)
+        if endpoint == "vm.restore":  # like the real VMM: config and state from the folder
+            folder = Path(str((body or {}).get("source_url", "")).removeprefix("file://"))
+            if STATE["vm"] is not None or not (folder / "config.json").exists():
+                self._reply(500, ["Error restoring VM", f"cannot restore from {folder}"])
+                return
+            STATE.update(vm=json.loads((folder / "config.json").read_text()), state="Paused")
+            self._reply(204)
+            return
         if endpoint == "vm.create":
             if STATE["vm"] is not None:
                 self._reply(405, ["VM is already created"])
@@ -86,6 +95,7 @@ class Handler(BaseHTTPRequestHandler):
         if STATE["state"] not in ALLOWED[endpoint]:
             self._reply(405, [f"{endpoint} is not allowed while the VM is {STATE['state']}"])
             return
+        self._body = body if isinstance(body, dict) else {}
         error = self._act(endpoint)
         self._reply(500, ["Error booting VM", error]) if error else self._reply(204)
 
@@ -107,6 +117,11 @@ class Handler(BaseHTTPRequestHandler):
             STATE["state"] = "Running"
         elif endpoint == "vm.delete":
             STATE.update(vm=None, state=None)
+        elif endpoint == "vm.snapshot":
+            folder = Path(str(self._body.get("destination_url", "")).removeprefix("file://"))
+            (folder / "config.json").write_text(json.dumps(STATE["vm"]))
+            (folder / "state.json").write_text("{}")
+            (folder / "memory-ranges").write_bytes(b"\0" * 4096)
         return None
 
 

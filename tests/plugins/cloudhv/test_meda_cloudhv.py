@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 from meda_cloudhv import CloudHypervisor
+from meda_cloudhv import config as chconfig
 from meda_cloudhv.api import VmmApi
 from meda_cloudhv.config import vm_config
 from meda_core.backends import BackendContext, LaunchSpec, NicSpec, Role
@@ -163,3 +164,18 @@ def test_real_binary_boots_the_test_guest(
     finally:
         backend.stop(runtime, launch.vm_dir, 30)
         backend.cleanup(launch.vm_dir)
+
+
+def test_a_restore_takes_the_vms_own_disk_and_nics_and_links_the_memory(tmp_path: Path) -> None:
+    template = _launch(tmp_path / "tpl")
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text(json.dumps(chconfig.vm_config(template, None)))
+    (snapshot / "memory-ranges").write_bytes(b"\0" * 4096)
+    clone = _launch(tmp_path / "clone", (NicSpec(kind="tap", mac="52:54:00:00:00:02", tap="tap0"),))
+    source = chconfig.restore_source(snapshot, chconfig.vm_config(clone, None), clone.vm_dir)
+    config = json.loads((source / "config.json").read_text())
+    spec.validate("PUT", "/api/v1/vm.create", config)
+    assert config["disks"][0]["path"] == str(clone.disk)
+    assert config["net"] == [{"tap": "tap0", "mac": "52:54:00:00:00:02"}]
+    assert (source / "memory-ranges").resolve() == snapshot / "memory-ranges"  # not copied

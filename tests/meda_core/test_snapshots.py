@@ -1,0 +1,71 @@
+"""Snapshots, restores, clones and templates against the fake backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from meda_core.app import Meda
+from meda_core.errors import Conflict, InvalidRequest, InvalidState
+from meda_core.models import VM, CreateVMRequest, VMState
+
+MakeVM = Callable[..., VM]
+
+
+def test_snapshot_then_restore_brings_the_saved_state_back(
+    fake_meda: Meda, make_vm: MakeVM
+) -> None:
+    make_vm("vm1")
+    fake_meda.vms.start("vm1")
+    vm = fake_meda.snapshots.snapshot("vm1")
+    assert vm.state == VMState.RUNNING and vm.snapshot is not None
+    assert vm.snapshot.disk.exists() and vm.snapshot.state_file.exists()
+    # The VM now writes to an overlay on the disk frozen with the snapshot.
+    assert fake_meda.backends.storage().disk_info(vm.disk_path).backing_file == vm.snapshot.disk
+    fake_meda.vms.stop("vm1")
+    restored = fake_meda.snapshots.restore("vm1")
+    assert restored.state == VMState.RUNNING
+    assert "booted" in restored.console_log.read_text()  # the saved console, then
+    assert restored.console_log.read_text().endswith("restored\n")
+
+
+def test_snapshot_needs_a_running_vm_and_restore_a_snapshot(
+    fake_meda: Meda, make_vm: MakeVM
+) -> None:
+    make_vm("vm1")
+    with pytest.raises(InvalidState):
+        fake_meda.snapshots.snapshot("vm1")
+    with pytest.raises(Conflict):
+        fake_meda.snapshots.restore("vm1")
+
+
+def test_clones_of_a_template(fake_meda: Meda, fake_image: str) -> None:
+    fake_meda.vms.create(CreateVMRequest(name="tpl", memory="256M", template=True))
+    fake_meda.vms.start("tpl")
+    with pytest.raises(Conflict):
+        fake_meda.snapshots.clone("tpl", "early")  # no snapshot yet
+    assert fake_meda.store.get_vm("early") is None
+    snapshot = fake_meda.snapshots.snapshot("tpl").snapshot
+    assert snapshot is not None
+    fake_meda.vms.stop("tpl")
+    clones = [fake_meda.snapshots.clone("tpl", name) for name in ("c1", "c2")]
+    assert len({c.ip for c in [*clones, fake_meda.vms.get("tpl")]}) == 3
+    for clone in clones:
+        assert clone.state == VMState.RUNNING and clone.clone_of == "tpl"
+        assert clone.spec.memory == "256M" and clone.netns is not None
+        info = fake_meda.backends.storage().disk_info(clone.disk_path)
+        assert info.backing_file == snapshot.disk  # an overlay: shared, not copied
+    assert [t.name for t in fake_meda.snapshots.templates()] == ["tpl"]
+    with pytest.raises(Conflict):
+        fake_meda.vms.delete("tpl")  # its clones' disks rest on it
+    for name in ("c1", "c2", "tpl"):
+        fake_meda.vms.delete(name)
+
+
+def test_only_templates_are_cloned(fake_meda: Meda, make_vm: MakeVM) -> None:
+    make_vm("plain")
+    fake_meda.vms.start("plain")
+    fake_meda.snapshots.snapshot("plain")
+    with pytest.raises(InvalidRequest):
+        fake_meda.snapshots.clone("plain", "c1")
