@@ -24,6 +24,12 @@ NAMESPACE_PREFIX = "meda-vm-"
 REQUIRED_TOOLS = {"nft": "nftables", "dnsmasq": "dnsmasq-base", "nsenter": "util-linux"}
 
 
+def vm_namespace_prefix(home: Path) -> str:
+    """How the VM namespaces of the meda at ``home`` begin (names are host-wide)."""
+    digest = hashlib.sha256(str(home).encode()).hexdigest()[:8]
+    return f"{NAMESPACE_PREFIX}{digest}-"
+
+
 class TapBridgeNetwork(NetworkBackend):
     name = "tap-bridge"
     capabilities: ClassVar[frozenset[str]] = frozenset({"dhcp", "nat", "port-forward", "isolated"})
@@ -87,9 +93,7 @@ class TapBridgeNetwork(NetworkBackend):
         )
 
     def _vm_namespace(self, number: str) -> str:
-        """A VM's own namespace: named after this meda's home too, as names are host-wide."""
-        home = hashlib.sha256(str(self.context.settings.home).encode()).hexdigest()[:8]
-        return f"{NAMESPACE_PREFIX}{home}-{number}"
+        return vm_namespace_prefix(self.context.settings.home) + number
 
     def release(self, vm: str) -> None:
         config = self.config

@@ -21,6 +21,7 @@ from meda_core.config import Settings
 from meda_core.models import Image
 from meda_core.testing.host import processes_mentioning
 from meda_core.testing.installs import install_entry_points
+from meda_tapbridge.backend import vm_namespace_prefix
 
 
 def free_port() -> int:
@@ -107,6 +108,8 @@ def start_server(
     for uuid in uuids:
         assert processes_mentioning(uuid) == []
     assert meda.store.leases("meda0") == [] and meda.store.forwards() == []
+    # Templates and clones had namespaces of their own: none may outlive its VM.
+    assert list(Path("/run/netns").glob(vm_namespace_prefix(home) + "*")) == []
 
 
 @pytest.fixture
