@@ -94,8 +94,7 @@ def main() -> int:
             api.delete_vm(name)
         print(f"{args.clones} warm runs at once: all answer SSH after {all_ready:.2f} s")
     finally:
-        for vm in sorted(meda.vms.list(), key=lambda v: v.clone_of is None):
-            meda.vms.delete(vm.name)  # clones before their templates
+        meda.vms.delete_all()
         namespaces.destroy(ns)
 
     result = {

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     registry: str = "auto"
     default_image: str = Field("default:latest", description="Image for VMs created without one")
     stop_timeout: float = Field(30.0, gt=0, description="Seconds a guest gets to power off")
+    run_ready_timeout: float = Field(
+        600.0, gt=0, description="Seconds a run's template gets to answer on its ready port"
+    )
     netns: str | None = Field(
         None, description="Network namespace for meda's whole network and its VMs"
     )

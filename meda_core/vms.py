@@ -247,6 +247,11 @@ class VMService:
         self._discard(vm)
         self._emit(VMEvent(kind=VMEventKind.DELETED, vm=name, state=None))
 
+    def delete_all(self) -> None:
+        """Delete every VM, clones before the templates their disks rest on."""
+        for vm in sorted(self.list(), key=lambda vm: vm.clone_of is None):
+            self.delete(vm.name)
+
     # ---- steps ----
 
     def _hypervisor(self, vm: VM) -> HypervisorBackend:

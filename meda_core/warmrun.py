@@ -24,7 +24,6 @@ from meda_core.vms import VMService
 
 log = logging.getLogger(__name__)
 TEMPLATE_PREFIX = "tpl-"
-READY_TIMEOUT = 900.0
 
 
 def image_fingerprint(image: Image) -> str:
@@ -86,7 +85,7 @@ class WarmRuns:
             vm = self._vms.start(name)
             assert vm.ip is not None
             seconds = readiness.wait_until_ready(
-                self._settings.netns, vm.ip, request.ready_port, READY_TIMEOUT
+                self._settings.netns, vm.ip, request.ready_port, self._settings.run_ready_timeout
             )
             log.info("template %s of %s ready after %.1fs", name, image.ref, seconds)
             self._snapshots.snapshot(name)

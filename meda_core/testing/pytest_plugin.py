@@ -51,8 +51,7 @@ def fake_meda(meda_settings: Settings) -> Iterator[Meda]:
     plugins.add_plugin("fake", FakePlugin())
     meda = Meda(meda_settings, plugins)
     yield meda
-    for vm in meda.vms.list():
-        meda.vms.delete(vm.name)
+    meda.vms.delete_all()
 
 
 @pytest.fixture

@@ -103,8 +103,7 @@ def start_server(
     )
     meda = Meda(settings)
     uuids = [vm.uuid for vm in meda.vms.list()]
-    for vm in meda.vms.list():
-        meda.vms.delete(vm.name)
+    meda.vms.delete_all()
     for uuid in uuids:
         assert processes_mentioning(uuid) == []
     assert meda.store.leases("meda0") == [] and meda.store.forwards() == []

@@ -39,9 +39,11 @@ def test_debian_guest_user_data_ssh_and_forward(
     )  # fmt: skip
     with server.client() as api:
         started = time.monotonic()
+        # cold: cloud-init runs for this VM (a clone of a warm template keeps the
+        # template's first boot, hostname included).
         run = api.post("/images/run", json={"image": "debian:12", "name": "deb-e2e",
                                             "memory": "1G", "cpus": 2, "disk": "4G",
-                                            "user_data": USER_DATA})  # fmt: skip
+                                            "user_data": USER_DATA, "cold": True})  # fmt: skip
         assert run.status_code == 201, run.text
         console = Path(run.json()["vm"]["details"]["console_log"])
         wait_for_text(console, "finished at", timeout=600)

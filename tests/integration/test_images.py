@@ -24,8 +24,9 @@ def test_pull_run_create_push_rmi_pull(server: Server, oci_registry: str) -> Non
         pulled = api.post("/images/pull", json={"image": "guest:v1", "registry": oci_registry})
         assert pulled.status_code == 200, pulled.text
         assert pulled.json()["digest"] == pushed.json()["digest"]
+        # cold: the test reads the boot on the console (a clone's console starts later).
         run = api.post("/images/run", json={"image": "guest:v1", "name": "ubuntu-vm",
-                                            "memory": "256M", "cpus": 1})  # fmt: skip
+                                            "memory": "256M", "cpus": 1, "cold": True})  # fmt: skip
         assert run.status_code == 201, run.text
         wait_for_text(Path(run.json()["vm"]["details"]["console_log"]), BOOT_MARKER, 60)
         busy = api.post("/images", json={"name": "my-ubuntu", "tag": "v1.0",
@@ -47,7 +48,7 @@ def test_pull_run_create_push_rmi_pull(server: Server, oci_registry: str) -> Non
         names = {(i["name"], i["tag"]) for i in api.get("/images").json()["images"]}
         assert ("my-ubuntu", "v1.0") in names
         reborn = api.post("/images/run", json={"image": "my-ubuntu:v1.0", "name": "reborn",
-                                               "memory": "256M"})  # fmt: skip
+                                               "memory": "256M", "cold": True})  # fmt: skip
         assert reborn.status_code == 201, reborn.text
         wait_for_text(Path(reborn.json()["vm"]["details"]["console_log"]), BOOT_MARKER, 60)
         assert api.delete("/vms/reborn").status_code == 200
