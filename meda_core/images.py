@@ -33,6 +33,9 @@ Backend = Callable[[], StorageBackend]
 Registry = Callable[[], RegistryBackend]
 
 
+MAX_CHAIN = 32
+
+
 def _no_progress(done: int, total: int) -> None:
     pass
 
@@ -271,13 +274,25 @@ class ImageService:
                 if path is not None:
                     keep.add(f"sha256:{path.name}")
         for vm in self._store.list_vms():
-            try:
-                backing = self._storage().disk_info(vm.disk_path).backing_file
-            except Exception:
-                continue
-            if backing is not None and backing.parent == self.blobs.root / "sha256":
-                keep.add(f"sha256:{backing.name}")
+            for backing in self._backing_chain(vm.disk_path):
+                if backing.parent == self.blobs.root / "sha256":
+                    keep.add(f"sha256:{backing.name}")
         return self.blobs.remove_except(keep)
+
+    def _backing_chain(self, disk: Path) -> builtins.list[Path]:
+        """Every file below ``disk`` (a clone's rests on its template's frozen disk, which
+        rests on the image)."""
+        chain: builtins.list[Path] = []
+        while len(chain) < MAX_CHAIN:
+            try:
+                backing = self._storage().disk_info(disk).backing_file
+            except Exception:
+                break
+            if backing is None:
+                break
+            chain.append(backing)
+            disk = backing
+        return chain
 
     def _blob_bytes(self) -> int:
         folder = self.blobs.root / "sha256"
