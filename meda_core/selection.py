@@ -15,7 +15,7 @@ from meda_core.backends import (
     Role,
     StorageBackend,
 )
-from meda_core.errors import BackendUnavailable
+from meda_core.errors import BackendUnavailable, InvalidRequest
 from meda_core.models import BackendInfo
 from meda_core.registry import BackendRegistry, RegisteredBackend
 
@@ -110,6 +110,16 @@ class BackendSelector:
         if not isinstance(backend, base):
             raise BackendUnavailable(f"'{name}' is not a {role} backend")
         return backend
+
+    def named(self, role: Role, name: str, base: type[B]) -> B:
+        """A backend a user asked for by name: unknown names are their mistake (400)."""
+        if self._registry.get(role, name) is None:
+            known = sorted(entry.name for entry in self._registry.of_role(role))
+            raise InvalidRequest(
+                f"there is no {role} backend '{name}' (installed: {', '.join(known)})",
+                role=role.value, backend=name, installed=known,
+            )  # fmt: skip
+        return self.by_name(role, name, base)
 
     def describe(self) -> list[BackendInfo]:
         """Every registered backend, whether it is available and whether it is selected."""

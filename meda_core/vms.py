@@ -260,9 +260,10 @@ class VMService:
     def plan(self, name: str, hypervisor: str | None = None) -> dict[str, Any]:
         """What starting the VM would run (dry run): nothing is created or changed."""
         vm = self.get(name)
-        backend = self._backends.by_name(
-            Role.HYPERVISOR, hypervisor or vm.hypervisor, HypervisorBackend
-        )
+        if hypervisor is not None:
+            backend = self._backends.named(Role.HYPERVISOR, hypervisor, HypervisorBackend)
+        else:
+            backend = self._hypervisor(vm)
         nics: tuple[NicSpec, ...] = ()
         if vm.network is not None and vm.mac is not None:
             kind = "tap" if vm.tap_device else "user"

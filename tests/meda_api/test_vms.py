@@ -154,4 +154,10 @@ def test_plan_is_a_dry_run(client: TestClient, fake_meda: Meda) -> None:
     plan = client.get("/api/v1/vms/planned/plan")
     assert plan.status_code == 200 and plan.json() == {"hypervisor": "fake"}
     assert client.get("/api/v1/vms/planned").json()["state"] == "stopped"
-    assert client.get("/api/v1/vms/planned/plan", params={"hypervisor": "nope"}).status_code == 503
+
+
+def test_plan_for_an_unknown_hypervisor_is_400(client: TestClient) -> None:
+    client.post("/api/v1/vms", json={"name": "planned"})
+    response = client.get("/api/v1/vms/planned/plan", params={"hypervisor": "no-such"})
+    assert response.status_code == 400 and _is_error_body(response.json(), "INVALID_REQUEST")
+    assert "fake" in response.json()["details"]["installed"]
