@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 
+from meda_api import create_app
 from meda_core.app import Meda
 from meda_core.models import CreateVMRequest
 from meda_core.testing.guest import BootableGuest
@@ -46,3 +52,32 @@ def broken_plugin_dir(tmp_path: Path) -> Path:
     )
     (root / "meda_broken_plugin.py").write_text("raise ImportError('this plugin is broken')\n")
     return root
+
+
+ServeApi = Callable[..., str]
+
+
+@pytest.fixture
+def serve_api() -> Iterator[ServeApi]:
+    """Serve a ``Meda`` over HTTP on loopback (uvicorn in a thread); returns its URL."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def serve(meda: Meda, token: str | None = None) -> str:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(meda, token=token), host="127.0.0.1", port=port, log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield serve
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)

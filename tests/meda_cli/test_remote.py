@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
-from meda_api import create_app
 from meda_cli import context
 from meda_cli.main import app
 from meda_core.app import Meda
@@ -26,6 +22,7 @@ from meda_core.models import (
     RunRequest,
     VMInfo,
 )
+from tests.conftest import ServeApi
 
 TOKEN = "s3cret-token"
 runner = CliRunner()
@@ -39,20 +36,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server_url(fake_meda: Meda, fake_image: str) -> Iterator[str]:
+def server_url(fake_meda: Meda, fake_image: str, serve_api: ServeApi) -> Iterator[str]:
     """``meda serve`` in a thread: the fake backends, a token required."""
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(fake_meda, token=TOKEN), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    yield serve_api(fake_meda, token=TOKEN)
     context.use_server(None)
 
 
