@@ -1,8 +1,16 @@
-"""meda's core: models, errors, plugin system, state and the VM service (no web, no CLI)."""
+"""meda's core: models, errors, plugin system, state and the VM service (no web, no CLI).
+
+The public API is what ``__all__`` names; everything else may change between releases.
+
+    from meda_core import Meda, CreateVMRequest
+    meda = Meda()
+    meda.vms.create(CreateVMRequest(name="demo"))
+"""
 
 from __future__ import annotations
 
-from importlib import metadata
+from importlib import import_module, metadata
+from typing import Any
 
 try:
     __version__ = metadata.version("meda")
@@ -11,4 +19,32 @@ except metadata.PackageNotFoundError:  # running from a source tree
 
 from meda_core.hookspecs import hookimpl
 
-__all__ = ["__version__", "hookimpl"]
+#: Public name → the module that defines it (imported on first use: ``import meda_core``
+#: stays cheap, and modules that import ``hookimpl`` from here never go in a circle).
+_PUBLIC = {
+    "Meda": "app", "Settings": "config", "LocalApi": "api", "MedaApi": "api",
+    "RemoteApi": "client", "BackendRegistry": "registry", "VMEvent": "events",
+    "VMEventKind": "events",
+    **dict.fromkeys((
+        "Backend", "BackendContext", "Availability", "HypervisorBackend", "StorageBackend",
+        "NetworkBackend", "RegistryBackend", "LaunchSpec", "NicSpec", "NetworkAttachment",
+        "DiskInfo", "ImageFiles", "Role",
+    ), "backends"),
+    **dict.fromkeys((
+        "MedaError", "InvalidRequest", "PayloadTooLarge", "Unauthorized", "NotFound",
+        "VMNotFound", "ImageNotFound", "Conflict", "VMExists", "ImageExists", "InvalidState",
+        "BackendUnavailable", "BackendError",
+    ), "errors"),
+    **dict.fromkeys((
+        "VM", "VMState", "VMSpec", "Image", "CreateVMRequest", "RunRequest", "CloneRequest",
+        "PortForward", "Protocol", "RuntimeInfo", "Snapshot",
+    ), "models"),
+}  # fmt: skip
+
+__all__ = ["__version__", "hookimpl", *sorted(_PUBLIC)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(f"meda_core.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'meda_core' has no attribute {name!r}")

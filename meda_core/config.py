@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,7 +45,11 @@ class Settings(BaseSettings):
     user_data_dirs: str = Field(
         "", description="Colon-separated directories user_data paths may name (none by default)"
     )
-    disabled_plugins: str = Field("", description="Comma-separated plugin names not to load")
+    disabled_plugins: str = Field(
+        "",
+        description="Comma-separated plugin names not to load",
+        validation_alias=AliasChoices("MEDA_DISABLE_PLUGINS", "MEDA_DISABLED_PLUGINS"),
+    )
 
     def role_choice(self, role: str) -> str:
         value: str = getattr(self, role)

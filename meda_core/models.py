@@ -404,6 +404,8 @@ class PluginInfo(BaseModel):
     version: str | None
     error: str | None = None
     backends: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)
+    hooks: list[str] = Field(default_factory=list, description="Hooks it implements")
 
 
 class PluginReport(BaseModel):

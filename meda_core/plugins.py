@@ -34,6 +34,7 @@ class LoadedPlugin:
     version: str | None = None
     error: str | None = None
     backends: list[str] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
 
     def info(self) -> PluginInfo:
         return PluginInfo(
@@ -43,6 +44,8 @@ class LoadedPlugin:
             version=self.version,
             error=self.error,
             backends=self.backends,
+            roles=sorted({backend.split(":")[0] for backend in self.backends}),
+            hooks=self.hooks,
         )
 
 
@@ -109,6 +112,9 @@ class PluginManager:
         record.backends = [
             f"{b.role}:{b.name}" for b in self.registry.all() if (b.role, b.name) not in before
         ]
+        if record.error is None:
+            callers = self._pm.get_hookcallers(plugin) or []
+            record.hooks = sorted(caller.name for caller in callers)
 
     def emit(self, event: VMEvent) -> None:
         """Broadcast ``event``; an observer that raises is logged and ignored."""

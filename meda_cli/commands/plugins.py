@@ -16,10 +16,11 @@ def plugins(as_json: bool = JsonOption) -> None:
 
 
 def _tables(report: PluginReport) -> None:
-    table(
-        ("plugin", "version", "backends", "error"),
-        [(p.name, p.version, ", ".join(p.backends), p.error) for p in report.plugins],
-    )
+    rows = [
+        (p.name, p.distribution, p.version, ", ".join(p.backends), ", ".join(p.hooks), p.error)
+        for p in report.plugins
+    ]
+    table(("plugin", "distribution", "version", "backends", "hooks", "error"), rows)
     typer.echo("")
     table(
         ("role", "backend", "plugin", "selected", "available"),
