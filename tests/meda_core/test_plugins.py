@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from meda_core import hookimpl
+from meda_core.config import Settings
 from meda_core.events import VMEvent, VMEventKind
 from meda_core.plugins import PluginManager
 from meda_core.registry import BackendRegistry
@@ -32,10 +33,14 @@ def test_broken_plugin_is_reported_not_fatal(
     assert report["qemu"].error is None
 
 
-def test_disabled_plugins_are_skipped() -> None:
+def test_disabled_plugins_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDA_DISABLE_PLUGINS", "qemu, user")
     plugins = PluginManager()
-    plugins.load_entry_points(disabled={"qemu"})
-    assert "qemu" not in {p.name for p in plugins.report()}
+    plugins.load_entry_points(disabled=Settings().disabled())
+    loaded = {p.name: p for p in plugins.report()}
+    assert "qemu" not in loaded and "user" not in loaded
+    assert loaded["qcow2"].roles == ["storage"]
+    assert loaded["qcow2"].hooks == ["meda_register_backends"]
 
 
 class _RaisingRegistrar:
