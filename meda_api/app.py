@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
 from meda_api.errors import install_error_handlers
+from meda_api.observability import Metrics, RequestContext
+from meda_api.ratelimit import Limit, RateLimit
 from meda_api.routers import images, network, operations, system, vms
 from meda_api.security import BodyLimit, TokenAuth
 from meda_core import __version__
@@ -61,12 +64,15 @@ def _document(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app(
-    meda: Meda | None = None, token: str | None = None, cors_origins: list[str] | None = None
+    meda: Meda | None = None,
+    token: str | None = None,
+    cors_origins: list[str] | None = None,
+    rate_limit: Limit | None = None,
 ) -> FastAPI:
     """The API app; builds a ``Meda`` from the environment unless one is given.
 
     With ``token`` every request needs it as a bearer token; CORS is off unless origins
-    are given.
+    are given; ``rate_limit`` caps each client's changes.
     """
     app = FastAPI(
         title="meda",
@@ -93,6 +99,20 @@ def create_app(
                            allow_headers=["*"])  # fmt: skip
     app.openapi = partial(_document, app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit)
+    if rate_limit is not None:
+        app.add_middleware(RateLimit, limit=rate_limit)  # after auth: strangers get 401
     if token is not None:
         app.add_middleware(TokenAuth, token=token)
+    metrics = Metrics(app.state.meda)
+    app.state.metrics = metrics
+    app.add_route("/metrics", _metrics_endpoint(metrics.registry), include_in_schema=False)
+    app.add_middleware(RequestContext, metrics=metrics)  # outermost: sees every answer
     return app
+
+
+def _metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
+    async def metrics(_: Request) -> Response:
+        """Prometheus text format: requests, latencies, VMs by state, events, errors."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics

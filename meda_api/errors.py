@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from meda_api.observability import request_id
 from meda_core.errors import InvalidRequest, MedaError
 
 log = logging.getLogger(__name__)
@@ -34,21 +35,31 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str
     return f"invalid request: {summary}", problems
 
 
-async def _meda_error(_: Request, exc: Exception) -> JSONResponse:
+def _respond(
+    request: Request, body: dict[str, Any], status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """Every error answer: the seed's body with the request's id, counted by code."""
+    body["details"]["request_id"] = request_id.get()
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(code=body["code"]).inc()
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _meda_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MedaError)
     if exc.http_status >= 500:
         log.error("%s: %s", exc.code, exc.message)
     headers = {}
     if "retry_after" in exc.details:
         headers["Retry-After"] = str(exc.details["retry_after"])
-    return JSONResponse(exc.to_body(), status_code=exc.http_status, headers=headers)
+    return _respond(request, exc.to_body(), exc.http_status, headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, problems = _validation_message(exc)
-    body = _body(message, InvalidRequest.code, errors=problems)
-    return JSONResponse(body, status_code=400)
+    return _respond(request, _body(message, InvalidRequest.code, errors=problems), 400)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -67,13 +78,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request)
-    return JSONResponse(_body(str(exc.detail), code), status_code=exc.status_code, headers=headers)
+    return _respond(request, _body(str(exc.detail), code), exc.status_code, headers)
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     body = _body(f"internal error: {type(exc).__name__}", "INTERNAL_ERROR")
-    return JSONResponse(body, status_code=500)
+    return _respond(request, body, 500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

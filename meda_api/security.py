@@ -8,13 +8,16 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from meda_api.observability import request_id
 from meda_core.errors import MedaError, PayloadTooLarge, Unauthorized
 
 MAX_BODY = 2 * 1024 * 1024  # user_data is capped at 1 MiB; JSON around it needs little
 
 
-async def _refuse(send: Send, error: MedaError, **headers: str) -> None:
-    body = json.dumps(error.to_body()).encode()
+async def refuse(send: Send, error: MedaError, **headers: str) -> None:
+    payload = error.to_body()
+    payload["details"]["request_id"] = request_id.get()
+    body = json.dumps(payload).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": error.http_status, "headers": raw})
@@ -32,7 +35,7 @@ class TokenAuth:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 error = Unauthorized("a valid bearer token is required")
-                await _refuse(send, error, **{"WWW-Authenticate": "Bearer"})
+                await refuse(send, error, **{"WWW-Authenticate": "Bearer"})
                 return
         await self.app(scope, receive, send)
 
@@ -49,7 +52,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _refuse(send, self._too_large())
+            await refuse(send, self._too_large())
             return
         seen = 0
 
@@ -64,7 +67,7 @@ class BodyLimit:
         try:
             await self.app(scope, counting, send)
         except _TooLarge:
-            await _refuse(send, self._too_large())
+            await refuse(send, self._too_large())
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body over {self.limit} bytes", limit=self.limit)

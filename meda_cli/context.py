@@ -19,7 +19,7 @@ R = TypeVar("R")
 
 
 _instance: Meda | None = None
-_server: tuple[str, str | None] | None = None
+_server: tuple[str, str | None, str | None] | None = None
 
 
 def meda() -> Meda:
@@ -39,7 +39,8 @@ def meda() -> Meda:
 def api() -> MedaApi:
     """The API the commands call: the server at ``MEDA_URL``, else this host."""
     if _server is not None:
-        return RemoteApi(*_server)
+        url, token, ca_file = _server
+        return RemoteApi(url, token, ca_file=ca_file)
     return LocalApi(meda())
 
 
@@ -49,10 +50,11 @@ def use(instance: Meda | None) -> None:
     _instance = instance
 
 
-def use_server(url: str | None, token: str | None = None) -> None:
+def use_server(url: str | None, token: str | None = None, ca_file: str | None = None) -> None:
     """Send the commands to the meda server at ``url`` (None: act on this host)."""
     global _server
-    _server = None if not url else (url, token or os.environ.get("MEDA_API_TOKEN") or None)
+    token = token or os.environ.get("MEDA_API_TOKEN") or None
+    _server = None if not url else (url, token, ca_file)
 
 
 def handles_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -28,10 +28,16 @@ def main(
         envvar="MEDA_API_TOKEN_FILE",
         help="File holding the server's bearer token (or set MEDA_API_TOKEN)",
     ),
+    ca_file: Path | None = typer.Option(
+        None,
+        "--ca-file",
+        envvar="MEDA_CA_FILE",
+        help="CA certificate to check an HTTPS server with (else the system's)",
+    ),
 ) -> None:
     """Micro-VMs on this host: a REST API and a CLI, every backend a plugin."""
     token = token_file.read_text().strip() if token_file is not None else None
-    context.use_server(url, token)
+    context.use_server(url, token, str(ca_file) if ca_file else None)
 
 
 app.registered_commands += vms.app.registered_commands

@@ -8,6 +8,7 @@ Errors come back as the same :mod:`meda_core.errors` classes the server raised.
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -63,13 +64,18 @@ class RemoteApi:
         token: str | None = None,
         timeout: float = 600.0,
         transport: httpx.BaseTransport | None = None,
+        ca_file: str | None = None,
     ) -> None:
+        """``ca_file``: the CA (or self-signed certificate) an HTTPS server's is checked with."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         base = url.rstrip("/")
         if not base.endswith("/api/v1"):
             base += "/api/v1"
+        verify: ssl.SSLContext | bool = True
+        if ca_file:
+            verify = ssl.create_default_context(cafile=ca_file)
         self._http = httpx.Client(
-            base_url=base, headers=headers, timeout=timeout, transport=transport
+            base_url=base, headers=headers, timeout=timeout, transport=transport, verify=verify
         )
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ CLI map errors in exactly one place each, by reading these attributes.
     ├── InvalidRequest             400  exit 2   INVALID_REQUEST
     │   └── PayloadTooLarge        413           PAYLOAD_TOO_LARGE
     ├── Unauthorized               401  exit 7   UNAUTHORIZED
+    ├── RateLimited                429  exit 8   RATE_LIMITED
     ├── NotFound                   404  exit 3   NOT_FOUND
     │   ├── VMNotFound                           VM_NOT_FOUND
     │   └── ImageNotFound                        IMAGE_NOT_FOUND
@@ -87,6 +88,14 @@ class Unauthorized(MedaError):
     code = "UNAUTHORIZED"
     http_status = 401
     exit_code = 7
+
+
+class RateLimited(MedaError):
+    """Too many changes from one client too fast; ``details.retry_after`` says when to retry."""
+
+    code = "RATE_LIMITED"
+    http_status = 429
+    exit_code = 8
 
 
 class NotFound(MedaError):

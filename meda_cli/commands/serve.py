@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import secrets
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 import typer
 
 from meda_core.config import Settings
+
+DEFAULT_RATE_LIMIT = "5/20"  # beyond loopback: 5 changes a second per client, bursts of 20
 
 
 def _loopback(host: str) -> bool:
@@ -52,18 +53,37 @@ def api_token(home: Path, host: str, generate: bool) -> str | None:
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind"),
     port: int = typer.Option(7777, help="Port to listen on"),
-    log_level: str = typer.Option("info", help="uvicorn log level"),
+    log_level: str | None = typer.Option(
+        None, help="debug, info, warning, error (default: MEDA_LOG_LEVEL or MEDA_LOG, info)"
+    ),
     generate_token: bool = typer.Option(
         False, "--generate-token", help="Write MEDA_HOME/api-token if it does not exist"
     ),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS: certificate"),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="Serve HTTPS: private key"),
+    shutdown_timeout: float = typer.Option(
+        30.0, help="On SIGTERM, seconds in-flight requests get to finish"
+    ),
 ) -> None:
-    """Serve the REST API (Swagger UI at /swagger-ui)."""
+    """Serve the REST API (Swagger UI at /swagger-ui, metrics at /metrics)."""
     import uvicorn
 
-    from meda_api import create_app
+    from meda_api import create_app, logs
+    from meda_api.ratelimit import Limit
 
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    if (tls_cert is None) != (tls_key is None):
+        typer.echo("error: --tls-cert and --tls-key go together", err=True)
+        raise typer.Exit(2)
     token = api_token(Settings().home, host, generate_token)
+    logs.configure(level=log_level.upper() if log_level else None,
+                   secrets=[token] if token else [])  # fmt: skip
+    default_limit = "off" if _loopback(host) else DEFAULT_RATE_LIMIT
+    limit = Limit.parse(os.environ.get("MEDA_RATE_LIMIT", default_limit))
     origins = [o for o in os.environ.get("MEDA_CORS_ORIGINS", "").split(",") if o.strip()]
-    uvicorn.run(create_app(token=token, cors_origins=origins), host=host, port=port,
-                log_level=log_level)  # fmt: skip
+    app = create_app(token=token, cors_origins=origins, rate_limit=limit)
+    uvicorn.run(
+        app, host=host, port=port, log_config=None, access_log=False,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+        timeout_graceful_shutdown=int(shutdown_timeout),
+    )  # fmt: skip

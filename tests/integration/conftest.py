@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -37,19 +38,29 @@ class Server:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: More ``meda serve`` options; with ``--tls-cert``, ``ca_file`` checks the server.
+    args: tuple[str, ...] = ()
+    ca_file: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/v1"
+        scheme = "https" if self.ca_file else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/api/v1"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(self.port)]
+        argv = [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(self.port),
+                *self.args]  # fmt: skip
         log = (self.home / "server.log").open("ab")
         self.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/health", headers=self.auth).status_code == 200:
+                health = httpx.get(f"{self.url}/health", headers=self.auth, verify=self.verify)
+                if health.status_code == 200:
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -69,7 +80,7 @@ class Server:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120, headers=self.auth)
+        return httpx.Client(base_url=self.url, timeout=120, headers=self.auth, verify=self.verify)
 
 
 StartServer = Callable[..., Server]
@@ -87,8 +98,8 @@ def start_server(
     Meda(Settings(home=home)).images.import_files("guest", **guest_image)  # type: ignore[arg-type]
     servers: list[Server] = []
 
-    def start(**env: str) -> Server:
-        srv = Server(home=home, env={**base_env, **env})
+    def start(*args: str, ca_file: Path | None = None, **env: str) -> Server:
+        srv = Server(home=home, env={**base_env, **env}, args=args, ca_file=ca_file)
         srv.start()
         servers.append(srv)
         return srv

@@ -1,0 +1,93 @@
+"""A token bucket per client on the routes that change things (``MEDA_RATE_LIMIT``)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from meda_api.security import refuse
+from meda_core.errors import InvalidRequest, RateLimited
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_CLIENTS = 10_000  # buckets kept; the idlest go first beyond this
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``rate`` requests per second on average, ``burst`` at once."""
+
+    rate: float
+    burst: int
+
+    @classmethod
+    def parse(cls, text: str) -> Limit | None:
+        """``"5/20"`` (5 per second, bursts of 20); ``"off"`` or empty: no limit."""
+        if text.strip().lower() in ("", "off", "0"):
+            return None
+        try:
+            rate, _, burst = text.partition("/")
+            limit = cls(float(rate), int(burst or max(1, math.ceil(float(rate)))))
+        except ValueError:
+            raise InvalidRequest(f"MEDA_RATE_LIMIT '{text}': use RATE/BURST, e.g. 5/20") from None
+        if limit.rate <= 0 or limit.burst < 1:
+            raise InvalidRequest(f"MEDA_RATE_LIMIT '{text}' must be positive")
+        return limit
+
+
+class _Buckets:
+    def __init__(self, limit: Limit) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[float, float]] = {}  # client -> (tokens, last time)
+
+    def take(self, client: str) -> float:
+        """0 if the client may go on, else the seconds until it may."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._state.get(client, (float(self.limit.burst), now))
+            tokens = min(self.limit.burst, tokens + (now - last) * self.limit.rate)
+            if tokens >= 1:
+                self._state[client] = (tokens - 1, now)
+                self._forget_idle()
+                return 0.0
+            self._state[client] = (tokens, now)
+            return (1 - tokens) / self.limit.rate
+
+    def _forget_idle(self) -> None:
+        if len(self._state) > MAX_CLIENTS:
+            for client, _ in sorted(self._state.items(), key=lambda kv: kv[1][1])[:1000]:
+                del self._state[client]
+
+
+class RateLimit:
+    """429 with ``Retry-After`` once a client (its token, else its address) is over."""
+
+    def __init__(self, app: ASGIApp, limit: Limit) -> None:
+        self.app, self.buckets = app, _Buckets(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in MUTATING:
+            wait = self.buckets.take(_client(scope))
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                error = RateLimited(
+                    f"too many requests: at most {self.buckets.limit.rate:g}/s "
+                    f"(bursts of {self.buckets.limit.burst}); retry in {retry}s",
+                    retry_after=retry,
+                )
+                await refuse(send, error, **{"Retry-After": str(retry)})
+                return
+        await self.app(scope, receive, send)
+
+
+def _client(scope: Scope) -> str:
+    authorization = dict(scope["headers"]).get(b"authorization")
+    if authorization:  # never kept as is: a digest of it
+        return "token:" + hashlib.sha256(authorization).hexdigest()[:16]
+    client = scope.get("client")
+    return f"address:{client[0] if client else 'unknown'}"

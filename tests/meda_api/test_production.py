@@ -1,0 +1,89 @@
+"""Rate limits and logs: 429 with Retry-After past a client's budget; JSON log lines with
+the request id, and never a secret."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from meda_api import create_app, logs
+from meda_api.ratelimit import Limit
+from meda_core.app import Meda
+from meda_core.errors import InvalidRequest
+
+TOKEN = "tok-planted-secret-4242"
+
+
+def test_a_client_over_its_budget_gets_429(fake_meda: Meda, fake_image: str) -> None:
+    app = create_app(fake_meda, rate_limit=Limit(rate=0.5, burst=2))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answers = [client.post("/api/v1/vms", json={"name": f"r{i}"}) for i in range(3)]
+        assert [a.status_code for a in answers] == [201, 201, 429]
+        refused = answers[2]
+        assert refused.json()["code"] == "RATE_LIMITED"
+        assert set(refused.json()) == {"error", "code", "details"}
+        assert 1 <= int(refused.headers["retry-after"]) <= 2
+        assert client.get("/api/v1/vms").status_code == 200  # reads are not limited
+        # Another client (another token) has a budget of its own.
+        other = client.delete("/api/v1/vms/r0", headers={"Authorization": "Bearer other"})
+        assert other.status_code == 200
+
+
+@pytest.mark.parametrize("text", ["x", "5/0", "-1/3", "a/b"])
+def test_bad_rate_limits_are_refused(text: str) -> None:
+    with pytest.raises(InvalidRequest):
+        Limit.parse(text)
+
+
+def test_rate_limit_syntax() -> None:
+    assert Limit.parse("off") is None and Limit.parse("") is None
+    assert Limit.parse("5/20") == Limit(5.0, 20)
+
+
+@pytest.fixture
+def log_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    monkeypatch.setenv("MEDA_REGISTRY_PASSWORD", "registry-planted-secret")
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    logs.configure(level="DEBUG", json_lines=True, secrets=[TOKEN], stream=stream)
+    yield stream
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def test_logs_are_json_with_the_request_id_and_without_secrets(
+    log_lines: io.StringIO, fake_meda: Meda, fake_image: str
+) -> None:
+    user_data = "#!/bin/sh\necho userdata-planted-secret\n"
+    with TestClient(create_app(fake_meda, token=TOKEN), raise_server_exceptions=False) as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        made = client.post("/api/v1/vms", json={"name": "l1", "user_data": user_data},
+                           headers=auth)  # fmt: skip
+        assert made.status_code == 201
+        client.get("/api/v1/vms", headers={"Authorization": f"Bearer {TOKEN}x"})  # 401
+        logging.getLogger("meda_core").error("a plugin logged %s by mistake", TOKEN)
+        client.delete("/api/v1/vms/l1", headers=auth)
+    text = log_lines.getvalue()
+    for secret in (TOKEN, "registry-planted-secret", "userdata-planted-secret"):
+        assert secret not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    access = [line for line in lines if line["logger"] == "meda_api.access"]
+    created = next(line for line in access if line["method"] == "POST")
+    assert created["request_id"] == made.headers["x-request-id"]
+    assert created["route"] == "/api/v1/vms" and created["status"] == 201
+    assert any(line["status"] == 401 for line in access)
+    assert any("[redacted]" in line["message"] for line in lines)
+
+
+def test_log_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEDA_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("MEDA_LOG", "meda=debug")
+    assert logs.level_from_environment() == "DEBUG"
+    monkeypatch.setenv("MEDA_LOG_LEVEL", "warning")
+    assert logs.level_from_environment() == "WARNING"
