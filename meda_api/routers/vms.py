@@ -23,8 +23,11 @@ ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         400: "Invalid parameters",
+        401: "A bearer token is required (servers beyond loopback)",
         404: "VM not found",
         409: "Conflict with the VM's name or state",
+        413: "Request body too large",
+        429: "Too many changes from this client (MEDA_RATE_LIMIT); see Retry-After",
         500: "Backend failure",
         503: "No usable backend",
     }.items()
