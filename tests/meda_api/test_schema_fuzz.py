@@ -3,6 +3,7 @@ every response's status, headers and body as the document says."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import not_a_server_error, positive_data_acceptance
 
 from meda_api import create_app
 from meda_core.app import Meda
@@ -55,6 +56,8 @@ def _cleanup() -> Iterator[None]:
     max_examples=CASES_PER_OPERATION,
     deadline=None,
     database=None,
+    # The same cases on every CI run (MEDA_FUZZ_RANDOM=1 explores new ones).
+    derandomize=not os.environ.get("MEDA_FUZZ_RANDOM"),
     suppress_health_check=list(HealthCheck),
 )
 def test_every_operation_keeps_to_the_document(case: schemathesis.Case) -> None:
@@ -62,4 +65,11 @@ def test_every_operation_keeps_to_the_document(case: schemathesis.Case) -> None:
     # Not checked: that every schema-valid body is accepted. Some rules are not expressible
     # in the schema (a size's minimum, user_data paths, a name already taken), and the seed
     # answers them with 400.
-    case.call_and_validate(excluded_checks=[positive_data_acceptance])
+    response = case.call()
+    case.validate_response(response, excluded_checks=[positive_data_acceptance,
+                                                       not_a_server_error])  # fmt: skip
+    # The one 5xx meda means to send: no room on this host for that VM now (admission).
+    if response.status_code >= 500:
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "INSUFFICIENT_CAPACITY", response.text
+        assert int(response.headers["retry-after"]) > 0
