@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -103,6 +104,7 @@ def main() -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)
     ordered = sorted(latencies)
     result = {
         "endpoint": "GET /api/v1/vms", "tls": True, "token": True, "rate_limit": "5/20",

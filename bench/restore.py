@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def main() -> int:
     finally:
         meda.vms.delete_all()
         namespaces.destroy(ns)
+        shutil.rmtree(home, ignore_errors=True)
 
     result = {
         "image": "debian:12", "shape": SHAPE, "rounds": args.rounds,
