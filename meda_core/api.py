@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from meda_core.app import Meda
-from meda_core.backends import Progress
+from meda_core.backends import Progress, no_progress
 from meda_core.models import (
     CleanupReport,
     CloneRequest,
@@ -41,10 +41,6 @@ from meda_core.sizes import format_size
 from meda_core.views import image_info, image_list, template_list, vm_info, vm_list
 from meda_core.warmrun import can_clone
 from meda_core.workflows import run_image
-
-
-def _no_progress(done: int, total: int) -> None:
-    pass
 
 
 class MedaApi(Protocol):
@@ -168,14 +164,14 @@ class LocalApi:
     def list_images(self) -> ImageList:
         return image_list(self.meda.images.listing())
 
-    def pull_image(self, request: PullRequest, progress: Progress = _no_progress) -> ImageResult:
+    def pull_image(self, request: PullRequest, progress: Progress = no_progress) -> ImageResult:
         image = self.meda.images.pull(request.image, request.registry, request.org, progress)
         return ImageResult(
             success=True, message=f"Pulled {image.source}", image=image_info(image),
             digest=image.digest,
         )  # fmt: skip
 
-    def push_image(self, request: PushRequest, progress: Progress = _no_progress) -> ImageResult:
+    def push_image(self, request: PushRequest, progress: Progress = no_progress) -> ImageResult:
         image, digest = self.meda.images.push(
             request.name, request.image, request.registry, request.org, request.dry_run,
             progress,
@@ -195,7 +191,7 @@ class LocalApi:
             image=image_info(image),
         )  # fmt: skip
 
-    def run_image(self, request: RunRequest, progress: Progress = _no_progress) -> OperationResult:
+    def run_image(self, request: RunRequest, progress: Progress = no_progress) -> OperationResult:
         warm = self.meda.warm_runs if can_clone(self.meda.backends) else None
         vm = run_image(self.meda.images, self.meda.vms, request, progress, warm)
         verb = "Created" if request.no_start else "Started"

@@ -259,6 +259,10 @@ class NetworkBackend(Backend):
 Progress = Callable[[int, int], None]
 
 
+def no_progress(done: int, total: int) -> None:
+    """A :data:`Progress` for callers that do not follow the bytes."""
+
+
 @dataclass(frozen=True)
 class ImageFiles:
     """An image's files and metadata as they travel to or from a registry."""

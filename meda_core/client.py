@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from meda_core.backends import Progress
+from meda_core.backends import Progress, no_progress
 from meda_core.errors import BackendUnavailable, MedaError
 from meda_core.models import (
     CleanupReport,
@@ -45,10 +45,6 @@ from meda_core.operations import FINISHED, Operation, OperationState
 
 M = TypeVar("M", bound=BaseModel)
 POLL_SECONDS = 0.25
-
-
-def _no_progress(done: int, total: int) -> None:
-    pass
 
 
 def _segment(value: str) -> str:
@@ -189,16 +185,16 @@ class RemoteApi:
     def list_images(self) -> ImageList:
         return self._call(ImageList, "GET", "/images")
 
-    def pull_image(self, request: PullRequest, progress: Progress = _no_progress) -> ImageResult:
+    def pull_image(self, request: PullRequest, progress: Progress = no_progress) -> ImageResult:
         return self._long(ImageResult, "/images/pull", request, progress)
 
-    def push_image(self, request: PushRequest, progress: Progress = _no_progress) -> ImageResult:
+    def push_image(self, request: PushRequest, progress: Progress = no_progress) -> ImageResult:
         return self._long(ImageResult, "/images/push", request, progress)
 
     def create_image(self, request: CreateImageRequest) -> ImageResult:
         return self._call(ImageResult, "POST", "/images", **self._body(request))
 
-    def run_image(self, request: RunRequest, progress: Progress = _no_progress) -> OperationResult:
+    def run_image(self, request: RunRequest, progress: Progress = no_progress) -> OperationResult:
         return self._long(OperationResult, "/images/run", request, progress)
 
     def remove_image(self, ref: str) -> ImageResult:

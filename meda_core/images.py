@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from meda_core.backends import ImageFiles, Progress, RegistryBackend, StorageBackend
+from meda_core.backends import ImageFiles, Progress, RegistryBackend, StorageBackend, no_progress
 from meda_core.blobs import BlobStore, sha256_file
 from meda_core.errors import (
     Conflict,
@@ -34,10 +34,6 @@ Registry = Callable[[], RegistryBackend]
 
 
 MAX_CHAIN = 32
-
-
-def _no_progress(done: int, total: int) -> None:
-    pass
 
 
 class ImageService:
@@ -155,7 +151,7 @@ class ImageService:
 
     def pull(
         self, image: str, registry: str | None = None, org: str | None = None,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> Image:  # fmt: skip
         """Pull ``image``; a second pull of the same reference waits and does no work."""
         ref = parse_reference(image, registry, org)
@@ -180,7 +176,7 @@ class ImageService:
 
     def push(
         self, name: str, target: str, registry: str | None = None, org: str | None = None,
-        dry_run: bool = False, progress: Progress = _no_progress,
+        dry_run: bool = False, progress: Progress = no_progress,
     ) -> tuple[Image, str | None]:  # fmt: skip
         """Push local image ``name`` to ``target``; the manifest digest (None on a dry run)."""
         image = self.get(name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meda_core.backends import Progress
+from meda_core.backends import Progress, no_progress
 from meda_core.errors import InvalidRequest, NotFound
 from meda_core.images import ImageService
 from meda_core.models import VM, CreateVMRequest, Image, RunRequest
@@ -11,16 +11,12 @@ from meda_core.vms import VMService
 from meda_core.warmrun import WarmRuns
 
 
-def _no_progress(done: int, total: int) -> None:
-    pass
-
-
 def find_or_pull(
     images: ImageService,
     image: str,
     registry: str | None,
     org: str | None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> Image:
     """The local image ``image`` if there is one and no registry was named, else a pull."""
     if registry is None and org is None and "/" not in image:
@@ -36,7 +32,7 @@ def run_image(
     images: ImageService,
     vms: VMService,
     request: RunRequest,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
     warm: WarmRuns | None = None,
 ) -> VM:
     """Pull if needed, then clone the image's warm template (``warm``, unless ``cold``
