@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from meda_core.backends import LaunchSpec
 from meda_core.config import Settings
 from meda_core.models import VMSpec
 from meda_core.testing.guest import BOOT_MARKER, build_test_guest, default_cache
+from meda_core.testing.host import free_port
 from meda_qemu.argv import build_argv
 
 SPEC = VMSpec(memory="512M", cpus=1, disk="1G")
@@ -46,12 +46,6 @@ def wait_marker(path: Path, timeout: float = 120) -> float:
             pass
         time.sleep(0.005)
     raise TimeoutError(f"no boot marker in {path}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def boot_via_meda(api: httpx.Client, name: str) -> tuple[float, float, str]:

@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -29,23 +28,7 @@ from pathlib import Path
 import httpx
 from results_file import write_result  # beside this script
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def certificate(folder: Path) -> tuple[Path, Path]:
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+from meda_core.testing.host import free_port, self_signed_certificate
 
 
 async def hammer(url: str, token: str, context: ssl.SSLContext, seconds: float, clients: int
@@ -80,7 +63,7 @@ def main() -> int:
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="meda-load-"))
-    cert, key = certificate(folder)
+    cert, key = self_signed_certificate(folder)
     token, port = secrets.token_urlsafe(24), free_port()
     env = {**os.environ, "MEDA_HOME": str(folder / "home"), "MEDA_API_TOKEN": token,
            "MEDA_RATE_LIMIT": "5/20", "MEDA_LOG_LEVEL": "warning"}  # fmt: skip

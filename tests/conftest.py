@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from meda_api import create_app
 from meda_core.app import Meda
 from meda_core.models import CreateVMRequest
 from meda_core.testing.guest import BootableGuest
+from meda_core.testing.host import free_port
 from meda_core.testing.installs import install_entry_points
 
 
@@ -63,9 +63,7 @@ def serve_api() -> Iterator[ServeApi]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def serve(meda: Meda, token: str | None = None) -> str:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         config = uvicorn.Config(
             create_app(meda, token=token), host="127.0.0.1", port=port, log_level="warning"
         )

@@ -1,7 +1,10 @@
-"""Looking at the host for what meda left behind: processes and sockets."""
+"""The host as tests see it: what meda left behind (processes, sockets), a free port,
+a self-signed certificate."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 from pathlib import Path
 
 
@@ -38,3 +41,23 @@ def unix_sockets_under(directory: Path) -> list[str]:
         fields[7] for line in lines
         if len(fields := line.split()) > 7 and fields[7].startswith(prefix)
     )  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with openssl in ``folder``."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -12,13 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from meda_core.testing.host import free_port
+
 BINARY = "docker-registry"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -27,7 +22,7 @@ def local_registry(root: Path, htpasswd: Path | None = None) -> Iterator[str]:
     binary = shutil.which(BINARY)
     if binary is None:
         raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
-    port = _free_port()
+    port = free_port()
     auth = f"auth:\n  htpasswd:\n    realm: meda-test\n    path: {htpasswd}\n" if htpasswd else ""
     config = root / "config.yml"
     root.mkdir(parents=True, exist_ok=True)

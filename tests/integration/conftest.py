@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -20,16 +19,9 @@ from meda_core import imagebuild
 from meda_core.app import Meda
 from meda_core.config import Settings
 from meda_core.models import Image
-from meda_core.testing.host import processes_mentioning
+from meda_core.testing.host import free_port, processes_mentioning
 from meda_core.testing.installs import install_entry_points
 from meda_tapbridge.backend import vm_namespace_prefix
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

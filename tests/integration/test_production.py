@@ -4,7 +4,6 @@ SIGTERM that lets in-flight requests finish and never stops a VM."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -12,25 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from meda_core.testing.host import processes_mentioning
+from meda_core.testing.host import processes_mentioning, self_signed_certificate
 from tests.integration.conftest import RunMeda, StartServer
 
 pytestmark = pytest.mark.vm
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_https_only(start_server: StartServer, run_meda: RunMeda, tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     server = start_server("--tls-cert", str(cert), "--tls-key", str(key), ca_file=cert)
     with server.client() as api:
         assert api.get("/health").status_code == 200

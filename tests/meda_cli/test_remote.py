@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,17 +21,11 @@ from meda_core.models import (
     RunRequest,
     VMInfo,
 )
+from meda_core.testing.host import free_port
 from tests.conftest import ServeApi
 
 TOKEN = "s3cret-token"
 runner = CliRunner()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -91,7 +84,7 @@ def test_host_only_commands_say_so(server_url: str, tmp_path: Path) -> None:
 
 
 def test_an_unreachable_server_is_a_clear_error() -> None:
-    code, _, err = remote(f"http://127.0.0.1:{_free_port()}", "list")
+    code, _, err = remote(f"http://127.0.0.1:{free_port()}", "list")
     assert code == 5 and "cannot reach the meda server" in err
 
 
