@@ -107,6 +107,17 @@ def _dead_owner() -> RuntimeInfo:
     return RuntimeInfo(pid=me.pid, start_ticks=me.start_ticks + 1, boot_id=me.boot_id)
 
 
+def _cut_short(meda: Meda, make_vm: MakeVM, interrupted: VMState, process_left: bool) -> VM:
+    """VM ``vm1`` as a crash leaves it: ``interrupted``, its operation's process gone."""
+    make_vm("vm1")
+    if process_left:
+        meda.vms.start("vm1")
+    vm = meda.store.require_vm("vm1")
+    vm.state, vm.runtime, vm.operation_owner = interrupted, None, _dead_owner()
+    meda.store.save_vm(vm)
+    return vm
+
+
 @pytest.mark.parametrize(
     ("interrupted", "process_left", "settled"),
     [
@@ -122,12 +133,7 @@ def test_a_start_or_stop_interrupted_by_a_crash_is_settled(
     process_left: bool,
     settled: VMState,
 ) -> None:
-    make_vm("vm1")
-    if process_left:
-        fake_meda.vms.start("vm1")
-    vm = fake_meda.store.require_vm("vm1")
-    vm.state, vm.runtime, vm.operation_owner = interrupted, None, _dead_owner()
-    fake_meda.store.save_vm(vm)
+    _cut_short(fake_meda, make_vm, interrupted, process_left)
     assert fake_meda.vms.get("vm1").state == settled
     fake_meda.vms.delete("vm1")
     assert fake_meda.vms.list() == []
@@ -138,12 +144,7 @@ def test_a_start_or_stop_interrupted_by_a_crash_is_settled(
 def test_a_create_or_delete_interrupted_by_a_crash_is_finished(
     fake_meda: Meda, make_vm: MakeVM, interrupted: VMState, process_left: bool
 ) -> None:
-    make_vm("vm1")
-    if process_left:
-        fake_meda.vms.start("vm1")
-    vm = fake_meda.store.require_vm("vm1")
-    vm.state, vm.runtime, vm.operation_owner = interrupted, None, _dead_owner()
-    fake_meda.store.save_vm(vm)
+    vm = _cut_short(fake_meda, make_vm, interrupted, process_left)
     assert fake_meda.vms.list() == []  # rolled back (create) or forward (delete)
     with pytest.raises(VMNotFound):
         fake_meda.vms.get("vm1")
