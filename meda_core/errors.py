@@ -17,7 +17,8 @@ CLI map errors in exactly one place each, by reading these attributes.
     │   ├── ImageExists                          IMAGE_EXISTS
     │   └── InvalidState                         INVALID_STATE
     ├── BackendUnavailable         503  exit 5   BACKEND_UNAVAILABLE
-    └── BackendError               500  exit 6   BACKEND_ERROR
+    ├── BackendError               500  exit 6   BACKEND_ERROR
+    └── StateVersionError          500  exit 9   STATE_VERSION
 """
 
 from __future__ import annotations
@@ -156,3 +157,11 @@ class BackendError(MedaError):
     code = "BACKEND_ERROR"
     http_status = 500
     exit_code = 6
+
+
+class StateVersionError(MedaError):
+    """MEDA_HOME's state was written by a newer meda than this one."""
+
+    code = "STATE_VERSION"
+    http_status = 500
+    exit_code = 9

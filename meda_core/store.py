@@ -8,38 +8,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from meda_core import migrations
 from meda_core.errors import Conflict, InvalidState, VMExists, VMNotFound
 from meda_core.models import VM, Image, PortForward, RuntimeInfo, VMState
-
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vms (
-    name  TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    data  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS leases (
-    network TEXT NOT NULL,
-    ip      TEXT NOT NULL,
-    vm      TEXT NOT NULL,
-    mac     TEXT NOT NULL UNIQUE,
-    PRIMARY KEY (network, ip),
-    UNIQUE (network, vm)
-);
-CREATE TABLE IF NOT EXISTS forwards (
-    host_port  INTEGER NOT NULL,
-    protocol   TEXT NOT NULL,
-    vm         TEXT NOT NULL,
-    guest_port INTEGER NOT NULL,
-    PRIMARY KEY (host_port, protocol)
-);
-CREATE TABLE IF NOT EXISTS images (
-    name TEXT NOT NULL,
-    tag  TEXT NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (name, tag)
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -58,8 +29,7 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.upgraded_from = migrations.upgrade(db, path)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

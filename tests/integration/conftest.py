@@ -33,6 +33,8 @@ class Server:
     #: More ``meda serve`` options; with ``--tls-cert``, ``ca_file`` checks the server.
     args: tuple[str, ...] = ()
     ca_file: Path | None = None
+    #: Where the server runs: another tree's code is imported from its folder.
+    cwd: Path | None = None
 
     @property
     def url(self) -> str:
@@ -47,7 +49,7 @@ class Server:
         argv = [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(self.port),
                 *self.args]  # fmt: skip
         log = (self.home / "server.log").open("ab")
-        self.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
+        self.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log, cwd=self.cwd)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

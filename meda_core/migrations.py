@@ -1,0 +1,108 @@
+"""Numbered migrations of the state store: each one takes the database one version forward.
+
+A database records its version in SQLite's ``user_version``. Opening it runs every
+migration it lacks, in order, inside one transaction together with the new version
+number: a crash leaves the old schema or the new one, never a mix. The file as it was is
+copied beside it first (``state.db.v<N>.bak``), so an operator can go back to the meda
+that wrote it. A database from a newer meda is refused: this code cannot know its
+meaning.
+
+Every change to what the store keeps adds a function here, never an edit of an old one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from meda_core.errors import StateVersionError
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _v1_tables(db: sqlite3.Connection) -> None:
+    """VMs and images as JSON records; address leases; port forwards."""
+    db.execute("CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, state TEXT NOT NULL,"
+               " data TEXT NOT NULL)")  # fmt: skip
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS leases (network TEXT NOT NULL, ip TEXT NOT NULL,"
+        " vm TEXT NOT NULL, mac TEXT NOT NULL UNIQUE, PRIMARY KEY (network, ip),"
+        " UNIQUE (network, vm))"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS forwards (host_port INTEGER NOT NULL,"
+        " protocol TEXT NOT NULL, vm TEXT NOT NULL, guest_port INTEGER NOT NULL,"
+        " PRIMARY KEY (host_port, protocol))"
+    )
+    db.execute("CREATE TABLE IF NOT EXISTS images (name TEXT NOT NULL, tag TEXT NOT NULL,"
+               " data TEXT NOT NULL, PRIMARY KEY (name, tag))")  # fmt: skip
+
+
+#: Version N is reached by running ``MIGRATIONS[N - 1]``; the list only ever grows.
+MIGRATIONS: list[Migration] = [_v1_tables]
+
+
+def latest() -> int:
+    return len(MIGRATIONS)
+
+
+def version_of(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_not_newer(found: int, path: Path) -> None:
+    if found > latest():
+        raise StateVersionError(
+            f"{path} was written by a newer meda (state version {found}; this meda knows up "
+            f"to {latest()}): upgrade meda, or restore the state.db.v{latest()}.bak the newer "
+            "meda left beside it",
+            path=str(path),
+            found=found,
+            supported=latest(),
+        )
+
+
+def backup(db: sqlite3.Connection, path: Path) -> Path | None:
+    """A consistent copy of the database beside it, named after the version it holds
+    (another opener may have migrated it meanwhile: a copy of the latest is not kept)."""
+    staged = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    copy = sqlite3.connect(staged)
+    try:
+        db.backup(copy)
+        version = version_of(copy)
+    finally:
+        copy.close()
+    if version == latest():
+        staged.unlink()
+        return None
+    staged.chmod(0o600)
+    return staged.replace(path.with_name(f"{path.name}.v{version}.bak"))
+
+
+def upgrade(db: sqlite3.Connection, path: Path) -> int:
+    """Bring ``db`` (an open connection, outside any transaction) to the latest version.
+
+    Returns the version it had. Safe against another process doing the same at once:
+    the version is read again once the write lock is held.
+    """
+    found = version_of(db)
+    check_not_newer(found, path)
+    if found == latest():
+        return found
+    if found > 0:
+        backup(db, path)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = version_of(db)
+        check_not_newer(found, path)
+        for migration in MIGRATIONS[found:]:
+            migration(db)
+        db.execute(f"PRAGMA user_version={latest()}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return found

@@ -1,0 +1,144 @@
+"""A MEDA_HOME written by an older meda opens with this one: VMs, images, leases, forwards
+and templates intact and usable; one from a newer meda is refused."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from meda_core import migrations
+from meda_core.app import Meda
+from meda_core.config import Settings
+from meda_core.testing.guest import HTTP_PAGE
+from meda_core.testing.host import processes_mentioning
+from tests.integration.conftest import Server
+from tests.integration.test_network import guest_ip, http_get, start_vm
+
+pytestmark = pytest.mark.vm
+
+#: The last commit before numbered migrations: its state.db is version 1.
+BASELINE = "788048d5c87c179ac75cf9f3ff78b51320fbdffa"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def baseline_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A git worktree of :data:`BASELINE` (needs the repository's history)."""
+    tree = tmp_path_factory.mktemp("baseline") / "meda"
+    added = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), BASELINE],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if added.returncode != 0:
+        pytest.fail(f"cannot check out the baseline {BASELINE[:12]}: {added.stderr}")
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                       capture_output=True, check=False)  # fmt: skip
+
+
+def _old_env(tree: Path, env: dict[str, str]) -> dict[str, str]:
+    """Run the baseline's code: its folders come before the installed meda."""
+    return {**env, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "plugins")])}
+
+
+def _old_python(tree: Path, env: dict[str, str], code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], cwd=tree, env=_old_env(tree, env),
+                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    return done.stdout.strip()
+
+
+def _vm(api: httpx.Client, name: str) -> dict[str, Any]:
+    response = api.get(f"/vms/{name}")
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _make_old_home(api: httpx.Client, netns: str) -> dict[str, dict[str, Any]]:
+    """Running and stopped VMs with forwards, a template with a clone."""
+    guest_ip(start_vm(api, "web"))
+    assert api.post("/vms/web/port-forward", json={"host_port": 8085, "guest_port": 80}
+                    ).status_code == 201  # fmt: skip
+    assert http_get(netns, "http://127.0.0.1:8085/") == HTTP_PAGE
+    guest_ip(start_vm(api, "idle"))
+    assert api.post("/vms/idle/stop").status_code == 200
+    assert api.post("/vms/idle/port-forward", json={"host_port": 8086, "guest_port": 80}
+                    ).status_code == 201  # fmt: skip
+    created = api.post("/vms", json={"name": "tpl", "memory": "256M", "template": True})
+    assert created.status_code == 201, created.text
+    guest_ip(api.post("/vms/tpl/start").json()["vm"])
+    assert api.post("/vms/tpl/snapshot").status_code == 200
+    assert api.post("/vms/tpl/stop").status_code == 200
+    assert api.post("/vms/tpl/clone", json={"name": "c1"}).status_code == 201
+    return {name: _vm(api, name) for name in ("web", "idle", "tpl", "c1")}
+
+
+def _state_version(home: Path) -> int:
+    with sqlite3.connect(home / "state.db") as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_a_home_from_the_baseline_upgrades_intact_and_usable(
+    baseline_tree: Path, tmp_path: Path, netns: str, guest_image: dict[str, object]
+) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "MEDA_HOME": str(home), "MEDA_DEFAULT_IMAGE": "guest",
+           "MEDA_NETNS": netns}  # fmt: skip
+    kernel, initrd = (str(guest_image[key]) for key in ("kernel", "initrd"))
+    imported_by = _old_python(baseline_tree, env, (
+        "import meda_core; from pathlib import Path; from meda_core.app import Meda;"
+        f" Meda().images.import_files('guest', kernel=Path({kernel!r}),"
+        f" initrd=Path({initrd!r}), cmdline={guest_image['cmdline']!r});"
+        " print(meda_core.__file__)"
+    ))  # fmt: skip
+    assert imported_by.startswith(str(baseline_tree))  # the old code wrote this home
+    old = Server(home=home, env=_old_env(baseline_tree, env), cwd=baseline_tree)
+    new = Server(home=home, env=env)
+    try:
+        old.start()
+        with old.client() as api:
+            before = _make_old_home(api, netns)
+            images_before = api.get("/images").json()["images"]
+        old.kill()  # the old server goes; its guests keep running
+        assert _state_version(home) == 1
+
+        new.start()
+        assert _state_version(home) == migrations.latest()
+        with new.client() as api:
+            after = {name: _vm(api, name) for name in before}
+            for name, vm in before.items():
+                assert after[name]["state"] == vm["state"], name
+                assert after[name]["ip"] == vm["ip"], name
+                assert after[name]["details"]["pid"] == vm["details"]["pid"], name
+                assert after[name]["details"]["port_forwards"] == vm["details"]["port_forwards"]
+            assert api.get("/images").json()["images"] == images_before
+            assert api.get("/templates").json()["templates"][0]["clones"] == ["c1"]
+            # The running guest answers through its forward, as the new rules render it.
+            assert http_get(netns, "http://127.0.0.1:8085/") == HTTP_PAGE
+            # The stopped VM starts on its lease; its forward was kept.
+            started = api.post("/vms/idle/start")
+            assert started.status_code == 200, started.text
+            assert guest_ip(started.json()["vm"]) == before["idle"]["ip"]
+            assert http_get(netns, "http://127.0.0.1:8086/") == HTTP_PAGE
+            # The template made by the old meda still clones.
+            clone = api.post("/vms/tpl/clone", json={"name": "c2"})
+            assert clone.status_code == 201, clone.text
+            assert http_get(netns, f"http://{clone.json()['vm']['ip']}/") == HTTP_PAGE
+            for name in ("c1", "c2", "idle", "web", "tpl"):
+                vm_dir = _vm(api, name)["details"]["vm_dir"]
+                assert api.delete(f"/vms/{name}").status_code == 200, name
+                assert processes_mentioning(vm_dir) == []
+            assert api.get("/vms").json()["count"] == 0
+    finally:
+        old.kill()
+        new.kill()
+        Meda(Settings(home=home, netns=netns, stop_timeout=3)).vms.delete_all()

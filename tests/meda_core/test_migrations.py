@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from meda_core import migrations
+from meda_core.errors import StateVersionError
+from meda_core.store import StateStore
+
+
+def _version(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {row[0] for row in rows}
+
+
+def test_a_new_store_is_at_the_latest_version(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    assert store.upgraded_from == 0
+    assert _version(store.path) == migrations.latest()
+    assert {"vms", "images", "leases", "forwards"} <= _tables(store.path)
+    assert list(tmp_path.glob("*.bak")) == []  # nothing to keep from an empty store
+
+
+def test_a_store_from_a_newer_meda_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path)
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version={migrations.latest() + 1}")
+    before = path.read_bytes()
+    with pytest.raises(StateVersionError, match="newer meda") as caught:
+        StateStore(path)
+    assert caught.value.details["found"] == migrations.latest() + 1
+    assert caught.value.exit_code == 9
+    assert path.read_bytes() == before
+
+
+def _add_migration(monkeypatch: pytest.MonkeyPatch, migration: migrations.Migration) -> None:
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, migration])
+
+
+def test_an_older_store_is_upgraded_with_a_backup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path)
+    old_version = migrations.latest()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO images (name, tag, data) VALUES ('a', 'b', '{}')")
+
+    def add_notes(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE notes (text TEXT)")
+        db.execute("INSERT INTO notes SELECT name FROM images")
+
+    _add_migration(monkeypatch, add_notes)
+    assert StateStore(path).upgraded_from == old_version
+    assert _version(path) == old_version + 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT text FROM notes").fetchall() == [("a",)]
+    backup = path.with_name(f"state.db.v{old_version}.bak")
+    assert _version(backup) == old_version and "notes" not in _tables(backup)
+    assert backup.stat().st_mode & 0o077 == 0
+    assert StateStore(path).upgraded_from == old_version + 1  # once only
+
+
+def test_a_failed_migration_leaves_the_old_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path)
+    version = migrations.latest()
+
+    def half_done(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE notes (text TEXT)")
+        raise RuntimeError("power cut")
+
+    _add_migration(monkeypatch, half_done)
+    with pytest.raises(RuntimeError, match="power cut"):
+        StateStore(path)
+    assert _version(path) == version and "notes" not in _tables(path)
+
+
+def test_two_openers_of_an_old_store_migrate_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path)
+    runs: list[str] = []
+
+    def slow(db: sqlite3.Connection) -> None:
+        runs.append(threading.current_thread().name)
+        time.sleep(0.3)  # the other opener has read the old version and waits for the lock
+
+    _add_migration(monkeypatch, slow)
+    openers = [threading.Thread(target=StateStore, args=(path,)) for _ in range(2)]
+    for opener in openers:
+        opener.start()
+    for opener in openers:
+        opener.join()
+    assert len(runs) == 1 and _version(path) == migrations.latest()
