@@ -120,8 +120,8 @@ def read_qcow2_header(path: Path) -> Qcow2Header:
         version=version,
         virtual_size=virtual_size,
         backing_file=backing,
-        backing_format=backing_format.decode(errors="replace") if backing_format else None,
-        data_file=data_file.decode(errors="replace") if data_file is not None else None,
+        backing_format=_text(backing_format) if backing_format else None,
+        data_file=_text(data_file) if data_file is not None else None,
         external_data=bool(incompatible & _INCOMPAT_DATA_FILE)
         or bool(autoclear & _AUTOCLEAR_DATA_FILE_RAW),
         encrypted=crypt_method != 0 or _EXT_CRYPTO in extensions,
@@ -133,7 +133,11 @@ def _read_string(disk: Any, offset: int, size: int, path: Path) -> str:
         raise _refuse(path, "a qcow2 header with a malformed backing file name")
     disk.seek(offset)
     data: bytes = disk.read(size)
-    return data.decode(errors="replace")
+    return _text(data)
+
+
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace").rstrip("\0")
 
 
 def _extensions(disk: Any, start: int, path: Path) -> dict[int, bytes]:
@@ -208,7 +212,8 @@ def _qemu_img_info(path: Path, limits: ProbeLimits) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         raise _refuse(path, "a qcow2 disk qemu-img could not read in time") from None
     if result.returncode != 0:
-        raise _refuse(path, f"a qcow2 disk qemu-img cannot read: {result.stderr.strip()[:300]}")
+        why = result.stderr.strip()[:300] or f"exit status {result.returncode}"
+        raise _refuse(path, f"a qcow2 disk qemu-img cannot read ({why})")
     try:
         info: dict[str, Any] = json.loads(result.stdout)
     except ValueError:

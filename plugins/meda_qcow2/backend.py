@@ -57,7 +57,10 @@ class Qcow2Storage(StorageBackend):
         tmp = dest.with_name(dest.name + ".tmp")
         args = ["create", "-q", "-f", "qcow2"]
         if base is not None:
-            args += ["-b", str(base.resolve()), "-F", base_format or _format(base)]
+            found = self._standalone(base)  # qemu-img would open what it names
+            if base_format not in (None, found):
+                raise BackendError(f"base disk {base} is {found}, not {base_format}")
+            args += ["-b", str(base.resolve()), "-F", found]
         try:
             _qemu_img(*args, str(tmp), str(size))
             tmp.rename(dest)
@@ -67,6 +70,7 @@ class Qcow2Storage(StorageBackend):
 
     def create_overlay(self, dest: Path, size: int, base: Path) -> DiskInfo:
         # -u: never open the base, which the VM being snapshotted still holds locked.
+        diskprobe.check_chain(base, diskprobe.roots(self.context.settings))
         tmp = dest.with_name(dest.name + ".tmp")
         try:
             _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(base.resolve()),
@@ -86,6 +90,11 @@ class Qcow2Storage(StorageBackend):
         finally:
             tmp.unlink(missing_ok=True)
         return self.disk_info(dest)
+
+    @staticmethod
+    def _standalone(base: Path) -> str:
+        _format(base)  # a missing base is a BackendError, as any qemu-img failure
+        return diskprobe.check_standalone(base)
 
     def delete_disk(self, path: Path) -> None:
         path.unlink(missing_ok=True)
