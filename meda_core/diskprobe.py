@@ -147,15 +147,15 @@ def _extensions(disk: Any, start: int, path: Path) -> dict[int, bytes]:
     for _ in range(64):
         raw: bytes = disk.read(8)
         if len(raw) < 8:
-            break
+            return found
         kind, length = struct.unpack(">II", raw)
         if kind == _EXT_END:
-            break
+            return found
         if length > 64 * 1024:
             raise _refuse(path, "a qcow2 header extension too long to be real")
         found[kind] = disk.read(length)
         disk.seek((8 - length % 8) % 8, os.SEEK_CUR)
-    return found
+    raise _refuse(path, "a qcow2 header with more extensions than any real one")
 
 
 def check_standalone(path: Path) -> str:
