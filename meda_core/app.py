@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from meda_core import __version__
+from meda_core import __version__, diskprobe
 from meda_core.backends import BackendContext
 from meda_core.config import Settings
 from meda_core.eventbus import EventBus
@@ -47,6 +47,7 @@ class Meda:
             self.settings.default_image,
             self.backends.storage,
             self.backends.registry,
+            diskprobe.limits(self.settings),
         )
         self.events = EventBus()
         self.operations = Operations(self.events)

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     user_data_dirs: str = Field(
         "", description="Colon-separated directories user_data paths may name (none by default)"
     )
+    disk_probe_cpu_seconds: int = Field(
+        30, ge=1, description="CPU seconds qemu-img gets to read a qcow2 disk meda checks"
+    )
+    disk_probe_memory: str = Field(
+        "1G", description="Address space qemu-img gets to read a qcow2 disk meda checks"
+    )
     disabled_plugins: str = Field(
         "",
         description="Comma-separated plugin names not to load",

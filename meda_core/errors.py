@@ -6,7 +6,8 @@ CLI map errors in exactly one place each, by reading these attributes.
 
     MedaError                      500  exit 1   INTERNAL_ERROR
     ├── InvalidRequest             400  exit 2   INVALID_REQUEST
-    │   └── PayloadTooLarge        413           PAYLOAD_TOO_LARGE
+    │   ├── PayloadTooLarge        413           PAYLOAD_TOO_LARGE
+    │   └── UnsafeDisk                           UNSAFE_DISK
     ├── Unauthorized               401  exit 7   UNAUTHORIZED
     ├── RateLimited                429  exit 8   RATE_LIMITED
     ├── NotFound                   404  exit 3   NOT_FOUND
@@ -81,6 +82,12 @@ class PayloadTooLarge(InvalidRequest):
 
     code = "PAYLOAD_TOO_LARGE"
     http_status = 413
+
+
+class UnsafeDisk(InvalidRequest):
+    """A disk in a format meda does not keep, or one that names files outside itself."""
+
+    code = "UNSAFE_DISK"
 
 
 class Unauthorized(MedaError):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from meda_core import diskprobe
 from meda_core.backends import ImageFiles, Progress, RegistryBackend, StorageBackend, no_progress
 from meda_core.blobs import BlobStore, sha256_file
 from meda_core.errors import (
@@ -16,8 +18,10 @@ from meda_core.errors import (
     ImageExists,
     ImageNotFound,
     InvalidRequest,
+    UnsafeDisk,
     VMNotFound,
 )
+from meda_core.files import copy_sparse
 from meda_core.locks import exclusive
 from meda_core.models import Image, VMState
 from meda_core.names import parse_image_ref
@@ -51,8 +55,10 @@ class ImageService:
         default_ref: str,
         storage: Backend,
         registry: Registry,
+        probe_limits: diskprobe.ProbeLimits | None = None,
     ) -> None:
         self._store = store
+        self._probe_limits = probe_limits or diskprobe.ProbeLimits()
         self._home = home
         self._default_ref = default_ref
         self._storage = storage
@@ -105,26 +111,45 @@ class ImageService:
                 raise InvalidRequest(f"no such file: {path}", path=str(path))
         if self._store.get_image(name, tag) is not None:
             raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
-        files = ImageFiles(
-            disk=disk,
-            disk_format=self._storage().disk_info(disk).format if disk else None,
-            kernel=kernel,
-            initrd=initrd,
-            cmdline=cmdline,
-        )
-        image = self._record(name, tag, self._adopt(files, copy=True), source=source)
+        staging = self.blobs.staging()
+        try:
+            # The copy is probed, not the original, which could change in between.
+            staged = None
+            if disk is not None:
+                staged = staging / "disk"
+                copy_sparse(disk, staged)
+            files = ImageFiles(
+                disk=staged, disk_format=self._probe(staged), kernel=kernel, initrd=initrd,
+                cmdline=cmdline,
+            )  # fmt: skip
+            image = self._record(name, tag, self._adopt(files, copy=True, staged={"disk"}),
+                                 source=source)  # fmt: skip
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         if not self._store.insert_image(image):
             raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
         return image
 
-    def _adopt(self, files: ImageFiles, copy: bool) -> ImageFiles:
-        """Put the files into the blob store (copied, or moved when ``copy`` is False)."""
+    def _probe(self, disk: Path | None) -> str | None:
+        """The disk's format by meda's own probe; a disk that is neither a raw nor a
+        standalone qcow2 disk is refused (whatever its sender said it is)."""
+        return diskprobe.verify(disk, self._probe_limits) if disk is not None else None
+
+    def _vetted(self, files: ImageFiles) -> ImageFiles:
+        """``files`` with the disk format meda probed in place of the claimed one."""
+        return dataclasses.replace(files, disk_format=self._probe(files.disk))
+
+    def _adopt(
+        self, files: ImageFiles, copy: bool, staged: frozenset[str] | set[str] = frozenset()
+    ) -> ImageFiles:
+        """Put the files into the blob store (copied, or moved when ``copy`` is False or
+        the field is ``staged``, already a copy of meda's own)."""
         moved: dict[str, Path | None] = {}
         for field in ("disk", "kernel", "initrd"):
             path: Path | None = getattr(files, field)
             if path is None:
                 moved[field] = None
-            elif copy:
+            elif copy and field not in staged:
                 moved[field] = self.blobs.add_file(path)[1]
             else:
                 moved[field] = self.blobs.adopt(path, sha256_file(path))
@@ -165,7 +190,12 @@ class ImageService:
             if local is not None and local.digest == remote and local.source == str(ref):
                 return local  # already here: nothing to move
             workdir.mkdir(parents=True, exist_ok=True)
-            files = self._adopt(backend.pull(ref, workdir, progress), copy=False)
+            try:
+                files = self._vetted(backend.pull(ref, workdir, progress))
+            except UnsafeDisk:
+                shutil.rmtree(workdir, ignore_errors=True)  # nothing of it is kept
+                raise
+            files = self._adopt(files, copy=False)
             record = self._record(ref.name, ref.tag, files, ref.registry, ref.org, source=str(ref))
             self._store.put_image(record)
             shutil.rmtree(workdir, ignore_errors=True)
@@ -182,16 +212,36 @@ class ImageService:
         image = self.get(name)
         ref = parse_reference(target, registry, org)
         backend = self._registry()
+        disk_format = self._checked_disk(image)
         if dry_run:
             return image, None
         files = ImageFiles(
-            disk=image.disk, disk_format=image.disk_format, kernel=image.kernel,
+            disk=image.disk, disk_format=disk_format, kernel=image.kernel,
             initrd=image.initrd, cmdline=image.cmdline, defaults=image.defaults,
         )  # fmt: skip
         digest = backend.push(files, ref, progress)
         image.digest, image.registry, image.org = digest, ref.registry, ref.org
         self._store.put_image(image)
         return image, digest
+
+    def _checked_disk(self, image: Image) -> str | None:
+        """The image's disk format, checked again (cheaply): an image stored by an older
+        meda may be one this meda would refuse."""
+        if image.disk is None:
+            return None
+        fmt = diskprobe.check_standalone(image.disk)
+        if image.disk_format is not None and image.disk_format != fmt:
+            raise UnsafeDisk(
+                f"image '{image.ref}' is recorded as {image.disk_format} but its disk is "
+                f"{fmt}: remove it and import or pull it again",
+                image=image.ref,
+            )
+        return fmt
+
+    def checked_base(self, image: Image) -> tuple[Path, str] | None:
+        """The disk a new VM of ``image`` rests on and its probed format, if it has one."""
+        fmt = self._checked_disk(image)
+        return None if image.disk is None or fmt is None else (image.disk, fmt)
 
     # ---- from a VM ----
 
@@ -217,7 +267,7 @@ class ImageService:
             flat = staging / "disk.qcow2"
             self._storage().flatten(vm.disk_path, flat)
             files = ImageFiles(
-                disk=flat, disk_format="qcow2", kernel=base.kernel if base else None,
+                disk=flat, disk_format=self._probe(flat), kernel=base.kernel if base else None,
                 initrd=base.initrd if base else None, cmdline=base.cmdline if base else None,
                 defaults=vm.spec,
             )  # fmt: skip

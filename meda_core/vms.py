@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from meda_core import capacity, procs, seed, userdata
+from meda_core import capacity, diskprobe, procs, seed, userdata
 from meda_core.backends import (
     HypervisorBackend,
     LaunchSpec,
@@ -169,7 +169,7 @@ class VMService:
             if clone_of is not None and clone_of.snapshot is not None:
                 storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, clone_of.snapshot.disk)
             else:
-                self._create_disk(vm, storage, image.disk, image.disk_format)
+                self._create_disk(vm, storage, self._images.checked_base(image))
             if network is not None:
                 isolated = vm.template or clone_of is not None
                 _record_attachment(vm, network.allocate(name, isolated=isolated))
@@ -198,6 +198,9 @@ class VMService:
                 storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
                 storage.delete_disk(vm.disk_path)
                 storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, restore.disk)
+            # The whole chain, every start: a disk made by an older meda may rest on an
+            # image that names a host file.
+            diskprobe.check_chain(vm.disk_path, diskprobe.roots(self._settings))
             network = self._network(vm)
             nics = () if network is None else (self._plug(vm, network),)
             state = restore.state_file if restore is not None else None
@@ -330,10 +333,11 @@ class VMService:
         return self._with_forwards(vm)
 
     def _create_disk(
-        self, vm: VM, storage: StorageBackend, base: Path | None, base_format: str | None
+        self, vm: VM, storage: StorageBackend, checked_base: tuple[Path, str] | None
     ) -> None:
         size = vm.spec.disk_bytes
-        if base is not None:
+        if checked_base is not None:
+            base, base_format = checked_base
             base_size = storage.disk_info(base).virtual_size
             if size < base_size:
                 raise InvalidRequest(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ import uvicorn
 
 from meda_api import create_app
 from meda_core.app import Meda
-from meda_core.models import CreateVMRequest
+from meda_core.models import CreateVMRequest, Image
+from meda_core.testing import disks
 from meda_core.testing.guest import BootableGuest
 from meda_core.testing.host import free_port
 from meda_core.testing.installs import install_entry_points
@@ -79,3 +82,21 @@ def serve_api() -> Iterator[ServeApi]:
     for server, thread in servers:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def host_secret(tmp_path: Path) -> Path:
+    """A host file no guest may read: a hostile disk names it as its backing or data file."""
+    path = tmp_path / "host" / "secret"
+    path.parent.mkdir()
+    path.write_bytes(b"HOST-SECRET-" + secrets.token_hex(16).encode())
+    return path
+
+
+@pytest.fixture
+def stored_by_older_meda(fake_meda: Meda, tmp_path: Path, host_secret: Path) -> Image:
+    """An image an older meda pulled as it was: its disk backed by a host file."""
+    _, blob = fake_meda.images.blobs.add_file(disks.backed_by(tmp_path / "old", host_secret))
+    image = Image(name="old", disk=blob, disk_format="qcow2", created=datetime.now(UTC))
+    fake_meda.store.put_image(image)
+    return image

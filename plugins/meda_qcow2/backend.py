@@ -1,4 +1,8 @@
-"""The qcow2 storage backend: per-VM overlays on an image's base disk, via ``qemu-img``."""
+"""The qcow2 storage backend: per-VM overlays on an image's base disk, via ``qemu-img``.
+
+Every disk is handed to ``qemu-img`` with its format (``-f``, ``-F``) as meda's own probe
+found it, so no format is guessed from what a guest may have written.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
+from meda_core import diskprobe
 from meda_core.backends import Availability, DiskInfo, StorageBackend
 from meda_core.errors import BackendError, InvalidRequest
 
@@ -25,6 +30,14 @@ def _qemu_img(*args: str) -> str:
     if result.returncode != 0:
         raise BackendError(f"qemu-img {args[0]} failed: {result.stderr.strip()}", args=list(args))
     return result.stdout
+
+
+def _format(path: Path) -> str:
+    """The disk's format by meda's own probe (``qemu-img`` is never left to guess)."""
+    try:
+        return diskprobe.detect(path)
+    except OSError as exc:
+        raise BackendError(f"cannot read disk {path}: {exc.strerror}", path=str(path)) from None
 
 
 class Qcow2Storage(StorageBackend):
@@ -44,7 +57,10 @@ class Qcow2Storage(StorageBackend):
         tmp = dest.with_name(dest.name + ".tmp")
         args = ["create", "-q", "-f", "qcow2"]
         if base is not None:
-            args += ["-b", str(base.resolve()), "-F", base_format or self.disk_info(base).format]
+            found = self._standalone(base)  # qemu-img would open what it names
+            if base_format not in (None, found):
+                raise BackendError(f"base disk {base} is {found}, not {base_format}")
+            args += ["-b", str(base.resolve()), "-F", found]
         try:
             _qemu_img(*args, str(tmp), str(size))
             tmp.rename(dest)
@@ -54,10 +70,11 @@ class Qcow2Storage(StorageBackend):
 
     def create_overlay(self, dest: Path, size: int, base: Path) -> DiskInfo:
         # -u: never open the base, which the VM being snapshotted still holds locked.
+        diskprobe.check_chain(base, diskprobe.roots(self.context.settings))
         tmp = dest.with_name(dest.name + ".tmp")
         try:
             _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(base.resolve()),
-                      "-F", "qcow2", str(tmp), str(size))  # fmt: skip
+                      "-F", _format(base), str(tmp), str(size))  # fmt: skip
             tmp.rename(dest)
         finally:
             tmp.unlink(missing_ok=True)
@@ -66,18 +83,25 @@ class Qcow2Storage(StorageBackend):
     def flatten(self, source: Path, dest: Path) -> DiskInfo:
         tmp = dest.with_name(dest.name + ".tmp")
         try:
-            _qemu_img("convert", "-q", "-O", "qcow2", str(source), str(tmp))
+            _qemu_img("convert", "-q", "-f", _format(source), "-O", "qcow2",
+                      str(source), str(tmp))  # fmt: skip
+            diskprobe.check_standalone(tmp)
             tmp.rename(dest)
         finally:
             tmp.unlink(missing_ok=True)
         return self.disk_info(dest)
+
+    @staticmethod
+    def _standalone(base: Path) -> str:
+        _format(base)  # a missing base is a BackendError, as any qemu-img failure
+        return diskprobe.check_standalone(base)
 
     def delete_disk(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
     def disk_info(self, path: Path) -> DiskInfo:
         # -U: a running VM holds a lock on its disk; reading its header is still safe.
-        data = json.loads(_qemu_img("info", "-U", "--output=json", str(path)))
+        data = json.loads(_qemu_img("info", "-U", "-f", _format(path), "--output=json", str(path)))
         backing = data.get("full-backing-filename") or data.get("backing-filename")
         return DiskInfo(
             format=data["format"],

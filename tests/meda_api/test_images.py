@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
 from meda_core.app import Meda
+from meda_core.backends import ImageFiles, no_progress
+from meda_core.references import parse_reference
+from meda_core.testing import disks
 
 REMOTE = "127.0.0.1:1/cirunlabs/default:v1"
 
@@ -122,3 +126,16 @@ def test_failed_background_operation_reports_the_error(client: TestClient) -> No
     )  # fmt: skip
     done = client.get(accepted.headers["Location"], params={"wait": 10}).json()
     assert done["state"] == "failed" and done["error"]["code"] == "IMAGE_NOT_FOUND"
+
+
+def test_a_pulled_disk_that_names_a_host_file_is_a_400(
+    client: TestClient, fake_meda: Meda, tmp_path: Path, host_secret: Path
+) -> None:
+    evil = disks.backed_by(tmp_path / "evil.qcow2", host_secret)
+    files = ImageFiles(disk=evil, disk_format="raw")  # the registry's claim: a raw disk
+    fake_meda.backends.registry().push(files, parse_reference(REMOTE), no_progress)
+    response = client.post("/api/v1/images/pull", json={"image": REMOTE})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == "UNSAFE_DISK" and "backed by" in body["error"]
+    assert [i["tag"] for i in client.get("/api/v1/images").json()["images"]] == ["latest"]

@@ -5,7 +5,12 @@ from pathlib import Path
 import pytest
 
 from meda_core.app import Meda
-from meda_core.errors import ImageExists, InvalidRequest
+from meda_core.backends import ImageFiles, no_progress
+from meda_core.config import Settings
+from meda_core.errors import ImageExists, InvalidRequest, UnsafeDisk
+from meda_core.models import CreateVMRequest, Image
+from meda_core.references import parse_reference
+from meda_core.testing import disks
 
 
 def test_import_copies_files_atomically(fake_meda: Meda, tmp_path: Path) -> None:
@@ -38,3 +43,82 @@ def test_disk_format_is_probed(fake_meda: Meda, tmp_path: Path) -> None:
     disk = tmp_path / "disk.raw"
     disk.write_bytes(b"\0" * 4096)
     assert fake_meda.images.import_files("raw", disk=disk).disk_format == "raw"
+
+
+# ---- hostile disks: meda probes them itself and keeps none that names a host file ----
+
+
+def _nothing_kept(meda: Meda) -> None:
+    assert meda.images.list() == []
+    assert meda.images.blobs.digests() == set()
+    pulls = meda.settings.home / "pulls"
+    assert not [p for p in pulls.iterdir() if p.is_dir()] if pulls.exists() else True
+
+
+def _hostile(kind: str, where: Path, secret: Path) -> Path:
+    if kind == "backing":
+        return disks.backed_by(where / "disk.qcow2", secret)
+    if kind == "data-file":
+        return disks.with_data_file(where / "a-long-enough-name.qcow2", secret)
+    return disks.foreign(where / f"disk.{kind}", kind)
+
+
+HOSTILE = ["backing", "data-file", "vmdk", "vdi", "vhdx", "qed", "vpc", "qcow"]
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_import_refuses_a_disk_that_names_a_host_file_or_is_foreign(
+    fake_meda: Meda, tmp_path: Path, host_secret: Path, kind: str
+) -> None:
+    with pytest.raises(UnsafeDisk):
+        fake_meda.images.import_files("evil", disk=_hostile(kind, tmp_path, host_secret))
+    _nothing_kept(fake_meda)
+
+
+@pytest.mark.parametrize("claim", ["raw", "qcow2", None])
+@pytest.mark.parametrize("kind", ["backing", "data-file", "vmdk"])
+def test_pull_refuses_it_whatever_the_registry_claims(
+    fake_meda: Meda, tmp_path: Path, host_secret: Path, kind: str, claim: str | None
+) -> None:
+    files = ImageFiles(disk=_hostile(kind, tmp_path, host_secret), disk_format=claim)
+    fake_meda.backends.registry().push(files, parse_reference("evil:v1"), no_progress)
+    with pytest.raises(UnsafeDisk):
+        fake_meda.images.pull("evil:v1")
+    _nothing_kept(fake_meda)
+
+
+def test_the_probed_format_is_recorded_not_the_claimed_one(fake_meda: Meda, tmp_path: Path) -> None:
+    qcow2 = disks.standalone(tmp_path / "disk.qcow2")
+    files = ImageFiles(disk=qcow2, disk_format="raw")
+    fake_meda.backends.registry().push(files, parse_reference("liar:v1"), no_progress)
+    assert fake_meda.images.pull("liar:v1").disk_format == "qcow2"
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"\xeb\x63\x90" + b"\0" * 4093)
+    liar = ImageFiles(disk=raw, disk_format="qcow2")
+    fake_meda.backends.registry().push(liar, parse_reference("liar:v2"), no_progress)
+    assert fake_meda.images.pull("liar:v2").disk_format == "raw"
+
+
+@pytest.mark.parametrize("claim", ["raw", "qcow2"])
+def test_a_real_registry_pull_of_a_backed_qcow2_keeps_nothing(
+    tmp_path: Path, oci_registry: str, host_secret: Path, claim: str
+) -> None:
+    meda = Meda(Settings(home=tmp_path / "home"))
+    evil = disks.backed_by(tmp_path / "evil.qcow2", host_secret)
+    target = parse_reference(f"{oci_registry}/attacker/evil:v1")
+    meda.backends.registry().push(ImageFiles(disk=evil, disk_format=claim), target, no_progress)
+    with pytest.raises(UnsafeDisk, match="backed by"):
+        meda.images.pull(str(target))
+    _nothing_kept(meda)
+
+
+def test_an_image_stored_by_an_older_meda_is_not_booted_or_pushed(
+    fake_meda: Meda, stored_by_older_meda: Image
+) -> None:
+    with pytest.raises(UnsafeDisk):
+        fake_meda.vms.create(CreateVMRequest(name="victim", image="old"))
+    assert fake_meda.vms.list() == []
+    with pytest.raises(UnsafeDisk):
+        fake_meda.images.push("old", "127.0.0.1:1/attacker/loot:v1", dry_run=True)
+    registry = fake_meda.backends.registry()
+    assert registry.manifest_digest(parse_reference("127.0.0.1:1/attacker/loot:v1")) is None

@@ -6,8 +6,16 @@ import pytest
 
 from meda_core import procs
 from meda_core.app import Meda
-from meda_core.errors import ImageNotFound, InvalidRequest, InvalidState, VMExists, VMNotFound
-from meda_core.models import VM, CreateVMRequest, RuntimeInfo, VMState
+from meda_core.errors import (
+    ImageNotFound,
+    InvalidRequest,
+    InvalidState,
+    UnsafeDisk,
+    VMExists,
+    VMNotFound,
+)
+from meda_core.models import VM, CreateVMRequest, Image, RuntimeInfo, VMState
+from meda_core.testing import disks
 from meda_core.testing.fakes import FakeHypervisor, FakeNetwork, FakeStorage
 from meda_core.testing.host import processes_mentioning
 
@@ -223,3 +231,18 @@ def test_cleanup_finds_and_removes_orphaned_leases(fake_meda: Meda, make_vm: Mak
     assert len(fake_meda.store.leases("fake")) == 2  # a dry run really changes nothing
     assert fake_meda.network.cleanup(dry_run=False).count == 1
     assert [lease.vm for lease in fake_meda.store.leases("fake")] == ["vm1"]
+
+
+def test_a_vm_whose_disk_rests_on_a_host_file_is_not_started(
+    fake_meda: Meda, make_vm: MakeVM, stored_by_older_meda: Image
+) -> None:
+    # What an older meda made of the image: an overlay on its blob, which names the host file.
+    vm = make_vm("victim")
+    vm.disk_path.unlink()
+    assert stored_by_older_meda.disk is not None
+    disks.backed_by(vm.disk_path, stored_by_older_meda.disk, "qcow2")
+    with pytest.raises(UnsafeDisk, match="image disk backed"):
+        fake_meda.vms.start("victim")
+    stopped = fake_meda.vms.get("victim")
+    assert stopped.state == VMState.STOPPED and stopped.runtime is None
+    assert "victim" not in FakeNetwork.plugged
