@@ -66,13 +66,18 @@ def _answers_quickly(url: str) -> None:
         assert time.monotonic() - started < QUICK
 
 
+def _caps(total: int, per_client: int) -> pytest.MarkDecorator:
+    caps = {"max_waits": total, "max_waits_per_client": per_client}
+    return pytest.mark.parametrize("meda_settings", [caps], indirect=True, ids=["caps"])
+
+
+@_caps(500, 500)
 def test_waits_and_streams_hold_no_worker_thread(
     serve_api: ServeApi, fake_meda: Meda, endless: tuple[str, threading.Event]
 ) -> None:
     """100 waits and 20 event streams (far more than the 40 worker threads) and the API
     answers as if they were not there; each wait answers when the operation ends."""
     op_id, end = endless
-    fake_meda.settings.max_waits = fake_meda.settings.max_waits_per_client = 500
     url = serve_api(fake_meda)
     with ExitStack() as stack:
         waits = _open(stack, url, f"/api/v1/operations/{op_id}?wait=60", 100)
@@ -87,11 +92,11 @@ def test_waits_and_streams_hold_no_worker_thread(
             assert answer.status == 200 and json.loads(answer.body)["state"] == "succeeded"
 
 
+@_caps(20, 8)
 def test_waits_and_streams_beyond_the_caps_are_429(
     serve_api: ServeApi, fake_meda: Meda, endless: tuple[str, threading.Event]
 ) -> None:
     op_id, _ = endless
-    fake_meda.settings.max_waits, fake_meda.settings.max_waits_per_client = 20, 8
     url = serve_api(fake_meda)
     wait = f"/api/v1/operations/{op_id}?wait=60"
     with ExitStack() as stack:
@@ -110,11 +115,11 @@ def test_waits_and_streams_beyond_the_caps_are_429(
         assert len(_refused(_open(stack, url, "/api/v1/events", 6, token="d"))) == 0
 
 
+@_caps(2, 2)
 def test_a_wait_gives_its_place_back_when_the_operation_ends(
     serve_api: ServeApi, fake_meda: Meda, endless: tuple[str, threading.Event]
 ) -> None:
     op_id, end = endless
-    fake_meda.settings.max_waits_per_client = 2
     url = serve_api(fake_meda)
     with httpx.Client(base_url=url, timeout=10) as client:
         quick = client.get(f"/api/v1/operations/{op_id}", params={"wait": 0.2})
