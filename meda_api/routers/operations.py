@@ -26,7 +26,10 @@ KEEPALIVE_SECONDS = 15.0
 POLL_SECONDS = 0.1
 HELD_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
-    429: {"description": "Too many waits and event streams open (MEDA_MAX_WAITS); see Retry-After"},
+    429: {
+        **ERRORS[429],
+        "description": "Too many requests, or waits and event streams open (MEDA_MAX_WAITS)",
+    },
 }
 
 
