@@ -12,8 +12,10 @@ from contextlib import ExitStack
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from meda_api import create_app
 from meda_core.app import Meda
 from meda_core.backends import Progress
 from tests.conftest import ServeApi
@@ -131,3 +133,10 @@ def test_a_wait_gives_its_place_back_when_the_operation_ends(
         missing = client.get("/api/v1/operations/nope", params={"wait": 5})
         assert missing.status_code == 404
     assert fake_meda.operations.list().count == 1
+
+
+@pytest.mark.parametrize("seconds", ["301", "-1", "1e9", "nan"])
+def test_a_wait_is_at_most_300_seconds(fake_meda: Meda, seconds: str) -> None:
+    with TestClient(create_app(fake_meda)) as client:
+        refused = client.get("/api/v1/operations/any", params={"wait": seconds})
+    assert refused.status_code == 400 and refused.json()["code"] == "INVALID_REQUEST"
