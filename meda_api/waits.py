@@ -52,10 +52,6 @@ class HeldRequests:
 
         return release
 
-    def in_use(self) -> int:
-        with self._lock:
-            return sum(self._held.values())
-
     def _refusal(self, limit: str) -> RateLimited:
         return RateLimited(
             f"too many waits and event streams open: {limit}; retry in {RETRY_AFTER_SECONDS}s",
