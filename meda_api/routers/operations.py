@@ -57,7 +57,7 @@ async def get_operation(
         op = await unless_disconnected(request, meda.operations.wait_async(op_id, wait))
     finally:
         release()
-    return op or meda.operations.get(op_id)  # None: the client left, nobody reads this
+    return op if op is not None else meda.operations.get(op_id)  # the client left
 
 
 @router.delete("/operations/{op_id}", response_model=Operation, responses=ERRORS)
