@@ -20,6 +20,7 @@ from meda_api.observability import Metrics, RequestContext
 from meda_api.ratelimit import Limit, RateLimit
 from meda_api.routers import images, network, operations, system, vms
 from meda_api.security import BodyLimit, TokenAuth
+from meda_api.waits import HeldRequests
 from meda_core import __version__
 from meda_core.app import Meda
 from meda_core.errors import MedaError
@@ -68,11 +69,12 @@ def create_app(
     token: str | None = None,
     cors_origins: list[str] | None = None,
     rate_limit: Limit | None = None,
+    read_rate_limit: Limit | None = None,
 ) -> FastAPI:
     """The API app; builds a ``Meda`` from the environment unless one is given.
 
     With ``token`` every request needs it as a bearer token; CORS is off unless origins
-    are given; ``rate_limit`` caps each client's changes.
+    are given; ``rate_limit`` caps each client's changes, ``read_rate_limit`` its reads.
     """
     app = FastAPI(
         title="meda",
@@ -86,6 +88,8 @@ def create_app(
         generate_unique_id_function=lambda route: route.name,
     )
     app.state.meda = meda or Meda()
+    settings = app.state.meda.settings
+    app.state.held = HeldRequests(settings.max_waits, settings.max_waits_per_client)
     app.router.lifespan_context = _lifespan
     install_error_handlers(app)
     app.include_router(vms.router, prefix=API_PREFIX)
@@ -99,8 +103,8 @@ def create_app(
                            allow_headers=["*"])  # fmt: skip
     app.openapi = partial(_document, app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit)
-    if rate_limit is not None:
-        app.add_middleware(RateLimit, limit=rate_limit)  # after auth: strangers get 401
+    if rate_limit is not None or read_rate_limit is not None:  # after auth: strangers get 401
+        app.add_middleware(RateLimit, limit=rate_limit, read_limit=read_rate_limit)
     if token is not None:
         app.add_middleware(TokenAuth, token=token)
     metrics = Metrics(app.state.meda)

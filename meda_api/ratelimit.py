@@ -1,4 +1,4 @@
-"""A token bucket per client on the routes that change things (``MEDA_RATE_LIMIT``)."""
+"""A token bucket per client for changes (``MEDA_RATE_LIMIT``), another for reads."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Limit:
     burst: int
 
     @classmethod
-    def parse(cls, text: str) -> Limit | None:
+    def parse(cls, text: str, variable: str = "MEDA_RATE_LIMIT") -> Limit | None:
         """``"5/20"`` (5 per second, bursts of 20); ``"off"`` or empty: no limit."""
         if text.strip().lower() in ("", "off", "0"):
             return None
@@ -33,9 +33,9 @@ class Limit:
             rate, _, burst = text.partition("/")
             limit = cls(float(rate), int(burst or max(1, math.ceil(float(rate)))))
         except ValueError:
-            raise InvalidRequest(f"MEDA_RATE_LIMIT '{text}': use RATE/BURST, e.g. 5/20") from None
+            raise InvalidRequest(f"{variable} '{text}': use RATE/BURST, e.g. 5/20") from None
         if limit.rate <= 0 or limit.burst < 1:
-            raise InvalidRequest(f"MEDA_RATE_LIMIT '{text}' must be positive")
+            raise InvalidRequest(f"{variable} '{text}' must be positive")
         return limit
 
 
@@ -65,19 +65,27 @@ class _Buckets:
 
 
 class RateLimit:
-    """429 with ``Retry-After`` once a client (its token, else its address) is over."""
+    """429 with ``Retry-After`` once a client (its token, else its address) is over.
 
-    def __init__(self, app: ASGIApp, limit: Limit) -> None:
-        self.app, self.buckets = app, _Buckets(limit)
+    Changes (POST, PUT, PATCH, DELETE) and reads have a bucket each; None: no limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit: Limit | None, read_limit: Limit | None = None) -> None:
+        self.app = app
+        self.changes = _Buckets(limit) if limit else None
+        self.reads = _Buckets(read_limit) if read_limit else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in MUTATING:
-            wait = self.buckets.take(_client(scope))
-            if wait > 0:
+        if scope["type"] == "http":
+            changes = scope["method"] in MUTATING
+            buckets = self.changes if changes else self.reads
+            wait = buckets.take(client_of(scope)) if buckets else 0.0
+            if buckets and wait > 0:
                 retry = max(1, math.ceil(wait))
                 error = RateLimited(
-                    f"too many requests: at most {self.buckets.limit.rate:g}/s "
-                    f"(bursts of {self.buckets.limit.burst}); retry in {retry}s",
+                    f"too many {'changes' if changes else 'reads'}: at most "
+                    f"{buckets.limit.rate:g}/s (bursts of {buckets.limit.burst}); "
+                    f"retry in {retry}s",
                     retry_after=retry,
                 )
                 await refuse(send, error, **{"Retry-After": str(retry)})
@@ -85,7 +93,8 @@ class RateLimit:
         await self.app(scope, receive, send)
 
 
-def _client(scope: Scope) -> str:
+def client_of(scope: Scope) -> str:
+    """Who sent a request: its bearer token (as a digest), else its address."""
     authorization = dict(scope["headers"]).get(b"authorization")
     if authorization:  # never kept as is: a digest of it
         return "token:" + hashlib.sha256(authorization).hexdigest()[:16]

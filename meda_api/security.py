@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,7 +40,12 @@ class TokenAuth:
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with 413, by header or while they arrive."""
+    """Refuse bodies over ``limit`` bytes with 413, by header or while they arrive.
+
+    A body is read whole (it is small) before the app runs: the 413 then comes whether
+    the body is chunked or not and whatever the route, even one that would answer before
+    reading it, and the app never sees part of a body it may not have.
+    """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
         self.app, self.limit = app, limit
@@ -50,27 +54,54 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
             await refuse(send, self._too_large())
             return
-        seen = 0
-
-        async def counting() -> Message:
-            nonlocal seen
-            message: dict[str, Any] = dict(await receive())
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
+        if b"transfer-encoding" not in headers and declared in (b"", b"0"):
+            await self.app(scope, receive, send)  # no body
+            return
         try:
-            await self.app(scope, counting, send)
+            body = await self._read(receive)
         except _TooLarge:
             await refuse(send, self._too_large())
+            return
+        except _Gone:
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Gone
+            part: bytes = message.get("body", b"")
+            size += len(part)
+            if size > self.limit:
+                raise _TooLarge
+            parts.append(part)
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body over {self.limit} bytes", limit=self.limit)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body read already, in one message; then what the connection says next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+class _Gone(Exception):
+    pass
 
 
 class _TooLarge(Exception):

@@ -50,7 +50,7 @@ class Meda:
             diskprobe.limits(self.settings),
         )
         self.events = EventBus()
-        self.operations = Operations(self.events)
+        self.operations = Operations(self.events, max_active=self.settings.max_operations)
         self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
         self.snapshots = SnapshotService(self.store, self.backends, self.vms)

@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     reserve_cpus: int = Field(0, ge=0, description="vCPUs held back from VMs")
     cpu_overcommit: int = Field(8, ge=1, description="vCPUs per host CPU")
     reserve_disk: str = Field("1G", description="Free disk under MEDA_HOME kept free")
+    max_operations: int = Field(
+        32, ge=1, description="Background operations queued or running at once"
+    )
+    max_waits: int = Field(
+        64, ge=1, description="API requests held open at once (operation waits, event streams)"
+    )
+    max_waits_per_client: int = Field(
+        16, ge=1, description="Of those, how many one client (token, else address) may hold"
+    )
     user_data_dirs: str = Field(
         "", description="Colon-separated directories user_data paths may name (none by default)"
     )

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -65,11 +66,11 @@ def serve_api() -> Iterator[ServeApi]:
     """Serve a ``Meda`` over HTTP on loopback (uvicorn in a thread); returns its URL."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def serve(meda: Meda, token: str | None = None) -> str:
+    def serve(meda: Meda, token: str | None = None, **options: Any) -> str:
+        """``options`` go to ``create_app`` (a rate limit, say)."""
         port = free_port()
-        config = uvicorn.Config(
-            create_app(meda, token=token), host="127.0.0.1", port=port, log_level="warning"
-        )
+        app = create_app(meda, token=token, **options)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

@@ -23,7 +23,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 OTHER_VARIABLES = ("MEDA_API_TOKEN", "MEDA_URL", "MEDA_API_TOKEN_FILE", "MEDA_CORS_ORIGINS",
                    "MEDA_REGISTRY_USERNAME", "MEDA_REGISTRY_PASSWORD", "MEDA_REGISTRY_TOKEN",
                    "MEDA_QEMU_IMG", "MEDA_RATE_LIMIT", "MEDA_LOG_LEVEL", "MEDA_LOG",
-                   "MEDA_LOG_FORMAT", "MEDA_CA_FILE")  # fmt: skip
+                   "MEDA_LOG_FORMAT", "MEDA_CA_FILE", "MEDA_READ_RATE_LIMIT")  # fmt: skip
 
 
 def _hooks() -> list[tuple[str, list[str]]]:

@@ -27,7 +27,8 @@ ERRORS: dict[int | str, dict[str, object]] = {
         404: "VM not found",
         409: "Conflict with the VM's name or state",
         413: "Request body too large",
-        429: "Too many changes from this client (MEDA_RATE_LIMIT); see Retry-After",
+        429: "Too many requests from this client (MEDA_RATE_LIMIT, MEDA_READ_RATE_LIMIT); "
+        "see Retry-After",
         500: "Backend failure",
         503: "No usable backend",
     }.items()

@@ -6,12 +6,17 @@ import ipaddress
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from meda_core.config import Settings
 
+if TYPE_CHECKING:
+    from meda_api.ratelimit import Limit
+
 DEFAULT_RATE_LIMIT = "5/20"  # beyond loopback: 5 changes a second per client, bursts of 20
+DEFAULT_READ_RATE_LIMIT = "20/100"  # and 20 reads a second, bursts of 100
 
 
 def _loopback(host: str) -> bool:
@@ -50,6 +55,17 @@ def api_token(home: Path, host: str, generate: bool) -> str | None:
     raise typer.Exit(2)
 
 
+def rate_limits(host: str) -> tuple[Limit | None, Limit | None]:
+    """The limits on changes and on reads: MEDA_RATE_LIMIT and MEDA_READ_RATE_LIMIT, else
+    none on loopback and the defaults beyond."""
+    from meda_api.ratelimit import Limit  # the server's imports stay out of other commands
+
+    loopback = _loopback(host)
+    changes = os.environ.get("MEDA_RATE_LIMIT", "off" if loopback else DEFAULT_RATE_LIMIT)
+    reads = os.environ.get("MEDA_READ_RATE_LIMIT", "off" if loopback else DEFAULT_READ_RATE_LIMIT)
+    return Limit.parse(changes), Limit.parse(reads, "MEDA_READ_RATE_LIMIT")
+
+
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind"),
     port: int = typer.Option(7777, help="Port to listen on"),
@@ -69,7 +85,6 @@ def serve(
     import uvicorn
 
     from meda_api import create_app, logs
-    from meda_api.ratelimit import Limit
 
     if (tls_cert is None) != (tls_key is None):
         typer.echo("error: --tls-cert and --tls-key go together", err=True)
@@ -77,10 +92,10 @@ def serve(
     token = api_token(Settings().home, host, generate_token)
     logs.configure(level=log_level.upper() if log_level else None,
                    secrets=[token] if token else [])  # fmt: skip
-    default_limit = "off" if _loopback(host) else DEFAULT_RATE_LIMIT
-    limit = Limit.parse(os.environ.get("MEDA_RATE_LIMIT", default_limit))
+    limit, read_limit = rate_limits(host)
     origins = [o for o in os.environ.get("MEDA_CORS_ORIGINS", "").split(",") if o.strip()]
-    app = create_app(token=token, cors_origins=origins, rate_limit=limit)
+    app = create_app(token=token, cors_origins=origins, rate_limit=limit,
+                     read_rate_limit=read_limit)  # fmt: skip
     uvicorn.run(
         app, host=host, port=port, log_config=None, access_log=False,
         ssl_certfile=str(tls_cert) if tls_cert else None,

@@ -33,9 +33,11 @@ def wait_for_text(path: Path, text: str, timeout: float = 60.0) -> float:
 
 
 @pytest.fixture
-def meda_settings(tmp_path: Path) -> Settings:
-    """Settings with ``MEDA_HOME`` in a fresh temporary directory."""
-    return Settings(home=tmp_path / "meda-home", stop_timeout=10)
+def meda_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings with ``MEDA_HOME`` in a fresh temporary directory; a test changes others
+    with ``@pytest.mark.parametrize("meda_settings", [{...}], indirect=True)``."""
+    changes = getattr(request, "param", {})
+    return Settings(**{"home": tmp_path / "meda-home", "stop_timeout": 10, **changes})
 
 
 @pytest.fixture

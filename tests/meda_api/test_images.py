@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from meda_api import create_app
 from meda_core.app import Meda
-from meda_core.backends import ImageFiles, no_progress
+from meda_core.backends import ImageFiles, Progress, no_progress
 from meda_core.references import parse_reference
 from meda_core.testing import disks
 
 REMOTE = "127.0.0.1:1/cirunlabs/default:v1"
+
+
+class Nothing(BaseModel):
+    pass
 
 
 @pytest.fixture
@@ -117,6 +123,34 @@ def test_respond_async_gives_202_and_an_operation(client: TestClient) -> None:
     assert done["result"]["image"]["tag"] == "v1"
     assert client.get("/api/v1/operations").json()["count"] >= 1
     assert client.delete(location).status_code == 409  # already finished
+
+
+@pytest.mark.parametrize("meda_settings", [{"max_operations": 3}], indirect=True)
+def test_a_full_operations_queue_is_503_and_starts_nothing(
+    client: TestClient, fake_meda: Meda
+) -> None:
+    client.post("/api/v1/images/push", json={"name": "default", "image": REMOTE})
+    gate = threading.Event()
+
+    def work(progress: Progress) -> Nothing:
+        gate.wait(30)
+        return Nothing()
+
+    try:
+        for _ in range(3):  # the queue, filled
+            fake_meda.operations.submit("pull", work)
+        refused = client.post(
+            "/api/v1/images/pull", json={"image": REMOTE}, headers={"Prefer": "respond-async"}
+        )
+    finally:
+        gate.set()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "INSUFFICIENT_CAPACITY"
+    assert int(refused.headers["Retry-After"]) >= 1
+    ops = client.get("/api/v1/operations").json()
+    assert ops["count"] == 3
+    assert {op["kind"] for op in ops["operations"]} == {"pull"}  # only the queue's own
+    assert [i["tag"] for i in client.get("/api/v1/images").json()["images"]] == ["latest"]
 
 
 def test_failed_background_operation_reports_the_error(client: TestClient) -> None:

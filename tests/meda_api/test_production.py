@@ -1,5 +1,5 @@
-"""Rate limits and logs: 429 with Retry-After past a client's budget; JSON log lines with
-the request id, and never a secret."""
+"""Rate limits and logs: 429 with Retry-After past a client's budget (for changes, and for
+reads apart); JSON log lines with the request id, and never a secret."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from meda_api import create_app, logs
 from meda_api.ratelimit import Limit
+from meda_cli.commands.serve import rate_limits
 from meda_core.app import Meda
 from meda_core.errors import InvalidRequest
 
@@ -87,3 +88,32 @@ def test_log_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert logs.level_from_environment() == "DEBUG"
     monkeypatch.setenv("MEDA_LOG_LEVEL", "warning")
     assert logs.level_from_environment() == "WARNING"
+
+
+def test_reads_have_a_bucket_of_their_own(fake_meda: Meda, fake_image: str) -> None:
+    app = create_app(fake_meda, read_rate_limit=Limit(rate=0.5, burst=3))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        reads = [client.get(path) for path in ("/api/v1/vms", "/api/v1/health",
+                                               "/api/v1/operations", "/metrics")]  # fmt: skip
+        assert [r.status_code for r in reads] == [200, 200, 200, 429]
+        refused = reads[3]
+        assert refused.json()["code"] == "RATE_LIMITED" and "reads" in refused.json()["error"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 2
+        assert client.post("/api/v1/vms", json={"name": "w1"}).status_code == 201  # changes
+        other = client.get("/api/v1/vms", headers={"Authorization": "Bearer other"})
+        assert other.status_code == 200
+
+
+def test_reads_are_limited_beyond_loopback_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEDA_RATE_LIMIT", raising=False)
+    monkeypatch.delenv("MEDA_READ_RATE_LIMIT", raising=False)
+    assert rate_limits("127.0.0.1") == (None, None) and rate_limits("::1") == (None, None)
+    changes, reads = rate_limits("0.0.0.0")
+    assert changes == Limit(5, 20) and reads == Limit(20, 100)
+    monkeypatch.setenv("MEDA_READ_RATE_LIMIT", "2/4")
+    assert rate_limits("localhost") == (None, Limit(2, 4))
+    monkeypatch.setenv("MEDA_READ_RATE_LIMIT", "off")
+    assert rate_limits("10.0.0.1")[1] is None
+    monkeypatch.setenv("MEDA_READ_RATE_LIMIT", "lots")
+    with pytest.raises(InvalidRequest, match="MEDA_READ_RATE_LIMIT"):
+        rate_limits("10.0.0.1")
