@@ -1,15 +1,11 @@
-"""Bearer tokens beyond loopback, body caps, CORS off by default."""
+"""Bearer tokens, body caps, CORS off by default (the token rules of ``meda serve`` are in
+tests/meda_cli/test_serve.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-import typer
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_cli.commands.serve import api_token
 from meda_core.app import Meda
 
 
@@ -50,17 +46,3 @@ def test_cors_is_off_unless_configured(fake_meda: Meda) -> None:
         create_app(fake_meda, cors_origins=["http://ok.example"]), base_url="http://localhost"
     ).get("/api/v1/vms", headers={"Origin": "http://ok.example"})
     assert opened.headers["access-control-allow-origin"] == "http://ok.example"
-
-
-def test_serving_beyond_loopback_needs_a_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("MEDA_API_TOKEN", raising=False)
-    assert api_token(tmp_path, "127.0.0.1", generate=False) is None
-    with pytest.raises(typer.Exit):
-        api_token(tmp_path, "0.0.0.0", generate=False)
-    token = api_token(tmp_path, "0.0.0.0", generate=True)
-    assert token and (tmp_path / "api-token").stat().st_mode & 0o777 == 0o600
-    assert api_token(tmp_path, "0.0.0.0", generate=False) == token
-    monkeypatch.setenv("MEDA_API_TOKEN", "from-env")
-    assert api_token(tmp_path, "::", generate=False) == "from-env"
