@@ -24,7 +24,7 @@ from meda_cli.main import app
 from meda_core import serverfile
 from meda_core.client import RemoteApi
 from meda_core.errors import InvalidRequest
-from meda_core.testing.host import free_port
+from meda_core.testing.host import free_port, self_signed_certificate
 
 STRONG = "k" * 24
 runner = CliRunner()
@@ -43,8 +43,8 @@ def _no_token_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[No
 def test_a_token_file_that_merely_exists_does_not_turn_auth_on(tmp_path: Path) -> None:
     """The seed's curl examples keep working on loopback whatever lies in MEDA_HOME."""
     (tmp_path / "api-token").write_text(STRONG + "\n")
-    assert api_token(tmp_path, "127.0.0.1") is None
-    assert api_token(tmp_path, "localhost") is None
+    assert api_token(tmp_path, "127.0.0.1", generate=False) is None
+    assert api_token(tmp_path, "localhost", generate=False) is None
     assert api_token(tmp_path, "127.0.0.1", require=True) == STRONG
 
 
@@ -76,12 +76,12 @@ def test_empty_short_or_unsendable_tokens_stop_the_server(
 ) -> None:
     (tmp_path / "api-token").write_text(bad)
     with pytest.raises(typer.Exit):
-        api_token(tmp_path, "0.0.0.0")
+        api_token(tmp_path, "0.0.0.0", generate=False)
     assert "at least 16" in capsys.readouterr().err
     (tmp_path / "api-token").unlink()
     monkeypatch.setenv("MEDA_API_TOKEN", bad)
     with pytest.raises(typer.Exit):
-        api_token(tmp_path, "127.0.0.1")  # set, even empty, is asked for: never silently off
+        api_token(tmp_path, "127.0.0.1", generate=False)  # set, even empty: never silently off
 
 
 def _serve(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -111,10 +111,11 @@ class Served:
     process: subprocess.Popen[bytes]
     home: Path
     port: int
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
 
 @pytest.fixture
@@ -127,8 +128,9 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         environment = {**os.environ, "MEDA_HOME": str(home), "MEDA_NETWORK": "user", **env}
         log = (tmp_path / "serve.log").open("ab")
         argv = [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(port), *args]
+        scheme = "https" if "--tls-cert" in args else "http"
         served = Served(subprocess.Popen(argv, env=environment, stdout=log, stderr=log), home,
-                        port)  # fmt: skip
+                        port, scheme)  # fmt: skip
         started.append(served)
         deadline = time.monotonic() + 30
         while not (home / "server.json").exists() or not _answers(served.url):
@@ -145,7 +147,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
 
 def _answers(url: str) -> bool:
     try:
-        httpx.get(f"{url}/api/v1/health", timeout=2)
+        httpx.get(f"{url}/api/v1/health", timeout=2, verify=False)  # only: is it up?
     except httpx.TransportError:
         return False
     return True
@@ -164,6 +166,22 @@ def test_the_cli_takes_the_token_from_server_json(
     for url in (served.url, f"http://localhost:{served.port}/api/v1"):
         result = runner.invoke(app, ["--url", url, "list", "--json"], env={"MEDA_API_TOKEN": ""})
         assert result.exit_code == 0, result.stderr
+
+
+def test_the_cli_takes_the_certificate_too(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    served = serve("--tls-cert", str(cert), "--tls-key", str(key), "--generate-token")
+    info = serverfile.load(served.home)
+    assert info is not None and info.url == served.url and info.ca_file == str(cert)
+    monkeypatch.setenv("MEDA_HOME", str(served.home))
+    env = {"MEDA_API_TOKEN": "", "MEDA_CA_FILE": ""}
+    result = runner.invoke(app, ["--url", served.url, "list", "--json"], env=env)
+    assert result.exit_code == 0, result.stderr
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("MEDA_HOME", str(elsewhere))  # no server.json: no token, unknown CA
+    assert runner.invoke(app, ["--url", served.url, "list"], env=env).exit_code == 5
 
 
 def test_a_server_json_others_can_write_is_refused(tmp_path: Path) -> None:
