@@ -16,14 +16,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
 from meda_api.errors import install_error_handlers
+from meda_api.hosts import HostGuard, HostPolicy
+from meda_api.mediatypes import JsonBodies
 from meda_api.observability import Metrics, RequestContext
+from meda_api.origins import OriginGuard
 from meda_api.ratelimit import Limit, RateLimit
 from meda_api.routers import images, network, operations, system, vms
 from meda_api.security import BodyLimit, TokenAuth
 from meda_api.waits import HeldRequests
 from meda_core import __version__
 from meda_core.app import Meda
-from meda_core.errors import MedaError
+from meda_core.errors import Forbidden, MedaError, MisdirectedRequest, UnsupportedMediaType
 from meda_core.models import VMState
 
 API_PREFIX = "/api/v1"
@@ -46,6 +49,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     meda.operations.shutdown()
 
 
+#: What the middleware around every route may answer (see meda_api.hosts, origins, mediatypes).
+_GUARD_RESPONSES = {
+    str(error.http_status): {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    for error, text in (
+        (Forbidden, "A web page's Origin that is neither this server's nor in MEDA_CORS_ORIGINS"),
+        (UnsupportedMediaType, "A request body not sent as application/json"),
+        (MisdirectedRequest, "A Host header that names neither loopback nor an allowed host"),
+    )
+}
+
+
 def _document(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, without the 422 FastAPI lists: meda answers invalid input
     with 400 and the seed's error body, which every operation documents."""
@@ -56,7 +73,9 @@ def _document(app: FastAPI) -> dict[str, Any]:
         )  # fmt: skip
         for path in schema.get("paths", {}).values():
             for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                responses.update(_GUARD_RESPONSES)
         schemas = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
@@ -70,11 +89,15 @@ def create_app(
     cors_origins: list[str] | None = None,
     rate_limit: Limit | None = None,
     read_rate_limit: Limit | None = None,
+    hosts: HostPolicy | None = None,
+    local_socket: str | None = None,
 ) -> FastAPI:
     """The API app; builds a ``Meda`` from the environment unless one is given.
 
-    With ``token`` every request needs it as a bearer token; CORS is off unless origins
-    are given; ``rate_limit`` caps each client's changes, ``read_rate_limit`` its reads.
+    With ``token`` every request needs it as a bearer token, except over ``local_socket``;
+    CORS is off unless origins are given; ``rate_limit`` caps each client's changes,
+    ``read_rate_limit`` its reads; ``hosts`` are the names the server answers to
+    (loopback's only by default).
     """
     app = FastAPI(
         title="meda",
@@ -98,15 +121,19 @@ def create_app(
     app.include_router(images.router, prefix=API_PREFIX)
     app.include_router(operations.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
-    if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"],
-                           allow_headers=["*"])  # fmt: skip
     app.openapi = partial(_document, app)  # type: ignore[method-assign]
+    # Added innermost first: a request meets them from the bottom of this list up.
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit)
     if rate_limit is not None or read_rate_limit is not None:  # after auth: strangers get 401
         app.add_middleware(RateLimit, limit=rate_limit, read_limit=read_rate_limit)
     if token is not None:
-        app.add_middleware(TokenAuth, token=token)
+        app.add_middleware(TokenAuth, token=token, local_socket=local_socket)
+    if cors_origins:  # outside auth: preflights carry no token, and a 401 is readable
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])  # fmt: skip
+    app.add_middleware(OriginGuard, allowed=cors_origins or [])
+    app.add_middleware(HostGuard, policy=hosts or HostPolicy())
     metrics = Metrics(app.state.meda)
     app.state.metrics = metrics
     app.add_route("/metrics", _metrics_endpoint(metrics.registry), include_in_schema=False)

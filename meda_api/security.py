@@ -24,13 +24,21 @@ async def refuse(send: Send, error: MedaError, **headers: str) -> None:
 
 
 class TokenAuth:
-    """Every request must carry ``Authorization: Bearer <token>`` (compared in constant time)."""
+    """Every request must carry ``Authorization: Bearer <token>`` (compared in constant time).
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app, self.expected = app, f"Bearer {token}".encode()
+    Requests over ``local_socket`` (a Unix socket) need none: its mode and group decide.
+    """
+
+    def __init__(self, app: ASGIApp, token: str, local_socket: str | None = None) -> None:
+        self.app, self.expected, self.local_socket = app, f"Bearer {token}".encode(), local_socket
+
+    def _over_local_socket(self, scope: Scope) -> bool:
+        # uvicorn names a Unix socket's server (path, None); a TCP one has a port.
+        server = scope.get("server")
+        return self.local_socket is not None and server == (self.local_socket, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not self._over_local_socket(scope):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 error = Unauthorized("a valid bearer token is required")

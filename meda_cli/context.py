@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from meda_cli.output import fail
+from meda_core import serverfile
 from meda_core.api import LocalApi, MedaApi
 from meda_core.app import Meda
 from meda_core.client import RemoteApi
+from meda_core.config import Settings
 from meda_core.errors import InvalidRequest, MedaError
 
 P = ParamSpec("P")
@@ -51,9 +53,17 @@ def use(instance: Meda | None) -> None:
 
 
 def use_server(url: str | None, token: str | None = None, ca_file: str | None = None) -> None:
-    """Send the commands to the meda server at ``url`` (None: act on this host)."""
+    """Send the commands to the meda server at ``url`` (None: act on this host).
+
+    The token and CA not given here or in the environment come from MEDA_HOME/server.json
+    when ``url`` is the server that wrote it.
+    """
     global _server
     token = token or os.environ.get("MEDA_API_TOKEN") or None
+    if url and (token is None or ca_file is None):
+        written = serverfile.load(Settings().home)
+        if written is not None and written.serves(url):
+            token, ca_file = token or written.token, ca_file or written.ca_file
     _server = None if not url else (url, token, ca_file)
 
 

@@ -8,6 +8,8 @@ import typer
 
 from meda_cli import context
 from meda_cli.commands import images, network, plugins, serve, ssh, vms
+from meda_cli.output import fail
+from meda_core.errors import MedaError
 
 app = typer.Typer(
     name="meda",
@@ -20,7 +22,11 @@ app = typer.Typer(
 @app.callback()
 def main(
     url: str | None = typer.Option(
-        None, "--url", envvar="MEDA_URL", help="A meda server to send commands to (else this host)"
+        None,
+        "--url",
+        envvar="MEDA_URL",
+        help="A meda server to send commands to: http(s)://HOST:PORT or unix:///PATH "
+        "(else this host)",
     ),
     token_file: Path | None = typer.Option(
         None,
@@ -37,7 +43,10 @@ def main(
 ) -> None:
     """Micro-VMs on this host: a REST API and a CLI, every backend a plugin."""
     token = token_file.read_text().strip() if token_file is not None else None
-    context.use_server(url, token, str(ca_file) if ca_file else None)
+    try:
+        context.use_server(url, token, str(ca_file) if ca_file else None)
+    except MedaError as error:
+        fail(error, False)
 
 
 app.registered_commands += vms.app.registered_commands

@@ -52,7 +52,10 @@ def _segment(value: str) -> str:
 
 
 class RemoteApi:
-    """Every API call sent to the server at ``url``, with ``token`` as a bearer token."""
+    """Every API call sent to the server at ``url``, with ``token`` as a bearer token.
+
+    ``url`` may be ``unix:///path/to/socket`` for a server's Unix socket.
+    """
 
     def __init__(
         self,
@@ -64,6 +67,11 @@ class RemoteApi:
     ) -> None:
         """``ca_file``: the CA (or self-signed certificate) an HTTPS server's is checked with."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url
+        if url.startswith("unix://"):
+            socket = "/" + url.removeprefix("unix://").lstrip("/")
+            transport = transport or httpx.HTTPTransport(uds=socket)
+            url = "http://localhost"  # the Host a local client names
         base = url.rstrip("/")
         if not base.endswith("/api/v1"):
             base += "/api/v1"
@@ -84,8 +92,7 @@ class RemoteApi:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise BackendUnavailable(
-                f"cannot reach the meda server at {self._http.base_url}: {exc}",
-                url=str(self._http.base_url),
+                f"cannot reach the meda server at {self.url}: {exc}", url=self.url
             ) from None
         if response.status_code >= 400:
             try:

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     allow_privileged_ports: bool = Field(
         False, description="Allow forwarding host ports below 1024"
     )
+    allowed_hosts: str = Field(
+        "", description="Comma-separated names the API answers to beyond loopback (Host header)"
+    )
+    allow_plain_http: bool = Field(
+        False, description="Let a server beyond loopback take its token over plain HTTP"
+    )
     reserve_memory: str = Field("512M", description="Host memory VMs may not use")
     reserve_cpus: int = Field(0, ge=0, description="vCPUs held back from VMs")
     cpu_overcommit: int = Field(8, ge=1, description="vCPUs per host CPU")
@@ -81,6 +87,9 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.home / "state.db"
+
+    def allowed_host_list(self) -> list[str]:
+        return [name.strip() for name in self.allowed_hosts.split(",") if name.strip()]
 
     def user_data_dir_list(self) -> list[Path]:
         return [Path(d) for d in self.user_data_dirs.split(":") if d.strip()]

@@ -7,8 +7,11 @@ CLI map errors in exactly one place each, by reading these attributes.
     MedaError                      500  exit 1   INTERNAL_ERROR
     ├── InvalidRequest             400  exit 2   INVALID_REQUEST
     │   ├── PayloadTooLarge        413           PAYLOAD_TOO_LARGE
-    │   └── UnsafeDisk                           UNSAFE_DISK
+    │   ├── UnsafeDisk                           UNSAFE_DISK
+    │   ├── UnsupportedMediaType   415           UNSUPPORTED_MEDIA_TYPE
+    │   └── MisdirectedRequest     421           MISDIRECTED_REQUEST
     ├── Unauthorized               401  exit 7   UNAUTHORIZED
+    ├── Forbidden                  403  exit 7   FORBIDDEN
     ├── RateLimited                429  exit 8   RATE_LIMITED
     ├── NotFound                   404  exit 3   NOT_FOUND
     │   ├── VMNotFound                           VM_NOT_FOUND
@@ -90,11 +93,33 @@ class UnsafeDisk(InvalidRequest):
     code = "UNSAFE_DISK"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """A request body that is not ``application/json`` where JSON is expected."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    http_status = 415
+
+
+class MisdirectedRequest(InvalidRequest):
+    """A ``Host`` header that names neither loopback nor a name this server answers to."""
+
+    code = "MISDIRECTED_REQUEST"
+    http_status = 421
+
+
 class Unauthorized(MedaError):
     """The server wants a bearer token and got none, or a wrong one."""
 
     code = "UNAUTHORIZED"
     http_status = 401
+    exit_code = 7
+
+
+class Forbidden(MedaError):
+    """The request came from a web page (an ``Origin``) this server does not trust."""
+
+    code = "FORBIDDEN"
+    http_status = 403
     exit_code = 7
 
 

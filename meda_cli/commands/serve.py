@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
+from meda_core import serverfile
 from meda_core.config import Settings
+from meda_core.errors import MedaError
 
 if TYPE_CHECKING:
     from meda_api.ratelimit import Limit
 
 DEFAULT_RATE_LIMIT = "5/20"  # beyond loopback: 5 changes a second per client, bursts of 20
 DEFAULT_READ_RATE_LIMIT = "20/100"  # and 20 reads a second, bursts of 100
+MIN_TOKEN_LENGTH = 16
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: it goes in a header
+_WILDCARDS = {"0.0.0.0", "::", ""}
 
 
 def _loopback(host: str) -> bool:
@@ -28,31 +35,70 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def api_token(home: Path, host: str, generate: bool) -> str | None:
-    """The bearer token to require: MEDA_API_TOKEN, else MEDA_HOME/api-token (0600).
+def _refuse(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
-    None on loopback without a configured token (the seed's behaviour); beyond loopback,
-    a server without a token refuses to start.
-    """
-    if os.environ.get("MEDA_API_TOKEN"):
-        return os.environ["MEDA_API_TOKEN"]
-    path = home / "api-token"
-    if generate and not path.exists():
+
+def _read_token(home: Path, token_file: Path | None, generate: bool) -> str | None:
+    """MEDA_API_TOKEN, else ``token_file``, else MEDA_HOME/api-token (written if asked)."""
+    if "MEDA_API_TOKEN" in os.environ:
+        return os.environ["MEDA_API_TOKEN"].strip()
+    path = token_file or home / "api-token"
+    if generate and token_file is None and not path.exists():
         home.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
         typer.echo(f"wrote a new API token to {path}", err=True)
-    if path.exists():
+    try:
         return path.read_text().strip()
-    if _loopback(host):
+    except FileNotFoundError:
+        if token_file is not None:
+            _refuse(f"no token file {token_file}")
         return None
-    typer.echo(
-        f"error: refusing to serve on {host} without a token: set MEDA_API_TOKEN, or run "
-        "with --generate-token to write one to MEDA_HOME/api-token (mode 0600)",
-        err=True,
-    )
-    raise typer.Exit(2)
+    except OSError as exc:
+        _refuse(f"cannot read the token file {path}: {exc.strerror}")
+
+
+def api_token(
+    home: Path,
+    host: str,
+    *,
+    generate: bool = False,
+    require: bool = False,
+    token_file: Path | None = None,
+) -> str | None:
+    """The bearer token to require, or None.
+
+    On loopback only when the operator asks for one (``--require-token``, ``--token-file``,
+    ``--generate-token`` or MEDA_API_TOKEN), never because MEDA_HOME/api-token exists;
+    beyond loopback always. Empty, short or unsendable tokens stop the server.
+    """
+    asked = require or generate or token_file is not None or "MEDA_API_TOKEN" in os.environ
+    if not asked and _loopback(host):
+        return None
+    token = _read_token(home, token_file, generate)
+    if token is None:
+        where = "" if _loopback(host) else f" on {host}"
+        _refuse(
+            f"refusing to serve{where} without a token: set MEDA_API_TOKEN, give --token-file, "
+            "or run with --generate-token to write one to MEDA_HOME/api-token (mode 0600)"
+        )
+    if len(token) < MIN_TOKEN_LENGTH or not _TOKEN.fullmatch(token):
+        _refuse(
+            f"the API token must be at least {MIN_TOKEN_LENGTH} printable ASCII characters "
+            f"without spaces (this one has {len(token)}); --generate-token writes a strong one"
+        )
+    return token
+
+
+def _client_url(host: str, port: int, tls: bool) -> str:
+    """The URL a client on this host reaches the server by."""
+    name = "127.0.0.1" if host in _WILDCARDS else host
+    if ":" in name:
+        name = f"[{name}]"
+    return f"{'https' if tls else 'http'}://{name}:{port}"
 
 
 def rate_limits(host: str) -> tuple[Limit | None, Limit | None]:
@@ -73,7 +119,33 @@ def serve(
         None, help="debug, info, warning, error (default: MEDA_LOG_LEVEL or MEDA_LOG, info)"
     ),
     generate_token: bool = typer.Option(
-        False, "--generate-token", help="Write MEDA_HOME/api-token if it does not exist"
+        False, "--generate-token", help="Write MEDA_HOME/api-token if it does not exist, use it"
+    ),
+    require_token: bool = typer.Option(
+        False,
+        "--require-token",
+        help="Require a token on loopback too: MEDA_API_TOKEN, --token-file or MEDA_HOME/api-token",
+    ),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="Require the bearer token held in this file"
+    ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="A name clients reach the server by (its Host header), beyond loopback and the "
+        "bind address; repeatable (also MEDA_ALLOWED_HOSTS)",
+    ),
+    allow_plain_http: bool = typer.Option(
+        False,
+        "--allow-plain-http",
+        help="Beyond loopback, serve the token-protected API without TLS (e.g. behind a "
+        "TLS proxy; also MEDA_ALLOW_PLAIN_HTTP)",
+    ),
+    unix_socket: Path | None = typer.Option(
+        None, "--unix-socket", help="Also listen on this Unix socket (mode 0660, no token)"
+    ),
+    socket_group: str | None = typer.Option(
+        None, "--socket-group", help="Group that owns the Unix socket: its members use the API"
     ),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS: certificate"),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="Serve HTTPS: private key"),
@@ -85,20 +157,55 @@ def serve(
     import uvicorn
 
     from meda_api import create_app, logs
+    from meda_api.hosts import HostPolicy
+    from meda_api.unixsocket import SocketServer, UnixListener
 
     if (tls_cert is None) != (tls_key is None):
-        typer.echo("error: --tls-cert and --tls-key go together", err=True)
-        raise typer.Exit(2)
-    token = api_token(Settings().home, host, generate_token)
+        _refuse("--tls-cert and --tls-key go together")
+    if socket_group is not None and unix_socket is None:
+        _refuse("--socket-group goes with --unix-socket")
+    if unix_socket is not None and tls_cert is not None:
+        _refuse("--unix-socket serves plain HTTP to local users; it cannot share --tls-cert")
+    settings = Settings()
+    token = api_token(settings.home, host, generate=generate_token, require=require_token,
+                      token_file=token_file)  # fmt: skip
+    plain_ok = allow_plain_http or settings.allow_plain_http
+    if token is not None and tls_cert is None and not _loopback(host) and not plain_ok:
+        _refuse(
+            f"refusing to take the bearer token over plain HTTP on {host}, where it would cross "
+            "the network in clear: serve HTTPS with --tls-cert/--tls-key, or pass "
+            "--allow-plain-http (MEDA_ALLOW_PLAIN_HTTP=1) if a TLS proxy fronts this server"
+        )
     logs.configure(level=log_level.upper() if log_level else None,
                    secrets=[token] if token else [])  # fmt: skip
     limit, read_limit = rate_limits(host)
     origins = [o for o in os.environ.get("MEDA_CORS_ORIGINS", "").split(",") if o.strip()]
+    hosts = HostPolicy.serving(host, [*settings.allowed_host_list(), *allowed_host])
     app = create_app(token=token, cors_origins=origins, rate_limit=limit,
-                     read_rate_limit=read_limit)  # fmt: skip
-    uvicorn.run(
+                     read_rate_limit=read_limit, hosts=hosts,
+                     local_socket=str(unix_socket) if unix_socket else None)  # fmt: skip
+    config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         timeout_graceful_shutdown=int(shutdown_timeout),
     )  # fmt: skip
+    sockets: list[socket.socket] = []
+    listener = None
+    if unix_socket is not None:
+        try:
+            listener = UnixListener(unix_socket, socket_group)
+        except MedaError as error:
+            _refuse(error.message)
+        except OSError as exc:
+            _refuse(f"cannot listen on {unix_socket}: {exc.strerror}")
+        sockets = [config.bind_socket(), listener.sock]
+    serverfile.write(settings.home, serverfile.ServerFile(
+        url=_client_url(host, port, tls_cert is not None), token=token,
+        ca_file=str(tls_cert.resolve()) if tls_cert else None,
+        unix_socket=str(unix_socket.resolve()) if unix_socket else None,
+    ))  # fmt: skip
+    server = SocketServer(config, listener)
+    server.run(sockets=sockets or None)
+    if not server.started:
+        raise typer.Exit(3)  # as uvicorn.run: the port was taken, the app did not start

@@ -14,7 +14,9 @@ from meda_core.app import Meda
 
 @pytest.fixture
 def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
-    with TestClient(create_app(fake_meda), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
+    ) as client:
         client.post("/api/v1/vms", json={"name": "web"})
         yield client
 

@@ -22,7 +22,7 @@ TOKEN = "tok-planted-secret-4242"
 
 def test_a_client_over_its_budget_gets_429(fake_meda: Meda, fake_image: str) -> None:
     app = create_app(fake_meda, rate_limit=Limit(rate=0.5, burst=2))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:
         answers = [client.post("/api/v1/vms", json={"name": f"r{i}"}) for i in range(3)]
         assert [a.status_code for a in answers] == [201, 201, 429]
         refused = answers[2]
@@ -62,7 +62,11 @@ def test_logs_are_json_with_the_request_id_and_without_secrets(
     log_lines: io.StringIO, fake_meda: Meda, fake_image: str
 ) -> None:
     user_data = "#!/bin/sh\necho userdata-planted-secret\n"
-    with TestClient(create_app(fake_meda, token=TOKEN), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(fake_meda, token=TOKEN),
+        raise_server_exceptions=False,
+        base_url="http://localhost",
+    ) as client:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         made = client.post("/api/v1/vms", json={"name": "l1", "user_data": user_data},
                            headers=auth)  # fmt: skip

@@ -1,20 +1,16 @@
-"""Bearer tokens beyond loopback, body caps, CORS off by default."""
+"""Bearer tokens, body caps, CORS off by default (the token rules of ``meda serve`` are in
+tests/meda_cli/test_serve.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-import typer
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_cli.commands.serve import api_token
 from meda_core.app import Meda
 
 
 def test_token_is_required_and_checked(fake_meda: Meda) -> None:
-    client = TestClient(create_app(fake_meda, token="s3cret"))
+    client = TestClient(create_app(fake_meda, token="s3cret"), base_url="http://localhost")
     missing = client.get("/api/v1/vms")
     assert missing.status_code == 401 and missing.json()["code"] == "UNAUTHORIZED"
     assert missing.headers["www-authenticate"] == "Bearer"
@@ -24,11 +20,16 @@ def test_token_is_required_and_checked(fake_meda: Meda) -> None:
 
 
 def test_no_token_on_loopback(fake_meda: Meda) -> None:
-    assert TestClient(create_app(fake_meda)).get("/api/v1/vms").status_code == 200
+    assert (
+        TestClient(create_app(fake_meda), base_url="http://localhost")
+        .get("/api/v1/vms")
+        .status_code
+        == 200
+    )
 
 
 def test_oversized_bodies_are_413_and_create_nothing(fake_meda: Meda, fake_image: str) -> None:
-    client = TestClient(create_app(fake_meda))
+    client = TestClient(create_app(fake_meda), base_url="http://localhost")
     huge = "#cloud-config\n# " + "x" * (3 * 1024 * 1024)
     response = client.post("/api/v1/vms", json={"name": "big", "user_data": huge})
     assert response.status_code == 413 and response.json()["code"] == "PAYLOAD_TOO_LARGE"
@@ -37,23 +38,11 @@ def test_oversized_bodies_are_413_and_create_nothing(fake_meda: Meda, fake_image
 
 def test_cors_is_off_unless_configured(fake_meda: Meda) -> None:
     headers = {"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}
-    closed = TestClient(create_app(fake_meda)).options("/api/v1/vms", headers=headers)
-    assert "access-control-allow-origin" not in closed.headers
-    opened = TestClient(create_app(fake_meda, cors_origins=["http://ok.example"])).get(
-        "/api/v1/vms", headers={"Origin": "http://ok.example"}
+    closed = TestClient(create_app(fake_meda), base_url="http://localhost").options(
+        "/api/v1/vms", headers=headers
     )
+    assert "access-control-allow-origin" not in closed.headers
+    opened = TestClient(
+        create_app(fake_meda, cors_origins=["http://ok.example"]), base_url="http://localhost"
+    ).get("/api/v1/vms", headers={"Origin": "http://ok.example"})
     assert opened.headers["access-control-allow-origin"] == "http://ok.example"
-
-
-def test_serving_beyond_loopback_needs_a_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("MEDA_API_TOKEN", raising=False)
-    assert api_token(tmp_path, "127.0.0.1", generate=False) is None
-    with pytest.raises(typer.Exit):
-        api_token(tmp_path, "0.0.0.0", generate=False)
-    token = api_token(tmp_path, "0.0.0.0", generate=True)
-    assert token and (tmp_path / "api-token").stat().st_mode & 0o777 == 0o600
-    assert api_token(tmp_path, "0.0.0.0", generate=False) == token
-    monkeypatch.setenv("MEDA_API_TOKEN", "from-env")
-    assert api_token(tmp_path, "::", generate=False) == "from-env"

@@ -15,7 +15,9 @@ SEED_CREATE = {"name": "api-test", "memory": "2G", "cpus": 4, "disk": "20G"}
 
 @pytest.fixture
 def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
-    with TestClient(create_app(fake_meda), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
+    ) as client:
         yield client
 
 
@@ -120,7 +122,7 @@ def test_unknown_route_uses_the_error_body(client: TestClient) -> None:
 
 
 def test_no_default_image_is_404_with_a_hint(fake_meda: Meda) -> None:
-    with TestClient(create_app(fake_meda)) as client:
+    with TestClient(create_app(fake_meda), base_url="http://localhost") as client:
         response = client.post("/api/v1/vms", json={"name": "x"})
     assert response.status_code == 404
     assert "meda images import" in response.json()["error"]
@@ -128,7 +130,7 @@ def test_no_default_image_is_404_with_a_hint(fake_meda: Meda) -> None:
 
 def test_unavailable_backend_is_503(fake_meda: Meda, fake_image: str) -> None:
     fake_meda.settings.hypervisor = "cloud-hypervisor"
-    with TestClient(create_app(fake_meda)) as client:
+    with TestClient(create_app(fake_meda), base_url="http://localhost") as client:
         response = client.post("/api/v1/vms", json={"name": "x"})
     assert response.status_code == 503
     assert _is_error_body(response.json(), "BACKEND_UNAVAILABLE")

@@ -16,7 +16,9 @@ from meda_core.models import VMState
 
 @pytest.fixture
 def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
-    with TestClient(create_app(fake_meda), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
+    ) as client:
         yield client
 
 
