@@ -15,14 +15,14 @@ from pathlib import Path
 
 _LISTEN = (
     "import socket, sys, time\n"
-    "s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen()\n"
+    "family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET\n"
+    "s = socket.socket(family); s.bind((sys.argv[1], 0)); s.listen()\n"
     "print(s.getsockname()[1], flush=True); time.sleep(300)\n"
 )
 _CONNECT = (
     "import socket, sys\n"
-    "s = socket.socket(); s.settimeout(float(sys.argv[4]))\n"
-    "if sys.argv[3]: s.bind((sys.argv[3], 0))\n"
-    "s.connect((sys.argv[1], int(sys.argv[2])))\n"
+    "source = (sys.argv[3], 0) if sys.argv[3] else None\n"
+    "socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[4]), source)\n"
 )
 
 
@@ -110,7 +110,8 @@ def fake_guest(host_ns: str, port: str, mac: str, address: str, gateway: str) ->
 
 @contextlib.contextmanager
 def listener(name: str, address: str = "0.0.0.0") -> Iterator[int]:
-    """A TCP listener on ``address`` in namespace ``name``; yields its port."""
+    """A TCP listener on ``address`` (IPv4, or IPv6 and so both) in namespace ``name``;
+    yields its port."""
     process = subprocess.Popen(
         ["ip", "netns", "exec", name, sys.executable, "-c", _LISTEN, address],
         stdout=subprocess.PIPE,

@@ -255,10 +255,13 @@ def test_a_guest_reaches_no_host_service_but_dhcp(
     netns: str,
     outside: str,
 ) -> None:
-    port = listen(netns, "0.0.0.0")
+    port = listen(netns, "::")  # IPv4 and IPv6
     guest = guests("vm1")
     assert not connects(guest.ns, guest.gateway, port)
     assert not connects(guest.ns, OUTSIDE_HOST, port)  # another address of the host
+    # meda's network is IPv4, but the bridge has an IPv6 link-local address all the same.
+    link_local(guest.ns, "eth0")  # the guest's own must be usable first
+    assert not connects(guest.ns, f"{link_local(netns, 'meda0')}%eth0", port)
     # meda's DHCP still answers, and the guest still gets out (NAT) to other machines.
     dhcp = subprocess.run(
         ["ip", "netns", "exec", guest.ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q",
@@ -278,6 +281,17 @@ def bridge_netfilter(request: pytest.FixtureRequest, netns: str) -> bool:
         return on
     run_in(netns, "sysctl", "-q", "-w", f"net.bridge.bridge-nf-call-iptables={int(on)}")
     return on
+
+
+def link_local(ns: str, device: str) -> str:
+    """The IPv6 link-local address of ``device``, once it is usable (DAD done)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        shown = run_in(ns, "ip", "-6", "-o", "addr", "show", "dev", device, "scope", "link")
+        if shown and "tentative" not in shown:
+            return shown.split()[3].split("/")[0]
+        time.sleep(0.2)
+    pytest.skip(f"{device} has no IPv6 link-local address")
 
 
 @pytest.mark.parametrize("allowed", [False, True], ids=["isolated", "allowed"])
