@@ -63,7 +63,6 @@ def _render_ip(
     # to another guest) is dropped unless allowed: with br_netfilter loaded the latter is
     # bridged straight across, where the bridge table drops it, so both ways agree.
     routed = "" if guest_to_guest else f'iifname "{bridge}" oifname "{bridge}" drop'
-
     return f"""
 table ip {TABLE} {{
     chain guard {{
