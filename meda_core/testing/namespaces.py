@@ -1,4 +1,5 @@
-"""Network namespaces for tests: made by the test, checked clean, deleted afterwards."""
+"""Network namespaces for tests: made by the test, checked clean, deleted afterwards;
+fake guests plugged into them, listeners and connection probes."""
 
 from __future__ import annotations
 
@@ -7,8 +8,22 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+_LISTEN = (
+    "import socket, sys, time\n"
+    "family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET\n"
+    "s = socket.socket(family); s.bind((sys.argv[1], 0)); s.listen()\n"
+    "print(s.getsockname()[1], flush=True); time.sleep(300)\n"
+)
+_CONNECT = (
+    "import socket, sys\n"
+    "source = (sys.argv[3], 0) if sys.argv[3] else None\n"
+    "socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[4]), source)\n"
+)
 
 
 @dataclass(frozen=True)
@@ -71,3 +86,49 @@ def destroy(name: str) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def fake_guest(host_ns: str, port: str, mac: str, address: str, gateway: str) -> str:
+    """A namespace that plays a VM whose guest has root, plugged where the VM's NIC goes.
+
+    Its ``eth0`` (``mac``, ``address`` as ``ip/prefix``, default route via ``gateway``) is
+    the peer of ``port`` in ``host_ns``; a link of that name there (the VM's tap) is
+    replaced. The caller attaches ``port`` and destroys the namespace (``port`` goes too).
+    """
+    name = create("meda-g")
+    run_in(host_ns, "ip", "link", "del", port, check=False)
+    subprocess.run(
+        ["ip", "link", "add", port, "netns", host_ns, "type", "veth",
+         "peer", "name", "eth0", "netns", name, "address", mac],
+        check=True,
+    )  # fmt: skip
+    run_in(name, "ip", "addr", "add", address, "dev", "eth0")
+    run_in(name, "ip", "link", "set", "eth0", "up")
+    run_in(name, "ip", "route", "add", "default", "via", gateway)
+    return name
+
+
+@contextlib.contextmanager
+def listener(name: str, address: str = "0.0.0.0") -> Iterator[int]:
+    """A TCP listener on ``address`` (IPv4, or IPv6 and so both) in namespace ``name``;
+    yields its port."""
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", name, sys.executable, "-c", _LISTEN, address],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield int(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait()
+
+
+def connects(name: str, host: str, port: int, source: str = "", timeout: float = 2) -> bool:
+    """Whether a TCP connection from namespace ``name`` (from ``source``) gets through."""
+    argv = [sys.executable, "-c", _CONNECT, host, str(port), source, str(timeout)]
+    result = subprocess.run(
+        ["ip", "netns", "exec", name, *argv], capture_output=True, timeout=30, check=False
+    )
+    return result.returncode == 0

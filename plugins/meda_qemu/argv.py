@@ -31,7 +31,9 @@ def nic_args(nics: tuple[NicSpec, ...]) -> list[str]:
             # Never vhost=on: vhost-net is not everywhere and QEMU asserts instead of failing.
             backend = f"tap,id={netdev},ifname={nic.tap},script=no,downscript=no"
         elif nic.kind == "user":
-            backend = f"user,id={netdev}" + "".join(
+            # restrict=on: slirp maps the host's loopback at 10.0.2.2 and connects anywhere
+            # for the guest; restricted, the guest reaches nothing but its hostfwd forwards.
+            backend = f"user,id={netdev},restrict=on" + "".join(
                 f",hostfwd={hostfwd_rule(f)}" for f in nic.hostfwds
             )
         else:

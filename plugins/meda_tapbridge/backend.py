@@ -105,6 +105,7 @@ class TapBridgeNetwork(NetworkBackend):
             leases = self.context.state.leases(config.bridge)
             if leases:
                 self.dhcp.refresh(leases)
+                self._sync_rules()
             else:
                 self._teardown()
 
@@ -120,8 +121,9 @@ class TapBridgeNetwork(NetworkBackend):
         assert attachment.ip is not None and attachment.gateway is not None
         config = self.config
         isolated.setup(
-            self.ns, attachment.netns, attachment.tap, config.bridge, attachment.ip,
-            config.network.prefixlen, attachment.gateway, self._vm_state_dir(attachment.netns),
+            self.ns, attachment.netns, attachment.tap, config.bridge, attachment.mac,
+            attachment.ip, config.network.prefixlen, attachment.gateway,
+            self._vm_state_dir(attachment.netns),
         )  # fmt: skip
         return NicSpec(kind="tap", mac=attachment.mac, tap=isolated.TAP, netns=attachment.netns)
 
@@ -196,7 +198,7 @@ class TapBridgeNetwork(NetworkBackend):
             if self.dhcp.running() is not None:
                 found.append((f"dnsmasq for {config.bridge}", self.dhcp.stop))
             if nft.exists(self.ns):
-                found.append((f"nftables table ip {nft.TABLE}", lambda: nft.replace(self.ns, None)))
+                found.append((f"nftables tables {nft.TABLE}", lambda: nft.replace(self.ns, None)))
             if config.bridge in links.link_names(self.ns):
                 found.append((
                     f"bridge {config.bridge}",
@@ -244,13 +246,22 @@ class TapBridgeNetwork(NetworkBackend):
 
     def _sync_rules(self) -> None:
         config, state = self.config, self.context.state
-        ips = {lease.vm: lease.ip for lease in state.leases(config.bridge)}
+        leases = state.leases(config.bridge)
+        ips = {lease.vm: lease.ip for lease in leases}
         forwards = [
             (ips[vm], f.host_port, f.guest_port, f.protocol.value)
             for vm, f in state.forwards()
             if vm in ips
         ]
-        nft.replace(self.ns, nft.render(config.subnet, config.bridge, forwards))
+        # A lease's port is its VM's tap, or the veth when the VM has its own namespace.
+        ports = [
+            nft.Port(name, lease.mac, lease.ip)
+            for lease in leases
+            for tap in [config.tap_name(lease.ip)]
+            for name in (tap, tap.replace("mtap", "mveth"))
+        ]
+        ruleset = nft.render(config.subnet, config.bridge, forwards, ports, config.guest_to_guest)
+        nft.replace(self.ns, ruleset)
 
     def _teardown(self) -> None:
         """Remove everything the network had: DHCP, rules, bridge, files."""

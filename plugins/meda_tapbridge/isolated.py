@@ -6,7 +6,9 @@ MAC. Inside the VM's namespace the guest always sees ``10.213.0.2/30`` behind ``
 (gateway ``10.213.0.1``, served by a dnsmasq there); the namespace joins meda's bridge
 through a veth pair whose inner end holds the VM's own leased address. Traffic to that
 address is DNATed to the guest, the guest's traffic SNATed to it, so each clone is a
-distinct, reachable machine while the guests stay byte-for-byte the same.
+distinct, reachable machine while the guests stay byte-for-byte the same. The uplink
+carries the lease's MAC, so meda's bridge rules hold it to its lease like any tap; and the
+guest reaches nothing in its namespace but the DHCP server there.
 """
 
 from __future__ import annotations
@@ -29,25 +31,38 @@ TABLE = "meda-vm"
 
 
 def _rules(address: str) -> str:
+    # inet: the guest's IPv6 (link-local on tap0) is kept off the namespace as well.
     return f"""
-table ip {TABLE} {{
+table inet {TABLE} {{
+    chain guard {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname "{TAP}" ip daddr 127.0.0.0/8 drop
+        iifname "{TAP}" ip saddr != {{ 0.0.0.0, {GUEST_IP} }} drop
+    }}
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
-        iifname "{UPLINK}" ip daddr {address} dnat to {GUEST_IP}
+        iifname "{UPLINK}" ip daddr {address} dnat ip to {GUEST_IP}
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "{TAP}" ct state established,related accept
+        iifname "{TAP}" udp sport 68 udp dport 67 accept
+        iifname "{TAP}" drop
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "{UPLINK}" ip saddr {GUEST_IP} snat to {address}
+        oifname "{UPLINK}" ip saddr {GUEST_IP} snat ip to {address}
     }}
 }}
 """
 
 
 def setup(
-    meda_ns: str | None, vm_ns: str, veth: str, bridge: str, address: str, prefix: int,
-    gateway: str, state_dir: Path,
+    meda_ns: str | None, vm_ns: str, veth: str, bridge: str, mac: str, address: str,
+    prefix: int, gateway: str, state_dir: Path,
 ) -> None:  # fmt: skip
-    """Make ``vm_ns`` with the guest's tap, DHCP and NAT, joined to ``bridge`` by ``veth``."""
+    """Make ``vm_ns`` with the guest's tap, DHCP and NAT, joined to ``bridge`` by ``veth``
+    (its inner end has the lease's ``mac`` and ``address``)."""
     teardown(meda_ns, vm_ns, veth, state_dir)  # a stale one from a crash: start afresh
     subprocess.run(["ip", "netns", "add", vm_ns], check=True, capture_output=True)
     netns.run(meda_ns, ["ip", "link", "add", veth, "type", "veth", "peer", "name", UPLINK,
@@ -55,6 +70,7 @@ def setup(
     netns.run(meda_ns, ["ip", "link", "set", veth, "master", bridge, "up"])
     script = [
         ["ip", "link", "set", "lo", "up"],
+        ["ip", "link", "set", UPLINK, "address", mac],
         ["ip", "addr", "add", f"{address}/{prefix}", "dev", UPLINK],
         ["ip", "link", "set", UPLINK, "up"],
         ["ip", "route", "add", "default", "via", gateway],

@@ -1,17 +1,33 @@
-"""meda's own nftables table: NAT for the guest subnet and port forwards, all in one place.
+"""meda's own nftables tables: NAT, port forwards and the guards that keep guests in place.
 
-The table is rendered whole from the stored forwards and replaced in one ``nft -f``
-transaction, so it always matches the state store and nothing is ever left behind.
+``ip meda`` holds NAT and forwards, and keeps guests off the host: nothing from the bridge
+may reach 127.0.0.0/8 (``route_localnet`` is on there, for forwards on 127.0.0.1) nor any
+host service but meda's DHCP, and guests reach each other only if the operator allows it.
+``bridge meda`` pins each guest's port to its lease (MAC, IPv4 address, ARP), so no guest
+can speak as another. Both are rendered whole from the state store and replaced in one
+``nft -f`` transaction, so they always match it and nothing is ever left behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from meda_core import netns
 from meda_core.errors import BackendError
 
 TABLE = "meda"
+FAMILIES = ("ip", "bridge")
+#: Bridge ports that carry a guest: a VM's tap, or the veth of a VM in its own namespace.
+GUEST_PORTS = '{ "mtap*", "mveth*" }'
+
+
+class Port(NamedTuple):
+    """A guest's bridge port and the only addresses that may come out of it."""
+
+    name: str
+    mac: str
+    ip: str
 
 
 def _dnat(forwards: Iterable[tuple[str, int, int, str]]) -> list[str]:
@@ -21,14 +37,52 @@ def _dnat(forwards: Iterable[tuple[str, int, int, str]]) -> list[str]:
     ]
 
 
-def render(subnet: str, bridge: str, forwards: list[tuple[str, int, int, str]]) -> str:
-    """The table for ``subnet`` behind ``bridge``; ``forwards`` are (ip, host, guest, proto)."""
+def _elements(items: Iterable[str]) -> str:
+    listed = ", ".join(items)
+    return f"elements = {{ {listed} }}" if listed else ""
+
+
+def render(
+    subnet: str,
+    bridge: str,
+    forwards: list[tuple[str, int, int, str]],
+    ports: Sequence[Port] = (),
+    guest_to_guest: bool = False,
+) -> str:
+    """Both tables for ``subnet`` behind ``bridge``; ``forwards`` are (ip, host, guest, proto)."""
+    return _render_ip(subnet, bridge, forwards, guest_to_guest) + _render_bridge(
+        ports, guest_to_guest
+    )
+
+
+def _render_ip(
+    subnet: str, bridge: str, forwards: list[tuple[str, int, int, str]], guest_to_guest: bool
+) -> str:
     dnat = "\n        ".join(_dnat(forwards))
+    # Guest-to-guest traffic routed through the host (the gateway as next hop, or a forward
+    # to another guest) is dropped unless allowed: with br_netfilter loaded the latter is
+    # bridged straight across, where the bridge table drops it, so both ways agree.
+    routed = "" if guest_to_guest else f'iifname "{bridge}" oifname "{bridge}" drop'
     return f"""
 table ip {TABLE} {{
+    chain guard {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname "{bridge}" ip daddr 127.0.0.0/8 drop
+        iifname "{bridge}" ip saddr 127.0.0.0/8 drop
+    }}
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
         {dnat}
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "{bridge}" ct state established,related accept
+        iifname "{bridge}" udp sport 68 udp dport 67 accept
+        iifname "{bridge}" drop
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        {routed}
     }}
     chain output {{
         type nat hook output priority -100; policy accept;
@@ -44,15 +98,54 @@ table ip {TABLE} {{
 """
 
 
+def _render_bridge(ports: Sequence[Port], guest_to_guest: bool) -> str:
+    macs = _elements(f'"{p.name}" . {p.mac}' for p in ports)
+    ips = _elements(f'"{p.name}" . {p.ip}' for p in ports)
+    isolation = "" if guest_to_guest else f"iifname {GUEST_PORTS} oifname {GUEST_PORTS} drop"
+    return f"""
+table bridge {TABLE} {{
+    set macs {{
+        type ifname . ether_addr
+        {macs}
+    }}
+    set ips {{
+        type ifname . ipv4_addr
+        {ips}
+    }}
+    chain prerouting {{
+        type filter hook prerouting priority filter; policy accept;
+        iifname {GUEST_PORTS} jump guest
+    }}
+    chain guest {{
+        iifname . ether saddr != @macs drop
+        ether type != {{ ip, arp }} drop
+        iifname . arp saddr ether != @macs drop
+        arp saddr ip 0.0.0.0 accept
+        ether type arp iifname . arp saddr ip != @ips drop
+        ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept
+        ether type ip iifname . ip saddr != @ips drop
+        udp sport 67 drop
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        {isolation}
+    }}
+}}
+"""
+
+
 def replace(ns: str | None, ruleset: str | None) -> None:
-    """Replace meda's table with ``ruleset`` atomically, or remove it when None."""
-    script = f"table ip {TABLE}\ndelete table ip {TABLE}\n" + (ruleset or "")
-    netns.run(ns, ["nft", "-f", "-"], stdin=script)
+    """Replace meda's tables with ``ruleset`` atomically, or remove them when None."""
+    script = "".join(f"table {f} {TABLE}\ndelete table {f} {TABLE}\n" for f in FAMILIES)
+    netns.run(ns, ["nft", "-f", "-"], stdin=script + (ruleset or ""))
 
 
 def exists(ns: str | None) -> bool:
-    try:
-        netns.run(ns, ["nft", "list", "table", "ip", TABLE])
-    except BackendError:
-        return False
-    return True
+    """Whether any of meda's tables is there."""
+    for family in FAMILIES:
+        try:
+            netns.run(ns, ["nft", "list", "table", family, TABLE])
+        except BackendError:
+            continue
+        return True
+    return False

@@ -1,4 +1,4 @@
-"""The tap-bridge plugin's settings (``MEDA_BRIDGE``, ``MEDA_SUBNET``)."""
+"""The tap-bridge plugin's settings (``MEDA_BRIDGE``, ``MEDA_SUBNET``, ...)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ class BridgeSettings(BaseSettings):
     subnet: str = "192.168.100.0/24"
     #: The gateway (the bridge's address); the subnet's first host when unset.
     gateway: str | None = None
+    #: Whether guests on the bridge may reach each other (they are isolated by default).
+    guest_to_guest: bool = False
 
     @field_validator("subnet")
     @classmethod

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from meda_core.testing.guest import HTTP_PAGE, IP_MARKER
+from meda_core.app import Meda
+from meda_core.config import Settings
+from meda_core.testing import cpio
+from meda_core.testing.guest import DHCP_EVENT, HTTP_PAGE, IP_MARKER, BootableGuest
 from meda_core.testing.guest import guest_ip as reported_ip
 from meda_core.testing.namespaces import create, destroy, run_in
 from meda_core.testing.pytest_plugin import wait_for_text
@@ -137,3 +142,66 @@ def test_user_mode_network_boots_and_forwards(start_server: StartServer, netns: 
         assert http_get(netns, "http://127.0.0.1:8091/") == ""
         assert api.delete("/vms/slirp").status_code == 200
     assert "meda0" not in run_in(netns, "ip", "link")
+
+
+SECRET = "MEDA-HOST-LOOPBACK-SECRET"
+PROBE = "MEDA-PROBE:"
+SERVE_SECRET = (
+    "import http.server, sys\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(sys.argv[1].encode())\n"
+    "s = http.server.HTTPServer(('127.0.0.1', 0), H)\n"
+    "print(s.server_address[1], flush=True); s.serve_forever()\n"
+)
+
+
+@pytest.fixture
+def loopback_secret(netns: str) -> Iterator[int]:
+    """An HTTP service on 127.0.0.1 in meda's namespace, as the API is; yields its port."""
+    run_in(netns, "ip", "link", "set", "lo", "up")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", SERVE_SECRET, SECRET],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdout is not None
+    yield int(server.stdout.readline())
+    server.kill()
+    server.wait()
+
+
+def probing_guest(test_guest: BootableGuest, dest: Path, host: str, port: int) -> Path:
+    """The test guest's initramfs, whose guest (root) asks ``host:port`` for a page once it
+    has an address and prints the answer; a second archive appended replaces the DHCP
+    script. (busybox's ``nc``: its static ``wget`` crashes in name lookup.)"""
+    request = 'printf "GET / HTTP/1.0\\r\\n\\r\\n"'
+    script = DHCP_EVENT + (
+        '[ "$1" = bound ] || exit 0\n'
+        f"got=$({request} | nc -w 5 {host} {port} 2>&1 | tail -c 100)\n"
+        f'echo "{PROBE}$got" > /dev/console\n'
+    )
+    extra = cpio.archive([cpio.file("bin/dhcp-event", script.encode(), executable=True)])
+    dest.write_bytes(test_guest.initrd.read_bytes() + gzip.compress(extra))
+    return dest
+
+
+def test_a_user_mode_guest_cannot_reach_the_hosts_loopback(
+    start_server: StartServer, netns: str, test_guest: BootableGuest, loopback_secret: int,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    server = start_server(MEDA_NETWORK="user")
+    initrd = probing_guest(test_guest, tmp_path / "probe.img", "10.0.2.2", loopback_secret)
+    Meda(Settings(home=server.home)).images.import_files(
+        "probe", kernel=test_guest.kernel, initrd=initrd, cmdline=test_guest.cmdline
+    )
+    with server.client() as api:
+        created = api.post("/vms", json={"name": "probe", "image": "probe", "memory": "256M"})
+        assert created.status_code == 201, created.text
+        api.post("/vms/probe/port-forward", json={"host_port": 8092, "guest_port": 80})
+        vm = api.post("/vms/probe/start").json()["vm"]
+        console = Path(vm["details"]["console_log"])
+        wait_for_text(console, PROBE, 120)
+        time.sleep(0.5)  # the rest of the line
+        assert SECRET not in console.read_text(errors="replace")
+        assert http_get(netns, "http://127.0.0.1:8092/") == HTTP_PAGE  # forwards still work
+        assert api.delete("/vms/probe").status_code == 200

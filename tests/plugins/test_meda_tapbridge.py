@@ -1,18 +1,29 @@
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from meda_core.backends import BackendContext
+from meda_core.macs import random_mac
+from meda_core.models import PortForward
 from meda_core.testing.conformance import NetworkConformance
-from meda_core.testing.namespaces import destroy, run_in
-from meda_tapbridge import TapBridgeNetwork, nft
+from meda_core.testing.namespaces import (
+    connects,
+    create,
+    destroy,
+    fake_guest,
+    listener,
+    run_in,
+)
+from meda_tapbridge import TapBridgeNetwork, isolated, nft
 from meda_tapbridge.settings import BridgeSettings
 
 LISTEN = (
@@ -139,3 +150,226 @@ def test_meda_makes_its_namespace_and_deletes_it_with_the_network(
         assert not Path(f"/run/netns/{name}").exists()
     finally:
         destroy(name)  # only if the test failed half-way
+
+
+# ---- guests with root, and what they must not reach ----
+# Each "guest" is a namespace plugged into meda's bridge where its VM's tap would be, with
+# the VM's leased MAC and address: root there can do anything a guest kernel can.
+
+OUTSIDE_HOST, OUTSIDE_CLIENT = "10.200.0.1", "10.200.0.2"
+
+
+@dataclass(frozen=True)
+class Guest:
+    vm: str
+    ns: str
+    ip: str
+    mac: str
+    gateway: str
+
+
+@pytest.fixture
+def tapbridge(in_netns: BackendContext) -> Iterator[TapBridgeNetwork]:
+    """The backend; whatever VMs a test leaves are released (taps, DHCP, rules, bridge)."""
+    backend = TapBridgeNetwork(in_netns)
+    yield backend
+    for lease in in_netns.state.leases(backend.config.bridge):
+        backend.release(lease.vm)
+
+
+@pytest.fixture
+def guests(tapbridge: TapBridgeNetwork, netns: str) -> Iterator[Callable[[str], Guest]]:
+    """Make a VM's lease and NIC (tap, rules, DHCP) and plug a fake guest in its place."""
+    made: list[Guest] = []
+
+    def plug(vm: str) -> Guest:
+        attachment = tapbridge.allocate(vm)
+        tapbridge.plug(vm, attachment)
+        assert attachment.tap and attachment.ip and attachment.gateway
+        prefix = tapbridge.config.network.prefixlen
+        ns = fake_guest(netns, attachment.tap, attachment.mac, f"{attachment.ip}/{prefix}",
+                        attachment.gateway)  # fmt: skip
+        guest = Guest(vm, ns, attachment.ip, attachment.mac, attachment.gateway)
+        made.append(guest)
+        run_in(netns, "ip", "link", "set", attachment.tap, "master", tapbridge.config.bridge, "up")
+        # The host reaches it: the fake guest is plugged in and its answers get through.
+        run_in(netns, "busybox", "ping", "-c", "1", "-W", "5", attachment.ip)
+        return guest
+
+    yield plug
+    for guest in made:
+        destroy(guest.ns)  # the tapbridge fixture then releases the VMs
+
+
+@pytest.fixture
+def listen(netns: str) -> Iterator[Callable[[str, str], int]]:
+    """Start TCP listeners (namespace, address); stopped after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda ns, address: stack.enter_context(listener(ns, address))
+
+
+@pytest.fixture
+def outside(netns: str) -> Iterator[str]:
+    """Another machine the host routes guests to (a namespace behind a veth pair)."""
+    client = create("meda-c")
+    subprocess.run(
+        ["ip", "link", "add", "vc0", "netns", client, "type", "veth", "peer", "vh0",
+         "netns", netns], check=True,
+    )  # fmt: skip
+    run_in(client, "ip", "addr", "add", f"{OUTSIDE_CLIENT}/24", "dev", "vc0")
+    run_in(client, "ip", "link", "set", "vc0", "up")
+    run_in(netns, "ip", "addr", "add", f"{OUTSIDE_HOST}/24", "dev", "vh0")
+    run_in(netns, "ip", "link", "set", "vh0", "up")
+    yield client
+    destroy(client)  # vc0 goes with it, and vh0 with its peer
+
+
+def test_a_guest_cannot_reach_the_hosts_loopback_through_its_gateway(
+    guests: Callable[[str], Guest], listen: Callable[[str, str], int], netns: str
+) -> None:
+    port = listen(netns, "127.0.0.1")  # as the token-less API listens on 127.0.0.1
+    guest = guests("vm1")
+    # The guest makes its gateway the next hop for 127.0.0.0/8 and accepts the answers.
+    run_in(guest.ns, "ip", "route", "add", "127.0.0.0/8", "via", guest.gateway)
+    run_in(guest.ns, "sysctl", "-q", "-w", "net.ipv4.conf.eth0.route_localnet=1")
+    assert not connects(guest.ns, "127.0.0.1", port)
+
+
+def test_forwards_still_answer_on_loopback_and_on_the_gateway(
+    tapbridge: TapBridgeNetwork,
+    guests: Callable[[str], Guest],
+    listen: Callable[[str, str], int],
+    netns: str,
+) -> None:
+    guest = guests("web")
+    guest_port = listen(guest.ns, "0.0.0.0")
+    tapbridge.context.state.add_forward("web", PortForward(host_port=8080, guest_port=guest_port))
+    tapbridge.apply_forwards()
+    assert connects(netns, "127.0.0.1", 8080)
+    assert connects(netns, guest.gateway, 8080)
+
+
+def test_a_guest_reaches_no_host_service_but_dhcp(
+    guests: Callable[[str], Guest],
+    listen: Callable[[str, str], int],
+    netns: str,
+    outside: str,
+) -> None:
+    port = listen(netns, "::")  # IPv4 and IPv6
+    guest = guests("vm1")
+    assert not connects(guest.ns, guest.gateway, port)
+    assert not connects(guest.ns, OUTSIDE_HOST, port)  # another address of the host
+    # meda's network is IPv4, but the bridge has an IPv6 link-local address all the same.
+    link_local(guest.ns, "eth0")  # the guest's own must be usable first
+    assert not connects(guest.ns, f"{link_local(netns, 'meda0')}%eth0", port)
+    # meda's DHCP still answers, and the guest still gets out (NAT) to other machines.
+    dhcp = subprocess.run(
+        ["ip", "netns", "exec", guest.ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q",
+         "-t", "3", "-T", "1", "-s", "/bin/true"], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert f"lease of {guest.ip} obtained" in dhcp.stderr, dhcp.stderr
+    assert connects(guest.ns, OUTSIDE_CLIENT, listen(outside, OUTSIDE_CLIENT))
+
+
+@pytest.fixture(params=[False, True], ids=["plain-bridge", "br_netfilter"])
+def bridge_netfilter(request: pytest.FixtureRequest, netns: str) -> bool:
+    """Bridged IPv4 through the ip hooks (br_netfilter, as Docker hosts have) or not."""
+    on: bool = request.param
+    if not Path("/proc/sys/net/bridge").exists():
+        if on:
+            pytest.skip("br_netfilter is not loaded")
+        return on
+    run_in(netns, "sysctl", "-q", "-w", f"net.bridge.bridge-nf-call-iptables={int(on)}")
+    return on
+
+
+def link_local(ns: str, device: str) -> str:
+    """The IPv6 link-local address of ``device``, once it is usable (DAD done)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        shown = run_in(ns, "ip", "-6", "-o", "addr", "show", "dev", device, "scope", "link")
+        if shown and "tentative" not in shown:
+            return shown.split()[3].split("/")[0]
+        time.sleep(0.2)
+    pytest.skip(f"{device} has no IPv6 link-local address")
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["isolated", "allowed"])
+def test_guests_reach_each_other_only_when_allowed(
+    tapbridge: TapBridgeNetwork,
+    guests: Callable[[str], Guest],
+    listen: Callable[[str, str], int],
+    monkeypatch: pytest.MonkeyPatch,
+    bridge_netfilter: bool,
+    allowed: bool,
+) -> None:
+    if allowed:
+        monkeypatch.setenv("MEDA_GUEST_TO_GUEST", "1")
+    a, b = guests("a"), guests("b")
+    port = listen(b.ns, "0.0.0.0")
+    assert connects(a.ns, b.ip, port) is allowed  # on the bridge
+    tapbridge.context.state.add_forward("b", PortForward(host_port=8080, guest_port=port))
+    tapbridge.apply_forwards()
+    assert connects(a.ns, a.gateway, 8080) is allowed  # through b's forward
+    run_in(a.ns, "ip", "route", "add", f"{b.ip}/32", "via", a.gateway)
+    assert connects(a.ns, b.ip, port) is allowed  # routed through the host
+
+
+def test_a_guest_cannot_take_another_guests_address(
+    tapbridge: TapBridgeNetwork,
+    guests: Callable[[str], Guest],
+    listen: Callable[[str, str], int],
+    netns: str,
+    outside: str,
+) -> None:
+    a = guests("a")
+    other = tapbridge.allocate("b")  # a VM whose tap is there but whose guest is quiet
+    tapbridge.plug("b", other)
+    port = listen(outside, OUTSIDE_CLIENT)
+    assert connects(a.ns, OUTSIDE_CLIENT, port)
+    for address in (str(other.ip), "192.168.100.200"):  # another guest's, and a free one
+        run_in(a.ns, "ip", "addr", "add", f"{address}/32", "dev", "eth0")
+        assert not connects(a.ns, OUTSIDE_CLIENT, port, source=address)
+
+
+def test_a_guest_cannot_take_another_guests_mac(
+    tapbridge: TapBridgeNetwork,
+    guests: Callable[[str], Guest],
+    listen: Callable[[str, str], int],
+    netns: str,
+    outside: str,
+) -> None:
+    a = guests("a")
+    other = tapbridge.allocate("b")
+    tapbridge.plug("b", other)
+    port = listen(outside, OUTSIDE_CLIENT)
+    run_in(a.ns, "ip", "link", "set", "eth0", "address", other.mac)
+    run_in(netns, "ip", "neigh", "flush", "all")  # the host has to ask who has a's address
+    assert not connects(a.ns, OUTSIDE_CLIENT, port)
+
+
+def test_a_guest_in_its_own_namespace_reaches_neither_it_nor_the_host(
+    tapbridge: TapBridgeNetwork, listen: Callable[[str, str], int], netns: str
+) -> None:
+    attachment = tapbridge.allocate("tmpl", isolated=True)
+    tapbridge.plug("tmpl", attachment)
+    vm_ns = attachment.netns
+    assert vm_ns is not None and attachment.ip and attachment.gateway
+    guest_ns = fake_guest(vm_ns, isolated.TAP, random_mac(), f"{isolated.GUEST_IP}/30",
+                          isolated.GATEWAY_IP)  # fmt: skip
+    try:
+        run_in(vm_ns, "ip", "link", "set", isolated.TAP, "address", isolated.GATEWAY_MAC)
+        run_in(vm_ns, "ip", "addr", "add", f"{isolated.GATEWAY_IP}/30", "dev", isolated.TAP)
+        run_in(vm_ns, "ip", "link", "set", isolated.TAP, "up")
+        assert connects(netns, attachment.ip, listen(guest_ns, "0.0.0.0"))  # NAT still works
+        in_vm_ns, on_host = listen(vm_ns, "0.0.0.0"), listen(netns, "0.0.0.0")
+        assert not connects(guest_ns, isolated.GATEWAY_IP, in_vm_ns)
+        assert not connects(guest_ns, attachment.ip, in_vm_ns)
+        assert not connects(guest_ns, attachment.gateway, on_host)
+        loopback = listen(vm_ns, "127.0.0.1")
+        run_in(guest_ns, "ip", "route", "add", "127.0.0.0/8", "via", isolated.GATEWAY_IP)
+        run_in(guest_ns, "sysctl", "-q", "-w", "net.ipv4.conf.eth0.route_localnet=1")
+        assert not connects(guest_ns, "127.0.0.1", loopback)
+    finally:
+        destroy(guest_ns)
+        tapbridge.unplug("tmpl", attachment)
