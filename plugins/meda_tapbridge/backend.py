@@ -149,8 +149,14 @@ class TapBridgeNetwork(NetworkBackend):
 
     def restore(self) -> None:
         with self._locked():
-            if self.context.state.leases(self.config.bridge):
+            leases = self.context.state.leases(self.config.bridge)
+            if leases:
                 self._ensure_network()
+            by_vm = {lease.vm: lease for lease in leases}
+            for vm in self.context.state.list_vms():
+                lease = by_vm.get(vm.name)
+                if vm.netns and lease and Path("/run/netns", vm.netns).exists():
+                    isolated.refresh(self.ns, vm.netns, self.config.bridge, lease.mac, lease.ip)
 
     # ---- cleanup ----
 

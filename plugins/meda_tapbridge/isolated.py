@@ -94,6 +94,16 @@ def setup(
     ])  # fmt: skip
 
 
+def refresh(meda_ns: str | None, vm_ns: str, bridge: str, mac: str, address: str) -> None:
+    """Bring a VM namespace made by an older meda up to today's guard: its uplink takes the
+    lease's MAC (the bridge admits nothing else from it) and its table is replaced whole."""
+    netns.run(vm_ns, ["ip", "link", "set", UPLINK, "address", mac])
+    replace = f"table inet {TABLE}\ndelete table inet {TABLE}\n" + _rules(address)
+    netns.run(vm_ns, ["nft", "-f", "-"], stdin=replace)
+    # The host's neighbour entry still names the old MAC: let it learn the new one now.
+    netns.run(meda_ns, ["ip", "neigh", "flush", "to", address, "dev", bridge])
+
+
 def teardown(meda_ns: str | None, vm_ns: str, veth: str, state_dir: Path) -> None:
     """Stop the namespace's dnsmasq and delete the namespace (its links go with it)."""
     pidfile = state_dir / "dnsmasq.pid"

@@ -122,8 +122,10 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
                 assert after[name]["details"]["port_forwards"] == vm["details"]["port_forwards"]
             assert api.get("/images").json()["images"] == images_before
             assert api.get("/templates").json()["templates"][0]["clones"] == ["c1"]
-            # The running guest answers through its forward, as the new rules render it.
+            # Running guests answer, through a forward and a clone's own namespace, as the
+            # new rules render them.
             assert http_get(netns, "http://127.0.0.1:8085/") == HTTP_PAGE
+            assert http_get(netns, f"http://{before['c1']['ip']}/") == HTTP_PAGE
             # The stopped VM starts on its lease; its forward was kept.
             started = api.post("/vms/idle/start")
             assert started.status_code == 200, started.text

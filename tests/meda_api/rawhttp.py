@@ -25,7 +25,8 @@ def connect(url: str, timeout: float = 30) -> socket.socket:
 
 
 def send_head(sock: socket.socket, method: str, path: str, *headers: str) -> None:
-    lines = [f"{method} {path} HTTP/1.1", "Host: meda", *headers, "", ""]
+    host = "{}:{}".format(*sock.getpeername()[:2])  # what a client names a loopback server by
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *headers, "", ""]
     sock.sendall("\r\n".join(lines).encode())
 
 

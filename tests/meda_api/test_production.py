@@ -96,7 +96,7 @@ def test_log_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_reads_have_a_bucket_of_their_own(fake_meda: Meda, fake_image: str) -> None:
     app = create_app(fake_meda, read_rate_limit=Limit(rate=0.5, burst=3))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:
         reads = [client.get(path) for path in ("/api/v1/vms", "/api/v1/health",
                                                "/api/v1/operations", "/metrics")]  # fmt: skip
         assert [r.status_code for r in reads] == [200, 200, 200, 429]

@@ -145,6 +145,6 @@ def test_a_wait_gives_its_place_back_when_the_operation_ends(
 
 @pytest.mark.parametrize("seconds", ["301", "-1", "1e9", "nan"])
 def test_a_wait_is_at_most_300_seconds(fake_meda: Meda, seconds: str) -> None:
-    with TestClient(create_app(fake_meda)) as client:
+    with TestClient(create_app(fake_meda), base_url="http://localhost") as client:
         refused = client.get("/api/v1/operations/any", params={"wait": seconds})
     assert refused.status_code == 400 and refused.json()["code"] == "INVALID_REQUEST"
