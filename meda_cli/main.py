@@ -8,6 +8,7 @@ import typer
 
 from meda_cli import context
 from meda_cli.commands import images, network, plugins, serve, ssh, vms
+from meda_core.private import restrict_process
 
 app = typer.Typer(
     name="meda",
@@ -36,6 +37,7 @@ def main(
     ),
 ) -> None:
     """Micro-VMs on this host: a REST API and a CLI, every backend a plugin."""
+    restrict_process()
     token = token_file.read_text().strip() if token_file is not None else None
     context.use_server(url, token, str(ca_file) if ca_file else None)
 

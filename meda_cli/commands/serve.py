@@ -9,7 +9,10 @@ from pathlib import Path
 
 import typer
 
+from meda_cli.output import fail
 from meda_core.config import Settings
+from meda_core.errors import MedaError
+from meda_core.private import private_home
 
 DEFAULT_RATE_LIMIT = "5/20"  # beyond loopback: 5 changes a second per client, bursts of 20
 
@@ -33,7 +36,7 @@ def api_token(home: Path, host: str, generate: bool) -> str | None:
         return os.environ["MEDA_API_TOKEN"]
     path = home / "api-token"
     if generate and not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
@@ -74,7 +77,12 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         typer.echo("error: --tls-cert and --tls-key go together", err=True)
         raise typer.Exit(2)
-    token = api_token(Settings().home, host, generate_token)
+    home = Settings().home
+    try:
+        private_home(home)  # before the token is written there
+    except MedaError as error:
+        fail(error, as_json=False)
+    token = api_token(home, host, generate_token)
     logs.configure(level=log_level.upper() if log_level else None,
                    secrets=[token] if token else [])  # fmt: skip
     default_limit = "off" if _loopback(host) else DEFAULT_RATE_LIMIT
