@@ -17,7 +17,7 @@ from meda_core.errors import InvalidRequest
 from meda_core.models import CreateVMRequest
 from meda_core.plugins import PluginManager
 from meda_core.testing.fakes import FakePlugin
-from meda_core.testing.intruder import open_to_others, readable_by_nobody, reachable_dir
+from meda_core.testing.intruder import open_to_others, reachable_dir, readable_by_nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as nobody needs root")
 
