@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from meda_core.app import Meda
 from meda_core.backends import BackendContext, LaunchSpec
-from meda_core.models import VMSpec
+from meda_core.config import Settings
+from meda_core.models import VM, CreateVMRequest, VMSpec
 from meda_core.testing.conformance import HypervisorConformance
 from meda_core.testing.guest import (
     DISK_BOOT_MARKER,
@@ -15,10 +20,11 @@ from meda_core.testing.guest import (
     BootableGuest,
     boot_sector_disk,
 )
+from meda_core.testing.intruder import open_to_others, reachable_dir, readable_by_nobody
 from meda_core.testing.pytest_plugin import wait_for_text
 from meda_qcow2 import Qcow2Storage
-from meda_qemu import QemuHypervisor, accel
-from meda_qemu.argv import build_argv
+from meda_qemu import QemuHypervisor, accel, qmp
+from meda_qemu.argv import build_argv, runtime_paths
 
 
 def _launch(vm_dir: Path, guest: BootableGuest | None = None) -> LaunchSpec:
@@ -39,7 +45,7 @@ def test_argv_direct_kernel_boot(tmp_path: Path) -> None:
     assert argv[argv.index("-accel") + 1] == "tcg"
     assert argv[argv.index("-kernel") + 1] == "/k"
     assert argv[argv.index("-append") + 1] == "console=ttyS0"
-    assert "-daemonize" in argv and launch.uuid in argv
+    assert launch.uuid in argv
     assert not any("vhost" in arg for arg in argv)
 
 
@@ -156,3 +162,72 @@ def test_disk_boots_through_firmware(
         backend.stop(runtime, vm_dir, timeout=0.5)  # the boot sector ignores ACPI: forced
         backend.cleanup(vm_dir)
     assert not backend.is_running(runtime)
+
+
+def _drive(vm: VM, device: str = "disk0") -> dict[str, object]:
+    """What QEMU itself says it opened as ``device``."""
+    qmp_socket, _ = runtime_paths(vm.vm_dir)
+    [found] = [b for b in qmp.execute(qmp_socket, "query-block") if b["device"] == device]
+    inserted: dict[str, object] = found["inserted"]
+    return inserted
+
+
+@pytest.fixture
+def reachable() -> Iterator[Path]:
+    with reachable_dir() as path:
+        yield path
+
+
+@pytest.mark.vm
+def test_a_home_whose_path_carries_options_runs_a_vm_through_its_lifecycle(
+    reachable: Path, test_guest: BootableGuest, guest_image: dict[str, object]
+) -> None:
+    """Unescaped, ``file=<home>/vms/...`` would end at the comma and read the rest as
+    options (``readonly=on``, ``snapshot=on``): QEMU must open exactly meda's files, and
+    what it writes there (console, saved state) no local user reads."""
+    home = reachable / "m,h" / "x,readonly=on,snapshot=on"
+    settings = Settings(home=home, hypervisor="qemu", storage="qcow2", network="user",
+                        stop_timeout=5)  # fmt: skip
+    meda = Meda(settings)
+    meda.images.import_files("guest", **guest_image)  # type: ignore[arg-type]
+    vm = meda.vms.create(CreateVMRequest(name="commas", image="guest", memory="256M"))
+    try:
+        meda.vms.start("commas")
+        wait_for_text(vm.console_log, test_guest.marker, timeout=60)
+        drive = _drive(vm)
+        assert drive["file"] == str(vm.disk_path) and drive["ro"] is False
+        seed = _drive(vm, "disk1")
+        assert seed["file"] == str(vm.vm_dir / "seed.iso") and seed["ro"] is True
+        snapshot = meda.snapshots.snapshot("commas").snapshot  # saved, the disk switched
+        # The overlay names the frozen disk by its old path (QEMU holds it open): a json:.
+        assert snapshot is not None and f'"{vm.disk_path}"' in str(_drive(vm)["file"])
+        made = [vm.console_log, vm.disk_path, snapshot.state_file, snapshot.disk]
+        if os.geteuid() == 0:
+            home.parent.chmod(0o755)  # only meda's own modes stand in the way
+            assert readable_by_nobody(made) == [] and open_to_others(home) == []
+        meda.vms.stop("commas")
+        assert meda.snapshots.restore("commas").state.value == "running"
+        assert _drive(vm)["file"] == str(vm.disk_path)
+    finally:
+        meda.vms.delete_all()
+
+
+def test_option_values_escape_commas(tmp_path: Path) -> None:
+    vm_dir = tmp_path / "a,b=c" / "vm"
+    argv = build_argv("qemu", _launch(vm_dir), "tcg", "q35", None)
+    assert argv[argv.index("-drive") + 1].startswith(f"file={tmp_path}/a,,b=c/vm/disk.qcow2,if=")
+    assert f"path={tmp_path}/a,,b=c/vm/console.log" in argv[argv.index("-chardev") + 1]
+    assert argv[argv.index("-qmp") + 1] == f"unix:{tmp_path}/a,,b=c/vm/qmp.sock,server=on,wait=off"
+    assert argv[argv.index("-pidfile") + 1] == f"{tmp_path}/a,b=c/vm/qemu.pid"  # not an option
+
+
+def test_qemu_runs_sandboxed_and_restores_from_a_file_it_is_handed(tmp_path: Path) -> None:
+    launch = dataclasses.replace(_launch(tmp_path), restore_state=tmp_path / "state")
+    argv = build_argv("qemu", launch, "tcg", "q35", None)
+    sandbox = argv[argv.index("-sandbox") + 1].split(",")
+    assert sandbox[0] == "on"
+    assert {"obsolete=deny", "elevateprivileges=deny", "spawn=deny", "resourcecontrol=deny"} <= set(
+        sandbox
+    )
+    assert argv[argv.index("-incoming") + 1] == "fd:0"
+    assert "-daemonize" not in argv  # daemonizing calls setsid(), which the sandbox denies
