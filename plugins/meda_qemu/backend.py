@@ -4,11 +4,13 @@ with seccomp, driven over QMP."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -65,18 +67,24 @@ class QemuHypervisor(HypervisorBackend):
             config.probe_timeout,
         )
 
-    def plan(self, launch: LaunchSpec) -> dict[str, Any]:
+    def _argv(self, launch: LaunchSpec, accel: str, disk_fds: tuple[int, ...] = ()) -> list[str]:
         config = self.config
+        user = config.user or None
+        return build_argv(
+            config.binary, launch, accel, config.machine, config.firmware, user, disk_fds
+        )
+
+    def plan(self, launch: LaunchSpec) -> dict[str, Any]:
         choice = self.choose_accel(launch.kernel)
-        argv = build_argv(config.binary, launch, choice.accel, config.machine, config.firmware)
+        argv = self._argv(launch, choice.accel)
         return {"argv": argv, "accelerator": choice.accel, "accelerator_reason": choice.reason}
 
     def start(self, launch: LaunchSpec) -> RuntimeInfo:
-        config = self.config
         self.cleanup(launch.vm_dir)
         choice = self.choose_accel(launch.kernel)
-        argv = build_argv(config.binary, launch, choice.accel, config.machine, config.firmware)
-        _launch(argv, launch)
+        with _opened(launch.disk) as disk_fd:
+            argv = self._argv(launch, choice.accel, (disk_fd,))
+            _launch(argv, launch, (disk_fd,))
         runtime = self.recover(launch.vm_dir, launch.uuid)
         if runtime is None:
             raise BackendError("qemu started but its process could not be found")
@@ -131,10 +139,15 @@ class QemuHypervisor(HypervisorBackend):
 
     def switch_disk(self, runtime: RuntimeInfo, vm_dir: Path, overlay: Path) -> None:
         qmp_socket, _ = runtime_paths(vm_dir)
-        qmp.execute(qmp_socket, "blockdev-snapshot-sync", {
-            "device": "disk0", "snapshot-file": str(overlay), "format": "qcow2",
-            "mode": "existing",
-        })  # fmt: skip
+        # Opened by meda, not by QEMU: QEMU (perhaps another user now) cannot enter vm_dir.
+        node = f"overlay-{secrets.token_hex(6)}"
+        with _opened(overlay) as fd:
+            # As the VM's disk (build_argv): a file meda opened, never reopened read-only.
+            qmp.execute_on_fdset(qmp_socket, fd, lambda path: ("blockdev-add", {
+                "driver": "qcow2", "node-name": node, "backing": None,
+                "file": {"driver": "file", "filename": path, "auto-read-only": False},
+            }))  # fmt: skip
+        qmp.execute(qmp_socket, "blockdev-snapshot", {"node": "disk0", "overlay": node})
 
     def resume(self, runtime: RuntimeInfo, vm_dir: Path) -> None:
         qmp_socket, _ = runtime_paths(vm_dir)
@@ -204,7 +217,20 @@ class QemuHypervisor(HypervisorBackend):
         return str(output or "").strip()
 
 
-def _launch(argv: list[str], launch: LaunchSpec) -> None:
+@contextmanager
+def _opened(disk: Path) -> Iterator[int]:
+    """``disk`` opened read-write, to hand to QEMU."""
+    try:
+        fd = os.open(disk, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BackendError(f"disk {disk} does not exist") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _launch(argv: list[str], launch: LaunchSpec, pass_fds: tuple[int, ...]) -> None:
     """Run QEMU in a session of its own and wait until its monitor answers (the VM is set
     up, or loading its saved state); BackendError with what it printed if it ends first."""
     with ExitStack() as files:
@@ -213,8 +239,9 @@ def _launch(argv: list[str], launch: LaunchSpec) -> None:
         if launch.restore_state is not None:
             state = files.enter_context(launch.restore_state.open("rb"))  # -incoming fd:0
         process = subprocess.Popen(
-            argv, stdin=state, stdout=log, stderr=log, start_new_session=True, umask=UMASK
-        )
+            argv, stdin=state, stdout=log, stderr=log, start_new_session=True, umask=UMASK,
+            pass_fds=pass_fds,
+        )  # fmt: skip
     # meda may live long (the server): reap QEMU when it ends, so it leaves no zombie.
     threading.Thread(target=process.wait, name=f"reap-qemu-{process.pid}", daemon=True).start()
     qmp_socket, _ = runtime_paths(launch.vm_dir)
