@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -307,3 +308,29 @@ def test_qemu_as_an_unprivileged_user_runs_the_whole_lifecycle(
         assert _token(_forward(meda, "c1")) == token
     finally:
         meda.vms.delete_all()
+
+
+@pytest.mark.vm
+def test_a_qemu_told_to_run_a_program_cannot(
+    tmp_path: Path, backend_context: BackendContext, test_guest: BootableGuest
+) -> None:
+    """What a compromised QEMU would do first: fork and exec. Asked to through its own
+    monitor (``migrate exec:``), the sandboxed QEMU gets no further than the fork."""
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    launch = _launch(vm_dir, test_guest)
+    Qcow2Storage(backend_context).create_disk(launch.disk, 64 << 20)
+    backend = QemuHypervisor(backend_context)
+    runtime = backend.start(launch)
+    proof = tmp_path / "qemu-ran-a-program"
+    try:
+        status = Path(f"/proc/{runtime.pid}/status").read_text()
+        qmp_socket, _ = runtime_paths(vm_dir)
+        with contextlib.suppress(Exception):  # the monitor may die with QEMU mid-answer
+            qmp.execute(qmp_socket, "migrate", {"uri": f"exec:touch {proof}"})
+        time.sleep(1)
+        assert not proof.exists()
+        assert "Seccomp:\t2" in status  # a filter, not luck
+    finally:
+        backend.stop(runtime, vm_dir, timeout=1)
+        backend.cleanup(vm_dir)
