@@ -10,6 +10,7 @@ from meda_cli import context
 from meda_cli.commands import images, network, plugins, serve, ssh, vms
 from meda_cli.output import fail
 from meda_core.errors import MedaError
+from meda_core.private import restrict_process
 
 app = typer.Typer(
     name="meda",
@@ -42,6 +43,7 @@ def main(
     ),
 ) -> None:
     """Micro-VMs on this host: a REST API and a CLI, every backend a plugin."""
+    restrict_process()
     token = token_file.read_text().strip() if token_file is not None else None
     try:
         context.use_server(url, token, str(ca_file) if ca_file else None)

@@ -14,6 +14,7 @@ from meda_core.models import VM, Health, PluginReport
 from meda_core.networking import NetworkService
 from meda_core.operations import Operations
 from meda_core.plugins import PluginManager
+from meda_core.private import private_home
 from meda_core.selection import BackendSelector
 from meda_core.snapshots import SnapshotService
 from meda_core.store import StateStore
@@ -38,7 +39,7 @@ class Meda:
             plugins = PluginManager()
             plugins.load_entry_points(self.settings.disabled())
         self.plugins = plugins
-        self.settings.home.mkdir(parents=True, exist_ok=True)
+        private_home(self.settings.home)
         self.store = StateStore(self.settings.db_path)
         self.backends = BackendSelector(plugins.registry, BackendContext(self.settings, self.store))
         self.images = ImageService(

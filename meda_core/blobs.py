@@ -51,7 +51,7 @@ class BlobStore:
             verified.unlink(missing_ok=True)
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(verified, 0o444)
+            os.chmod(verified, 0o400)
             verified.replace(dest)
         return dest
 

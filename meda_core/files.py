@@ -1,9 +1,11 @@
-"""File helpers: copies that keep holes (disk images are mostly sparse)."""
+"""File helpers: copies that keep holes (disk images are mostly sparse) and stay private."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from meda_core.private import create_private
 
 _CHUNK = 64 * 1024 * 1024
 
@@ -20,7 +22,7 @@ def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
 def copy_sparse(source: Path, dest: Path) -> None:
     """Copy ``source`` to ``dest``, writing only the data regions (holes stay holes)."""
     size = source.stat().st_size
-    with source.open("rb") as src, dest.open("wb") as dst:
+    with source.open("rb") as src, os.fdopen(create_private(dest), "wb") as dst:
         fin, fout = src.fileno(), dst.fileno()
         offset = 0
         while offset < size:

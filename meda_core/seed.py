@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pycdlib
 import yaml
 
 from meda_core.models import VM
+from meda_core.private import create_private
 
 
 def meta_data(vm: VM) -> str:
@@ -41,6 +43,7 @@ def write_seed(dest: Path, files: dict[str, str]) -> None:
         iso.add_fp(io.BytesIO(data), len(data), f"/{iso_name}", rr_name=name,
                    joliet_path=f"/{name}")  # fmt: skip
     tmp = dest.with_name(dest.name + ".tmp")
-    iso.write(str(tmp))
+    with os.fdopen(create_private(tmp), "wb") as out:  # user-data may hold secrets
+        iso.write_fp(out)
     iso.close()
     tmp.replace(dest)

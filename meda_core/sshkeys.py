@@ -14,9 +14,10 @@ def managed_key(home: Path) -> tuple[Path, str]:
     """The private key's path and the public key's text, generating them on first use."""
     folder = home / "ssh"
     private = folder / "id_ed25519"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)  # made before the key, or by an older meda: 0755
     with exclusive(folder / ".lock"):
         if not private.exists():
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
                 argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "meda"]
                 subprocess.run([*argv, "-f", str(private)], check=True, capture_output=True)

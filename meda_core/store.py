@@ -27,6 +27,7 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)  # SQLite gives its -wal and -shm files the database's mode
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             self.upgraded_from = migrations.upgrade(db, path)

@@ -165,7 +165,7 @@ class VMService:
         try:
             # A directory without a record is debris of a crash: it is ours to clear.
             shutil.rmtree(vm.vm_dir, ignore_errors=True)
-            vm.vm_dir.mkdir(parents=True)
+            vm.vm_dir.mkdir(parents=True, mode=0o700)
             if clone_of is not None and clone_of.snapshot is not None:
                 storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, clone_of.snapshot.disk)
             else:

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
+from meda_cli.output import fail
 from meda_core import serverfile
 from meda_core.config import Settings
 from meda_core.errors import MedaError
+from meda_core.private import private_home
 
 if TYPE_CHECKING:
     from meda_api.ratelimit import Limit
@@ -46,7 +48,7 @@ def _read_token(home: Path, token_file: Path | None, generate: bool) -> str | No
         return os.environ["MEDA_API_TOKEN"].strip()
     path = token_file or home / "api-token"
     if generate and token_file is None and not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
@@ -167,6 +169,10 @@ def serve(
     if unix_socket is not None and tls_cert is not None:
         _refuse("--unix-socket serves plain HTTP to local users; it cannot share --tls-cert")
     settings = Settings()
+    try:
+        private_home(settings.home)  # before the token is written there
+    except MedaError as error:
+        fail(error, as_json=False)
     token = api_token(settings.home, host, generate=generate_token, require=require_token,
                       token_file=token_file)  # fmt: skip
     plain_ok = allow_plain_http or settings.allow_plain_http
@@ -181,9 +187,12 @@ def serve(
     limit, read_limit = rate_limits(host)
     origins = [o for o in os.environ.get("MEDA_CORS_ORIGINS", "").split(",") if o.strip()]
     hosts = HostPolicy.serving(host, [*settings.allowed_host_list(), *allowed_host])
-    app = create_app(token=token, cors_origins=origins, rate_limit=limit,
-                     read_rate_limit=read_limit, hosts=hosts,
-                     local_socket=str(unix_socket) if unix_socket else None)  # fmt: skip
+    try:  # opening MEDA_HOME: a state from a newer meda, say, is an error, not a traceback
+        app = create_app(token=token, cors_origins=origins, rate_limit=limit,
+                         read_rate_limit=read_limit, hosts=hosts,
+                         local_socket=str(unix_socket) if unix_socket else None)  # fmt: skip
+    except MedaError as error:
+        fail(error, as_json=False)
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False,
         ssl_certfile=str(tls_cert) if tls_cert else None,

@@ -149,8 +149,9 @@ class CloudHypervisor(HypervisorBackend):
     def _socket_of(self, runtime: RuntimeInfo) -> Path | None:
         cmdline = _cmdline(runtime.pid).split("\0")
         for arg in cmdline:
-            if arg.startswith("path=") and arg.endswith(chconfig.SOCKET):
-                return Path(arg[len("path=") :])
+            path = chconfig.socket_option(arg)
+            if path is not None and path.endswith(chconfig.SOCKET):
+                return Path(path)
         return None
 
     def recover(self, vm_dir: Path, uuid: str) -> RuntimeInfo | None:

@@ -17,11 +17,33 @@ PIDFILE = "ch.pid"
 LOG = "ch.log"
 
 
+def option_value(value: str) -> str:
+    """``value`` inside a cloud-hypervisor option string: quoted if it holds a comma.
+
+    Its parser has no escape: a '"' or a bracket (it counts them even inside quotes)
+    cannot be carried, nor spaces at either end (it trims them).
+    """
+    if any(c in value for c in '"[]') or value != value.strip():
+        raise BackendError(
+            f"cloud-hypervisor cannot be given the path {value!r} (it holds '\"', '[' or "
+            "']', or starts or ends with a space): choose a MEDA_HOME without them",
+            path=value,
+        )
+    return f'"{value}"' if "," in value else value
+
+
+def socket_option(value: str) -> str | None:
+    """The socket path in an ``--api-socket`` argument as :func:`argv` writes it."""
+    if not value.startswith("path="):
+        return None
+    return value.removeprefix("path=").removeprefix('"').removesuffix('"')
+
+
 def argv(binary: str, launch: LaunchSpec) -> list[str]:
     """The VMM process: only its API socket and logs; the VM comes through vm.create."""
     return [
         *netns.exec_prefix(launch.netns), binary,
-        "--api-socket", f"path={launch.vm_dir / SOCKET}",
+        "--api-socket", f"path={option_value(str(launch.vm_dir / SOCKET))}",
         "--log-file", str(launch.vm_dir / LOG),
     ]  # fmt: skip
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from meda_core import procs
+from meda_qemu.argv import SANDBOX, path_opt
 
 # What a kernel prints early on the serial console: proof that the vCPU ran it.
 _BOOT_SIGNS = ("Linux version", "Kernel panic", "Booting the kernel")
@@ -59,7 +60,8 @@ def boot_test(binary: str, kernel: Path, timeout: float) -> str | None:
         argv = [
             binary, "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "256",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-serial", f"file:{serial}", "-kernel", str(kernel),
+            "-sandbox", SANDBOX, "-chardev", f"file,id=serial,path={path_opt(serial)}",
+            "-serial", "chardev:serial", "-kernel", str(kernel),
             "-append", "console=ttyS0 panic=-1 earlyprintk=serial,ttyS0",
         ]  # fmt: skip
         with errors.open("wb") as stderr:

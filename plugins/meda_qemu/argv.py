@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from meda_core import netns
@@ -11,11 +10,41 @@ from meda_core.errors import BackendError
 from meda_core.models import PortForward
 
 DEFAULT_CMDLINE = "console=ttyS0"
+#: seccomp: no obsolete or privilege-raising calls, no fork/exec, no scheduler or CPU
+#: affinity changes. No fork/exec is why QEMU neither daemonizes (setsid) nor migrates
+#: through ``exec:`` (a shell): meda hands it open files instead.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+#: With ``-runas`` QEMU calls setuid() itself after the filter is in: it must allow it
+#: (measured: QEMU 7.2 dies of SIGSYS otherwise). Once it is that user it cannot go back.
+SANDBOX_RUNAS = SANDBOX.replace("elevateprivileges=deny", "elevateprivileges=allow")
+#: A restored VM reads its saved state from stdin: meda opens the file (``-incoming fd:0``).
+INCOMING = "fd:0"
+#: The VM's disk reaches QEMU as a file meda opened, in this fd set, never by its path:
+#: by the time QEMU would reopen it, the path names another file (a snapshot renamed the
+#: disk) or one QEMU, run as another user, cannot open. ``auto-read-only=off`` keeps it
+#: from reopening the disk read-only when a migration ends (a snapshot's save).
+DISK_FDSET = 1
+DISK_FILE_OPTIONS = "file.auto-read-only=off"
+
+
+def opt(value: object) -> str:
+    """``value`` inside a QEMU option string: a ',' there is written ',,'."""
+    return str(value).replace(",", ",,")
+
+
+def path_opt(path: Path) -> str:
+    """An absolute ``path`` inside an option string (never read as ``protocol:...``)."""
+    return opt(path.absolute())
 
 
 def runtime_paths(vm_dir: Path) -> tuple[Path, Path]:
     """The QMP socket and pid file of a VM."""
     return vm_dir / "qmp.sock", vm_dir / "qemu.pid"
+
+
+def log_path(vm_dir: Path) -> Path:
+    """What QEMU prints (its errors), kept for the last start."""
+    return vm_dir / "qemu.log"
 
 
 def hostfwd_rule(forward: PortForward) -> str:
@@ -48,13 +77,19 @@ def build_argv(
     accel: str,
     machine: str,
     firmware: Path | None,
+    user: str | None = None,
+    disk_fds: tuple[int, ...] = (),
 ) -> list[str]:
+    """``user``: the account QEMU becomes once it has opened its files (``-runas``);
+    ``disk_fds``: the VM's disk, opened read-write by meda and passed to QEMU."""
     qmp_socket, pidfile = runtime_paths(launch.vm_dir)
+    disk = f"/dev/fdset/{DISK_FDSET}" if disk_fds else path_opt(launch.disk)
     memory_mib = launch.spec.memory_bytes // (1024 * 1024)
+    name = opt(f"meda-{launch.name}")
     argv = [
         *netns.exec_prefix(launch.netns),
         binary,
-        "-name", f"meda-{launch.name},process=meda-{launch.name}",
+        "-name", f"{name},process={name}",
         "-uuid", launch.uuid,
         "-machine", machine,
         "-accel", accel,
@@ -63,22 +98,25 @@ def build_argv(
         "-smp", str(launch.spec.cpus),
         "-nodefaults", "-no-user-config",
         "-display", "none",
-        "-daemonize", "-pidfile", str(pidfile),
-        "-qmp", f"unix:{qmp_socket},server=on,wait=off",
-        "-chardev", f"file,id=console,path={launch.console_log}",
+        "-sandbox", SANDBOX_RUNAS if user else SANDBOX,
+        *(["-runas", user] if user else []),
+        "-pidfile", str(pidfile),
+        "-qmp", f"unix:{path_opt(qmp_socket)},server=on,wait=off",
+        "-chardev", f"file,id=console,path={path_opt(launch.console_log)}",
         "-serial", "chardev:console",
-        "-drive", f"file={launch.disk},if=none,id=disk0,format=qcow2",
+        "-drive", f"file={disk},if=none,id=disk0,format=qcow2,{DISK_FILE_OPTIONS}",
         "-device", "virtio-blk-pci,drive=disk0",
     ]  # fmt: skip
+    for fd in disk_fds:
+        argv += ["-add-fd", f"fd={fd},set={DISK_FDSET}"]
     for index, extra in enumerate(launch.extra_disks, start=1):
         argv += [
-            "-drive", f"file={extra},if=none,id=disk{index},format=raw,readonly=on",
+            "-drive", f"file={path_opt(extra)},if=none,id=disk{index},format=raw,readonly=on",
             "-device", f"virtio-blk-pci,drive=disk{index}",
         ]  # fmt: skip
     argv += nic_args(launch.nics)
     if launch.restore_state is not None:
-        # QEMU 7.2 has no file: migration URI; exec: runs through /bin/sh, hence the quoting.
-        argv += ["-incoming", f"exec:cat {shlex.quote(str(launch.restore_state))}"]
+        argv += ["-incoming", INCOMING]
     if launch.kernel is not None:
         argv += ["-kernel", str(launch.kernel)]
         if launch.initrd is not None:

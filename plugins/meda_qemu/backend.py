@@ -1,20 +1,26 @@
-"""The QEMU hypervisor backend: daemonized ``qemu-system-x86_64`` driven over QMP."""
+"""The QEMU hypervisor backend: ``qemu-system-x86_64`` in its own session, sandboxed
+with seccomp, driven over QMP."""
 
 from __future__ import annotations
 
-import shlex
+import os
+import secrets
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 from meda_core import procs
 from meda_core.backends import Availability, HypervisorBackend, LaunchSpec
 from meda_core.errors import BackendError
 from meda_core.models import PortForward, RuntimeInfo
+from meda_core.private import UMASK, create_private
 from meda_qemu import accel, qmp
-from meda_qemu.argv import build_argv, hostfwd_rule, runtime_paths
+from meda_qemu.argv import build_argv, hostfwd_rule, log_path, runtime_paths
 from meda_qemu.settings import QemuSettings
 
 START_TIMEOUT = 60.0
@@ -61,24 +67,24 @@ class QemuHypervisor(HypervisorBackend):
             config.probe_timeout,
         )
 
-    def plan(self, launch: LaunchSpec) -> dict[str, Any]:
+    def _argv(self, launch: LaunchSpec, accel: str, disk_fds: tuple[int, ...] = ()) -> list[str]:
         config = self.config
+        user = config.user or None
+        return build_argv(
+            config.binary, launch, accel, config.machine, config.firmware, user, disk_fds
+        )
+
+    def plan(self, launch: LaunchSpec) -> dict[str, Any]:
         choice = self.choose_accel(launch.kernel)
-        argv = build_argv(config.binary, launch, choice.accel, config.machine, config.firmware)
+        argv = self._argv(launch, choice.accel)
         return {"argv": argv, "accelerator": choice.accel, "accelerator_reason": choice.reason}
 
     def start(self, launch: LaunchSpec) -> RuntimeInfo:
-        config = self.config
         self.cleanup(launch.vm_dir)
         choice = self.choose_accel(launch.kernel)
-        argv = build_argv(config.binary, launch, choice.accel, config.machine, config.firmware)
-        # -daemonize returns once the VM is set up; the VM then lives on in its own session.
-        result = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=START_TIMEOUT, check=False
-        )
-        if result.returncode != 0:
-            message = result.stderr.decode(errors="replace").strip() or "no error output"
-            raise BackendError(f"qemu failed to start: {message}", argv=argv)
+        with _opened(launch.disk) as disk_fd:
+            argv = self._argv(launch, choice.accel, (disk_fd,))
+            _launch(argv, launch, (disk_fd,))
         runtime = self.recover(launch.vm_dir, launch.uuid)
         if runtime is None:
             raise BackendError("qemu started but its process could not be found")
@@ -113,8 +119,12 @@ class QemuHypervisor(HypervisorBackend):
         # The default cap of 128 MiB/s made saving several times slower than the disk.
         qmp.execute(qmp_socket, "migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
         qmp.execute(qmp_socket, "stop")
-        uri = f"exec:cat > {shlex.quote(str(state_file))}"
-        qmp.execute(qmp_socket, "migrate", {"uri": uri})
+        # The sandboxed QEMU may not run `cat`: it writes to a file meda opened for it.
+        fd = create_private(state_file)
+        try:
+            qmp.execute_with_fd(qmp_socket, fd, "state", "migrate", {"uri": "fd:state"})
+        finally:
+            os.close(fd)
         deadline = time.monotonic() + SAVE_TIMEOUT
         while time.monotonic() < deadline:
             info = qmp.execute(qmp_socket, "query-migrate")
@@ -129,10 +139,15 @@ class QemuHypervisor(HypervisorBackend):
 
     def switch_disk(self, runtime: RuntimeInfo, vm_dir: Path, overlay: Path) -> None:
         qmp_socket, _ = runtime_paths(vm_dir)
-        qmp.execute(qmp_socket, "blockdev-snapshot-sync", {
-            "device": "disk0", "snapshot-file": str(overlay), "format": "qcow2",
-            "mode": "existing",
-        })  # fmt: skip
+        # Opened by meda, not by QEMU: QEMU (perhaps another user now) cannot enter vm_dir.
+        node = f"overlay-{secrets.token_hex(6)}"
+        with _opened(overlay) as fd:
+            # As the VM's disk (build_argv): a file meda opened, never reopened read-only.
+            qmp.execute_on_fdset(qmp_socket, fd, lambda path: ("blockdev-add", {
+                "driver": "qcow2", "node-name": node, "backing": None,
+                "file": {"driver": "file", "filename": path, "auto-read-only": False},
+            }))  # fmt: skip
+        qmp.execute(qmp_socket, "blockdev-snapshot", {"node": "disk0", "overlay": node})
 
     def resume(self, runtime: RuntimeInfo, vm_dir: Path) -> None:
         qmp_socket, _ = runtime_paths(vm_dir)
@@ -180,7 +195,7 @@ class QemuHypervisor(HypervisorBackend):
         return runtime
 
     def cleanup(self, vm_dir: Path) -> None:
-        for path in runtime_paths(vm_dir):
+        for path in (*runtime_paths(vm_dir), log_path(vm_dir)):
             path.unlink(missing_ok=True)
 
     def add_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
@@ -200,6 +215,50 @@ class QemuHypervisor(HypervisorBackend):
         qmp_socket, _ = runtime_paths(vm_dir)
         output = qmp.execute(qmp_socket, "human-monitor-command", {"command-line": command})
         return str(output or "").strip()
+
+
+@contextmanager
+def _opened(disk: Path) -> Iterator[int]:
+    """``disk`` opened read-write, to hand to QEMU."""
+    try:
+        fd = os.open(disk, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BackendError(f"disk {disk} does not exist") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _launch(argv: list[str], launch: LaunchSpec, pass_fds: tuple[int, ...]) -> None:
+    """Run QEMU in a session of its own and wait until its monitor answers (the VM is set
+    up, or loading its saved state); BackendError with what it printed if it ends first."""
+    with ExitStack() as files:
+        log = files.enter_context(os.fdopen(create_private(log_path(launch.vm_dir)), "wb"))
+        state: IO[bytes] | int = subprocess.DEVNULL
+        if launch.restore_state is not None:
+            state = files.enter_context(launch.restore_state.open("rb"))  # -incoming fd:0
+        process = subprocess.Popen(
+            argv, stdin=state, stdout=log, stderr=log, start_new_session=True, umask=UMASK,
+            pass_fds=pass_fds,
+        )  # fmt: skip
+    # meda may live long (the server): reap QEMU when it ends, so it leaves no zombie.
+    threading.Thread(target=process.wait, name=f"reap-qemu-{process.pid}", daemon=True).start()
+    qmp_socket, _ = runtime_paths(launch.vm_dir)
+    deadline = time.monotonic() + START_TIMEOUT
+    while process.poll() is None:
+        try:
+            if qmp_socket.exists():  # not before: a refused connection is logged as an error
+                qmp.execute(qmp_socket, "query-status")
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise BackendError("qemu did not answer on its monitor", argv=argv)
+        time.sleep(0.02)
+    message = log_path(launch.vm_dir).read_text(errors="replace").strip() or "no error output"
+    raise BackendError(f"qemu failed to start: {message[-2000:]}", argv=argv)
 
 
 def _cmdline(pid: int) -> str:

@@ -20,3 +20,6 @@ class QemuSettings(BaseSettings):
     #: A kernel to boot-test KVM with when the VM being started has none of its own.
     probe_kernel: Path | None = None
     probe_timeout: float = 20.0
+    #: QEMU drops to this user once it has opened its files (``-runas``); meda hands it
+    #: what it needs later (saved state, snapshot overlays). Root when unset.
+    user: str | None = None

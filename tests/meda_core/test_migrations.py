@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -107,3 +110,17 @@ def test_two_openers_of_an_old_store_migrate_it_once(
     for opener in openers:
         opener.join()
     assert len(runs) == 1 and _version(path) == migrations.latest()
+
+
+@pytest.mark.parametrize("command", [["list"], ["serve", "--port", "1"]])
+def test_the_cli_and_the_server_refuse_a_newer_home(tmp_path: Path, command: list[str]) -> None:
+    home = tmp_path / "home"
+    StateStore(home / "state.db")
+    with sqlite3.connect(home / "state.db") as db:
+        db.execute(f"PRAGMA user_version={migrations.latest() + 1}")
+    env = {**os.environ, "MEDA_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "meda_cli.main", *command], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == StateVersionError.exit_code, done.stderr
+    assert done.stderr.startswith("error: ") and "newer meda" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,13 +1,21 @@
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from meda_core.app import Meda
 from meda_core.backends import BackendContext, LaunchSpec
-from meda_core.models import VMSpec
+from meda_core.config import Settings
+from meda_core.models import VM, CreateVMRequest, PortForward, VMSpec
 from meda_core.testing.conformance import HypervisorConformance
 from meda_core.testing.guest import (
     DISK_BOOT_MARKER,
@@ -15,10 +23,17 @@ from meda_core.testing.guest import (
     BootableGuest,
     boot_sector_disk,
 )
+from meda_core.testing.host import free_port
+from meda_core.testing.intruder import (
+    NOBODY,
+    open_to_others,
+    reachable_dir,
+    readable_by_nobody,
+)
 from meda_core.testing.pytest_plugin import wait_for_text
 from meda_qcow2 import Qcow2Storage
-from meda_qemu import QemuHypervisor, accel
-from meda_qemu.argv import build_argv
+from meda_qemu import QemuHypervisor, accel, qmp
+from meda_qemu.argv import build_argv, runtime_paths
 
 
 def _launch(vm_dir: Path, guest: BootableGuest | None = None) -> LaunchSpec:
@@ -39,7 +54,7 @@ def test_argv_direct_kernel_boot(tmp_path: Path) -> None:
     assert argv[argv.index("-accel") + 1] == "tcg"
     assert argv[argv.index("-kernel") + 1] == "/k"
     assert argv[argv.index("-append") + 1] == "console=ttyS0"
-    assert "-daemonize" in argv and launch.uuid in argv
+    assert launch.uuid in argv
     assert not any("vhost" in arg for arg in argv)
 
 
@@ -156,3 +171,166 @@ def test_disk_boots_through_firmware(
         backend.stop(runtime, vm_dir, timeout=0.5)  # the boot sector ignores ACPI: forced
         backend.cleanup(vm_dir)
     assert not backend.is_running(runtime)
+
+
+def _drive(vm: VM, device: str = "disk0") -> dict[str, object]:
+    """What QEMU itself says it opened as ``device``."""
+    qmp_socket, _ = runtime_paths(vm.vm_dir)
+    [found] = [b for b in qmp.execute(qmp_socket, "query-block") if b["device"] == device]
+    inserted: dict[str, object] = found["inserted"]
+    return inserted
+
+
+@pytest.fixture
+def reachable() -> Iterator[Path]:
+    with reachable_dir() as path:
+        yield path
+
+
+@pytest.mark.vm
+def test_a_home_whose_path_carries_options_runs_a_vm_through_its_lifecycle(
+    reachable: Path, test_guest: BootableGuest, guest_image: dict[str, object]
+) -> None:
+    """Unescaped, ``file=<home>/vms/...`` would end at the comma and read the rest as
+    options (``readonly=on``, ``snapshot=on``): QEMU must open exactly meda's files, and
+    what it writes there (console, saved state) no local user reads."""
+    home = reachable / "m,h" / "x,readonly=on,snapshot=on"
+    settings = Settings(home=home, hypervisor="qemu", storage="qcow2", network="user",
+                        stop_timeout=5)  # fmt: skip
+    meda = Meda(settings)
+    meda.images.import_files("guest", **guest_image)  # type: ignore[arg-type]
+    vm = meda.vms.create(CreateVMRequest(name="commas", image="guest", memory="256M"))
+    try:
+        meda.vms.start("commas")
+        wait_for_text(vm.console_log, test_guest.marker, timeout=60)
+        # The disk is a file meda opened and passed (fd set 1); the seed goes by its path.
+        drive = _drive(vm)
+        assert drive["file"] == "/dev/fdset/1" and drive["ro"] is False
+        seed = _drive(vm, "disk1")
+        assert seed["file"] == str(vm.vm_dir / "seed.iso") and seed["ro"] is True
+        snapshot = meda.snapshots.snapshot("commas").snapshot  # saved, the disk switched
+        assert snapshot is not None and _drive(vm)["ro"] is False
+        made = [vm.console_log, vm.disk_path, snapshot.state_file, snapshot.disk]
+        if os.geteuid() == 0:
+            home.parent.chmod(0o755)  # only meda's own modes stand in the way
+            assert readable_by_nobody(made) == [] and open_to_others(home) == []
+        meda.vms.stop("commas")
+        assert meda.snapshots.restore("commas").state.value == "running"
+        assert _drive(vm)["file"] == "/dev/fdset/1"
+        assert _drive(vm, "disk1")["file"] == str(vm.vm_dir / "seed.iso")
+    finally:
+        meda.vms.delete_all()
+
+
+def test_option_values_escape_commas(tmp_path: Path) -> None:
+    vm_dir = tmp_path / "a,b=c" / "vm"
+    launch = dataclasses.replace(_launch(vm_dir), extra_disks=(vm_dir / "seed,iso",))
+    argv = build_argv("qemu", launch, "tcg", "q35", None)
+    drives = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-drive"]
+    assert drives[0].startswith(f"file={tmp_path}/a,,b=c/vm/disk.qcow2,if=")
+    assert drives[1].startswith(f"file={tmp_path}/a,,b=c/vm/seed,,iso,if=")
+    assert f"path={tmp_path}/a,,b=c/vm/console.log" in argv[argv.index("-chardev") + 1]
+    assert argv[argv.index("-qmp") + 1] == f"unix:{tmp_path}/a,,b=c/vm/qmp.sock,server=on,wait=off"
+    assert argv[argv.index("-pidfile") + 1] == f"{tmp_path}/a,b=c/vm/qemu.pid"  # not an option
+
+
+def test_the_disk_is_passed_open_not_named(tmp_path: Path) -> None:
+    argv = build_argv("qemu", _launch(tmp_path), "tcg", "q35", None, disk_fds=(7,))
+    assert argv[argv.index("-drive") + 1].startswith("file=/dev/fdset/1,")
+    assert argv[argv.index("-add-fd") + 1] == "fd=7,set=1"
+    assert str(tmp_path / "disk.qcow2") not in " ".join(argv)
+
+
+def test_qemu_runs_sandboxed_and_restores_from_a_file_it_is_handed(tmp_path: Path) -> None:
+    launch = dataclasses.replace(_launch(tmp_path), restore_state=tmp_path / "state")
+    argv = build_argv("qemu", launch, "tcg", "q35", None)
+    sandbox = argv[argv.index("-sandbox") + 1].split(",")
+    assert sandbox[0] == "on"
+    assert {"obsolete=deny", "elevateprivileges=deny", "spawn=deny", "resourcecontrol=deny"} <= set(
+        sandbox
+    )
+    assert argv[argv.index("-incoming") + 1] == "fd:0"
+    assert "-daemonize" not in argv  # daemonizing calls setsid(), which the sandbox denies
+
+
+def _uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    [line] = [line for line in status.splitlines() if line.startswith("Uid:")]
+    return int(line.split()[1])
+
+
+def _token(port: int) -> str:
+    """The guest's boot token (held only in its memory), through a forwarded port."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/token", timeout=2) as answer:
+                return str(answer.read().decode().strip())
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing answers on port {port}"
+            time.sleep(0.3)
+
+
+def _forward(meda: Meda, name: str) -> int:
+    port = free_port()
+    meda.network.add_forward(name, PortForward(host_port=port, guest_port=80))
+    return port
+
+
+@pytest.mark.vm
+def test_qemu_as_an_unprivileged_user_runs_the_whole_lifecycle(
+    tmp_path: Path, guest_image: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QEMU drops to ``nobody`` and can open nothing under MEDA_HOME (0700, root's) later:
+    forwards, snapshot (state and overlay handed over as file descriptors), restore and
+    clone must work all the same."""
+    if os.geteuid() != 0:
+        pytest.skip("-runas needs root")
+    monkeypatch.setenv("MEDA_QEMU_USER", "nobody")
+    settings = Settings(home=tmp_path / "home", hypervisor="qemu", storage="qcow2",
+                        network="user", stop_timeout=5)  # fmt: skip
+    meda = Meda(settings)
+    meda.images.import_files("guest", **guest_image)  # type: ignore[arg-type]
+    meda.vms.create(CreateVMRequest(name="tpl", image="guest", memory="256M", template=True))
+    try:
+        vm = meda.vms.start("tpl")
+        assert vm.runtime is not None and _uid(vm.runtime.pid) == NOBODY
+        port = _forward(meda, "tpl")  # bound by QEMU as nobody
+        token = _token(port)
+        meda.snapshots.snapshot("tpl")
+        assert _token(port) == token  # it kept running on its new overlay
+        meda.vms.stop("tpl")
+        restored = meda.snapshots.restore("tpl")
+        assert restored.runtime is not None and _uid(restored.runtime.pid) == NOBODY
+        assert _token(port) == token  # the saved memory, not a new boot
+        clone = meda.snapshots.clone("tpl", "c1")
+        assert clone.runtime is not None and _uid(clone.runtime.pid) == NOBODY
+        assert _token(_forward(meda, "c1")) == token
+    finally:
+        meda.vms.delete_all()
+
+
+@pytest.mark.vm
+def test_a_qemu_told_to_run_a_program_cannot(
+    tmp_path: Path, backend_context: BackendContext, test_guest: BootableGuest
+) -> None:
+    """What a compromised QEMU would do first: fork and exec. Asked to through its own
+    monitor (``migrate exec:``), the sandboxed QEMU gets no further than the fork."""
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    launch = _launch(vm_dir, test_guest)
+    Qcow2Storage(backend_context).create_disk(launch.disk, 64 << 20)
+    backend = QemuHypervisor(backend_context)
+    runtime = backend.start(launch)
+    proof = tmp_path / "qemu-ran-a-program"
+    try:
+        status = Path(f"/proc/{runtime.pid}/status").read_text()
+        qmp_socket, _ = runtime_paths(vm_dir)
+        with contextlib.suppress(Exception):  # the monitor may die with QEMU mid-answer
+            qmp.execute(qmp_socket, "migrate", {"uri": f"exec:touch {proof}"})
+        time.sleep(1)
+        assert not proof.exists()
+        assert "Seccomp:\t2" in status  # a filter, not luck
+    finally:
+        backend.stop(runtime, vm_dir, timeout=1)
+        backend.cleanup(vm_dir)

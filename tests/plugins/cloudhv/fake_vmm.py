@@ -131,7 +131,7 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 def main(argv: list[str]) -> int:
     options = dict(zip(argv[::2], argv[1::2], strict=False))
-    socket_path = options["--api-socket"].removeprefix("path=")
+    socket_path = options["--api-socket"].removeprefix("path=").strip('"')
     server = Server(socket_path, Handler)
     log_dir = Path(os.environ.get("FAKE_VMM_LOG_DIR", "/tmp"))
     server.requests_path = log_dir / f"requests-{os.getpid()}.jsonl"  # type: ignore[attr-defined]

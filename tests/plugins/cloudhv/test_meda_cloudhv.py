@@ -179,3 +179,30 @@ def test_a_restore_takes_the_vms_own_disk_and_nics_and_links_the_memory(tmp_path
     assert config["disks"][0]["path"] == str(clone.disk)
     assert config["net"] == [{"tap": "tap0", "mac": "52:54:00:00:00:02"}]
     assert (source / "memory-ranges").resolve() == snapshot / "memory-ranges"  # not copied
+
+
+def test_a_socket_path_with_a_comma_is_quoted_not_split(tmp_path: Path) -> None:
+    launch = _launch(tmp_path / "a,path=evil" / "vm")
+    arg = chconfig.argv("cloud-hypervisor", launch)[-3]
+    assert arg == f'path="{launch.vm_dir / chconfig.SOCKET}"'
+    assert chconfig.socket_option(arg) == str(launch.vm_dir / chconfig.SOCKET)
+
+
+@pytest.mark.parametrize("name", ['a"b', "a[b", "a]b"])
+def test_a_path_cloud_hypervisor_cannot_carry_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(BackendError, match="cannot be given the path"):
+        chconfig.argv("cloud-hypervisor", _launch(tmp_path / name / "vm"))
+
+
+def test_a_vmm_under_a_comma_home_runs_and_is_found(
+    backend_context: BackendContext, fake_binary: Path, tmp_path: Path
+) -> None:
+    backend = CloudHypervisor(backend_context)
+    launch = _launch(tmp_path / "a,b" / "vm")
+    runtime = backend.start(launch)
+    try:
+        assert backend.is_running(runtime)
+        assert backend.recover(launch.vm_dir, launch.uuid) is not None
+    finally:
+        backend.stop(runtime, launch.vm_dir, 2.0)
+        backend.cleanup(launch.vm_dir)
