@@ -47,6 +47,7 @@ class Meda:
             self.settings.default_image,
             self.backends.storage,
             self.backends.registry,
+            self.settings.allowed_registry_set(),
         )
         self.events = EventBus()
         self.operations = Operations(self.events)

@@ -21,7 +21,7 @@ from meda_core.errors import (
 from meda_core.locks import exclusive
 from meda_core.models import Image, VMState
 from meda_core.names import parse_image_ref
-from meda_core.references import parse_reference
+from meda_core.references import check_allowed, parse_reference
 from meda_core.store import StateStore
 
 NO_IMAGE_HINT = (
@@ -51,8 +51,10 @@ class ImageService:
         default_ref: str,
         storage: Backend,
         registry: Registry,
+        allowed_registries: frozenset[str] = frozenset(),
     ) -> None:
         self._store = store
+        self._allowed_registries = allowed_registries
         self._home = home
         self._default_ref = default_ref
         self._storage = storage
@@ -154,7 +156,7 @@ class ImageService:
         progress: Progress = no_progress,
     ) -> Image:  # fmt: skip
         """Pull ``image``; a second pull of the same reference waits and does no work."""
-        ref = parse_reference(image, registry, org)
+        ref = check_allowed(parse_reference(image, registry, org), self._allowed_registries)
         backend = self._registry()
         workdir = self._home / "pulls" / hashlib.sha256(str(ref).encode()).hexdigest()[:32]
         with exclusive(workdir.with_suffix(".lock")):
@@ -180,7 +182,7 @@ class ImageService:
     ) -> tuple[Image, str | None]:  # fmt: skip
         """Push local image ``name`` to ``target``; the manifest digest (None on a dry run)."""
         image = self.get(name)
-        ref = parse_reference(target, registry, org)
+        ref = check_allowed(parse_reference(target, registry, org), self._allowed_registries)
         backend = self._registry()
         if dry_run:
             return image, None

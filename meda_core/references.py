@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from meda_core.errors import InvalidRequest
@@ -57,6 +58,17 @@ def is_loopback_ip(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_allowed(ref: Reference, allowed: Collection[str]) -> Reference:
+    """``ref`` if its registry is one of ``allowed`` (or ``allowed`` is empty); else a 400."""
+    if allowed and ref.registry.lower() not in allowed:
+        raise InvalidRequest(
+            f"registry '{ref.registry}' is not one this server may use (MEDA_ALLOWED_REGISTRIES)",
+            registry=ref.registry,
+            allowed=sorted(allowed),
+        )
+    return ref
 
 
 def parse_reference(text: str, registry: str | None = None, org: str | None = None) -> Reference:
