@@ -153,6 +153,9 @@ class RegistryClient:
                 if not retry or attempt + 1 == RETRIES or not _rewindable(data):
                     raise BackendError(f"registry {self.ref.registry}: {exc}") from None
             else:
+                if self.deadline.expired:  # the headers may have ended at the deadline's cut
+                    response.close()
+                    raise self.deadline.error()
                 if response.status_code < 500 or attempt + 1 == RETRIES or not _rewindable(data):
                     return response
                 response.close()
@@ -198,6 +201,7 @@ class RegistryClient:
             while piece := response.raw.read1(_READ, decode_content=False):
                 self.deadline.check()
                 yield piece
+            self.deadline.check()  # the end may be the deadline's own cut
         except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
             if self.deadline.expired:
                 raise self.deadline.error() from None

@@ -119,7 +119,7 @@ def _serve(registry: HostileRegistry) -> ThreadingHTTPServer:
     server.daemon_threads = True
     server.block_on_close = False
     registry.address = f"127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
 
 
