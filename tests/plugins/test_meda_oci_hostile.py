@@ -368,6 +368,7 @@ def test_a_registry_that_never_answers_an_upload_cannot_hold_a_push(
     def silent(request: BaseHTTPRequestHandler) -> None:
         request.rfile.read(int(request.headers["Content-Length"]))
         registry.stop.wait(20)  # then the test is over; an answer would come too late
+        request.close_connection = True
 
     registry.route("PUT", "/v2/meda/evil/blobs/uploads/1", silent)
     started = time.monotonic()
