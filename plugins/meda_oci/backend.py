@@ -248,7 +248,10 @@ class OciRegistry(RegistryBackend):
         if len(bases) != 1:
             raise BackendError(f"the artifact has {len(bases)} base-image files, not one")
         layers = bases[0].layers
-        meter = _Meter(sum(la["size"] for la in layers), progress)
+        total = sum(la["size"] for la in layers)
+        if total > self.config.max_disk_size:
+            raise formats.invalid(f"base image size (at most {self.config.max_disk_size})", total)
+        meter = _Meter(total, progress)
         parts = workdir / "layers"
         with ThreadPoolExecutor(self.config.concurrency) as pool:
             fetched = list(pool.map(

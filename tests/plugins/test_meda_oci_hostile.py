@@ -229,6 +229,28 @@ def test_the_disk_a_config_describes_is_bounded(
     assert pulled_nothing(meda)
 
 
+def test_a_rust_base_image_is_bounded_by_the_largest_disk(
+    meda: Meda, hostile: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDA_OCI_MAX_DISK_SIZE", str(MiB))
+    registry = hostile()
+    parts = [os.urandom(MiB // 2 + 1) for _ in range(2)]
+    empty = b"{}"
+    registry.manifest({
+        "schemaVersion": 2, "artifactType": formats.RUST_ARTIFACT_TYPE,
+        "config": formats.descriptor("application/vnd.oci.empty.v1+json",
+                                     registry.blob(empty), 2),
+        "layers": [
+            formats.descriptor(RUST_DISK.replace("image", "image-chunk"), registry.blob(part),
+                               len(part), **{formats.TITLE: f"base.raw.chunk.{i:03d}"})
+            for i, part in enumerate(parts)
+        ],
+    })  # fmt: skip
+    with pytest.raises(BackendError, match="invalid base image size"):
+        meda.images.pull(ref(registry))
+    assert pulled_nothing(meda)
+
+
 def test_a_manifest_over_4_mib_is_refused(meda: Meda, hostile: Start) -> None:
     registry = hostile()
     manifest = meda_image(registry, os.urandom(MiB))
