@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -73,10 +74,20 @@ class HostileRegistry:
             pass  # the client hung up: what a hostile registry wants to see tested
 
     def blob(self, data: bytes, repo: str = "meda/evil", digest: str | None = None) -> str:
-        """Serve ``data`` as the blob ``digest`` (its real digest unless given)."""
+        """Serve ``data`` as the blob ``digest`` (its real digest unless given), with ranges."""
         digest = digest or "sha256:" + hashlib.sha256(data).hexdigest()
+
+        def handle(request: BaseHTTPRequestHandler) -> None:
+            wanted = re.fullmatch(r"bytes=(\d+)-", request.headers.get("Range", ""))
+            start = int(wanted.group(1)) if wanted else 0
+            request.send_response(206 if wanted else 200)
+            request.send_header("Content-Length", str(len(data) - start))
+            request.end_headers()
+            if request.command == "GET":
+                self.write(request, [data[start:]])
+
         for method in ("GET", "HEAD"):
-            self.reply(method, f"/v2/{repo}/blobs/{digest}", data)
+            self.route(method, f"/v2/{repo}/blobs/{digest}", handle)
         return digest
 
     def manifest(self, manifest: dict[str, Any] | bytes, repo: str = "meda/evil",

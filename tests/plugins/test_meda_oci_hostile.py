@@ -21,8 +21,9 @@ import zstandard
 from meda_core.app import Meda
 from meda_core.config import Settings
 from meda_core.errors import BackendError
+from meda_core.references import parse_reference
 from meda_oci import formats
-from meda_oci.client import OCI_MANIFEST, sha256_digest
+from meda_oci.client import OCI_MANIFEST, RegistryClient, sha256_digest
 from tests.plugins.conftest import HostileRegistry, trickle
 
 MiB = 1024 * 1024
@@ -150,6 +151,27 @@ def test_a_digest_that_is_not_sha256_hex_is_refused_where_the_manifest_is_read(
     assert pulled_nothing(meda)
     layers = [la["digest"] for la in manifest["layers"]]
     assert not [s for s in registry.seen if any(d in s.path for d in layers)]  # none fetched
+
+
+def test_files_left_where_a_blob_goes_are_verified_not_believed(
+    hostile: Start, tmp_path: Path
+) -> None:
+    registry = hostile()
+    data = os.urandom(4096)
+    digest = registry.blob(data)
+    client = RegistryClient(parse_reference(ref(registry)))
+    dest, partial = tmp_path / "blob", tmp_path / "blob.partial"
+    for planted, where in ((b"planted", dest), (os.urandom(8192), partial)):
+        dest.unlink(missing_ok=True)
+        where.write_bytes(planted)
+        assert client.download(digest, len(data), dest, lambda n: None).read_bytes() == data
+        assert not partial.exists()
+    dest.unlink()
+    partial.write_bytes(b"x" * 99)  # resumed with a range: the whole is hashed again
+    with pytest.raises(BackendError, match="failed verification"):
+        client.download(digest, len(data), dest, lambda n: None)
+    assert not partial.exists() and not dest.exists()
+    assert client.download(digest, len(data), dest, lambda n: None).read_bytes() == data
 
 
 def test_a_manifest_that_is_not_the_pulled_digest_is_refused(meda: Meda, hostile: Start) -> None:
