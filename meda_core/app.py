@@ -49,6 +49,7 @@ class Meda:
             self.backends.storage,
             self.backends.registry,
             diskprobe.limits(self.settings),
+            self.settings.allowed_registry_set(),
         )
         self.events = EventBus()
         self.operations = Operations(self.events, max_active=self.settings.max_operations)

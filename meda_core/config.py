@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     disk_probe_memory: str = Field(
         "1G", description="Address space qemu-img gets to read a qcow2 disk meda checks"
     )
+    allowed_registries: str = Field(
+        "",
+        description="Comma-separated registries (host[:port]) that pulls, pushes and runs may "
+        "name; empty: any",
+    )
     disabled_plugins: str = Field(
         "",
         description="Comma-separated plugin names not to load",
@@ -93,6 +98,9 @@ class Settings(BaseSettings):
 
     def user_data_dir_list(self) -> list[Path]:
         return [Path(d) for d in self.user_data_dirs.split(":") if d.strip()]
+
+    def allowed_registry_set(self) -> frozenset[str]:
+        return frozenset(r.strip().lower() for r in self.allowed_registries.split(",") if r.strip())
 
     def disabled(self) -> set[str]:
         return {name.strip() for name in self.disabled_plugins.split(",") if name.strip()}

@@ -25,7 +25,7 @@ from meda_core.files import copy_sparse
 from meda_core.locks import exclusive
 from meda_core.models import Image, VMState
 from meda_core.names import parse_image_ref
-from meda_core.references import parse_reference
+from meda_core.references import check_allowed, parse_reference
 from meda_core.store import StateStore
 
 NO_IMAGE_HINT = (
@@ -56,9 +56,11 @@ class ImageService:
         storage: Backend,
         registry: Registry,
         probe_limits: diskprobe.ProbeLimits | None = None,
+        allowed_registries: frozenset[str] = frozenset(),
     ) -> None:
         self._store = store
         self._probe_limits = probe_limits or diskprobe.ProbeLimits()
+        self._allowed_registries = allowed_registries
         self._home = home
         self._default_ref = default_ref
         self._storage = storage
@@ -179,7 +181,7 @@ class ImageService:
         progress: Progress = no_progress,
     ) -> Image:  # fmt: skip
         """Pull ``image``; a second pull of the same reference waits and does no work."""
-        ref = parse_reference(image, registry, org)
+        ref = check_allowed(parse_reference(image, registry, org), self._allowed_registries)
         backend = self._registry()
         workdir = self._home / "pulls" / hashlib.sha256(str(ref).encode()).hexdigest()[:32]
         with exclusive(workdir.with_suffix(".lock")):
@@ -210,7 +212,7 @@ class ImageService:
     ) -> tuple[Image, str | None]:  # fmt: skip
         """Push local image ``name`` to ``target``; the manifest digest (None on a dry run)."""
         image = self.get(name)
-        ref = parse_reference(target, registry, org)
+        ref = check_allowed(parse_reference(target, registry, org), self._allowed_registries)
         backend = self._registry()
         disk_format = self._checked_disk(image)
         if dry_run:

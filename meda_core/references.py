@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from meda_core.errors import InvalidRequest
@@ -12,6 +14,7 @@ DEFAULT_REGISTRY = "ghcr.io"
 DEFAULT_ORG = "cirunlabs"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+_PORT = re.compile(r":[0-9]{1,5}$")
 _PATH = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 
 
@@ -35,10 +38,37 @@ class Reference:
         return f"{self.registry}/{self.repository}{at}"
 
     @property
+    def host(self) -> str:
+        """The registry without its port."""
+        return _PORT.sub("", self.registry)
+
+    @property
     def insecure(self) -> bool:
-        """Plain http for registries on loopback; https everywhere else."""
-        host = self.registry.rsplit(":", 1)[0]
-        return host in {"localhost", "127.0.0.1", "[::1]"} or host.startswith("127.")
+        """Plain http for registries on loopback; https everywhere else.
+
+        Loopback is ``localhost`` or a literal loopback address: a name such as
+        ``127.example.com`` is resolved by DNS and may lead anywhere.
+        """
+        return self.host.lower() == "localhost" or is_loopback_ip(self.host)
+
+
+def is_loopback_ip(host: str) -> bool:
+    """``host`` is a literal loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_allowed(ref: Reference, allowed: Collection[str]) -> Reference:
+    """``ref`` if its registry is one of ``allowed`` (or ``allowed`` is empty); else a 400."""
+    if allowed and ref.registry.lower() not in allowed:
+        raise InvalidRequest(
+            f"registry '{ref.registry}' is not one this server may use (MEDA_ALLOWED_REGISTRIES)",
+            registry=ref.registry,
+            allowed=sorted(allowed),
+        )
+    return ref
 
 
 def parse_reference(text: str, registry: str | None = None, org: str | None = None) -> Reference:

@@ -14,7 +14,7 @@ from meda_cloudhv.settings import CloudHypervisorSettings
 from meda_core import hookspecs
 from meda_core.backends import HypervisorBackend, NetworkBackend, RegistryBackend, StorageBackend
 from meda_core.config import Settings
-from meda_oci.settings import OciSettings
+from meda_oci.settings import Credentials, OciSettings
 from meda_qemu.settings import QemuSettings
 from meda_tapbridge.settings import BridgeSettings
 
@@ -47,7 +47,14 @@ def _variables(settings: type[BaseSettings]) -> list[str]:
     return [f"{prefix}{name.upper()}" for name in settings.model_fields]
 
 
-SETTINGS = (Settings, QemuSettings, OciSettings, BridgeSettings, CloudHypervisorSettings)
+SETTINGS = (
+    Settings,
+    QemuSettings,
+    OciSettings,
+    Credentials,
+    BridgeSettings,
+    CloudHypervisorSettings,
+)
 
 
 @pytest.mark.parametrize(

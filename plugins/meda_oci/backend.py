@@ -19,8 +19,9 @@ from meda_core.blobs import sha256_file
 from meda_core.errors import BackendError
 from meda_core.models import VMSpec
 from meda_core.references import Reference
-from meda_oci import formats
+from meda_oci import formats, unpack
 from meda_oci.client import OCI_MANIFEST, RegistryClient, sha256_digest
+from meda_oci.deadline import Deadline
 from meda_oci.settings import OciSettings
 
 CONFIG_FILE = "config.json"
@@ -53,25 +54,34 @@ class OciRegistry(RegistryBackend):
     def check_available(self) -> Availability:
         return Availability.yes()
 
-    def _clients(self, ref: Reference) -> Callable[[], RegistryClient]:
+    def _clients(self, ref: Reference, deadline: Deadline) -> Callable[[], RegistryClient]:
         """One client per thread: a requests session is not shared between threads."""
         local = threading.local()
 
         def client() -> RegistryClient:
             if not hasattr(local, "client"):
-                local.client = RegistryClient(ref)
+                local.client = RegistryClient(ref, deadline)
             return local.client  # type: ignore[no-any-return]
 
         return client
 
     def manifest_digest(self, reference: Reference) -> str | None:
-        return RegistryClient(reference).manifest_digest(reference.digest or reference.tag)
+        with Deadline(self.config.deadline) as deadline:
+            client = RegistryClient(reference, deadline)
+            return client.manifest_digest(reference.digest or reference.tag)
 
     # ---- push ----
 
     def push(self, files: ImageFiles, reference: Reference, progress: Progress) -> str:
-        client = self._clients(reference)
         config = self.config
+        with Deadline(config.deadline) as deadline:
+            return self._push(files, reference, self._clients(reference, deadline), config,
+                              progress)  # fmt: skip
+
+    def _push(
+        self, files: ImageFiles, reference: Reference, client: Callable[[], RegistryClient],
+        config: OciSettings, progress: Progress,
+    ) -> str:  # fmt: skip
         parts = [p for p in (files.disk, files.kernel, files.initrd) if p is not None]
         meter = _Meter(sum(p.stat().st_size for p in parts), progress)
         layers: list[dict[str, Any]] = []
@@ -141,52 +151,59 @@ class OciRegistry(RegistryBackend):
     # ---- pull ----
 
     def pull(self, reference: Reference, workdir: Path, progress: Progress) -> ImageFiles:
-        client = self._clients(reference)
-        raw, digest = client().manifest(reference.digest or reference.tag)
-        if reference.digest and digest != reference.digest:
-            raise BackendError(f"manifest {digest} is not the requested {reference.digest}")
-        manifest = json.loads(raw)
-        if formats.is_rust_format(manifest):
-            files = self._pull_rust(manifest, workdir, client, progress)
-        elif manifest.get("artifactType") == formats.ARTIFACT_TYPE:
-            files = self._pull_meda(manifest, workdir, client, progress)
-        else:
-            raise BackendError(
-                f"{reference} is not a meda image (artifactType {manifest.get('artifactType')!r})"
-            )
+        config = self.config
+        with Deadline(config.deadline) as deadline:
+            client = self._clients(reference, deadline)
+            raw, digest = client().manifest(reference.digest or reference.tag)
+            if reference.digest and digest != formats.checked_digest(reference.digest):
+                raise BackendError(f"manifest {digest} is not the requested {reference.digest}")
+            manifest = formats.parse_manifest(raw, config.max_blob_size)
+            workdir = _own_folder(workdir, digest)
+            if formats.is_rust_format(manifest):
+                files = self._pull_rust(manifest, workdir, client, progress)
+            elif manifest.get("artifactType") == formats.ARTIFACT_TYPE:
+                files = self._pull_meda(manifest, workdir, client, config, progress)
+            else:
+                raise BackendError(
+                    f"{reference} is not a meda image "
+                    f"(artifactType {str(manifest.get('artifactType'))[:80]!r})"
+                )
         return ImageFiles(**{**files.__dict__, "digest": digest})
 
     def _pull_meda(
         self, manifest: dict[str, Any], workdir: Path, client: Callable[[], RegistryClient],
-        progress: Progress,
+        settings: OciSettings, progress: Progress,
     ) -> ImageFiles:  # fmt: skip
-        config_layer = manifest["config"]
-        config_path = client().download(
-            config_layer["digest"], workdir / CONFIG_FILE, lambda n: None
-        )
-        config = json.loads(config_path.read_text())
-        disk_meta = config.get("disk")
-        chunks = formats.chunks_of(manifest, disk_meta["chunk_size"]) if disk_meta else []
+        layer = manifest["config"]
+        path = client().download(layer["digest"], layer["size"], workdir / CONFIG_FILE, _ignore)
+        try:
+            config = json.loads(path.read_bytes())
+        except ValueError:
+            raise formats.invalid("config (not JSON)", path.read_bytes()[:40]) from None
+        disk = formats.disk_of(config, settings.max_disk_size)
+        chunks = formats.chunks_of(manifest, disk) if disk else []
         kinds = ((formats.KERNEL_TYPE, "vmlinuz"), (formats.INITRD_TYPE, "initrd"))
         extras = [
             (layer, name)
             for media_type, name in kinds
             if (layer := formats.layer_of(manifest, media_type)) is not None
         ]
-        total = sum(c.blob_size for c in chunks) + sum(int(la["size"]) for la, _ in extras)
+        total = sum(c.blob_size for c in chunks) + sum(la["size"] for la, _ in extras)
         meter = _Meter(total, progress)
-        disk = self._pull_disk(disk_meta, chunks, workdir, client, meter) if disk_meta else None
+        disk_path = self._pull_disk(disk, chunks, workdir, client, meter) if disk else None
         paths = {name: _fetch(client, layer, workdir / name, meter) for layer, name in extras}
         defaults = config.get("defaults")
+        cmdline = config.get("cmdline")
+        if cmdline is not None and not isinstance(cmdline, str):
+            raise formats.invalid("kernel command line", cmdline)
         return ImageFiles(
-            disk=disk, disk_format=disk_meta["format"] if disk_meta else None,
-            kernel=paths.get("vmlinuz"), initrd=paths.get("initrd"),
-            cmdline=config.get("cmdline"),
+            disk=disk_path, disk_format=disk.format if disk else None,
+            kernel=paths.get("vmlinuz"), initrd=paths.get("initrd"), cmdline=cmdline,
             defaults=VMSpec.model_validate(defaults) if defaults else None,
         )  # fmt: skip
 
     def _pull_disk(
-        self, meta: dict[str, Any], chunks: list[formats.Chunk], workdir: Path,
+        self, disk: formats.Disk, chunks: list[formats.Chunk], workdir: Path,
         client: Callable[[], RegistryClient], meter: _Meter,
     ) -> Path:  # fmt: skip
         """Chunks land in a sparse file at their offsets; a marker per chunk makes it
@@ -195,25 +212,23 @@ class OciRegistry(RegistryBackend):
         partial, done_dir = workdir / "disk.partial", workdir / "chunks-done"
         done_dir.mkdir(parents=True, exist_ok=True)
         with partial.open("ab") as f:
-            f.truncate(int(meta["size"]))
+            f.truncate(disk.size)
 
         def one(chunk: formats.Chunk) -> None:
             marker = done_dir / str(chunk.index)
-            if marker.exists():
+            if marker.exists() and marker.read_text() == chunk.digest:
                 meter.advance(chunk.blob_size)
                 return
-            blob = client().download(chunk.blob, workdir / f"chunk-{chunk.index}", meter.advance)
-            # A decompressor per chunk: they are not safe to share between threads.
-            unpack = zstandard.ZstdDecompressor()
-            data = unpack.decompress(blob.read_bytes(), max_output_size=chunk.size)
-            if sha256_digest(data) != chunk.digest or len(data) != chunk.size:
-                blob.unlink()
-                raise BackendError(f"disk chunk {chunk.index} failed verification after unpacking")
+            blob = client().download(
+                chunk.blob, chunk.blob_size, workdir / f"chunk-{chunk.index}", meter.advance
+            )
             with partial.open("r+b") as f:
-                os.pwrite(f.fileno(), data, chunk.offset)
+                written = unpack.chunk(blob, f.fileno(), chunk.offset, chunk.size)
                 os.fsync(f.fileno())
-            marker.touch()
             blob.unlink()
+            if written != chunk.digest:
+                raise BackendError(f"disk chunk {chunk.index} failed verification after unpacking")
+            marker.write_text(chunk.digest)
 
         with ThreadPoolExecutor(self.config.concurrency) as pool:
             list(pool.map(one, chunks))
@@ -225,35 +240,52 @@ class OciRegistry(RegistryBackend):
         self, manifest: dict[str, Any], workdir: Path, client: Callable[[], RegistryClient],
         progress: Progress,
     ) -> ImageFiles:  # fmt: skip
-        """Rust-meda artifacts: one layer per file, big files in chunk layers to concatenate."""
-        files = formats.rust_files(manifest)
-        meter = _Meter(sum(int(la["size"]) for f in files for la in f.layers), progress)
-        layers = [la for f in files for la in f.layers]
+        """Rust-meda artifacts: one layer per file, big files in chunk layers to concatenate.
+
+        Only the base image is used (and fetched); its parts land under names meda picks.
+        """
+        bases = [f for f in formats.rust_files(manifest) if f.kind == "base-image"]
+        if len(bases) != 1:
+            raise BackendError(f"the artifact has {len(bases)} base-image files, not one")
+        layers = bases[0].layers
+        total = sum(la["size"] for la in layers)
+        if total > self.config.max_disk_size:
+            raise formats.invalid(f"base image size (at most {self.config.max_disk_size})", total)
+        meter = _Meter(total, progress)
+        parts = workdir / "layers"
         with ThreadPoolExecutor(self.config.concurrency) as pool:
             fetched = list(pool.map(
-                lambda la: _fetch(client, la, workdir / "layers" / la["digest"][7:], meter),
-                layers,
+                lambda pair: _fetch(client, pair[1], parts / str(pair[0]), meter),
+                enumerate(layers),
             ))  # fmt: skip
-        by_digest = dict(zip((la["digest"] for la in layers), fetched, strict=True))
-        assembled: dict[str, Path] = {}
-        for f in files:
-            dest = workdir / f.kind
-            with dest.open("wb") as out:
-                for layer in f.layers:
-                    with by_digest[layer["digest"]].open("rb") as part:
-                        shutil.copyfileobj(part, out, 4 * 1024 * 1024)
-            assembled[f.kind] = dest
-        shutil.rmtree(workdir / "layers", ignore_errors=True)
-        if "base-image" not in assembled:
-            raise BackendError("the artifact has no base-image layer")
-        return ImageFiles(disk=assembled["base-image"], disk_format="raw")
+        dest = workdir / "disk"
+        with dest.open("wb") as out:
+            for path in fetched:
+                with path.open("rb") as part:
+                    shutil.copyfileobj(part, out, 4 * 1024 * 1024)
+        shutil.rmtree(parts, ignore_errors=True)
+        return ImageFiles(disk=dest, disk_format="raw")
+
+
+def _ignore(count: int) -> None:
+    pass
+
+
+def _own_folder(workdir: Path, digest: str) -> Path:
+    """The backend's folder in ``workdir``: what an earlier pull left there is kept only if
+    it was pulling this same manifest (a moved tag starts over)."""
+    folder = workdir / "oci"
+    stamp = folder / "manifest-digest"
+    if not (stamp.exists() and stamp.read_text() == digest):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        stamp.write_text(digest)
+    return folder
 
 
 def _fetch(
     client: Callable[[], RegistryClient], layer: dict[str, Any], dest: Path, meter: _Meter
 ) -> Path:
+    """``layer`` into ``dest`` (a path of meda's choosing), verified."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists():  # verified on an earlier, interrupted pull
-        meter.advance(int(layer["size"]))
-        return dest
-    return client().download(layer["digest"], dest, meter.advance)
+    return client().download(layer["digest"], layer["size"], dest, meter.advance)

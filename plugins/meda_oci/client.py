@@ -1,33 +1,42 @@
-"""An oras-py registry client that streams, verifies, resumes and stays quiet.
+"""A registry client that streams, caps, verifies, resumes and keeps credentials at home.
 
-oras-py 0.2.x reads a whole blob into memory for a single-PUT upload, does not check
-digests on download, cannot resume and prints on push. These subclass methods are the
-versions meda uses instead; everything else (auth, retries, URLs) is oras-py's.
+A registry may be hostile. Every response is streamed and read up to a cap (a manifest,
+an error body, a token) or up to the size its descriptor declared (a blob); every request
+runs within the pull's or push's deadline; credentials go to the registry's own origin
+only, never along a redirect, to an upload location elsewhere or to a foreign token realm.
+(oras-py is used for docker's config and credential helpers.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
+from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urljoin
 
-import oras.container
-import oras.provider
 import requests
-from oras.auth.basic import BasicAuth
+import urllib3
 
+from meda_core.blobs import sha256_file
 from meda_core.errors import BackendError, NotFound
 from meda_core.references import Reference
-from meda_oci.settings import Credentials
+from meda_oci import auth
+from meda_oci.deadline import Deadline
+from meda_oci.formats import MAX_MANIFEST, checked_digest
+from meda_oci.settings import Credentials, OciSettings
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ACCEPT_MANIFESTS = [OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"]
 _READ = 1024 * 1024
 RETRIES = 3
+MAX_REDIRECTS = 5
+MAX_ERROR_BODY = 300
+MAX_TOKEN_BODY = 64 * 1024
+_REDIRECTS = {301, 302, 303, 307, 308}
 Advance = Callable[[int], None]
 
 
@@ -35,96 +44,195 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
+class RegistryClient:
     """One registry, one repository: the calls meda's oci backend needs."""
 
-    def __init__(self, ref: Reference) -> None:
-        credentials = Credentials()
-        challenge = _challenge(ref)
-        super().__init__(
-            hostname=ref.registry,
-            insecure=ref.insecure,
-            auth_backend="basic" if challenge.lower().startswith("basic") else "token",
-        )
+    def __init__(self, ref: Reference, deadline: Deadline | None = None) -> None:
         self.ref = ref
-        self.container = oras.container.Container(
-            f"{ref.registry}/{ref.repository}:{ref.tag}", registry=ref.registry
-        )
-        if credentials.token is not None:
-            self.auth.set_token_auth(credentials.token.get_secret_value())
-        elif credentials.username and credentials.password is not None:
-            self.auth.set_basic_auth(credentials.username, credentials.password.get_secret_value())
-        else:  # docker's config and its credential helpers
-            config = docker_config()
-            self.auth.load_configs(self.container, [str(config)] if config.exists() else [])
-        self._needs_login = challenge.lower().startswith("basic") and not (
-            hasattr(self.auth, "_basic_auth") or credentials.token is not None
-        )
+        self.deadline = deadline or Deadline(OciSettings().deadline)
+        self.prefix = "http" if ref.insecure else "https"
+        self.session = self.deadline.session()
+        self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        self._credentials = Credentials()
+        self.login = auth.login_for(ref, self._credentials)
+        self._token = self.login.bearer
+        self._scheme = self._challenge()
+        self._needs_login = self._scheme == "basic" and not (self.login.basic or self._token)
+
+    # ---- requests ----
 
     def do_request(
-        self,
-        url: str,
-        method: str = "GET",
-        data: Any = None,
+        self, url: str, method: str = "GET", data: Any = None,
         headers: dict[str, str] | None = None,
-        json: dict[str, Any] | None = None,
-        stream: bool = False,
-    ) -> requests.Response:
-        """One request with auth, retried briefly on connection errors and 5xx only.
+    ) -> requests.Response:  # fmt: skip
+        """One request with its credentials, following redirects; the body is not read yet.
 
-        (oras-py's own retries every error, authentication failures included, for minutes.)
+        A Bearer challenge is answered once with a token from the registry's realm.
         """
         if self._needs_login:
+            host = self._credentials.host
+            hint = (
+                "" if not self.login.elsewhere
+                else " (MEDA_REGISTRY_* credentials are set, but MEDA_REGISTRY_HOST is not set)"
+                if host is None else f" (MEDA_REGISTRY_* credentials are set, for {host} only)"
+            )  # fmt: skip
             raise BackendError(
-                f"registry {self.ref.registry} requires a login: set MEDA_REGISTRY_USERNAME "
-                "and MEDA_REGISTRY_PASSWORD, or log in with docker",
+                f"registry {self.ref.registry} requires a login: set MEDA_REGISTRY_HOST, "
+                f"MEDA_REGISTRY_USERNAME and MEDA_REGISTRY_PASSWORD, or log in with docker{hint}",
                 registry=self.ref.registry,
             )
-        headers = dict(headers or {})
-        if getattr(self.auth, "_basic_auth", None) and isinstance(self.auth, BasicAuth):
-            headers.update(self.auth.get_auth_header())
-        elif getattr(self.auth, "token", None):
-            headers["Authorization"] = f"Bearer {self.auth.token}"
-        response = self._send(method, url, data, headers, json, stream)
-        if response.status_code in (401, 403) and not isinstance(self.auth, BasicAuth):
-            headers, changed = self.auth.authenticate_request(response, headers)
-            if changed:
-                response = self._send(method, url, data, headers, json, stream)
+        response = self._follow(method, url, data, headers or {})
+        scheme, params = auth.challenge(response.headers.get("Www-Authenticate", ""))
+        if response.status_code == 401 and scheme == "bearer" and _rewindable(data):
+            response.close()
+            self._token = self._fetch_token(params)
+            response = self._follow(method, url, data, headers or {})
         if response.status_code in (401, 403):
+            response.close()
             raise BackendError(
                 f"registry {self.ref.registry} refused the credentials ({response.status_code})",
                 registry=self.ref.registry,
             )
         return response
 
+    def _follow(
+        self, method: str, url: str, data: Any, headers: dict[str, str]
+    ) -> requests.Response:
+        """Redirects of GET and HEAD are followed here, credentials kept to the registry."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._send(method, url, data, {**headers, **self._authorization(url)})
+            location = response.headers.get("Location")
+            if response.status_code not in _REDIRECTS or method not in ("GET", "HEAD"):
+                return response
+            response.close()
+            url = self._next_url(url, location)
+        raise BackendError(f"registry {self.ref.registry}: more than {MAX_REDIRECTS} redirects")
+
+    def _next_url(self, url: str, location: str | None) -> str:
+        target = urljoin(url, location or "")
+        scheme = auth.origin(target)[0]
+        if (
+            not location
+            or scheme not in ("http", "https")
+            or (scheme == "http" and self.prefix == "https")
+        ):
+            raise BackendError(
+                f"registry {self.ref.registry} redirected to {target[:200]!r}, which meda "
+                "does not follow (no location, another scheme or https to http)",
+                registry=self.ref.registry,
+            )
+        return target
+
+    def _authorization(self, url: str) -> dict[str, str]:
+        """The registry's credentials, for a URL of the registry's own origin only."""
+        if auth.origin(url) != auth.origin(f"{self.prefix}://{self.ref.registry}/"):
+            return {}
+        if self._token:
+            return {"Authorization": f"Bearer {self._token}"}
+        if self.login.basic and self._scheme == "basic":
+            return {"Authorization": f"Basic {self.login.basic}"}
+        return {}
+
     def _send(
         self, method: str, url: str, data: Any, headers: dict[str, str],
-        json: dict[str, Any] | None, stream: bool,
+        params: dict[str, str] | None = None,
     ) -> requests.Response:  # fmt: skip
+        """One request, retried briefly on connection errors and 5xx only; never a redirect."""
+        headers = {"Accept-Encoding": "identity", **headers}
         for attempt in range(RETRIES):
+            self.deadline.check()
             try:
                 response: requests.Response = self.session.request(
-                    method, url, data=data, json=json, headers=headers, stream=stream,
-                    verify=self._tls_verify, timeout=(30, 300),
+                    method, url, data=data, headers=headers, params=params, stream=True,
+                    allow_redirects=False, timeout=self.deadline.timeouts(),
                 )  # fmt: skip
-            except requests.ConnectionError as exc:
-                if attempt + 1 == RETRIES or not _rewindable(data):
+            except requests.RequestException as exc:
+                if self.deadline.expired:
+                    raise self.deadline.error() from None
+                retry = isinstance(exc, requests.ConnectionError | requests.Timeout)
+                if not retry or attempt + 1 == RETRIES or not _rewindable(data):
                     raise BackendError(f"registry {self.ref.registry}: {exc}") from None
             else:
+                if self.deadline.expired:  # the headers may have ended at the deadline's cut
+                    response.close()
+                    raise self.deadline.error()
                 if response.status_code < 500 or attempt + 1 == RETRIES or not _rewindable(data):
                     return response
-            time.sleep(0.5 * 2**attempt)
+                response.close()
+            time.sleep(min(0.5 * 2**attempt, self.deadline.remaining()))
         raise AssertionError("unreachable")
+
+    def _challenge(self) -> str:
+        """The scheme (``basic``, ``bearer`` or empty) the registry's ``/v2/`` asks for."""
+        response = self._send("GET", f"{self.prefix}://{self.ref.registry}/v2/", None, {})
+        response.close()
+        return auth.challenge(response.headers.get("Www-Authenticate", ""))[0]
+
+    def _fetch_token(self, params: dict[str, str]) -> str:
+        """A token from the challenge's realm, if it is one meda may ask."""
+        realm = auth.checked_realm(params.get("realm"), self.ref, self._credentials)
+        headers = {"Accept": "application/json"}
+        if self.login.basic:
+            headers["Authorization"] = f"Basic {self.login.basic}"
+        query: dict[str, str] = {k: params[k] for k in ("service", "scope") if k in params}
+        response = self._send("GET", realm, None, headers, params=query)
+        body = self._read(response, MAX_TOKEN_BODY, "token response")
+        try:
+            answer = json.loads(body) if response.status_code == 200 else {}
+        except ValueError:
+            answer = {}
+        token = (
+            (answer.get("token") or answer.get("access_token"))
+            if isinstance(answer, dict)
+            else None
+        )
+        if not isinstance(token, str) or not token:
+            raise BackendError(
+                f"registry {self.ref.registry}: no token from its realm ({response.status_code})",
+                registry=self.ref.registry,
+            )
+        return token
+
+    # ---- reading responses ----
+
+    def _stream(self, response: requests.Response) -> Generator[bytes, None, None]:
+        """The body as it arrives, undecoded, until the deadline."""
+        try:
+            while piece := response.raw.read1(_READ, decode_content=False):
+                self.deadline.check()
+                yield piece
+            self.deadline.check()  # the end may be the deadline's own cut
+        except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+            if self.deadline.expired:
+                raise self.deadline.error() from None
+            raise BackendError(f"registry {self.ref.registry}: {exc}") from None
+        finally:
+            response.close()
+
+    def _read(self, response: requests.Response, limit: int, what: str) -> bytes:
+        """The whole body, refused past ``limit`` bytes."""
+        body = bytearray()
+        for piece in self._stream(response):
+            body += piece
+            if len(body) > limit:
+                response.close()
+                raise BackendError(
+                    f"{what} from {self.ref.registry} is over {limit} bytes; refusing it",
+                    limit=limit,
+                )
+        return bytes(body)
 
     def _url(self, path: str) -> str:
         return f"{self.prefix}://{self.ref.registry}/v2/{self.ref.repository}/{path}"
 
     def _check(self, response: requests.Response, what: str) -> requests.Response:
         if response.status_code == 404:
+            response.close()
             raise NotFound(f"{what}: not found in {self.ref.registry}", reference=str(self.ref))
         if response.status_code >= 400:
+            text = _head(self._stream(response), MAX_ERROR_BODY).decode(errors="replace")
             raise BackendError(
-                f"{what}: registry answered {response.status_code}: {response.text[:300]}",
+                f"{what}: registry answered {response.status_code}: {text}",
                 reference=str(self.ref),
             )
         return response
@@ -132,22 +240,28 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
     # ---- manifests ----
 
     def manifest(self, reference: str) -> tuple[bytes, str]:
-        """The manifest's exact bytes and their digest."""
+        """The manifest's exact bytes (at most MAX_MANIFEST) and their digest."""
         headers = {"Accept": ", ".join(ACCEPT_MANIFESTS)}
         response = self._check(
             self.do_request(self._url(f"manifests/{reference}"), "GET", headers=headers),
             f"manifest {self.ref}",
         )
-        return response.content, sha256_digest(response.content)
+        raw = self._read(response, MAX_MANIFEST, f"manifest {self.ref}")
+        return raw, sha256_digest(raw)
 
     def manifest_digest(self, reference: str) -> str | None:
         headers = {"Accept": ", ".join(ACCEPT_MANIFESTS)}
         response = self.do_request(self._url(f"manifests/{reference}"), "HEAD", headers=headers)
+        response.close()
         if response.status_code == 404:
             return None
-        self._check(response, f"manifest {self.ref}")
+        if response.status_code >= 400:
+            raise BackendError(
+                f"manifest {self.ref}: registry answered {response.status_code}",
+                reference=str(self.ref),
+            )
         digest = response.headers.get("Docker-Content-Digest")
-        return digest or self.manifest(reference)[1]
+        return checked_digest(digest) if digest else self.manifest(reference)[1]
 
     def put_manifest(self, manifest: dict[str, Any], reference: str) -> str:
         """Upload ``manifest`` byte-exactly (its digest is ours to know) under ``reference``."""
@@ -156,51 +270,96 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         self._check(
             self.do_request(self._url(f"manifests/{reference}"), "PUT", data=body, headers=headers),
             f"manifest upload to {self.ref}",
-        )
+        ).close()
         return sha256_digest(body)
 
     # ---- blobs ----
 
     def has_blob(self, digest: str) -> bool:
-        return bool(self.do_request(self._url(f"blobs/{digest}"), "HEAD").status_code == 200)
+        response = self.do_request(self._url(f"blobs/{digest}"), "HEAD")
+        response.close()
+        return bool(response.status_code == 200)
 
     def upload(self, data: bytes | BinaryIO, digest: str, size: int) -> None:
-        """Monolithic upload that streams a file object instead of reading it whole."""
+        """Monolithic upload that streams a file object instead of reading it whole.
+
+        The upload location may be on another host: it gets the bytes, not the credentials.
+        """
         if self.has_blob(digest):
             return
         start = self._check(
             self.do_request(self._url("blobs/uploads/"), "POST", headers={"Content-Length": "0"}),
             "starting a blob upload",
         )
-        location = self._get_location(start, self.container)
+        start.close()
+        location = self._upload_location(start)
         separator = "&" if "?" in location else "?"
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         self._check(
             self.do_request(f"{location}{separator}digest={digest}", "PUT", data=data,
                             headers=headers),
             f"uploading blob {digest[:19]}",
-        )  # fmt: skip
+        ).close()  # fmt: skip
 
-    def download(self, digest: str, dest: Path, advance: Advance) -> Path:
-        """Fetch a blob into ``dest``, resuming a partial file, and verify its digest.
+    def _upload_location(self, start: requests.Response) -> str:
+        location = start.headers.get("Location", "")
+        target = urljoin(self._url("blobs/uploads/"), location)
+        scheme = auth.origin(target)[0]
+        if (
+            not location
+            or scheme not in ("http", "https")
+            or (scheme == "http" and self.prefix == "https")
+        ):
+            raise BackendError(
+                f"registry {self.ref.registry} gave the upload location {location[:200]!r}, "
+                "which meda does not use (none, another scheme or https to http)",
+                registry=self.ref.registry,
+            )
+        return target
 
-        A blob whose bytes do not hash to its digest is deleted and refused.
+    def download(self, digest: str, size: int, dest: Path, advance: Advance) -> Path:
+        """Fetch a blob of ``size`` bytes into ``dest``, resuming a partial file, verified.
+
+        A file already at ``dest`` is used only if it hashes to ``digest``. A blob that sends
+        more than ``size`` bytes is cut off there; one whose bytes do not hash to its digest
+        is deleted; both are refused.
         """
+        if dest.exists():
+            if dest.stat().st_size == size and sha256_file(dest) == digest:
+                advance(size)
+                return dest
+            dest.unlink()
         partial = dest.with_name(dest.name + ".partial")
         hasher = hashlib.sha256()
-        offset = _rehash(partial, hasher)
+        offset = _rehash(partial, hasher, size)
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        with self.do_request(self._url(f"blobs/{digest}"), "GET", headers=headers,
-                             stream=True) as response:  # fmt: skip
-            self._check(response, f"blob {digest[:19]}")
-            if offset and response.status_code != 206:  # no ranges: start over
-                offset, hasher = 0, hashlib.sha256()
-            advance(offset)
-            with partial.open("ab" if offset else "wb") as out:
-                for piece in _pieces(response):
-                    out.write(piece)
-                    hasher.update(piece)
-                    advance(len(piece))
+        response = self._check(
+            self.do_request(self._url(f"blobs/{digest}"), "GET", headers=headers),
+            f"blob {digest[:19]}",
+        )
+        if offset and response.status_code != 206:  # no ranges: start over
+            offset, hasher = 0, hashlib.sha256()
+        advance(offset)
+        received = offset
+        with partial.open("ab" if offset else "wb") as out:
+            for piece in self._stream(response):
+                received += len(piece)
+                if received > size:
+                    response.close()
+                    out.close()
+                    partial.unlink(missing_ok=True)
+                    raise BackendError(
+                        f"blob {digest} is longer than the {size} bytes its descriptor "
+                        "declares; refusing it",
+                        expected=size,
+                    )
+                out.write(piece)
+                hasher.update(piece)
+                advance(len(piece))
+        if received < size:
+            raise BackendError(
+                f"blob {digest} ended after {received} of its {size} bytes", expected=size
+            )  # the partial file stays: the next pull resumes it, and re-hashes it first
         actual = f"sha256:{hasher.hexdigest()}"
         if actual != digest:
             partial.unlink(missing_ok=True)
@@ -213,28 +372,17 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         return dest
 
 
-def docker_config() -> Path:
-    """docker's config file: ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``."""
-    folder = os.environ.get("DOCKER_CONFIG")
-    return Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
-
-
 def _rewindable(data: Any) -> bool:
     """A body can be sent again unless it is a stream already (partly) read."""
     return data is None or isinstance(data, bytes | str)
 
 
-def _challenge(ref: Reference) -> str:
-    scheme = "http" if ref.insecure else "https"
-    try:
-        response = requests.get(f"{scheme}://{ref.registry}/v2/", timeout=30)
-    except requests.RequestException as exc:
-        raise BackendError(f"registry {ref.registry} unreachable: {exc}") from None
-    return response.headers.get("Www-Authenticate", "")
-
-
-def _rehash(partial: Path, hasher: Any) -> int:
+def _rehash(partial: Path, hasher: Any, size: int) -> int:
+    """Feed a partial download to ``hasher``; its length (a too long one is dropped)."""
     if not partial.exists():
+        return 0
+    if partial.stat().st_size > size:
+        partial.unlink()
         return 0
     with partial.open("rb") as f:
         while chunk := f.read(_READ):
@@ -242,7 +390,12 @@ def _rehash(partial: Path, hasher: Any) -> int:
     return partial.stat().st_size
 
 
-def _pieces(response: requests.Response) -> Iterator[bytes]:
-    for piece in response.iter_content(chunk_size=_READ):
-        if piece:
-            yield piece
+def _head(pieces: Generator[bytes, None, None], limit: int) -> bytes:
+    """The first ``limit`` bytes of a stream; the rest is never read."""
+    found = b""
+    for piece in pieces:
+        found += piece
+        if len(found) >= limit:
+            break
+    pieces.close()
+    return found[:limit]

@@ -1,12 +1,19 @@
-"""The image formats in registries: meda's own, and the one the Rust meda pushes."""
+"""The image formats in registries: meda's own, and the one the Rust meda pushes.
+
+A manifest and a config come from a registry, which may be hostile: they are checked
+here, once, before anything else reads them. A digest is ``sha256:`` and 64 hex digits,
+a size a bounded integer, and nothing from them is ever used as a path.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from meda_core.errors import BackendError
+from meda_oci.settings import MAX_CHUNK_SIZE, MiB
 
 ARTIFACT_TYPE = "application/vnd.meda.vm.v1"
 CONFIG_TYPE = "application/vnd.meda.vm.config.v1+json"
@@ -21,6 +28,93 @@ CHUNK_DIGEST = "vnd.meda.chunk.digest"
 RUST_ARTIFACT_TYPE = "application/vnd.cirunlabs.meda.vm.v1"
 _RUST_LAYER = re.compile(r"application/vnd\.cirunlabs\.meda\.([a-z-]+?)(-chunk)?\.v1")
 _RUST_CHUNK_TITLE = re.compile(r"(?P<file>.+)\.chunk\.(?P<index>\d{3})")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_NUMBER = re.compile(r"[0-9]{1,15}")
+_DISK_FORMAT = re.compile(r"[a-z0-9]{1,16}")
+MAX_MANIFEST = 4 * MiB
+MAX_CONFIG = MiB
+MIN_CHUNK_SIZE = MiB
+
+
+def invalid(what: str, value: Any) -> BackendError:
+    return BackendError(f"the registry sent an invalid {what}: {str(value)[:80]!r}")
+
+
+def checked_digest(value: Any, what: str = "digest") -> str:
+    """``value`` if it is a ``sha256:`` digest of 64 lower-case hex digits."""
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise invalid(what, value)
+    return value
+
+
+def checked_size(value: Any, limit: int, what: str = "size") -> int:
+    """``value`` if it is an integer from 0 to ``limit``."""
+    if type(value) is not int or not 0 <= value <= limit:
+        raise invalid(f"{what} (0 to {limit} bytes)", value)
+    return value
+
+
+def _number(value: Any, what: str) -> int:
+    """An annotation's decimal number."""
+    if not isinstance(value, str) or not _NUMBER.fullmatch(value):
+        raise invalid(what, value)
+    return int(value)
+
+
+def parse_manifest(raw: bytes, max_blob: int) -> dict[str, Any]:
+    """The manifest with its config's and layers' descriptors checked."""
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        raise invalid("manifest (not JSON)", raw[:40]) from None
+    if not isinstance(manifest, dict):
+        raise invalid("manifest", manifest)
+    _check_descriptor(manifest.get("config"), MAX_CONFIG, "config")
+    layers = manifest.setdefault("layers", [])
+    if not isinstance(layers, list):
+        raise invalid("layer list", layers)
+    for layer in layers:
+        _check_descriptor(layer, max_blob, "layer")
+    return manifest
+
+
+def _check_descriptor(value: Any, max_size: int, what: str) -> None:
+    if not isinstance(value, dict) or not isinstance(value.get("mediaType", ""), str):
+        raise invalid(f"{what} descriptor", value)
+    checked_digest(value.get("digest"), f"{what} digest")
+    checked_size(value.get("size"), max_size, f"{what} size")
+    notes = value.setdefault("annotations", {})
+    if not isinstance(notes, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in notes.items()
+    ):
+        raise invalid(f"{what} annotations", notes)
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A meda image's disk, as its config describes it."""
+
+    format: str
+    size: int
+    chunk_size: int
+
+
+def disk_of(config: Any, max_disk: int) -> Disk | None:
+    """The checked disk section of a meda config (None: the image has no disk)."""
+    if not isinstance(config, dict):
+        raise invalid("config", config)
+    meta = config.get("disk")
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise invalid("disk description", meta)
+    disk_format = meta.get("format")
+    if not isinstance(disk_format, str) or not _DISK_FORMAT.fullmatch(disk_format):
+        raise invalid("disk format", disk_format)
+    chunk_size = checked_size(meta.get("chunk_size"), MAX_CHUNK_SIZE, "chunk size")
+    if chunk_size < MIN_CHUNK_SIZE:
+        raise invalid(f"chunk size (at least {MIN_CHUNK_SIZE})", chunk_size)
+    return Disk(disk_format, checked_size(meta.get("size"), max_disk, "disk size"), chunk_size)
 
 
 @dataclass(frozen=True)
@@ -48,21 +142,25 @@ def chunk_layer(chunk: Chunk) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def chunks_of(manifest: dict[str, Any], chunk_size: int) -> list[Chunk]:
-    found = []
+def chunks_of(manifest: dict[str, Any], disk: Disk) -> list[Chunk]:
+    """The disk's chunk layers, each inside the disk, none twice, by index."""
+    found: dict[int, Chunk] = {}
     for layer in manifest.get("layers", []):
         if layer.get("mediaType") == CHUNK_TYPE:
-            notes = layer.get("annotations", {})
-            index = int(notes[CHUNK_INDEX])
-            found.append(
-                Chunk(index, index * chunk_size, int(notes[CHUNK_SIZE]), notes[CHUNK_DIGEST],
-                      layer["digest"], int(layer["size"]))
-            )  # fmt: skip
-    return sorted(found, key=lambda c: c.index)
+            notes = layer["annotations"]
+            index = _number(notes.get(CHUNK_INDEX), "chunk index")
+            size = _number(notes.get(CHUNK_SIZE), "chunk size")
+            offset = index * disk.chunk_size
+            if index in found or not 0 < size <= disk.chunk_size or offset + size > disk.size:
+                raise invalid(f"disk chunk {index} (size {size}) for a {disk.size}-byte disk",
+                              notes)  # fmt: skip
+            digest = checked_digest(notes.get(CHUNK_DIGEST), "chunk digest")
+            found[index] = Chunk(index, offset, size, digest, layer["digest"], layer["size"])
+    return [found[i] for i in sorted(found)]
 
 
 def layer_of(manifest: dict[str, Any], media_type: str) -> dict[str, Any] | None:
-    return next((la for la in manifest.get("layers", []) if la["mediaType"] == media_type), None)
+    return next((la for la in manifest["layers"] if la.get("mediaType") == media_type), None)
 
 
 @dataclass(frozen=True)
@@ -95,7 +193,10 @@ def rust_files(manifest: dict[str, Any]) -> list[RustFile]:
                 raise BackendError(f"chunk layer with a malformed title '{title}'")
             title, index = chunk.group("file"), int(chunk.group("index"))
         files.setdefault(title, (match.group(1), []))[1].append((index, layer))
-    return [
-        RustFile(kind, title, [layer for _, layer in sorted(parts, key=lambda p: p[0])])
-        for title, (kind, parts) in files.items()
-    ]
+    found = []
+    for title, (kind, parts) in files.items():
+        indexes = sorted(index for index, _ in parts)
+        if indexes != list(range(len(parts))):
+            raise invalid(f"set of chunk numbers for '{title[:80]}'", indexes[:20])
+        found.append(RustFile(kind, title, [la for _, la in sorted(parts, key=lambda p: p[0])]))
+    return found
