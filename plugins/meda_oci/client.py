@@ -105,11 +105,13 @@ class RegistryClient:
             if response.status_code not in _REDIRECTS or method not in ("GET", "HEAD"):
                 return response
             response.close()
-            url = self._next_url(url, location)
+            url = self._target(url, location, "redirected to")
         raise BackendError(f"registry {self.ref.registry}: more than {MAX_REDIRECTS} redirects")
 
-    def _next_url(self, url: str, location: str | None) -> str:
-        target = urljoin(url, location or "")
+    def _target(self, base: str, location: str | None, what: str) -> str:
+        """Where ``location`` (relative to ``base``) leads, if meda goes there: http(s)
+        only, and never from https down to http."""
+        target = urljoin(base, location or "")
         scheme = auth.origin(target)[0]
         if (
             not location
@@ -117,8 +119,8 @@ class RegistryClient:
             or (scheme == "http" and self.prefix == "https")
         ):
             raise BackendError(
-                f"registry {self.ref.registry} redirected to {target[:200]!r}, which meda "
-                "does not follow (no location, another scheme or https to http)",
+                f"registry {self.ref.registry} {what} {(location or '')[:200]!r}, which meda "
+                "does not follow (none, another scheme or https to http)",
                 registry=self.ref.registry,
             )
         return target
@@ -302,20 +304,8 @@ class RegistryClient:
         ).close()  # fmt: skip
 
     def _upload_location(self, start: requests.Response) -> str:
-        location = start.headers.get("Location", "")
-        target = urljoin(self._url("blobs/uploads/"), location)
-        scheme = auth.origin(target)[0]
-        if (
-            not location
-            or scheme not in ("http", "https")
-            or (scheme == "http" and self.prefix == "https")
-        ):
-            raise BackendError(
-                f"registry {self.ref.registry} gave the upload location {location[:200]!r}, "
-                "which meda does not use (none, another scheme or https to http)",
-                registry=self.ref.registry,
-            )
-        return target
+        location = start.headers.get("Location")
+        return self._target(self._url("blobs/uploads/"), location, "gave the upload location")
 
     def download(self, digest: str, size: int, dest: Path, advance: Advance) -> Path:
         """Fetch a blob of ``size`` bytes into ``dest``, resuming a partial file, verified.

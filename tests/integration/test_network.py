@@ -19,7 +19,7 @@ from meda_core.config import Settings
 from meda_core.testing import cpio
 from meda_core.testing.guest import DHCP_EVENT, HTTP_PAGE, IP_MARKER, BootableGuest
 from meda_core.testing.guest import guest_ip as reported_ip
-from meda_core.testing.namespaces import create, destroy, run_in
+from meda_core.testing.namespaces import another_host, destroy, run_in
 from meda_core.testing.pytest_plugin import wait_for_text
 from tests.integration.conftest import Server, StartServer
 
@@ -53,16 +53,7 @@ def http_get(netns: str, url: str) -> str:
 @pytest.fixture
 def client_host(netns: str) -> Iterator[str]:
     """Another host: a namespace joined to meda's by a veth pair (10.200.0.0/24)."""
-    client = create("meda-c")
-    # Links between the two test namespaces; removed with the client namespace.
-    subprocess.run(
-        ["ip", "link", "add", "vc0", "netns", client, "type", "veth", "peer", "vh0",
-         "netns", netns], check=True,
-    )  # fmt: skip
-    run_in(client, "ip", "addr", "add", f"{CLIENT}/24", "dev", "vc0")
-    run_in(client, "ip", "link", "set", "vc0", "up")
-    run_in(netns, "ip", "addr", "add", f"{NS_HOST}/24", "dev", "vh0")
-    run_in(netns, "ip", "link", "set", "vh0", "up")
+    client = another_host(netns, NS_HOST, CLIENT)
     yield client
     destroy(client)  # deleting it deletes vc0 and with it vh0
 

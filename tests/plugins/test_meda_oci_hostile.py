@@ -80,6 +80,16 @@ def pulled_nothing(meda: Meda) -> bool:
     return meda.images.list() == [] and not (blobs.exists() and any(blobs.iterdir()))
 
 
+def assert_refused(
+    meda: Meda, registry: HostileRegistry, manifest: dict[str, Any], message: str
+) -> None:
+    """The registry serves ``manifest``: the pull fails saying ``message`` and keeps nothing."""
+    registry.manifest(manifest)
+    with pytest.raises(BackendError, match=message):
+        meda.images.pull(ref(registry))
+    assert pulled_nothing(meda)
+
+
 def test_a_well_formed_image_from_the_test_registry_pulls(meda: Meda, hostile: Start) -> None:
     registry = hostile()
     disk = os.urandom(MiB) + bytes(MiB) + os.urandom(MiB // 2)
@@ -145,10 +155,7 @@ def test_a_digest_that_is_not_sha256_hex_is_refused_where_the_manifest_is_read(
     registry = hostile()
     manifest = meda_image(registry, os.urandom(MiB), kernel=b"kernel")
     spoil(manifest)
-    registry.manifest(manifest)
-    with pytest.raises(BackendError, match=message):
-        meda.images.pull(ref(registry))
-    assert pulled_nothing(meda)
+    assert_refused(meda, registry, manifest, message)
     layers = [la["digest"] for la in manifest["layers"]]
     assert not [s for s in registry.seen if any(d in s.path for d in layers)]  # none fetched
 
@@ -221,10 +228,7 @@ def test_sizes_a_manifest_declares_are_bounded(
     registry = hostile()
     manifest = meda_image(registry, os.urandom(MiB), kernel=b"kernel")
     spoil(manifest)
-    registry.manifest(manifest)
-    with pytest.raises(BackendError, match=message):
-        meda.images.pull(ref(registry))
-    assert pulled_nothing(meda)
+    assert_refused(meda, registry, manifest, message)
 
 
 @pytest.mark.parametrize(
@@ -245,10 +249,7 @@ def test_the_disk_a_config_describes_is_bounded(
                        **meta}, "cmdline": None}  # fmt: skip
     raw = json.dumps(config).encode()
     manifest["config"] = formats.descriptor(formats.CONFIG_TYPE, registry.blob(raw), len(raw))
-    registry.manifest(manifest)
-    with pytest.raises(BackendError, match=message):
-        meda.images.pull(ref(registry))
-    assert pulled_nothing(meda)
+    assert_refused(meda, registry, manifest, message)
 
 
 def test_a_rust_base_image_is_bounded_by_the_largest_disk(

@@ -16,8 +16,8 @@ from meda_core.macs import random_mac
 from meda_core.models import PortForward
 from meda_core.testing.conformance import NetworkConformance
 from meda_core.testing.namespaces import (
+    another_host,
     connects,
-    create,
     destroy,
     fake_guest,
     listener,
@@ -211,15 +211,7 @@ def listen(netns: str) -> Iterator[Callable[[str, str], int]]:
 @pytest.fixture
 def outside(netns: str) -> Iterator[str]:
     """Another machine the host routes guests to (a namespace behind a veth pair)."""
-    client = create("meda-c")
-    subprocess.run(
-        ["ip", "link", "add", "vc0", "netns", client, "type", "veth", "peer", "vh0",
-         "netns", netns], check=True,
-    )  # fmt: skip
-    run_in(client, "ip", "addr", "add", f"{OUTSIDE_CLIENT}/24", "dev", "vc0")
-    run_in(client, "ip", "link", "set", "vc0", "up")
-    run_in(netns, "ip", "addr", "add", f"{OUTSIDE_HOST}/24", "dev", "vh0")
-    run_in(netns, "ip", "link", "set", "vh0", "up")
+    client = another_host(netns, OUTSIDE_HOST, OUTSIDE_CLIENT)
     yield client
     destroy(client)  # vc0 goes with it, and vh0 with its peer
 
