@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what meda needs on a Debian 12 host: QEMU and qemu-img, dnsmasq, nftables and
 # iproute2 for the tap-bridge network, a static busybox (for the test guest), curl and jq;
-# then a virtualenv in .venv with meda and its test tools.
+# the unprivileged account QEMU runs as; then a virtualenv in .venv with meda and its test
+# tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,12 @@ if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
     sudo=""
     [[ $(id -u) -eq 0 ]] || sudo="sudo"
     $sudo apt-get update -qq
+fi
+
+# QEMU drops to this account once it has opened its files (MEDA_QEMU_USER=auto).
+if [[ $(id -u) -eq 0 ]] && ! id -u meda-qemu >/dev/null 2>&1; then
+    echo "==> adding the system account meda-qemu (QEMU runs as it)"
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin meda-qemu
 fi
 
 python=${PYTHON:-python3}

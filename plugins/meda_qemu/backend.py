@@ -69,7 +69,7 @@ class QemuHypervisor(HypervisorBackend):
 
     def _argv(self, launch: LaunchSpec, accel: str, disk_fds: tuple[int, ...] = ()) -> list[str]:
         config = self.config
-        user = config.user or None
+        user = config.qemu_user()
         return build_argv(
             config.binary, launch, accel, config.machine, config.firmware, user, disk_fds
         )

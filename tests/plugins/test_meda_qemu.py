@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pwd
 import time
 import urllib.request
 import uuid
@@ -15,6 +16,7 @@ import pytest
 from meda_core.app import Meda
 from meda_core.backends import BackendContext, LaunchSpec
 from meda_core.config import Settings
+from meda_core.errors import BackendUnavailable
 from meda_core.models import VM, CreateVMRequest, PortForward, VMSpec
 from meda_core.testing.conformance import HypervisorConformance
 from meda_core.testing.guest import (
@@ -34,6 +36,7 @@ from meda_core.testing.pytest_plugin import wait_for_text
 from meda_qcow2 import Qcow2Storage
 from meda_qemu import QemuHypervisor, accel, qmp
 from meda_qemu.argv import build_argv, runtime_paths
+from meda_qemu.settings import DEFAULT_USER, QemuSettings
 
 
 def _launch(vm_dir: Path, guest: BootableGuest | None = None) -> LaunchSpec:
@@ -334,3 +337,51 @@ def test_a_qemu_told_to_run_a_program_cannot(
     finally:
         backend.stop(runtime, vm_dir, timeout=1)
         backend.cleanup(vm_dir)
+
+
+@pytest.mark.parametrize(
+    ("setting", "account_exists", "expected"),
+    [("auto", True, DEFAULT_USER), ("auto", False, None), ("root", True, None),
+     ("nobody", True, "nobody")],
+)  # fmt: skip
+def test_which_account_qemu_runs_as(
+    setting: str, account_exists: bool, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can hand QEMU to another account")
+    real = pwd.getpwnam
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: (
+        real("nobody") if account_exists else (_ for _ in ()).throw(KeyError(name))
+    ))  # fmt: skip
+    assert QemuSettings(user=setting).qemu_user() == expected
+
+
+def test_an_account_that_is_not_there_is_a_clear_refusal() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can hand QEMU to another account")
+    with pytest.raises(BackendUnavailable, match="not an account"):
+        QemuSettings(user="meda-no-such-account").qemu_user()
+
+
+@pytest.mark.vm
+def test_by_default_qemu_runs_as_its_own_account(
+    tmp_path: Path, guest_image: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the account exists (scripts/setup.sh makes it), a VM's QEMU is never root."""
+    try:
+        expected = pwd.getpwnam(DEFAULT_USER).pw_uid
+    except KeyError:
+        pytest.skip(f"no account {DEFAULT_USER} here (scripts/setup.sh adds it)")
+    if os.geteuid() != 0:
+        pytest.skip("only root can hand QEMU to another account")
+    monkeypatch.delenv("MEDA_QEMU_USER", raising=False)
+    settings = Settings(home=tmp_path / "home", hypervisor="qemu", storage="qcow2",
+                        network="user", stop_timeout=5)  # fmt: skip
+    meda = Meda(settings)
+    meda.images.import_files("guest", **guest_image)  # type: ignore[arg-type]
+    meda.vms.create(CreateVMRequest(name="own", image="guest", memory="256M"))
+    try:
+        vm = meda.vms.start("own")
+        assert vm.runtime is not None and _uid(vm.runtime.pid) == expected
+    finally:
+        meda.vms.delete_all()
