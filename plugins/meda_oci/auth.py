@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
 import oras.auth.basic
 import oras.container
 
@@ -25,6 +28,8 @@ from meda_oci.settings import Credentials
 
 _PARAM = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_NO_ORIGIN = ("", "", 0)
+_AMBIGUOUS = re.compile(r"[\\\s\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ def login_for(ref: Reference, credentials: Credentials) -> Login:
         return Login(basic=base64.b64encode(pair.encode()).decode())
     config = docker_config()
     helper = oras.auth.basic.BasicAuth()
+    helper._logout()  # its constructor takes ORAS_USER/ORAS_PASS, for every registry alike
     container = oras.container.Container(f"{ref.registry}/{ref.repository}", registry=ref.registry)
     helper.load_configs(container, [str(config)] if config.exists() else [])
     basic = getattr(helper, "_basic_auth", None)
@@ -60,13 +66,23 @@ def docker_config() -> Path:
 
 
 def origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of ``url``, the port filled in from the scheme."""
+    """(scheme, host, port) of ``url``, the port filled in from the scheme.
+
+    A URL that HTTP libraries may read in more than one way — a backslash, whitespace,
+    control characters, user info, or a host that urllib3 (what requests connects with)
+    reads otherwise — has no origin, ``("", "", 0)``: it matches nothing and is followed
+    nowhere.
+    """
     parts = urlsplit(url)
     try:
         port = parts.port
-    except ValueError:
-        port = None
-    return parts.scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(parts.scheme, 0)
+        connects_to = parse_url(url).host
+    except (ValueError, LocationParseError):
+        return _NO_ORIGIN
+    host = (parts.hostname or "").lower()
+    if _AMBIGUOUS.search(url) or "@" in parts.netloc or (connects_to or "").strip("[]").lower() != host:
+        return _NO_ORIGIN
+    return parts.scheme, host, port or _DEFAULT_PORTS.get(parts.scheme, 0)
 
 
 def challenge(header: str) -> tuple[str, dict[str, str]]:

@@ -557,3 +557,52 @@ def test_an_oversized_token_answer_is_refused(
     registry.reply("GET", "/token", huge)
     with pytest.raises(BackendError, match=r"token response .* is over"):
         meda.images.pull(ref(registry))
+
+
+def test_a_redirect_that_urls_read_two_ways_is_not_followed(
+    meda: Meda, hostile: Start, credentials: Callable[[str], None]
+) -> None:
+    """``http://elsewhere\\@registry/``: Python's URL parser sees the registry, the HTTP
+    library connects to elsewhere; meda's credentials must not go along."""
+    registry, elsewhere = hostile(), hostile()
+    wants_basic(registry)
+    credentials(registry.address)
+    manifest = meda_image(registry, kernel=b"kernel")
+    kernel = manifest["layers"][-1]["digest"]
+    port = elsewhere.address.rsplit(":", 1)[1]
+    two_ways = f"http://localhost:{port}\\@{registry.address}/k"
+    registry.reply("GET", f"/v2/meda/evil/blobs/{kernel}", status=307,
+                   headers={"Location": two_ways})  # fmt: skip
+    with pytest.raises(BackendError, match="does not follow"):
+        meda.images.pull(ref(registry))
+    assert elsewhere.seen == []
+    assert pulled_nothing(meda)
+
+
+def test_a_token_realm_that_urls_read_two_ways_is_never_contacted(
+    meda: Meda, hostile: Start, credentials: Callable[[str], None]
+) -> None:
+    registry, realm = hostile(), hostile()
+    meda_image(registry, kernel=b"kernel")
+    port = realm.address.rsplit(":", 1)[1]
+    _wants_bearer(registry, f"http://localhost:{port}\\@{registry.address}/token")
+    realm.reply("GET", "/token", json.dumps({"token": "good"}).encode())
+    credentials(registry.address)
+    with pytest.raises(BackendError, match="not its own host"):
+        meda.images.pull(ref(registry))
+    assert realm.seen == []
+
+
+def test_oras_environment_credentials_go_nowhere(
+    meda: Meda, hostile: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """oras-py's own ORAS_USER/ORAS_PASS would go to every registry; meda ignores them."""
+    monkeypatch.setenv("ORAS_USER", "ci-bot")
+    monkeypatch.setenv("ORAS_PASS", "oras-secret")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    registry = hostile()
+    wants_basic(registry)
+    meda_image(registry, kernel=b"kernel")
+    with pytest.raises(BackendError, match="requires a login"):
+        meda.images.pull(ref(registry))
+    assert registry.authorizations() == []
