@@ -33,7 +33,9 @@ def private_home(home: Path) -> None:
     Also sets the process umask, so that what meda creates below it stays private.
     """
     restrict_process()
+    _check_folders_above(home)
     home.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    _check_owned(home)
     if os.stat(home).st_mode & stat.S_ISVTX:
         # chmod 0700 of /tmp would break the host: a shared directory is not a home.
         raise InvalidRequest(
@@ -42,6 +44,34 @@ def private_home(home: Path) -> None:
             home=str(home),
         )
     tighten(home)
+
+
+def _check_folders_above(home: Path) -> None:
+    """No one but root and this user may rename MEDA_HOME or a folder that leads to it:
+    whoever can swap the folder can swap meda's state."""
+    me = os.geteuid()
+    for folder in home.resolve().parents:
+        if not folder.exists():
+            continue
+        info = os.stat(folder)
+        others_write = info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (0, me) or others_write:
+            raise InvalidRequest(
+                f"{folder}, above MEDA_HOME, can be changed by other users, who could then "
+                "replace meda's state: put MEDA_HOME where only root and this user can write",
+                home=str(home),
+                folder=str(folder),
+            )
+
+
+def _check_owned(home: Path) -> None:
+    me, owner = os.geteuid(), os.stat(home).st_uid
+    if owner != me:
+        raise InvalidRequest(
+            f"MEDA_HOME {home} belongs to uid {owner}, not to this user ({me}): "
+            "give meda a directory of its own",
+            home=str(home),
+        )
 
 
 def tighten(root: Path) -> None:

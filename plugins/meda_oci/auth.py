@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from urllib3.exceptions import LocationParseError
-from urllib3.util import parse_url
-
 import oras.auth.basic
 import oras.container
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from meda_core.errors import BackendError
 from meda_core.references import Reference, is_loopback_ip
@@ -80,7 +79,8 @@ def origin(url: str) -> tuple[str, str, int]:
     except (ValueError, LocationParseError):
         return _NO_ORIGIN
     host = (parts.hostname or "").lower()
-    if _AMBIGUOUS.search(url) or "@" in parts.netloc or (connects_to or "").strip("[]").lower() != host:
+    read_otherwise = (connects_to or "").strip("[]").lower() != host
+    if _AMBIGUOUS.search(url) or "@" in parts.netloc or read_otherwise:
         return _NO_ORIGIN
     return parts.scheme, host, port or _DEFAULT_PORTS.get(parts.scheme, 0)
 

@@ -17,7 +17,7 @@ from meda_core.errors import InvalidRequest
 from meda_core.models import CreateVMRequest
 from meda_core.plugins import PluginManager
 from meda_core.testing.fakes import FakePlugin
-from meda_core.testing.intruder import open_to_others, reachable_dir, readable_by_nobody
+from meda_core.testing.intruder import NOBODY, open_to_others, reachable_dir, readable_by_nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as nobody needs root")
 
@@ -106,3 +106,18 @@ def test_a_shared_directory_is_refused_as_home(reachable: Path) -> None:
     with pytest.raises(InvalidRequest, match="shared directory"):
         Meda(Settings(home=shared))
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777  # left as it was
+
+
+def test_a_home_another_user_owns_or_can_swap_is_refused(reachable: Path) -> None:
+    """Whoever can rename MEDA_HOME (or a folder above it) can swap meda's state for theirs."""
+    theirs = reachable / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, -1)
+    with pytest.raises(InvalidRequest, match="belongs to uid"):
+        Meda(Settings(home=theirs))
+    open_folder = reachable / "open"
+    open_folder.mkdir()
+    open_folder.chmod(0o777)  # not sticky: anyone may rename what is in it
+    with pytest.raises(InvalidRequest, match="can be changed by other users"):
+        Meda(Settings(home=open_folder / "home"))
+    assert list(theirs.iterdir()) == list(open_folder.iterdir()) == []  # nothing made
