@@ -68,7 +68,9 @@ class DhcpServer:
             f"--dhcp-leasefile={self.state_dir / 'dnsmasq.leases'}",
             f"--dhcp-option=option:router,{gateway}", "--dhcp-authoritative",
             "--user=root", "--group=root",
-            f"--log-facility={self.state_dir / 'dnsmasq.log'}", "--log-dhcp",
+            # Not --log-dhcp into a file: guests choose what dnsmasq would log, and how
+            # often. Problems still go to syslog, which rate-limits.
+            "--quiet-dhcp",
         ])  # fmt: skip
 
     def stop(self) -> bool:

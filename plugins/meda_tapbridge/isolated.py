@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from meda_core import netns, procs
-from meda_tapbridge import links
+from meda_tapbridge import links, nft
 
 GUEST_IP = "10.213.0.2"
 GATEWAY_IP = "10.213.0.1"
@@ -46,7 +46,7 @@ table inet {TABLE} {{
     chain input {{
         type filter hook input priority filter; policy accept;
         iifname "{TAP}" ct state established,related accept
-        iifname "{TAP}" udp sport 68 udp dport 67 accept
+        iifname "{TAP}" udp sport 68 udp dport 67 limit rate {nft.DHCP_RATE} accept
         iifname "{TAP}" drop
     }}
     chain postrouting {{
@@ -91,6 +91,7 @@ def setup(
         f"--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.252,12h",
         f"--dhcp-option=option:router,{GATEWAY_IP}", "--dhcp-authoritative",
         f"--dhcp-leasefile={state_dir / 'dnsmasq.leases'}", "--user=root", "--group=root",
+        "--quiet-dhcp",
     ])  # fmt: skip
 
 

@@ -16,6 +16,9 @@ from typing import NamedTuple
 from meda_core import netns
 from meda_core.errors import BackendError
 
+#: DHCP a guest port may send the host's dnsmasq (which parses it as root): a guest that
+#: floods it with made-up client MACs costs the host no more than this.
+DHCP_RATE = "20/second burst 40 packets"
 TABLE = "meda"
 FAMILIES = ("ip", "bridge")
 #: Bridge ports that carry a guest: a VM's tap, or the veth of a VM in its own namespace.
@@ -122,6 +125,7 @@ table bridge {TABLE} {{
         iifname . arp saddr ether != @macs drop
         arp saddr ip 0.0.0.0 accept
         ether type arp iifname . arp saddr ip != @ips drop
+        udp dport 67 meter dhcp_flood size 4096 {{ iifname limit rate over {DHCP_RATE} }} drop
         ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept
         ether type ip iifname . ip saddr != @ips drop
         udp sport 67 drop

@@ -365,3 +365,25 @@ def test_a_guest_in_its_own_namespace_reaches_neither_it_nor_the_host(
     finally:
         destroy(guest_ns)
         tapbridge.unplug("tmpl", attachment)
+
+
+def test_a_guest_flooding_dhcp_reaches_the_host_at_a_bounded_rate(
+    guests: Callable[[str], Guest], netns: str
+) -> None:
+    """dnsmasq parses DHCP as root and would log it all: a guest sending 1000 requests at
+    once gets a burst and a trickle through, not the flood."""
+    guest = guests("noisy")
+    run_in(netns, "nft", "table ip probe { chain input { type filter hook input priority -10;"
+                         " udp dport 67 counter; }; }")  # fmt: skip
+    try:
+        flood = (
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            f" s.bind(({guest.ip!r}, 68));"
+            f" [s.sendto(b'x' * 300, ({guest.gateway!r}, 67)) for _ in range(1000)]"
+        )
+        run_in(guest.ns, sys.executable, "-c", flood)
+        counted = run_in(netns, "nft", "list", "table", "ip", "probe")
+        arrived = int(counted.split("counter packets ")[1].split()[0])
+        assert 0 < arrived <= 100, counted
+    finally:
+        run_in(netns, "nft", "delete", "table", "ip", "probe")
