@@ -130,7 +130,10 @@ def test_the_cli_boots_a_vm_on_a_server_that_wants_a_token(
     start_server: StartServer, run_meda: RunMeda
 ) -> None:
     server = start_server(MEDA_API_TOKEN="tok-123-long-enough-token")
-    remote = {"MEDA_URL": f"http://127.0.0.1:{server.port}", "MEDA_API_TOKEN": "tok-123-long-enough-token"}
+    remote = {
+        "MEDA_URL": f"http://127.0.0.1:{server.port}",
+        "MEDA_API_TOKEN": "tok-123-long-enough-token",
+    }
     assert run_meda("list", env={**remote, "MEDA_API_TOKEN": "wrong"}).returncode == 7
     created = run_meda("create", "far", "--memory", "256M", env=remote)
     assert created.returncode == 0, created.stderr
