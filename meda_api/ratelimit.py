@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from meda_api.security import refuse
+from meda_api.security import VERIFIED_TOKEN, refuse
 from meda_core.errors import InvalidRequest, RateLimited
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -94,9 +94,13 @@ class RateLimit:
 
 
 def client_of(scope: Scope) -> str:
-    """Who sent a request: its bearer token (as a digest), else its address."""
-    authorization = dict(scope["headers"]).get(b"authorization")
-    if authorization:  # never kept as is: a digest of it
-        return "token:" + hashlib.sha256(authorization).hexdigest()[:16]
+    """Who sent a request: the token it was let in with (as a digest), else its address.
+
+    Only a token the server checked names a client: made-up ``Authorization`` headers
+    would otherwise make one caller as many clients as it likes.
+    """
+    verified = scope.get("state", {}).get(VERIFIED_TOKEN)
+    if verified:  # never kept as is: a digest of it
+        return "token:" + hashlib.sha256(verified).hexdigest()[:16]
     client = scope.get("client")
     return f"address:{client[0] if client else 'unknown'}"

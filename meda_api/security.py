@@ -23,6 +23,10 @@ async def refuse(send: Send, error: MedaError, **headers: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: Where :class:`TokenAuth` leaves the token it accepted (in the request's state).
+VERIFIED_TOKEN = "meda_verified_token"
+
+
 class TokenAuth:
     """Every request must carry ``Authorization: Bearer <token>`` (compared in constant time).
 
@@ -44,6 +48,7 @@ class TokenAuth:
                 error = Unauthorized("a valid bearer token is required")
                 await refuse(send, error, **{"WWW-Authenticate": "Bearer"})
                 return
+            scope.setdefault("state", {})[VERIFIED_TOKEN] = given
         await self.app(scope, receive, send)
 
 

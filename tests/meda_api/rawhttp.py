@@ -18,10 +18,14 @@ class Answer:
     sent: int = 0  # body bytes the client had sent when the answer came
 
 
-def connect(url: str, timeout: float = 30) -> socket.socket:
+def connect(url: str, timeout: float = 30, source: str = "") -> socket.socket:
+    """A connection to ``url``'s server, from the local address ``source`` if given (any
+    of 127.0.0.0/8 makes another client of a loopback server)."""
     address = urlsplit(url)
     assert address.hostname and address.port
-    return socket.create_connection((address.hostname, address.port), timeout=timeout)
+    return socket.create_connection(
+        (address.hostname, address.port), timeout=timeout, source_address=(source, 0)
+    )
 
 
 def send_head(sock: socket.socket, method: str, path: str, *headers: str) -> None:

@@ -32,7 +32,9 @@ def meda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Meda]:
 
 @pytest.fixture
 def client(meda: Meda) -> Iterator[TestClient]:
-    with TestClient(create_app(meda), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(meda), raise_server_exceptions=False, base_url="http://localhost"
+    ) as client:
         yield client
 
 

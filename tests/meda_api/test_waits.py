@@ -4,6 +4,7 @@ thread and only as many places as the caps allow: the rest of the API still answ
 from __future__ import annotations
 
 import json
+import secrets
 import select
 import socket
 import threading
@@ -43,13 +44,14 @@ def endless(fake_meda: Meda) -> Iterator[tuple[str, threading.Event]]:
 
 
 def _open(
-    stack: ExitStack, url: str, path: str, count: int, token: str = ""
+    stack: ExitStack, url: str, path: str, count: int, source: str = ""
 ) -> list[socket.socket]:
-    """``count`` requests for ``path`` sent and left open, as a hostile client leaves them."""
+    """``count`` requests for ``path`` sent from ``source`` and left open, as a hostile
+    client leaves them; each with a made-up token, as if each were another client."""
     socks = []
     for _ in range(count):
-        sock = stack.enter_context(connect(url))
-        send_head(sock, "GET", path, *([f"Authorization: Bearer {token}"] if token else []))
+        sock = stack.enter_context(connect(url, source=source))
+        send_head(sock, "GET", path, f"Authorization: Bearer {secrets.token_hex(8)}")
         socks.append(sock)
     return socks
 
@@ -107,22 +109,24 @@ def test_waits_and_streams_beyond_the_caps_are_429(
     url = serve_api(fake_meda)
     wait = f"/api/v1/operations/{op_id}?wait=60"
     with ExitStack() as stack:
-        first = _open(stack, url, wait, 6, token="a") + _open(stack, url, "/api/v1/events", 6, "a")
+        first = _open(stack, url, wait, 6, "127.0.0.2") + _open(
+            stack, url, "/api/v1/events", 6, "127.0.0.2"
+        )
         refused = _refused(first)
         assert len(refused) == 4  # 8 held for client a
         for answer in refused:
             assert answer.status == 429 and int(answer.headers["retry-after"]) >= 1
             assert json.loads(answer.body)["code"] == "RATE_LIMITED"
-        assert len(_refused(_open(stack, url, wait, 12, token="b"))) == 4  # 8 for b
-        assert len(_refused(_open(stack, url, wait, 8, token="c"))) == 4  # 20 in all
+        assert len(_refused(_open(stack, url, wait, 12, "127.0.0.3"))) == 4  # 8 for b
+        assert len(_refused(_open(stack, url, wait, 8, "127.0.0.4"))) == 4  # 20 in all
         _answers_quickly(url)
         for sock in first:  # client a goes away: its places are free again
             sock.close()
         deadline = time.monotonic() + 10
-        while _refused(_open(stack, url, "/api/v1/events", 1, token="d")):
+        while _refused(_open(stack, url, "/api/v1/events", 1, "127.0.0.5")):
             assert time.monotonic() < deadline, "the places of a client gone are still held"
             time.sleep(0.2)
-        assert len(_refused(_open(stack, url, "/api/v1/events", 7, token="d"))) == 0
+        assert len(_refused(_open(stack, url, "/api/v1/events", 7, "127.0.0.5"))) == 0
 
 
 @_caps(2, 2)
