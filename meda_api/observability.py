@@ -85,6 +85,10 @@ def _route(scope: Scope) -> str:
     return "/".join(f"{{{names[s]}}}" if s in names else s for s in segments)
 
 
+#: No page may frame meda's (Swagger UI's "Execute" button under a decoy: clickjacking).
+FRAMING = [(b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'")]
+
+
 class RequestContext:
     """Give every request an id (``X-Request-ID``, echoed), time it, count it, log it."""
 
@@ -104,7 +108,8 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()),
+                                      *FRAMING]  # fmt: skip
             await send(message)
 
         try:

@@ -103,7 +103,7 @@ def build(images: ImageService, ref: str, spec: BuildSpec, work: Path, log: Log)
         _prepare(root)
         size = _size_mib(root, spec.disk_headroom_mib)
         _run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root), str(raw), f"{size}M"], log)
-        _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(qcow2)], log)
+        _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], log)
         kernel = next((root / "boot").glob("vmlinuz-*"))
         initrd = next((root / "boot").glob("initrd.img-*"))
         with contextlib.suppress(NotFound):

@@ -267,6 +267,8 @@ class ImageService:
         staging = self.blobs.staging()
         try:
             flat = staging / "disk.qcow2"
+            # A VM an older meda made and never started since: its chain is not checked yet.
+            diskprobe.check_chain(vm.disk_path, (self._home / "blobs" / "sha256", vm.vm_dir.parent))
             self._storage().flatten(vm.disk_path, flat)
             files = ImageFiles(
                 disk=flat, disk_format=self._probe(flat), kernel=base.kernel if base else None,

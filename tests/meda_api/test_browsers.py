@@ -230,3 +230,11 @@ def test_the_seed_curl_examples_work_on_loopback(
     # The one 409 is meda's own rule (an image is made from a stopped VM's disk), not a guard.
     assert statuses == [201, 200, 200, 201, 200, 201, 409, 200, 200]
     assert {vm.name for vm in fake_meda.vms.list()} == {"api-test", "ubuntu-vm"}
+
+
+def test_no_page_may_frame_the_api(client: TestClient) -> None:
+    """Swagger UI in a hidden frame under a decoy button would run what the page wants."""
+    for path in ("/swagger-ui", "/api/v1/health"):
+        answer = client.get(path)
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'"

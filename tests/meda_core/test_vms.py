@@ -246,3 +246,17 @@ def test_a_vm_whose_disk_rests_on_a_host_file_is_not_started(
     stopped = fake_meda.vms.get("victim")
     assert stopped.state == VMState.STOPPED and stopped.runtime is None
     assert "victim" not in FakeNetwork.plugged
+
+
+def test_a_vm_whose_disk_rests_on_a_host_file_is_not_imaged(
+    fake_meda: Meda, make_vm: MakeVM, stored_by_older_meda: Image
+) -> None:
+    """A stopped VM an older meda made, never started since: flattening its disk would
+    copy the host file into an image that can be pushed."""
+    vm = make_vm("victim")
+    vm.disk_path.unlink()
+    assert stored_by_older_meda.disk is not None
+    disks.backed_by(vm.disk_path, stored_by_older_meda.disk, "qcow2")
+    with pytest.raises(UnsafeDisk, match="image disk backed"):
+        fake_meda.images.create_from_vm("victim", "leak", "v1", None, None)
+    assert fake_meda.store.get_image("leak", "v1") is None
