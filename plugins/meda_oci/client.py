@@ -232,7 +232,11 @@ class RegistryClient:
             response.close()
             raise NotFound(f"{what}: not found in {self.ref.registry}", reference=str(self.ref))
         if response.status_code >= 400:
-            text = _head(self._stream(response), MAX_ERROR_BODY).decode(errors="replace")
+            if auth.origin(response.url) == auth.origin(self._url("")):
+                text = _head(self._stream(response), MAX_ERROR_BODY).decode(errors="replace")
+            else:  # a host a redirect led to: its words are not repeated to API clients
+                response.close()
+                text = f"(from {auth.origin(response.url)[1] or 'another host'})"
             raise BackendError(
                 f"{what}: registry answered {response.status_code}: {text}",
                 reference=str(self.ref),

@@ -606,3 +606,16 @@ def test_oras_environment_credentials_go_nowhere(
     with pytest.raises(BackendError, match="requires a login"):
         meda.images.pull(ref(registry))
     assert registry.authorizations() == []
+
+
+def test_what_a_redirect_target_answers_is_not_repeated(meda: Meda, hostile: Start) -> None:
+    """A registry redirecting meda to an internal page learns nothing of that page."""
+    registry, internal = hostile(), hostile()
+    port = internal.address.rsplit(":", 1)[1]
+    for method in ("HEAD", "GET"):
+        registry.reply(method, "/v2/meda/evil/manifests/v1", status=302,
+                       headers={"Location": f"http://localhost:{port}/admin"})  # fmt: skip
+        internal.reply(method, "/admin", b"INTERNAL-ONLY: db_password=swordfish", status=500)
+    with pytest.raises(BackendError) as refused:
+        meda.images.pull(ref(registry))
+    assert "swordfish" not in refused.value.message and "500" in refused.value.message
