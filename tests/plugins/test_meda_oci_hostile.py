@@ -612,10 +612,11 @@ def test_what_a_redirect_target_answers_is_not_repeated(meda: Meda, hostile: Sta
     """A registry redirecting meda to an internal page learns nothing of that page."""
     registry, internal = hostile(), hostile()
     port = internal.address.rsplit(":", 1)[1]
-    for method in ("HEAD", "GET"):
-        registry.reply(method, "/v2/meda/evil/manifests/v1", status=302,
-                       headers={"Location": f"http://localhost:{port}/admin"})  # fmt: skip
-        internal.reply(method, "/admin", b"INTERNAL-ONLY: db_password=swordfish", status=500)
+    registry.reply("HEAD", "/v2/meda/evil/manifests/v1",
+                   headers={"Docker-Content-Digest": "sha256:" + "0" * 64})  # fmt: skip
+    registry.reply("GET", "/v2/meda/evil/manifests/v1", status=302,
+                   headers={"Location": f"http://localhost:{port}/admin"})  # fmt: skip
+    internal.reply("GET", "/admin", b"INTERNAL-ONLY: db_password=swordfish", status=500)
     with pytest.raises(BackendError) as refused:
         meda.images.pull(ref(registry))
     assert "swordfish" not in refused.value.message and "500" in refused.value.message
