@@ -82,7 +82,8 @@ cat <<MSG
 ==> done in $(( $(date +%s) - started )) s.
     SSH in:    MEDA_HOME=$MEDA_HOME MEDA_NETNS=$MEDA_NETNS $meda ssh web
     Clean up:  MEDA_HOME=$MEDA_HOME MEDA_NETNS=$MEDA_NETNS $meda delete web
-               (and its warm template: $meda templates, then $meda delete tpl-…)
+               (and its warm template: MEDA_HOME=$MEDA_HOME MEDA_NETNS=$MEDA_NETNS $meda templates,
+                then the same with $meda delete tpl-…)
 MSG
 if [[ ${KEEP:-0} != 1 ]]; then
     echo "    (this run cleans up now; run with KEEP=1 to keep the VM for SSH)"
