@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meda_core.testing.guest import BOOT_MARKER
 from meda_core.testing.host import processes_mentioning, self_signed_certificate
+from meda_core.testing.pytest_plugin import wait_for_text
 from tests.integration.conftest import RunMeda, StartServer
 
 pytestmark = pytest.mark.vm
@@ -40,6 +42,8 @@ def test_sigterm_finishes_requests_and_leaves_vms_running(start_server: StartSer
             assert api.post("/vms", json={"name": name, "memory": "128M"}).status_code == 201
             assert api.post(f"/vms/{name}/start").status_code == 200
         stay = api.get("/vms/stay").json()
+        # Booted, it powers off at the ACPI button (before, it would wait the stop timeout).
+        wait_for_text(Path(api.get("/vms/slow").json()["details"]["console_log"]), BOOT_MARKER)
     answers: list[int] = []
 
     def stop_slowly() -> None:  # an ACPI power-off: it takes the guest a moment
