@@ -104,6 +104,11 @@ class HostileRegistry:
         return [s.headers["Authorization"] for s in self.seen if "Authorization" in s.headers]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """meda hanging up on a hostile answer is the point, not an error worth a trace."""
+
+
 def _serve(registry: HostileRegistry) -> ThreadingHTTPServer:
     class Handle(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -126,7 +131,7 @@ def _serve(registry: HostileRegistry) -> ThreadingHTTPServer:
 
         do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = _any
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handle)
+    server = _QuietServer(("127.0.0.1", 0), Handle)
     server.daemon_threads = True
     server.block_on_close = False
     registry.address = f"127.0.0.1:{server.server_address[1]}"
