@@ -8,6 +8,7 @@ import grp
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -79,12 +80,17 @@ class UnixListener:
 
 
 class SocketServer(uvicorn.Server):
-    """uvicorn's server, which also removes the Unix socket's file as it shuts down (it
-    re-raises SIGTERM once done, so nothing after ``run`` gets to)."""
+    """uvicorn's server, which also removes the Unix socket's file and runs ``on_stop`` as
+    it shuts down (it re-raises SIGTERM once done, so nothing after ``run`` gets to)."""
 
-    def __init__(self, config: uvicorn.Config, listener: UnixListener | None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        listener: UnixListener | None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
-        self.listener = listener
+        self.listener, self.on_stop = listener, on_stop
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
@@ -92,3 +98,5 @@ class SocketServer(uvicorn.Server):
         finally:
             if self.listener is not None:
                 self.listener.close()
+            if self.on_stop is not None:
+                self.on_stop()

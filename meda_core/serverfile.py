@@ -65,6 +65,16 @@ def write(home: Path, info: ServerFile) -> Path:
     return final
 
 
+def remove(home: Path, info: ServerFile) -> None:
+    """Remove the file as a server stops, if it still names that server (another may have
+    started meanwhile): a stopped server's token must not go to whoever takes its port."""
+    try:
+        if load(home) == info:
+            path(home).unlink(missing_ok=True)
+    except InvalidRequest:
+        pass  # not ours to judge or remove
+
+
 def load(home: Path) -> ServerFile | None:
     """The file's contents, None without one; refused if others could have written it."""
     file = path(home)

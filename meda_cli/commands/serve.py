@@ -209,12 +209,13 @@ def serve(
         except OSError as exc:
             _refuse(f"cannot listen on {unix_socket}: {exc.strerror}")
         sockets = [config.bind_socket(), listener.sock]
-    serverfile.write(settings.home, serverfile.ServerFile(
+    written = serverfile.ServerFile(
         url=_client_url(host, port, tls_cert is not None), token=token,
         ca_file=str(tls_cert.resolve()) if tls_cert else None,
         unix_socket=str(unix_socket.resolve()) if unix_socket else None,
-    ))  # fmt: skip
-    server = SocketServer(config, listener)
+    )  # fmt: skip
+    serverfile.write(settings.home, written)
+    server = SocketServer(config, listener, lambda: serverfile.remove(settings.home, written))
     server.run(sockets=sockets or None)
     if not server.started:
         raise typer.Exit(3)  # as uvicorn.run: the port was taken, the app did not start

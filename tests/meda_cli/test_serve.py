@@ -168,6 +168,15 @@ def test_the_cli_takes_the_token_from_server_json(
         assert result.exit_code == 0, result.stderr
 
 
+def test_a_stopped_server_leaves_no_token_behind(serve: Callable[..., Served]) -> None:
+    """Whoever binds the port after the server stops must not get the token from a CLI
+    that still reads server.json."""
+    served = serve("--require-token", MEDA_API_TOKEN=STRONG)
+    served.process.terminate()
+    served.process.wait(30)
+    assert not serverfile.path(served.home).exists()
+
+
 def test_the_cli_takes_the_certificate_too(
     serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
