@@ -3,6 +3,7 @@ every response's status, headers and body as the document says."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -24,6 +25,8 @@ from meda_core.testing.fakes import FakePlugin
 
 CASES_PER_OPERATION = 100
 _home = Path(tempfile.mkdtemp(prefix="meda-fuzz-"))
+# Made at collection: gone at exit even when no test of this module runs (-k, -x).
+atexit.register(shutil.rmtree, _home, True)
 
 
 def _fake_meda() -> Meda:
