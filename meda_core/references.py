@@ -49,11 +49,14 @@ class Reference:
         Loopback is ``localhost`` or a literal loopback address: a name such as
         ``127.example.com`` is resolved by DNS and may lead anywhere.
         """
-        return self.host.lower() == "localhost" or is_loopback_ip(self.host)
+        return is_loopback(self.host)
 
 
-def is_loopback_ip(host: str) -> bool:
-    """``host`` is a literal loopback address (127.0.0.0/8, ::1)."""
+def is_loopback(host: str) -> bool:
+    """``host`` is ``localhost`` or a literal loopback address (127.0.0.0/8, ::1) — never
+    a name DNS resolves, which may lead anywhere."""
+    if host.lower() == "localhost":
+        return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import secrets
@@ -17,6 +16,7 @@ from meda_core import serverfile
 from meda_core.config import Settings
 from meda_core.errors import MedaError
 from meda_core.private import private_home
+from meda_core.references import is_loopback
 
 if TYPE_CHECKING:
     from meda_api.ratelimit import Limit
@@ -26,15 +26,6 @@ DEFAULT_READ_RATE_LIMIT = "20/100"  # and 20 reads a second, bursts of 100
 MIN_TOKEN_LENGTH = 16
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: it goes in a header
 _WILDCARDS = {"0.0.0.0", "::", ""}
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _refuse(message: str) -> NoReturn:
@@ -78,11 +69,11 @@ def api_token(
     beyond loopback always. Empty, short or unsendable tokens stop the server.
     """
     asked = require or generate or token_file is not None or "MEDA_API_TOKEN" in os.environ
-    if not asked and _loopback(host):
+    if not asked and is_loopback(host):
         return None
     token = _read_token(home, token_file, generate)
     if token is None:
-        where = "" if _loopback(host) else f" on {host}"
+        where = "" if is_loopback(host) else f" on {host}"
         _refuse(
             f"refusing to serve{where} without a token: set MEDA_API_TOKEN, give --token-file, "
             "or run with --generate-token to write one to MEDA_HOME/api-token (mode 0600)"
@@ -108,7 +99,7 @@ def rate_limits(host: str) -> tuple[Limit | None, Limit | None]:
     none on loopback and the defaults beyond."""
     from meda_api.ratelimit import Limit  # the server's imports stay out of other commands
 
-    loopback = _loopback(host)
+    loopback = is_loopback(host)
     changes = os.environ.get("MEDA_RATE_LIMIT", "off" if loopback else DEFAULT_RATE_LIMIT)
     reads = os.environ.get("MEDA_READ_RATE_LIMIT", "off" if loopback else DEFAULT_READ_RATE_LIMIT)
     return Limit.parse(changes), Limit.parse(reads, "MEDA_READ_RATE_LIMIT")
@@ -176,7 +167,7 @@ def serve(
     token = api_token(settings.home, host, generate=generate_token, require=require_token,
                       token_file=token_file)  # fmt: skip
     plain_ok = allow_plain_http or settings.allow_plain_http
-    if token is not None and tls_cert is None and not _loopback(host) and not plain_ok:
+    if token is not None and tls_cert is None and not is_loopback(host) and not plain_ok:
         _refuse(
             f"refusing to take the bearer token over plain HTTP on {host}, where it would cross "
             "the network in clear: serve HTTPS with --tls-cert/--tls-key, or pass "

@@ -22,7 +22,7 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from meda_core.errors import BackendError
-from meda_core.references import Reference, is_loopback_ip
+from meda_core.references import Reference, is_loopback
 from meda_oci.settings import Credentials
 
 _PARAM = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
@@ -103,7 +103,7 @@ def checked_realm(realm: str | None, ref: Reference, credentials: Credentials) -
             registry=ref.registry,
             realm_host=host,
         )
-    plain_ok = ref.insecure and (host == "localhost" or is_loopback_ip(host))
+    plain_ok = ref.insecure and is_loopback(host)
     if scheme != "https" and not (scheme == "http" and plain_ok):
         raise BackendError(
             f"registry {ref.registry} asks for its tokens over {scheme or 'no scheme'} at "
