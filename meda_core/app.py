@@ -48,6 +48,7 @@ class Meda:
             self.settings.default_image,
             self.backends.storage,
             self.backends.registry,
+            diskprobe.roots(self.settings),
             diskprobe.limits(self.settings),
             self.settings.allowed_registry_set(),
         )

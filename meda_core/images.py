@@ -55,10 +55,12 @@ class ImageService:
         default_ref: str,
         storage: Backend,
         registry: Registry,
+        disk_roots: tuple[Path, Path],
         probe_limits: diskprobe.ProbeLimits | None = None,
         allowed_registries: frozenset[str] = frozenset(),
     ) -> None:
         self._store = store
+        self._disk_roots = disk_roots  # where the disks meda boots may rest (diskprobe.roots)
         self._probe_limits = probe_limits or diskprobe.ProbeLimits()
         self._allowed_registries = allowed_registries
         self._home = home
@@ -268,7 +270,7 @@ class ImageService:
         try:
             flat = staging / "disk.qcow2"
             # A VM an older meda made and never started since: its chain is not checked yet.
-            diskprobe.check_chain(vm.disk_path, (self._home / "blobs" / "sha256", vm.vm_dir.parent))
+            diskprobe.check_chain(vm.disk_path, self._disk_roots)
             self._storage().flatten(vm.disk_path, flat)
             files = ImageFiles(
                 disk=flat, disk_format=self._probe(flat), kernel=base.kernel if base else None,
