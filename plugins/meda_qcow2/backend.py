@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,10 +33,11 @@ def _qemu_img(*args: str) -> str:
     return result.stdout
 
 
-def _format(path: Path) -> str:
-    """The disk's format by meda's own probe (``qemu-img`` is never left to guess)."""
+def _format(path: Path, probe: Callable[[Path], str] = diskprobe.detect) -> str:
+    """The disk's format by meda's own ``probe`` (``qemu-img`` is never left to guess); a
+    disk that cannot be read is a BackendError, as any qemu-img failure."""
     try:
-        return diskprobe.detect(path)
+        return probe(path)
     except OSError as exc:
         raise BackendError(f"cannot read disk {path}: {exc.strerror}", path=str(path)) from None
 
@@ -57,7 +59,7 @@ class Qcow2Storage(StorageBackend):
         tmp = dest.with_name(dest.name + ".tmp")
         args = ["create", "-q", "-f", "qcow2"]
         if base is not None:
-            found = self._standalone(base)  # qemu-img would open what it names
+            found = _format(base, diskprobe.check_standalone)  # qemu-img opens what it names
             if base_format not in (None, found):
                 raise BackendError(f"base disk {base} is {found}, not {base_format}")
             args += ["-b", str(base.resolve()), "-F", found]
@@ -90,11 +92,6 @@ class Qcow2Storage(StorageBackend):
         finally:
             tmp.unlink(missing_ok=True)
         return self.disk_info(dest)
-
-    @staticmethod
-    def _standalone(base: Path) -> str:
-        _format(base)  # a missing base is a BackendError, as any qemu-img failure
-        return diskprobe.check_standalone(base)
 
     def delete_disk(self, path: Path) -> None:
         path.unlink(missing_ok=True)
