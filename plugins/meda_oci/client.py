@@ -51,6 +51,8 @@ class RegistryClient:
         self.ref = ref
         self.deadline = deadline or Deadline(OciSettings().deadline)
         self.prefix = "http" if ref.insecure else "https"
+        #: The only origin meda's credentials go to and whose words it repeats.
+        self.origin = auth.origin(f"{self.prefix}://{ref.registry}/")
         self.session = self.deadline.session()
         self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         self._credentials = Credentials()
@@ -127,7 +129,7 @@ class RegistryClient:
 
     def _authorization(self, url: str) -> dict[str, str]:
         """The registry's credentials, for a URL of the registry's own origin only."""
-        if auth.origin(url) != auth.origin(f"{self.prefix}://{self.ref.registry}/"):
+        if auth.origin(url) != self.origin:
             return {}
         if self._token:
             return {"Authorization": f"Bearer {self._token}"}
@@ -232,7 +234,7 @@ class RegistryClient:
             response.close()
             raise NotFound(f"{what}: not found in {self.ref.registry}", reference=str(self.ref))
         if response.status_code >= 400:
-            if auth.origin(response.url) == auth.origin(self._url("")):
+            if auth.origin(response.url) == self.origin:
                 text = _head(self._stream(response), MAX_ERROR_BODY).decode(errors="replace")
             else:  # a host a redirect led to: its words are not repeated to API clients
                 response.close()
