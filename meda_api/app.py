@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
+from meda_api.docs import install_docs
 from meda_api.errors import install_error_handlers
 from meda_api.hosts import HostGuard, HostPolicy
 from meda_api.mediatypes import JsonBodies
@@ -103,7 +104,7 @@ def create_app(
         title="meda",
         version=__version__,
         description="Micro-VMs behind a REST API; every backend a plugin.",
-        docs_url="/swagger-ui",
+        docs_url=None,  # meda_api.docs serves Swagger UI and ReDoc with their own assets
         redoc_url=None,
         openapi_url=f"{API_PREFIX}/openapi.json",
         # operationId = the route's function name: generated clients get create_vm, not
@@ -122,6 +123,7 @@ def create_app(
     app.include_router(operations.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
     app.openapi = partial(_document, app)  # type: ignore[method-assign]
+    install_docs(app, f"{API_PREFIX}/openapi.json")
     # Added innermost first: a request meets them from the bottom of this list up.
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit)

@@ -86,7 +86,17 @@ def _route(scope: Scope) -> str:
 
 
 #: No page may frame meda's (Swagger UI's "Execute" button under a decoy: clickjacking).
-FRAMING = [(b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'")]
+FRAMING = (b"x-frame-options", b"DENY")
+#: The policy of every answer that brings none (the docs pages bring a stricter one).
+DEFAULT_CSP = (b"content-security-policy", b"frame-ancestors 'none'")
+
+
+def _guarded(headers: list[tuple[bytes, bytes]], rid: str) -> list[tuple[bytes, bytes]]:
+    """``headers`` with the request id, the framing ban and a CSP unless it has one."""
+    added = [(b"x-request-id", rid.encode()), FRAMING]
+    if all(name.lower() != DEFAULT_CSP[0] for name, _ in headers):
+        added.append(DEFAULT_CSP)
+    return [*headers, *added]
 
 
 class RequestContext:
@@ -108,8 +118,7 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()),
-                                      *FRAMING]  # fmt: skip
+                message["headers"] = _guarded(list(message.get("headers", [])), rid)
             await send(message)
 
         try:
