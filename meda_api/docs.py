@@ -38,21 +38,17 @@ def asset_url(name: str) -> str:
     return f"{ASSETS}/{name}?v={_VERSION}"
 
 
-def policy(nonce: str) -> str:
-    """The docs pages' CSP: everything from meda itself, inline code only with the nonce.
-
-    ReDoc's search runs in a worker made from a ``blob:`` of its own script; its styles,
-    which it writes into the page, carry the nonce it is given.
-    """
+def policy(nonce: str, *more: str) -> str:
+    """The docs pages' CSP: everything from meda itself, inline code only with the nonce."""
     return "; ".join((
         "default-src 'none'", f"script-src 'self' 'nonce-{nonce}'",
         f"style-src 'self' 'nonce-{nonce}'", "img-src 'self' data:", "connect-src 'self'",
-        "worker-src blob:", "frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'",
+        "frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'", *more,
     ))  # fmt: skip
 
 
-def _page(html: str, nonce: str) -> HTMLResponse:
-    headers = {"Content-Security-Policy": policy(nonce), "Cache-Control": "no-store",
+def _page(html: str, csp: str) -> HTMLResponse:
+    headers = {"Content-Security-Policy": csp, "Cache-Control": "no-store",
                "X-Content-Type-Options": "nosniff"}  # fmt: skip
     return HTMLResponse(html, headers=headers)
 
@@ -68,14 +64,17 @@ def _swagger_ui(openapi_url: str, title: str) -> HTMLResponse:
         swagger_ui_parameters={"validatorUrl": None},
     )  # fmt: skip
     html = bytes(page.body).decode().replace("<script>", f'<script nonce="{nonce}">')
-    return _page(html, nonce)
+    return _page(html, policy(nonce))
 
 
 def _redoc(openapi_url: str, title: str) -> HTMLResponse:
     """ReDoc is started by a script of the page rather than from the ``<redoc>`` element
     FastAPI's page uses: the nonce its styles need can only be handed over in code (browsers
-    hide an element's ``nonce`` attribute from scripts). No web fonts are loaded."""
+    hide an element's ``nonce`` attribute from scripts). No web fonts are loaded; the
+    Redocly logo its footer asks a CDN for is refused by the CSP."""
     nonce = secrets.token_urlsafe(16)
+    # Native scrollbars: the styles of ReDoc's own scrollbar are written before it has the
+    # nonce, so the CSP refuses them.
     options = json.dumps({"nonce": nonce, "nativeScrollbars": True}).replace("<", "\\u003c")
     url = json.dumps(openapi_url).replace("<", "\\u003c")
     html = f"""<!DOCTYPE html>
@@ -95,7 +94,8 @@ def _redoc(openapi_url: str, title: str) -> HTMLResponse:
 </body>
 </html>
 """
-    return _page(html, nonce)
+    # Its search runs in a worker made from a blob: of its own code.
+    return _page(html, policy(nonce, "worker-src blob:"))
 
 
 async def _asset(request: Request) -> Response:
