@@ -5,7 +5,8 @@ A "guest" (a namespace plugged into meda's bridge where a VM's tap goes, as the 
 tests use) sends ``--mib`` MiB to each client. Timed, in rounds: the forward's proxy from
 the namespace meda runs in (127.0.0.1 only), the forward's DNAT from inside MEDA_NETNS,
 and the guest's address straight from MEDA_NETNS (no forward). Prints medians in MiB/s and
-writes JSON (default bench/results/forwards.json). Needs root; makes its own namespaces.
+the seconds adding the forward took (port checks; rules and proxy), and writes JSON
+(default bench/results/forwards.json). Needs root; makes its own namespaces.
 
     .venv/bin/python bench/forwards.py [--mib 200] [--rounds 3] [--json PATH]
 """
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -87,10 +89,16 @@ def main() -> None:
             assert sender.stdout is not None
             guest_port = int(sender.stdout.readline())
             host_port = free_port()
-            network.context.state.add_forward(
-                "bench", PortForward(host_port=host_port, guest_port=guest_port)
-            )
-            network.apply_forwards()
+            forward = PortForward(host_port=host_port, guest_port=guest_port)
+            started = time.monotonic()
+            assert network.check_host_port(forward) is None  # both namespaces, as an add does
+            checked = time.monotonic()
+            network.context.state.add_forward("bench", forward)
+            network.apply_forwards()  # rules and the proxy, ready
+            added = {
+                "check_seconds": checked - started,
+                "apply_seconds": time.monotonic() - checked,
+            }
             paths = {
                 "proxy (meda's namespace, 127.0.0.1)": (None, "127.0.0.1", host_port),
                 "dnat (MEDA_NETNS, 127.0.0.1)": (ns, "127.0.0.1", host_port),
@@ -115,9 +123,13 @@ def main() -> None:
         "rounds": args.rounds,
         "median_mib_per_s": {name: round(statistics.median(r), 1) for name, r in rates.items()},
         "all_mib_per_s": {name: [round(x, 1) for x in r] for name, r in rates.items()},
+        "forward_added": {name: round(seconds, 3) for name, seconds in added.items()},
     }
     for name, median in result["median_mib_per_s"].items():  # type: ignore[attr-defined]
         print(f"{name:40} {median:8.1f} MiB/s")
+    print(
+        "adding the forward: " + ", ".join(f"{k} {v}" for k, v in result["forward_added"].items())
+    )
     write_result(args.json, result)
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -103,16 +104,12 @@ class Proxies:
         """Pid files of proxies not ``wanted`` (running or not), with their removal."""
         keys = {spec.key for spec in wanted}
         running = self.running()
-        return [
-            (f"forward proxy {key}" + (f" (pid {self._pid(key)})" if key in running else ""),
-             lambda key=key: self.stop(key))  # type: ignore[misc]
-            for key in self.records()
-            if key not in keys
-        ]  # fmt: skip
-
-    def _pid(self, key: str) -> int | None:
-        record = self.records().get(key)
-        return record.runtime.pid if record else None
+        found: list[tuple[str, Callable[[], object]]] = []
+        for key, record in self.records().items():
+            if key not in keys:
+                pid = f" (pid {record.runtime.pid})" if record and key in running else ""
+                found.append((f"forward proxy {key}{pid}", partial(self.stop, key)))
+        return found
 
     # ---- one proxy ----
 
