@@ -145,7 +145,7 @@ class LocalApi:
         added = self.meda.network.add_forward(name, forward)
         message = (
             f"Forwarding host port {added.host_port}/{added.protocol.value} "
-            f"to {name}:{added.guest_port}"
+            f"to {name}:{added.guest_port}: connect to {added.address}{_in_namespace(added.netns)}"
         )
         return PortForwardResult(success=True, message=message, vm=name, forward=added)
 
@@ -215,3 +215,7 @@ class LocalApi:
 
     def plugins(self) -> PluginReport:
         return self.meda.plugin_report()
+
+
+def _in_namespace(netns: str | None) -> str:
+    return "" if netns is None else f" in network namespace {netns}"

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from meda_core.config import Settings
 from meda_core.errors import BackendUnavailable
-from meda_core.models import PortForward, RuntimeInfo, VMSpec
+from meda_core.models import ForwardListener, PortForward, RuntimeInfo, VMSpec
 from meda_core.references import Reference
 from meda_core.store import StateStore
 
@@ -237,6 +237,10 @@ class NetworkBackend(Backend):
     @abstractmethod
     def check_host_port(self, forward: PortForward) -> str | None:
         """Why ``forward.host_port`` cannot be used on this host, or None if it can."""
+
+    @abstractmethod
+    def forward_listeners(self, forward: PortForward) -> list[ForwardListener]:
+        """Where ``forward``'s host port answers: the namespace meda runs in first, if there."""
 
     @abstractmethod
     def apply_forwards(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     )
     allow_privileged_ports: bool = Field(
         False, description="Allow forwarding host ports below 1024"
+    )
+    forward_address: IPv4Address = Field(
+        IPv4Address("0.0.0.0"),
+        description="IPv4 address port forwards listen on in meda's own network namespace "
+        "(0.0.0.0: every address)",
     )
     allowed_hosts: str = Field(
         "", description="Comma-separated names the API answers to beyond loopback (Host header)"

@@ -267,9 +267,36 @@ class VMAddress(BaseModel):
     ip: str | None
 
 
+class ForwardListener(BaseModel):
+    """One place where a forward's host port answers."""
+
+    address: str = Field(description="IPv4 address and port it listens on; 0.0.0.0: every one")
+    netns: str | None = Field(
+        description="The network namespace it listens in; null: the one meda runs in"
+    )
+    by: str = Field(
+        description="What answers there: nftables (a DNAT rule), proxy (a process meda runs) "
+        "or qemu (user-mode hostfwd)"
+    )
+
+
+class PortForwardInfo(BaseModel):
+    """A forward and where to reach it."""
+
+    host_port: int
+    guest_port: int
+    protocol: Protocol
+    address: str = Field(
+        description="Where to connect (host:port), from the namespace ``netns``: "
+        "127.0.0.1 when it listens on every address"
+    )
+    netns: str | None = Field(description="Namespace ``address`` is in; null: meda's own")
+    listeners: list[ForwardListener] = Field(description="Everywhere the host port answers")
+
+
 class PortForwardList(BaseModel):
     vm: str
-    forwards: list[PortForward]
+    forwards: list[PortForwardInfo]
     count: int
 
 
@@ -277,7 +304,7 @@ class PortForwardResult(BaseModel):
     success: bool
     message: str
     vm: str
-    forward: PortForward
+    forward: PortForwardInfo
 
 
 class CleanupReport(BaseModel):

@@ -15,7 +15,7 @@ _PORT_PROBE = (
     "kind = socket.SOCK_STREAM if sys.argv[2] == 'tcp' else socket.SOCK_DGRAM\n"
     "s = socket.socket(socket.AF_INET, kind)\n"
     "try:\n"
-    "    s.bind(('0.0.0.0', int(sys.argv[1])))\n"
+    "    s.bind((sys.argv[3], int(sys.argv[1])))\n"
     "except OSError as e:\n"
     "    print(e.strerror); sys.exit(1)\n"
 )
@@ -55,8 +55,10 @@ def set_sysctl(netns: str | None, key: str, value: str) -> None:
     run(netns, ["sysctl", "-q", "-w", f"{key}={value}"])
 
 
-def port_problem(netns: str | None, port: int, protocol: str) -> str | None:
-    """Why ``port`` cannot be bound in ``netns`` (in use, ...), or None if it is free."""
-    argv = [*exec_prefix(netns), sys.executable, "-c", _PORT_PROBE, str(port), protocol]
+def port_problem(
+    netns: str | None, port: int, protocol: str, address: str = "0.0.0.0"
+) -> str | None:
+    """Why ``port`` cannot be bound on ``address`` in ``netns`` (in use, ...), or None."""
+    argv = [*exec_prefix(netns), sys.executable, "-c", _PORT_PROBE, str(port), protocol, address]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     return None if result.returncode == 0 else (result.stdout.strip() or "cannot bind")

@@ -5,7 +5,14 @@ from __future__ import annotations
 from meda_core.backends import HypervisorBackend, NetworkBackend, Role
 from meda_core.config import Settings
 from meda_core.errors import Conflict, InvalidRequest, NotFound
-from meda_core.models import CleanupReport, PortForward, Protocol, VMAddress, VMState
+from meda_core.models import (
+    CleanupReport,
+    PortForward,
+    PortForwardInfo,
+    Protocol,
+    VMAddress,
+    VMState,
+)
 from meda_core.selection import BackendSelector
 from meda_core.store import StateStore
 from meda_core.vms import VMService
@@ -28,10 +35,23 @@ class NetworkService:
         vm = self._vms.get(name)
         return VMAddress(vm=vm.name, ip=vm.ip)
 
-    def forwards(self, name: str) -> list[PortForward]:
-        return self._vms.get(name).port_forwards
+    def forwards(self, name: str) -> list[PortForwardInfo]:
+        vm = self._vms.get(name)
+        return [self.describe(vm.name, vm.network, forward) for forward in vm.port_forwards]
 
-    def add_forward(self, name: str, forward: PortForward) -> PortForward:
+    def describe(self, name: str, network: str | None, forward: PortForward) -> PortForwardInfo:
+        """``forward`` of VM ``name`` with where it listens, and the address to use."""
+        listeners = self._network_of(name, network).forward_listeners(forward)
+        first = listeners[0]
+        host, _, port = first.address.rpartition(":")
+        return PortForwardInfo(
+            **forward.model_dump(),
+            address=f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}",
+            netns=first.netns,
+            listeners=listeners,
+        )
+
+    def add_forward(self, name: str, forward: PortForward) -> PortForwardInfo:
         vm = self._vms.get(name)
         network = self._network_of(vm.name, vm.network)
         if forward.host_port < PRIVILEGED_PORTS and not self._settings.allow_privileged_ports:
@@ -54,9 +74,9 @@ class NetworkService:
             self._store.remove_forwards(vm.name, forward)
             network.apply_forwards()
             raise
-        return forward
+        return self.describe(vm.name, vm.network, forward)
 
-    def remove_forward(self, name: str, host_port: int, protocol: Protocol) -> PortForward:
+    def remove_forward(self, name: str, host_port: int, protocol: Protocol) -> PortForwardInfo:
         vm = self._vms.get(name)
         network = self._network_of(vm.name, vm.network)
         match = [f for f in vm.port_forwards if (f.host_port, f.protocol) == (host_port, protocol)]
@@ -71,7 +91,7 @@ class NetworkService:
         except BaseException:
             self._store.add_forward(vm.name, match[0])  # it is still there on the host
             raise
-        return match[0]
+        return self.describe(vm.name, vm.network, match[0])
 
     def _apply(self, network: NetworkBackend, name: str, forward: PortForward, add: bool) -> None:
         if "hostfwd" not in network.capabilities:

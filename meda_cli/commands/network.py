@@ -46,8 +46,11 @@ def port_forward(
 
 
 def _forward_table(result: PortForwardList) -> None:
-    rows = [(f.host_port, f.guest_port, f.protocol.value) for f in result.forwards]
-    table(("host port", "guest port", "protocol"), rows)
+    rows = [
+        (f.host_port, f.guest_port, f.protocol.value, f.address, f.netns or "-")
+        for f in result.forwards
+    ]
+    table(("host port", "guest port", "protocol", "address", "namespace"), rows)
 
 
 @app.command()

@@ -32,7 +32,7 @@ from meda_core.backends import (
 )
 from meda_core.errors import BackendError, InvalidRequest, NotFound
 from meda_core.macs import random_mac
-from meda_core.models import PortForward, RuntimeInfo
+from meda_core.models import ForwardListener, PortForward, RuntimeInfo
 from meda_core.references import Reference
 from meda_core.registry import BackendRegistry
 
@@ -203,6 +203,9 @@ class FakeNetwork(NetworkBackend):
 
     def check_host_port(self, forward: PortForward) -> str | None:
         return netns.port_problem(None, forward.host_port, forward.protocol.value)
+
+    def forward_listeners(self, forward: PortForward) -> list[ForwardListener]:
+        return [ForwardListener(address=f"0.0.0.0:{forward.host_port}", netns=None, by="fake")]
 
     def apply_forwards(self) -> None:
         type(self).forwards_applied += 1

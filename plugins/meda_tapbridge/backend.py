@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -13,15 +14,20 @@ from typing import ClassVar
 
 from meda_core import netns
 from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, NicSpec
+from meda_core.errors import MedaError
 from meda_core.locks import exclusive
 from meda_core.macs import random_mac
-from meda_core.models import PortForward, VMState
+from meda_core.models import ForwardListener, PortForward, VMState
 from meda_tapbridge import isolated, links, nft
 from meda_tapbridge.dhcp import DhcpServer
+from meda_tapbridge.proxies import Proxies, ProxySpec
 from meda_tapbridge.settings import BridgeSettings, settings_problem
 
 NAMESPACE_PREFIX = "meda-vm-"
 REQUIRED_TOOLS = {"nft": "nftables", "dnsmasq": "dnsmasq-base", "nsenter": "util-linux"}
+EVERY_ADDRESS = "0.0.0.0"
+
+log = logging.getLogger(__name__)
 
 
 def vm_namespace_prefix(home: Path) -> str:
@@ -102,6 +108,7 @@ class TapBridgeNetwork(NetworkBackend):
             if lease is not None:
                 links.remove_link(self.ns, config.tap_name(lease.ip))
             self.context.state.release_lease(config.bridge, vm)
+            self._sync_proxies()
             leases = self.context.state.leases(config.bridge)
             if leases:
                 self.dhcp.refresh(leases)
@@ -138,14 +145,56 @@ class TapBridgeNetwork(NetworkBackend):
         return self.state_dir / "vms" / vm_ns
 
     # ---- forwards ----
+    # A forward is a DNAT rule in meda's namespace (every local address there, or
+    # MEDA_FORWARD_ADDRESS when that namespace is the host's). With MEDA_NETNS, a proxy
+    # also answers in the namespace meda runs in (proxies.py), on MEDA_FORWARD_ADDRESS.
+
+    @property
+    def proxies(self) -> Proxies:
+        return Proxies(self.context.settings.home / "net" / "proxies", self.ns)
+
+    @property
+    def _forward_address(self) -> str:
+        return str(self.context.settings.forward_address)
 
     def check_host_port(self, forward: PortForward) -> str | None:
-        return netns.port_problem(self.ns, forward.host_port, forward.protocol.value)
+        port, protocol = forward.host_port, forward.protocol.value
+        problem = netns.port_problem(self.ns, port, protocol)
+        if problem is not None or self.ns is None:
+            return problem if self.ns is None else problem and f"{problem} (in {self.ns})"
+        problem = netns.port_problem(None, port, protocol, self._forward_address)
+        return problem and f"{problem} (on {self._forward_address} in meda's own namespace)"
+
+    def forward_listeners(self, forward: PortForward) -> list[ForwardListener]:
+        port = forward.host_port
+        if self.ns is None:
+            return [ForwardListener(address=f"{self._forward_address}:{port}", netns=None,
+                                    by="nftables")]  # fmt: skip
+        return [
+            ForwardListener(address=f"{self._forward_address}:{port}", netns=None, by="proxy"),
+            ForwardListener(address=f"{EVERY_ADDRESS}:{port}", netns=self.ns, by="nftables"),
+        ]
 
     def apply_forwards(self) -> None:
         with self._locked():
             if self.context.state.leases(self.config.bridge):
                 self._sync_rules()
+            self._sync_proxies()
+
+    def _wanted_proxies(self) -> list[ProxySpec]:
+        if self.ns is None:
+            return []
+        ips = {lease.vm: lease.ip for lease in self.context.state.leases(self.config.bridge)}
+        address, allow_local = self._forward_address, self.config.guest_to_guest
+        return [
+            ProxySpec(protocol=f.protocol.value, host_port=f.host_port, address=address,
+                      target=f"{ips[vm]}:{f.guest_port}", allow_local=allow_local)
+            for vm, f in self.context.state.forwards()
+            if vm in ips
+        ]  # fmt: skip
+
+    def _sync_proxies(self) -> None:
+        self.proxies.sync(self._wanted_proxies())
 
     def restore(self) -> None:
         with self._locked():
@@ -157,6 +206,10 @@ class TapBridgeNetwork(NetworkBackend):
                 lease = by_vm.get(vm.name)
                 if vm.netns and lease and Path("/run/netns", vm.netns).exists():
                     isolated.refresh(self.ns, vm.netns, self.config.bridge, lease.mac, lease.ip)
+            try:
+                self._sync_proxies()
+            except MedaError as exc:  # the server still starts; the forward says why later
+                log.warning("a port forward cannot answer in meda's namespace: %s", exc.message)
 
     # ---- cleanup ----
 
@@ -193,6 +246,7 @@ class TapBridgeNetwork(NetworkBackend):
         for link in links.link_names(self.ns):
             if link.startswith(("mtap", "mveth")) and link not in live_taps:
                 found.append((f"link {link}", partial(links.remove_link, self.ns, link)))
+        found += self.proxies.orphans(self._wanted_proxies())
         live_namespaces = {vm.netns for vm in vms.values() if vm.tap_device in live_taps}
         mine = self._vm_namespace("")
         for path in sorted(Path("/run/netns").glob(f"{mine}*")):
@@ -266,7 +320,11 @@ class TapBridgeNetwork(NetworkBackend):
             for tap in [config.tap_name(lease.ip)]
             for name in (tap, tap.replace("mtap", "mveth"))
         ]
-        ruleset = nft.render(config.subnet, config.bridge, forwards, ports, config.guest_to_guest)
+        address = None if self.ns is not None else self._forward_address
+        ruleset = nft.render(
+            config.subnet, config.bridge, forwards, ports, config.guest_to_guest,
+            forward_address=None if address == EVERY_ADDRESS else address,
+        )  # fmt: skip
         nft.replace(self.ns, ruleset)
 
     def _teardown(self) -> None:

@@ -33,9 +33,10 @@ class Port(NamedTuple):
     ip: str
 
 
-def _dnat(forwards: Iterable[tuple[str, int, int, str]]) -> list[str]:
+def _dnat(forwards: Iterable[tuple[str, int, int, str]], address: str | None) -> list[str]:
+    only = f"ip daddr {address} " if address else ""
     return [
-        f"fib daddr type local {proto} dport {host_port} dnat to {ip}:{guest_port}"
+        f"fib daddr type local {only}{proto} dport {host_port} dnat to {ip}:{guest_port}"
         for ip, host_port, guest_port, proto in forwards
     ]
 
@@ -51,17 +52,20 @@ def render(
     forwards: list[tuple[str, int, int, str]],
     ports: Sequence[Port] = (),
     guest_to_guest: bool = False,
+    forward_address: str | None = None,
 ) -> str:
-    """Both tables for ``subnet`` behind ``bridge``; ``forwards`` are (ip, host, guest, proto)."""
-    return _render_ip(subnet, bridge, forwards, guest_to_guest) + _render_bridge(
+    """Both tables for ``subnet`` behind ``bridge``; ``forwards`` are (ip, host, guest, proto),
+    answered on every local address or only on ``forward_address``."""
+    return _render_ip(subnet, bridge, forwards, guest_to_guest, forward_address) + _render_bridge(
         ports, guest_to_guest
     )
 
 
 def _render_ip(
-    subnet: str, bridge: str, forwards: list[tuple[str, int, int, str]], guest_to_guest: bool
-) -> str:
-    dnat = "\n        ".join(_dnat(forwards))
+    subnet: str, bridge: str, forwards: list[tuple[str, int, int, str]], guest_to_guest: bool,
+    forward_address: str | None,
+) -> str:  # fmt: skip
+    dnat = "\n        ".join(_dnat(forwards, forward_address))
     # Guest-to-guest traffic routed through the host (the gateway as next hop, or a forward
     # to another guest) is dropped unless allowed: with br_netfilter loaded the latter is
     # bridged straight across, where the bridge table drops it, so both ways agree.

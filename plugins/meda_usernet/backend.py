@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from meda_core import netns
 from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, NicSpec
-from meda_core.models import PortForward
+from meda_core.models import ForwardListener, PortForward
 
 #: What QEMU's user-mode DHCP server gives the (only) guest on its network.
 GUEST_IP = "10.0.2.15"
@@ -42,6 +42,11 @@ class UserNetwork(NetworkBackend):
         return netns.port_problem(
             self.context.settings.netns, forward.host_port, forward.protocol.value
         )
+
+    def forward_listeners(self, forward: PortForward) -> list[ForwardListener]:
+        # QEMU's slirp binds every address of the namespace QEMU runs in.
+        address = f"0.0.0.0:{forward.host_port}"
+        return [ForwardListener(address=address, netns=self.context.settings.netns, by="qemu")]
 
     def apply_forwards(self) -> None:
         pass  # forwards are hostfwd rules inside each VM's QEMU

@@ -88,6 +88,8 @@ def start_server(
     home = tmp_path / "home"
     base_env = {
         **os.environ, "MEDA_HOME": str(home), "MEDA_DEFAULT_IMAGE": "guest", "MEDA_NETNS": netns,
+        # Forwards also answer in the namespace meda runs in (the host's): on loopback only.
+        "MEDA_FORWARD_ADDRESS": "127.0.0.1",
     }  # fmt: skip
     Meda(Settings(home=home)).images.import_files("guest", **guest_image)  # type: ignore[arg-type]
     servers: list[Server] = []
@@ -112,6 +114,7 @@ def start_server(
     for uuid in uuids:
         assert processes_mentioning(uuid) == []
     assert meda.store.leases("meda0") == [] and meda.store.forwards() == []
+    assert list((home / "net" / "proxies").glob("*")) == []  # no forward proxy, no pid file
     # Templates and clones had namespaces of their own: none may outlive its VM.
     assert list(Path("/run/netns").glob(vm_namespace_prefix(home) + "*")) == []
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +22,7 @@ from meda_core.config import Settings
 from meda_core.testing import cpio
 from meda_core.testing.guest import DHCP_EVENT, HTTP_PAGE, IP_MARKER, BootableGuest
 from meda_core.testing.guest import guest_ip as reported_ip
+from meda_core.testing.host import free_port
 from meda_core.testing.namespaces import another_host, destroy, run_in
 from meda_core.testing.pytest_plugin import wait_for_text
 from tests.integration.conftest import Server, StartServer
@@ -68,33 +72,55 @@ def test_dhcp_reachability_and_port_forwards(server: Server, netns: str, client_
         assert "1 packets received" in run_in(netns, "busybox", "ping", "-c", "1", "-W", "5", ip)
         assert http_get(netns, f"http://{ip}/") == HTTP_PAGE
 
-        response = api.post("/vms/web/port-forward", json={"host_port": 8080, "guest_port": 80})
+        port = free_port()
+        response = api.post("/vms/web/port-forward", json={"host_port": port, "guest_port": 80})
         assert response.status_code == 201, response.text
-        assert http_get(netns, "http://127.0.0.1:8080/") == HTTP_PAGE
-        assert http_get(netns, f"http://{NS_HOST}:8080/") == HTTP_PAGE
-        assert http_get(client_host, f"http://{NS_HOST}:8080/") == HTTP_PAGE
+        forward = response.json()["forward"]
+        assert (forward["address"], forward["netns"]) == (f"127.0.0.1:{port}", None)
+        assert f"connect to 127.0.0.1:{port}" in response.json()["message"]
+        assert api.get("/vms/web/port-forward").json()["forwards"] == [forward]
+        # In the namespace meda runs in (the host's), through its proxy ...
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text.strip() == HTTP_PAGE
+        # ... and in MEDA_NETNS by its DNAT, on loopback, the host's address and from afar.
+        assert http_get(netns, f"http://127.0.0.1:{port}/") == HTTP_PAGE
+        assert http_get(netns, f"http://{NS_HOST}:{port}/") == HTTP_PAGE
+        assert http_get(client_host, f"http://{NS_HOST}:{port}/") == HTTP_PAGE
         assert api.get("/vms/web").json()["details"]["port_forwards"] == [
-            {"host_port": 8080, "guest_port": 80, "protocol": "tcp"}
+            {"host_port": port, "guest_port": 80, "protocol": "tcp"}
         ]
-        again = api.post("/vms/web/port-forward", json={"host_port": 8080, "guest_port": 80})
+        again = api.post("/vms/web/port-forward", json={"host_port": port, "guest_port": 80})
         assert again.status_code == 409
+        with socket.socket() as busy:  # a port taken here, though free in MEDA_NETNS
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = busy.getsockname()[1]
+            refused = api.post("/vms/web/port-forward", json={"host_port": taken, "guest_port": 80})
+            assert refused.status_code == 409 and "in use" in refused.json()["error"]
+        assert api.get("/vms/web/port-forward").json()["count"] == 1
 
-        assert api.delete("/vms/web/port-forward/8080").status_code == 200
-        assert http_get(netns, "http://127.0.0.1:8080/") == ""
+        assert api.delete(f"/vms/web/port-forward/{port}").status_code == 200
+        assert http_get(netns, f"http://127.0.0.1:{port}/") == ""
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
         assert api.delete("/vms/web").status_code == 200
         # The netns fixture then checks links, rules and processes are as before.
 
 
 def test_forwards_come_back_when_the_server_restarts(server: Server, netns: str) -> None:
+    port = free_port()
     with server.client() as api:
         vm = start_vm(api, "keep")
         guest_ip(vm)
-        api.post("/vms/keep/port-forward", json={"host_port": 8081, "guest_port": 80})
+        api.post("/vms/keep/port-forward", json={"host_port": port, "guest_port": 80})
     server.kill(signal.SIGKILL)
-    run_in(netns, "nft", "delete", "table", "ip", "meda")  # as after a host reboot
-    assert http_get(netns, "http://127.0.0.1:8081/") == ""
+    # As after a host reboot: no rules, no proxy.
+    run_in(netns, "nft", "delete", "table", "ip", "meda")
+    pidfile = json.loads((server.home / "net" / "proxies" / f"tcp-{port}.json").read_text())
+    os.kill(pidfile["runtime"]["pid"], signal.SIGKILL)
+    assert http_get(netns, f"http://127.0.0.1:{port}/") == ""
     server.start()
-    assert http_get(netns, "http://127.0.0.1:8081/") == HTTP_PAGE
+    assert http_get(netns, f"http://127.0.0.1:{port}/") == HTTP_PAGE
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text.strip() == HTTP_PAGE
 
 
 def test_ten_vms_started_at_once_get_ten_addresses(server: Server) -> None:

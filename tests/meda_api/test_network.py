@@ -29,9 +29,16 @@ def test_ip_is_the_seed_shape(client: TestClient) -> None:
 def test_port_forward_lifecycle(client: TestClient) -> None:
     added = client.post("/api/v1/vms/web/port-forward", json={"host_port": 18080, "guest_port": 80})
     assert added.status_code == 201, added.text
-    assert added.json()["forward"] == {"host_port": 18080, "guest_port": 80, "protocol": "tcp"}
+    forward = {
+        "host_port": 18080, "guest_port": 80, "protocol": "tcp",
+        # Where to connect, and everywhere the port answers (the fake backend: everywhere).
+        "address": "127.0.0.1:18080", "netns": None,
+        "listeners": [{"address": "0.0.0.0:18080", "netns": None, "by": "fake"}],
+    }  # fmt: skip
+    assert added.json()["forward"] == forward
+    assert "connect to 127.0.0.1:18080" in added.json()["message"]
     listed = client.get("/api/v1/vms/web/port-forward").json()
-    assert listed["count"] == 1
+    assert listed["count"] == 1 and listed["forwards"] == [forward]
     details = client.get("/api/v1/vms/web").json()["details"]
     assert details["port_forwards"] == [{"host_port": 18080, "guest_port": 80, "protocol": "tcp"}]
     udp = client.post(

@@ -96,10 +96,15 @@ def test_ip_and_port_forward_commands(fake_image: str) -> None:
     meda("create", "vm1")
     assert meda("ip", "vm1") == (0, "10.99.0.2\n", "")
     code, out, _ = meda("port-forward", "vm1", "18090", "80", "--json")
-    assert code == 0 and json.loads(out)["forward"]["host_port"] == 18090
+    added = json.loads(out)["forward"]
+    assert code == 0 and added["host_port"] == 18090 and added["address"] == "127.0.0.1:18090"
     assert meda("port-forward", "vm1", "18090", "80")[0] == 4
     listing = json.loads(meda("port-forward", "vm1", "--list", "--json")[1])
-    assert listing["count"] == 1
+    assert listing["count"] == 1 and listing["forwards"][0]["address"] == "127.0.0.1:18090"
+    code, text, _ = meda("port-forward", "vm1", "--list")
+    assert code == 0 and "127.0.0.1:18090" in text  # the table says where to connect
+    assert meda("port-forward", "vm1", "18091", "80")[1].endswith("connect to 127.0.0.1:18091\n")
+    assert meda("port-forward", "vm1", "18091", "--remove")[0] == 0
     assert meda("port-forward", "vm1", "18090", "--remove")[0] == 0
     assert json.loads(meda("port-forward", "vm1", "--json")[1])["count"] == 0
 

@@ -1,20 +1,27 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
+from meda_core import procs
 from meda_core.backends import BackendContext
+from meda_core.errors import Conflict
 from meda_core.macs import random_mac
 from meda_core.models import PortForward
 from meda_core.testing.conformance import NetworkConformance
+from meda_core.testing.host import free_port
 from meda_core.testing.namespaces import (
     another_host,
     connects,
@@ -387,3 +394,209 @@ def test_a_guest_flooding_dhcp_reaches_the_host_at_a_bounded_rate(
         assert 0 < arrived <= 100, counted
     finally:
         run_in(netns, "nft", "delete", "table", "ip", "probe")
+
+
+# ---- forwards in MEDA_NETNS mode: answered in meda's own namespace by a proxy ----
+# meda (this test) runs in the root namespace, its network in the test's; proxies listen
+# on 127.0.0.1 only, so nothing here is reachable from beyond this host.
+
+ECHO = (
+    "import socket, sys, threading\n"
+    "tcp = sys.argv[1] == 'tcp'; tag = sys.argv[2].encode()\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)\n"
+    "s.bind(('0.0.0.0', 0)); print(s.getsockname()[1], flush=True)\n"
+    "def echo(c):\n"
+    "    with c:\n"
+    "        while data := c.recv(65536): c.sendall(tag + data)\n"
+    "if not tcp:\n"
+    "    while True:\n"
+    "        data, peer = s.recvfrom(65536); s.sendto(tag + data, peer)\n"
+    "s.listen()\n"
+    "while True: threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()\n"
+)
+TALK = (
+    "import socket, sys\n"
+    "tcp = sys.argv[3] == 'tcp'\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)\n"
+    "s.settimeout(3)\n"
+    "try:\n"
+    "    s.connect((sys.argv[1], int(sys.argv[2]))); s.send(b'ping')\n"
+    "    print(s.recv(100).decode(), end='')\n"
+    "except OSError:\n"
+    "    pass\n"
+)
+MEDA_SIDE_HOST, MEDA_SIDE_CLIENT = "10.201.0.2", "10.201.0.1"
+
+
+def talk(ns: str | None, host: str, port: int, protocol: str = "tcp") -> str:
+    """What ``host:port`` answers to ``ping`` from namespace ``ns`` (None: this one)."""
+    argv = [sys.executable, "-c", TALK, host, str(port), protocol]
+    prefix = [] if ns is None else ["ip", "netns", "exec", ns]
+    result = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=30)
+    return result.stdout
+
+
+@pytest.fixture
+def echo() -> Iterator[Callable[[str, str, str], int]]:
+    """Start echo servers (namespace, tcp|udp, tag) that answer ``tag + data``; their port."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(ns: str, protocol: str, tag: str) -> int:
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-c", ECHO, protocol, tag]
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        started.append(process)
+        assert process.stdout is not None
+        return int(process.stdout.readline())
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def on_loopback(tapbridge: TapBridgeNetwork) -> TapBridgeNetwork:
+    tapbridge.context.settings.forward_address = IPv4Address("127.0.0.1")
+    return tapbridge
+
+
+def proxy_pid(tapbridge: TapBridgeNetwork, forward: PortForward) -> int:
+    record = tapbridge.proxies.records()[f"{forward.protocol.value}-{forward.host_port}"]
+    assert record is not None
+    return record.runtime.pid
+
+
+def port_is_free(port: int, protocol: str = "tcp") -> bool:
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_a_netns_forward_answers_in_the_namespace_meda_runs_in(
+    on_loopback: TapBridgeNetwork,
+    guests: Callable[[str], Guest],
+    echo: Callable[[str, str, str], int],
+    netns: str,
+    protocol: str,
+) -> None:
+    guest = guests("web")
+    forward = PortForward(
+        host_port=free_port(), guest_port=echo(guest.ns, protocol, "web:"), protocol=protocol
+    )
+    assert on_loopback.check_host_port(forward) is None
+    on_loopback.context.state.add_forward("web", forward)
+    on_loopback.apply_forwards()
+    port = forward.host_port
+    assert talk(None, "127.0.0.1", port, protocol) == "web:ping"  # here, through the proxy
+    assert talk(netns, "127.0.0.1", port, protocol) == "web:ping"  # there, by the DNAT
+    assert [(x.address, x.netns, x.by) for x in on_loopback.forward_listeners(forward)] == [
+        (f"127.0.0.1:{port}", None, "proxy"), (f"0.0.0.0:{port}", netns, "nftables"),
+    ]  # fmt: skip
+    # The proxy lives in meda's network namespace as nobody, known by its pid file.
+    pid = proxy_pid(on_loopback, forward)
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert "\nUid:\t65534\t65534\t65534\t65534\n" in status
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{netns}").st_ino
+    assert not port_is_free(port, protocol) and on_loopback.check_host_port(forward)
+
+    on_loopback.context.state.remove_forwards("web", forward)
+    on_loopback.apply_forwards()
+    assert port_is_free(port, protocol) and talk(None, "127.0.0.1", port, protocol) == ""
+    assert procs.start_ticks(pid) is None
+    assert list(on_loopback.proxies.directory.iterdir()) == []
+
+
+def test_a_proxy_comes_back_at_restore_and_cleanup_stops_a_stray_one(
+    on_loopback: TapBridgeNetwork,
+    guests: Callable[[str], Guest],
+    echo: Callable[[str, str, str], int],
+) -> None:
+    guest = guests("web")
+    forward = PortForward(host_port=free_port(), guest_port=echo(guest.ns, "tcp", "web:"))
+    on_loopback.context.state.add_forward("web", forward)
+    on_loopback.apply_forwards()
+    os.kill(proxy_pid(on_loopback, forward), signal.SIGKILL)  # as after a host reboot
+    time.sleep(0.2)
+    assert talk(None, "127.0.0.1", forward.host_port) == ""
+    # A forward whose proxy is down has no orphan (its fake VM's lease and tap have).
+    assert not [found for found in on_loopback.orphans() if "proxy" in found]
+    on_loopback.restore()
+    assert talk(None, "127.0.0.1", forward.host_port) == "web:ping"
+
+    on_loopback.context.state.remove_forwards("web", forward)  # as a crash half-way would
+    pid = proxy_pid(on_loopback, forward)
+    found = on_loopback.orphans()
+    assert f"forward proxy tcp-{forward.host_port} (pid {pid})" in found
+    assert on_loopback.remove_orphans() == found
+    assert procs.start_ticks(pid) is None and port_is_free(forward.host_port)
+
+
+def test_a_port_taken_in_meda_s_namespace_is_refused_and_starts_no_proxy(
+    on_loopback: TapBridgeNetwork, guests: Callable[[str], Guest]
+) -> None:
+    guests("web")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        forward = PortForward(host_port=busy.getsockname()[1], guest_port=80)
+        problem = on_loopback.check_host_port(forward)
+        assert problem and "meda's own namespace" in problem
+        on_loopback.context.state.add_forward("web", forward)  # as if it was taken just now
+        with pytest.raises(Conflict, match="in use"):
+            on_loopback.apply_forwards()
+    assert list(on_loopback.proxies.directory.iterdir()) == []
+
+
+@pytest.fixture
+def meda_side(tapbridge: TapBridgeNetwork, netns: str) -> Iterator[str]:
+    """A namespace to run meda in, joined to its network's namespace by a veth pair, as a
+    host whose MEDA_NETNS has an uplink; its proxies are stopped before it goes."""
+    side = another_host(netns, MEDA_SIDE_CLIENT, MEDA_SIDE_HOST)
+    run_in(side, "ip", "link", "set", "lo", "up")
+    yield side
+    tapbridge.proxies.sync([])  # a socket in it would keep it, and the veth pair, alive
+    destroy(side)
+
+
+APPLY = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from meda_core.backends import BackendContext\n"
+    "from meda_core.config import Settings\n"
+    "from meda_core.store import StateStore\n"
+    "from meda_tapbridge import TapBridgeNetwork\n"
+    "settings = Settings(home=Path(sys.argv[1]), netns=sys.argv[2])\n"
+    "TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path))).apply_forwards()\n"
+)
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["isolated", "allowed"])
+def test_a_guest_cannot_reach_another_guest_through_its_proxy(
+    tapbridge: TapBridgeNetwork,
+    guests: Callable[[str], Guest],
+    echo: Callable[[str, str, str], int],
+    listen: Callable[[str, str], int],
+    meda_side: str,
+    netns: str,
+    monkeypatch: pytest.MonkeyPatch,
+    allowed: bool,
+) -> None:
+    """A guest routed out of meda's namespace (masqueraded as that namespace's uplink
+    address) to the address where b's forward listens is turned away by the proxy, as the
+    DNAT path turns it away, unless guests may reach each other."""
+    if allowed:
+        monkeypatch.setenv("MEDA_GUEST_TO_GUEST", "1")
+    a, b = guests("a"), guests("b")
+    forward = PortForward(host_port=8080, guest_port=echo(b.ns, "tcp", "b:"))
+    tapbridge.context.state.add_forward("b", forward)
+    home = str(tapbridge.context.settings.home)
+    ip_netns_exec = ["ip", "netns", "exec", meda_side, sys.executable, "-c", APPLY]
+    subprocess.run([*ip_netns_exec, home, netns], check=True, timeout=60)
+    assert talk(meda_side, "127.0.0.1", 8080) == "b:ping"  # meda's side is served
+    assert connects(a.ns, MEDA_SIDE_HOST, listen(meda_side, MEDA_SIDE_HOST))  # a gets there
+    assert (talk(a.ns, MEDA_SIDE_HOST, 8080) == "b:ping") is allowed
