@@ -46,7 +46,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("recovered %d VM(s), %d running, in %.0f ms",
                  len(vms), running, (time.monotonic() - started) * 1000)  # fmt: skip
     yield
-    meda.operations.shutdown()
+    meda.close()
 
 
 #: What the middleware around every route may answer (see meda_api.hosts, origins, mediatypes).
