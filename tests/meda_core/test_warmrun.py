@@ -75,7 +75,10 @@ def test_the_seeds_body_runs_an_image_without_readiness_cold(
 
 
 def test_first_run_boots_cold_and_leaves_the_template_to_a_build(
-    fake_meda: Meda, fake_image: str, builds: list[TemplateJob], ready_at_once: list[tuple[str, int]]
+    fake_meda: Meda,
+    fake_image: str,
+    builds: list[TemplateJob],
+    ready_at_once: list[tuple[str, int]],
 ) -> None:
     ready_image(fake_meda)
     first = run(fake_meda, "a", memory="256M")
@@ -100,7 +103,10 @@ def test_first_run_boots_cold_and_leaves_the_template_to_a_build(
 
 
 def test_the_request_may_name_the_port_for_an_image_without_one(
-    fake_meda: Meda, fake_image: str, builds: list[TemplateJob], ready_at_once: list[tuple[str, int]]
+    fake_meda: Meda,
+    fake_image: str,
+    builds: list[TemplateJob],
+    ready_at_once: list[tuple[str, int]],
 ) -> None:
     first = run(fake_meda, "a", ready_port=8080)
     assert first.path == "cold" and first.ready_port == 8080 and len(builds) == 1
@@ -229,7 +235,10 @@ def test_a_job_for_an_image_that_changed_since_is_skipped(
 
 
 def test_a_changed_image_retires_unused_templates(
-    fake_meda: Meda, fake_image: str, builds: list[TemplateJob], ready_at_once: list[tuple[str, int]]
+    fake_meda: Meda,
+    fake_image: str,
+    builds: list[TemplateJob],
+    ready_at_once: list[tuple[str, int]],
 ) -> None:
     ready_image(fake_meda)
     old = run(fake_meda, "a").template
