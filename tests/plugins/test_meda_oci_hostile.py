@@ -252,6 +252,11 @@ def test_the_disk_a_config_describes_is_bounded(
     assert_refused(meda, registry, manifest, message)
 
 
+def config_with_ready_port(port: Any) -> bytes:
+    disk = {"format": "raw", "size": MiB, "chunk_size": MiB, "zero_chunks": []}
+    return json.dumps({"disk": disk, "cmdline": None, "ready_port": port}).encode()
+
+
 @pytest.mark.parametrize(
     "port", [0, -1, 65536, "22", 22.0, True, [22], {"port": 22}, "../../etc/passwd"]
 )
@@ -260,8 +265,7 @@ def test_a_ready_port_that_is_not_a_port_is_refused_before_any_layer(
 ) -> None:
     registry = hostile()
     manifest = meda_image(registry, os.urandom(MiB))
-    raw = json.dumps({"disk": {"format": "raw", "size": MiB, "chunk_size": MiB,
-                               "zero_chunks": []}, "cmdline": None, "ready_port": port}).encode()  # fmt: skip
+    raw = config_with_ready_port(port)
     manifest["config"] = formats.descriptor(formats.CONFIG_TYPE, registry.blob(raw), len(raw))
     assert_refused(meda, registry, manifest, "invalid ready port")
     chunks = {f"/v2/meda/evil/blobs/{layer['digest']}" for layer in manifest["layers"]}
@@ -271,8 +275,7 @@ def test_a_ready_port_that_is_not_a_port_is_refused_before_any_layer(
 def test_a_ready_port_from_the_registry_is_kept(meda: Meda, hostile: Start) -> None:
     registry = hostile()
     manifest = meda_image(registry, os.urandom(MiB))
-    raw = json.dumps({"disk": {"format": "raw", "size": MiB, "chunk_size": MiB,
-                               "zero_chunks": []}, "cmdline": None, "ready_port": 2222}).encode()  # fmt: skip
+    raw = config_with_ready_port(2222)
     manifest["config"] = formats.descriptor(formats.CONFIG_TYPE, registry.blob(raw), len(raw))
     registry.manifest(manifest)
     assert meda.images.pull(ref(registry)).ready_port == 2222
