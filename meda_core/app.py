@@ -79,8 +79,10 @@ class Meda:
             log.warning("template %s not built now: %s", job.name, error.message)
 
     def close(self) -> None:
-        """Call off background work (template builds clean up after themselves)."""
-        self.warm_runs.shutdown()
+        """Call off background work and wait for template builds to clean up after
+        themselves (a server's process ends right after)."""
+        if not self.warm_runs.shutdown():
+            log.warning("template builds still under way at shutdown")
         self.operations.shutdown()
 
     def recover(self) -> list[VM]:

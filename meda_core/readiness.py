@@ -35,9 +35,10 @@ def wait_until_ready(
     Interrupted as soon as ``stop`` is set."""
     started = time.monotonic()
     stop = stop or threading.Event()
-    while not answers(ns, ip, port):
+    while not stop.is_set():
+        if answers(ns, ip, port):
+            return time.monotonic() - started
         if time.monotonic() - started > timeout:
             raise BackendError(f"the guest at {ip} did not answer on port {port} in {timeout:.0f}s")
-        if stop.wait(0.2):
-            raise Interrupted(f"stopped waiting for {ip}:{port}")
-    return time.monotonic() - started
+        stop.wait(0.2)
+    raise Interrupted(f"stopped waiting for {ip}:{port}")

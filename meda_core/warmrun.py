@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -133,6 +133,8 @@ class WarmRuns:
         self._snapshots = snapshots
         self._backends = backends
         self._stop = threading.Event()
+        self._active = 0  # builds under way in this process
+        self._idle = threading.Condition()
         #: How builds are started; ``Meda`` and the CLI set it (until then: none is).
         self.background: Background = lambda job: log.info("no builder for %s", job.name)
 
@@ -181,7 +183,7 @@ class WarmRuns:
     def build(self, job: TemplateJob) -> TemplateBuild:
         """Build ``job``'s template unless another build holds it, it is ready, its last
         build failed lately, or its image changed since the run that asked for it."""
-        with try_exclusive(self._lock(job.name)) as free:
+        with self._busy(), try_exclusive(self._lock(job.name)) as free:
             if not free:
                 return TemplateBuild(template=job.name, outcome="skipped",
                                      reason="another build holds it")  # fmt: skip
@@ -209,9 +211,25 @@ class WarmRuns:
         reason = f"ready on port {job.ready_port}, built in {seconds:.1f}s"
         return TemplateBuild(template=job.name, outcome="built", reason=reason)
 
-    def shutdown(self) -> None:
-        """Call off builds under way (their half-built templates are deleted)."""
+    def shutdown(self, timeout: float = 60) -> bool:
+        """Call off builds under way and wait until they have deleted their half-built
+        templates (True), at most ``timeout`` seconds; no build starts after."""
         self._stop.set()
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        with self._idle:
+            if self._stop.is_set():
+                raise readiness.Interrupted("meda is shutting down: no template is built")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
 
     def _build(self, job: TemplateJob) -> None:
         name = job.name
@@ -222,6 +240,8 @@ class WarmRuns:
         )  # fmt: skip
         self._vms.create(create)
         try:
+            if self._stop.is_set():
+                raise readiness.Interrupted(f"meda is shutting down: template {name} is not built")
             vm = self._vms.start(name)
             assert vm.ip is not None
             seconds = readiness.wait_until_ready(
