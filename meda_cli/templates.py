@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from meda_core.warmrun import TemplateJob
+from meda_core.errors import InvalidRequest
+from meda_core.warmrun import TEMPLATE_PREFIX, TemplateJob
 
 log = logging.getLogger(__name__)
 
 
 def job_file(home: Path, name: str) -> Path:
+    if not re.fullmatch(re.escape(TEMPLATE_PREFIX) + "[0-9a-f]{16}", name):
+        raise InvalidRequest(f"{name!r} is not the name of a run's template", name=name)
     return home / "templates" / f"{name}.job.json"
 
 

@@ -181,7 +181,11 @@ def test_the_cli_without_a_server_builds_in_a_detached_process(
     while '"outcome":"built"' not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
         time.sleep(1)
-    assert processes_mentioning(f"build-template\0{template}") == []  # the builder is done
+    while processes_mentioning(f"build-template\0{template}"):  # the builder exits
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    refused = run_meda("images", "build-template", "../../etc/x", env=env)
+    assert refused.returncode == 2 and "not the name of a run's template" in refused.stderr
     clone, _ = run("c2")
     assert clone["run"]["path"] == "warm" and clone["vm"]["details"]["clone_of"] == template
     answers(netns, clone["vm"]["ip"])
