@@ -47,7 +47,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("recovered %d VM(s), %d running, in %.0f ms",
                  len(vms), running, (time.monotonic() - started) * 1000)  # fmt: skip
     yield
-    meda.operations.shutdown()
+    await run_in_threadpool(meda.close)  # template builds delete what they half made
 
 
 #: What the middleware around every route may answer (see meda_api.hosts, origins, mediatypes).

@@ -6,9 +6,11 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import ParamSpec, TypeVar
 
 from meda_cli.output import fail
+from meda_cli.templates import spawn_build
 from meda_core import serverfile
 from meda_core.api import LocalApi, MedaApi
 from meda_core.app import Meda
@@ -35,6 +37,8 @@ def meda() -> Meda:
         )
     if _instance is None:
         _instance = Meda()
+        # This process exits once it has answered: template builds go on in their own.
+        _instance.warm_runs.background = partial(spawn_build, _instance.settings.home)
     return _instance
 
 

@@ -27,6 +27,8 @@ def command_paths() -> list[list[str]]:
     def walk(group: Any, prefix: list[str]) -> None:
         for name in sorted(group.commands):
             command = group.commands[name]
+            if command.hidden:  # meda's own plumbing (the template builder), not for users
+                continue
             paths.append([*prefix, name])
             if hasattr(command, "commands"):  # a group of its own (meda images)
                 walk(command, [*prefix, name])

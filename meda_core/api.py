@@ -29,6 +29,7 @@ from meda_core.models import (
     PullRequest,
     PushRequest,
     RunRequest,
+    RunResult,
     TemplateList,
     VMAddress,
     VMInfo,
@@ -39,7 +40,6 @@ from meda_core.models import (
 )
 from meda_core.sizes import format_size
 from meda_core.views import image_info, image_list, template_list, vm_info, vm_list
-from meda_core.warmrun import can_clone
 from meda_core.workflows import run_image
 
 
@@ -67,7 +67,7 @@ class MedaApi(Protocol):
     def pull_image(self, request: PullRequest, progress: Progress = ...) -> ImageResult: ...
     def push_image(self, request: PushRequest, progress: Progress = ...) -> ImageResult: ...
     def create_image(self, request: CreateImageRequest) -> ImageResult: ...
-    def run_image(self, request: RunRequest, progress: Progress = ...) -> OperationResult: ...
+    def run_image(self, request: RunRequest, progress: Progress = ...) -> RunResult: ...
     def remove_image(self, ref: str) -> ImageResult: ...
     def prune_images(self, request: PruneRequest) -> PruneResult: ...
     def plugins(self) -> PluginReport: ...
@@ -165,7 +165,9 @@ class LocalApi:
         return image_list(self.meda.images.listing())
 
     def pull_image(self, request: PullRequest, progress: Progress = no_progress) -> ImageResult:
-        image = self.meda.images.pull(request.image, request.registry, request.org, progress)
+        image = self.meda.images.pull(
+            request.image, request.registry, request.org, progress, request.ready_port
+        )
         return ImageResult(
             success=True, message=f"Pulled {image.source}", image=image_info(image),
             digest=image.digest,
@@ -184,21 +186,28 @@ class LocalApi:
 
     def create_image(self, request: CreateImageRequest) -> ImageResult:
         image = self.meda.images.create_from_vm(
-            request.from_vm, request.name, request.tag, request.registry, request.org
+            request.from_vm,
+            request.name,
+            request.tag,
+            request.registry,
+            request.org,
+            request.ready_port,
         )
         return ImageResult(
             success=True, message=f"Created image {image.ref} from VM {request.from_vm}",
             image=image_info(image),
         )  # fmt: skip
 
-    def run_image(self, request: RunRequest, progress: Progress = no_progress) -> OperationResult:
-        warm = self.meda.warm_runs if can_clone(self.meda.backends) else None
-        vm = run_image(self.meda.images, self.meda.vms, request, progress, warm)
+    def run_image(self, request: RunRequest, progress: Progress = no_progress) -> RunResult:
+        meda = self.meda
+        vm, run = run_image(meda.images, meda.vms, meda.warm_runs, request, progress)
         verb = "Created" if request.no_start else "Started"
         message = f"{verb} VM {vm.name} from {request.image}"
-        if vm.clone_of is not None:
+        if run.path == "warm":
             message += f" (a clone of its warm template {vm.clone_of})"
-        return OperationResult(success=True, message=message, vm=vm_info(vm))
+        elif not request.no_start:
+            message += f" (cold start: {run.reason})"
+        return RunResult(success=True, message=message, vm=vm_info(vm), run=run)
 
     def remove_image(self, ref: str) -> ImageResult:
         removed = self.meda.images.remove(ref)

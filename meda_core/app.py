@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from meda_core import __version__, diskprobe
-from meda_core.backends import BackendContext
+from meda_core.backends import BackendContext, Progress
+from meda_core.capacity import InsufficientCapacity
 from meda_core.config import Settings
 from meda_core.eventbus import EventBus
 from meda_core.events import VMEvent
@@ -19,7 +21,9 @@ from meda_core.selection import BackendSelector
 from meda_core.snapshots import SnapshotService
 from meda_core.store import StateStore
 from meda_core.vms import VMService
-from meda_core.warmrun import WarmRuns
+from meda_core.warmrun import TemplateBuild, TemplateJob, WarmRuns
+
+log = logging.getLogger(__name__)
 
 
 class Meda:
@@ -57,7 +61,29 @@ class Meda:
         self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
         self.snapshots = SnapshotService(self.store, self.backends, self.vms)
-        self.warm_runs = WarmRuns(self.settings, self.store, self.vms, self.snapshots)
+        self.warm_runs = WarmRuns(
+            self.settings, self.store, self.vms, self.snapshots, self.backends
+        )
+        self.warm_runs.background = self.build_template
+
+    def build_template(self, job: TemplateJob) -> None:
+        """Build a run's template as a background operation of this process (listed
+        with the others; ``close`` calls it off)."""
+
+        def work(progress: Progress) -> TemplateBuild:
+            return self.warm_runs.build(job)
+
+        try:
+            self.operations.submit("template", work)
+        except InsufficientCapacity as error:  # the run succeeded; a later one builds it
+            log.warning("template %s not built now: %s", job.name, error.message)
+
+    def close(self) -> None:
+        """Call off background work and wait for template builds to clean up after
+        themselves (a server's process ends right after)."""
+        if not self.warm_runs.shutdown():
+            log.warning("template builds still under way at shutdown")
+        self.operations.shutdown()
 
     def recover(self) -> list[VM]:
         """Settle every VM after a (re)start and bring back what their network needs.

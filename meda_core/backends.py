@@ -278,6 +278,8 @@ class ImageFiles:
     cmdline: str | None = None
     defaults: VMSpec | None = None
     digest: str | None = None  # the manifest's, once pushed or pulled
+    #: The guest port that answers once it is ready (None: no readiness signal).
+    ready_port: int | None = None
 
 
 class RegistryBackend(Backend):

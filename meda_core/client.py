@@ -36,6 +36,7 @@ from meda_core.models import (
     PullRequest,
     PushRequest,
     RunRequest,
+    RunResult,
     TemplateList,
     VMAddress,
     VMInfo,
@@ -201,8 +202,8 @@ class RemoteApi:
     def create_image(self, request: CreateImageRequest) -> ImageResult:
         return self._call(ImageResult, "POST", "/images", **self._body(request))
 
-    def run_image(self, request: RunRequest, progress: Progress = no_progress) -> OperationResult:
-        return self._long(OperationResult, "/images/run", request, progress)
+    def run_image(self, request: RunRequest, progress: Progress = no_progress) -> RunResult:
+        return self._long(RunResult, "/images/run", request, progress)
 
     def remove_image(self, ref: str) -> ImageResult:
         return self._call(ImageResult, "DELETE", f"/images/{_segment(ref)}")

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     run_ready_timeout: float = Field(
         600.0, gt=0, description="Seconds a run's template gets to answer on its ready port"
     )
+    run_template_retry: float = Field(
+        3600.0, ge=0, description="Seconds runs boot cold after a template build failed"
+    )
     netns: str | None = Field(
         None, description="Network namespace for meda's whole network and its VMs"
     )

@@ -29,6 +29,8 @@ PACKAGES = (
     "netbase", "busybox", "ca-certificates",
 )  # fmt: skip
 CMDLINE = "console=ttyS0 root=/dev/vda rw"
+#: Its guest runs sshd: runs of the image wait for its banner to build warm templates.
+READY_PORT = 22
 CLOUD_CFG = """\
 # meda: NoCloud only, fast instance start, a root file system that fills its disk.
 datasource_list: [NoCloud, None]
@@ -108,8 +110,10 @@ def build(images: ImageService, ref: str, spec: BuildSpec, work: Path, log: Log)
         initrd = next((root / "boot").glob("initrd.img-*"))
         with contextlib.suppress(NotFound):
             images.remove(ref)  # an older build; refused (409) while a VM uses it
-        image = images.import_files(ref, disk=qcow2, kernel=kernel, initrd=initrd,
-                                    cmdline=CMDLINE, source=source)  # fmt: skip
+        image = images.import_files(
+            ref, disk=qcow2, kernel=kernel, initrd=initrd, cmdline=CMDLINE, source=source,
+            ready_port=READY_PORT,
+        )  # fmt: skip
         log(f"built {ref}: {size} MiB disk")
         return image
     finally:

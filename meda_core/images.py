@@ -23,7 +23,7 @@ from meda_core.errors import (
 )
 from meda_core.files import copy_sparse
 from meda_core.locks import exclusive
-from meda_core.models import Image, VMState
+from meda_core.models import Image, VMState, chosen_port
 from meda_core.names import parse_image_ref
 from meda_core.references import check_allowed, parse_reference
 from meda_core.store import StateStore
@@ -103,13 +103,19 @@ class ImageService:
         initrd: Path | None = None,
         cmdline: str | None = None,
         source: str | None = None,
+        ready_port: int | None = None,
     ) -> Image:
-        """Copy local files into the store as image ``ref``."""
+        """Copy local files into the store as image ``ref`` (``ready_port``: the guest
+        port that answers once it is ready; None or 0: none)."""
         name, tag = parse_image_ref(ref)
         if disk is None and kernel is None:
             raise InvalidRequest("an image needs a disk, a kernel, or both")
         if initrd is not None and kernel is None:
             raise InvalidRequest("an initrd needs a kernel")
+        if ready_port is not None and not 0 <= ready_port <= 65535:
+            raise InvalidRequest(
+                f"ready port {ready_port} is not 0 to 65535", ready_port=ready_port
+            )
         for path in (disk, kernel, initrd):
             if path is not None and not path.is_file():
                 raise InvalidRequest(f"no such file: {path}", path=str(path))
@@ -124,7 +130,7 @@ class ImageService:
                 copy_sparse(disk, staged)
             files = ImageFiles(
                 disk=staged, disk_format=self._probe(staged), kernel=kernel, initrd=initrd,
-                cmdline=cmdline,
+                cmdline=cmdline, ready_port=ready_port or None,
             )  # fmt: skip
             image = self._record(name, tag, self._adopt(files, copy=True, staged={"disk"}),
                                  source=source)  # fmt: skip
@@ -160,7 +166,7 @@ class ImageService:
         return ImageFiles(
             disk=moved["disk"], disk_format=files.disk_format, kernel=moved["kernel"],
             initrd=moved["initrd"], cmdline=files.cmdline, defaults=files.defaults,
-            digest=files.digest,
+            digest=files.digest, ready_port=files.ready_port,
         )  # fmt: skip
 
     def _record(
@@ -173,16 +179,18 @@ class ImageService:
             disk_format=files.disk_format, kernel=files.kernel, initrd=files.initrd,
             cmdline=files.cmdline, size=sum(p.stat().st_size for p in parts),
             created=datetime.now(UTC), digest=files.digest, source=source,
-            defaults=files.defaults,
+            defaults=files.defaults, ready_port=files.ready_port,
         )  # fmt: skip
 
     # ---- registries ----
 
     def pull(
         self, image: str, registry: str | None = None, org: str | None = None,
-        progress: Progress = no_progress,
+        progress: Progress = no_progress, ready_port: int | None = None,
     ) -> Image:  # fmt: skip
-        """Pull ``image``; a second pull of the same reference waits and does no work."""
+        """Pull ``image``; a second pull of the same reference waits and does no work.
+
+        ``ready_port`` overrides the one the image carries (0: none)."""
         ref = check_allowed(parse_reference(image, registry, org), self._allowed_registries)
         backend = self._registry()
         workdir = self._home / "pulls" / hashlib.sha256(str(ref).encode()).hexdigest()[:32]
@@ -192,7 +200,7 @@ class ImageService:
             if remote is None:
                 raise ImageNotFound(f"no image {ref} in its registry", reference=str(ref))
             if local is not None and local.digest == remote and local.source == str(ref):
-                return local  # already here: nothing to move
+                return self._with_ready_port(local, ready_port)  # nothing to move
             workdir.mkdir(parents=True, exist_ok=True)
             try:
                 files = self._vetted(backend.pull(ref, workdir, progress))
@@ -200,6 +208,7 @@ class ImageService:
                 shutil.rmtree(workdir, ignore_errors=True)  # nothing of it is kept
                 raise
             files = self._adopt(files, copy=False)
+            files = dataclasses.replace(files, ready_port=chosen_port(ready_port, files.ready_port))
             record = self._record(ref.name, ref.tag, files, ref.registry, ref.org, source=str(ref))
             self._store.put_image(record)
             shutil.rmtree(workdir, ignore_errors=True)
@@ -207,6 +216,14 @@ class ImageService:
         # second still waits on the old one.
         self.collect_garbage()
         return record
+
+    def _with_ready_port(self, image: Image, ready_port: int | None) -> Image:
+        """``image`` with the ready port a request chose, stored if it changed."""
+        port = chosen_port(ready_port, image.ready_port)
+        if port != image.ready_port:
+            image.ready_port = port
+            self._store.put_image(image)
+        return image
 
     def push(
         self, name: str, target: str, registry: str | None = None, org: str | None = None,
@@ -222,6 +239,7 @@ class ImageService:
         files = ImageFiles(
             disk=image.disk, disk_format=disk_format, kernel=image.kernel,
             initrd=image.initrd, cmdline=image.cmdline, defaults=image.defaults,
+            ready_port=image.ready_port,
         )  # fmt: skip
         digest = backend.push(files, ref, progress)
         image.digest, image.registry, image.org = digest, ref.registry, ref.org
@@ -250,9 +268,11 @@ class ImageService:
     # ---- from a VM ----
 
     def create_from_vm(
-        self, vm_name: str, name: str, tag: str, registry: str | None, org: str | None
-    ) -> Image:
-        """A new image from a stopped VM's disk (flattened), kernel and command line."""
+        self, vm_name: str, name: str, tag: str, registry: str | None, org: str | None,
+        ready_port: int | None = None,
+    ) -> Image:  # fmt: skip
+        """A new image from a stopped VM's disk (flattened), kernel and command line; its
+        ready port is the VM's image's unless ``ready_port`` is given (0: none)."""
         parse_image_ref(f"{name}:{tag}")
         vm = self._store.get_vm(vm_name)
         if vm is None:
@@ -276,6 +296,7 @@ class ImageService:
                 disk=flat, disk_format=self._probe(flat), kernel=base.kernel if base else None,
                 initrd=base.initrd if base else None, cmdline=base.cmdline if base else None,
                 defaults=vm.spec,
+                ready_port=chosen_port(ready_port, base.ready_port if base else None),
             )  # fmt: skip
             image = self._record(name, tag, self._adopt(files, copy=False), registry, org)
         finally:

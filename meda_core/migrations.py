@@ -12,6 +12,7 @@ Every change to what the store keeps adds a function here, never an edit of an o
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -41,8 +42,24 @@ def _v1_tables(db: sqlite3.Connection) -> None:
                " data TEXT NOT NULL, PRIMARY KEY (name, tag))")  # fmt: skip
 
 
+#: The port runs of a built image wait on: its guest runs sshd (imagebuild.PACKAGES).
+BUILT_IMAGE_READY_PORT = 22
+
+
+def _v2_image_ready_ports(db: sqlite3.Connection) -> None:
+    """Readiness becomes a property of the image: images ``meda images build`` made
+    (source ``build:…``) keep port 22, which every run waited on before; the others get
+    none, so their runs boot cold instead of waiting on a port their guest may not open."""
+    for name, tag, data in db.execute("SELECT name, tag, data FROM images").fetchall():
+        record = json.loads(data)
+        built = str(record.get("source") or "").startswith("build:")
+        record["ready_port"] = BUILT_IMAGE_READY_PORT if built else None
+        db.execute("UPDATE images SET data = ? WHERE name = ? AND tag = ?",
+                   (json.dumps(record), name, tag))  # fmt: skip
+
+
 #: Version N is reached by running ``MIGRATIONS[N - 1]``; the list only ever grows.
-MIGRATIONS: list[Migration] = [_v1_tables]
+MIGRATIONS: list[Migration] = [_v1_tables, _v2_image_ready_ports]
 
 
 def latest() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -58,6 +58,25 @@ Disk = Annotated[
     Field(description="Disk size, e.g. '20G' (at least 1M)", json_schema_extra=_SIZE),
     AfterValidator(at_least(MIN_DISK, "disk")),
 ]
+#: A guest port that answers once the guest is ready (22: its SSH server speaks first).
+ReadyPort = Annotated[int, Field(ge=1, le=65535)]
+#: How requests set an image's ready port: None keeps what the image would get
+#: otherwise (its source's), 0 says the image gives no readiness signal.
+ReadyPortChoice = Annotated[
+    StrictInt | None,
+    Field(
+        ge=0, le=65535,
+        description="Guest port that answers once the guest is ready (22: SSH); 0: none "
+        "(runs of the image boot cold); unset: the image's or its source's",
+    ),
+]  # fmt: skip
+
+
+def chosen_port(given: int | None, otherwise: int | None) -> int | None:
+    """The ready port a request's ``given`` value leaves: see :data:`ReadyPortChoice`."""
+    if given is None:
+        return otherwise
+    return given or None
 
 
 class VMSpec(BaseModel):
@@ -105,6 +124,8 @@ class Image(BaseModel):
     #: Where it was pulled from, ``host/org/name:tag``.
     source: str | None = None
     defaults: VMSpec | None = None
+    #: The guest port that answers once it is ready; None: no signal (runs boot cold).
+    ready_port: ReadyPort | None = None
 
     @property
     def ref(self) -> str:
@@ -330,6 +351,9 @@ class ImageInfo(BaseModel):
     kernel: bool
     disk: bool
     used_by: list[str] = Field(default_factory=list)
+    ready_port: int | None = Field(
+        None, description="Port `run` waits on to build a warm template; null: runs boot cold"
+    )
 
 
 class ImageList(BaseModel):
@@ -343,6 +367,7 @@ class PullRequest(BaseModel):
     image: str = Field(description="NAME[:TAG] or a full reference host/org/name:tag")
     registry: str | None = None
     org: str | None = None
+    ready_port: ReadyPortChoice = None
 
 
 class PushRequest(BaseModel):
@@ -363,6 +388,7 @@ class CreateImageRequest(BaseModel):
     registry: str | None = None
     org: str | None = None
     from_vm: str
+    ready_port: ReadyPortChoice = None
 
 
 class RunRequest(BaseModel):
@@ -377,14 +403,34 @@ class RunRequest(BaseModel):
     cold: StrictBool = Field(
         False, description="Boot from scratch instead of cloning the image's warm template"
     )
-    ready_port: StrictInt = Field(
-        22, ge=1, le=65535, description="Guest port that answers once it is ready (22: SSH)"
-    )
+    ready_port: ReadyPortChoice = None
     memory: Memory = "1G"
     cpus: StrictInt = Field(1, ge=1, le=64)
     disk: Disk = "10G"
 
     _name = field_validator("name")(check_vm_name)
+
+
+class RunInfo(BaseModel):
+    """How a ``run`` made its VM, and why."""
+
+    path: Literal["warm", "cold"] = Field(
+        description="warm: a clone of the image's template; cold: created and booted"
+    )
+    reason: str
+    template: str | None = Field(
+        None, description="The template cloned, or the one being built for later runs"
+    )
+    ready_port: int | None = Field(None, description="The port the template waits on")
+
+
+class RunResult(BaseModel):
+    """The seed's answer to ``run`` (success, message, vm) and how the VM was made."""
+
+    success: bool
+    message: str
+    vm: VMInfo | None = None
+    run: RunInfo
 
 
 class PruneRequest(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 from meda_core import netns
@@ -23,11 +24,21 @@ def answers(ns: str | None, ip: str, port: int) -> bool:
     return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
 
 
-def wait_until_ready(ns: str | None, ip: str, port: int, timeout: float) -> float:
-    """Seconds until ``ip:port`` answers (SSH: its banner); BackendError after ``timeout``."""
+class Interrupted(Exception):
+    """The wait was called off (meda is shutting down): no verdict on the guest."""
+
+
+def wait_until_ready(
+    ns: str | None, ip: str, port: int, timeout: float, stop: threading.Event | None = None
+) -> float:
+    """Seconds until ``ip:port`` answers (SSH: its banner); BackendError after ``timeout``,
+    Interrupted as soon as ``stop`` is set."""
     started = time.monotonic()
-    while not answers(ns, ip, port):
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        if answers(ns, ip, port):
+            return time.monotonic() - started
         if time.monotonic() - started > timeout:
             raise BackendError(f"the guest at {ip} did not answer on port {port} in {timeout:.0f}s")
-        time.sleep(0.2)
-    return time.monotonic() - started
+        stop.wait(0.2)
+    raise Interrupted(f"stopped waiting for {ip}:{port}")

@@ -106,6 +106,7 @@ def image_info(image: Image, used_by: list[str] | None = None) -> ImageInfo:
         kernel=image.kernel is not None,
         disk=image.disk is not None,
         used_by=used_by or [],
+        ready_port=image.ready_port,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from meda_core.backends import Progress, no_progress
 from meda_core.errors import InvalidRequest, NotFound
 from meda_core.images import ImageService
-from meda_core.models import VM, CreateVMRequest, Image, RunRequest
+from meda_core.models import VM, CreateVMRequest, Image, RunInfo, RunRequest
 from meda_core.names import parse_image_ref
 from meda_core.vms import VMService
 from meda_core.warmrun import WarmRuns
@@ -31,15 +31,17 @@ def find_or_pull(
 def run_image(
     images: ImageService,
     vms: VMService,
+    warm: WarmRuns,
     request: RunRequest,
     progress: Progress = no_progress,
-    warm: WarmRuns | None = None,
-) -> VM:
-    """Pull if needed, then clone the image's warm template (``warm``, unless ``cold``
-    or ``no_start``); else create the VM and start it unless ``no_start``."""
+) -> tuple[VM, RunInfo]:
+    """Pull if needed, then clone the image's warm template if it is ready; else create
+    the VM and start it (unless ``no_start``), leaving a template build in the background
+    when the image has a ready port. Never waits for a guest's port."""
     image = find_or_pull(images, request.image, request.registry, request.org, progress)
-    if warm is not None and not request.cold and not request.no_start:
-        return warm.run(image, request)
+    plan = warm.plan(image, request)
+    if plan.info.path == "warm":
+        return warm.clone(plan.info, request.name), plan.info
     vm = vms.create(
         CreateVMRequest(
             name=request.name, user_data=request.user_data, memory=request.memory,
@@ -47,9 +49,12 @@ def run_image(
         )
     )  # fmt: skip
     if request.no_start:
-        return vm
+        return vm, plan.info
     try:
-        return vms.start(vm.name)
+        vm = vms.start(vm.name)
     except BaseException:
         vms.delete(vm.name)  # a run that cannot start leaves no VM behind
         raise
+    if plan.build is not None:  # only now: the caller's VM is started first
+        warm.background(plan.build)
+    return vm, plan.info

@@ -14,12 +14,12 @@ from meda_core.models import (
     CreateImageRequest,
     ImageList,
     ImageResult,
-    OperationResult,
     PruneRequest,
     PruneResult,
     PullRequest,
     PushRequest,
     RunRequest,
+    RunResult,
 )
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -50,7 +50,7 @@ def push_image(
     return run_or_accept(prefer, meda, "push", partial(api.push_image, request))
 
 
-@router.post("/run", status_code=201, response_model=OperationResult, responses=LONG)
+@router.post("/run", status_code=201, response_model=RunResult, responses=LONG)
 def run(request: RunRequest, api: ApiDep, meda: MedaDep, prefer: PreferHeader = None) -> Any:
     return run_or_accept(prefer, meda, "run", partial(api.run_image, request))
 

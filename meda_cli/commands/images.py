@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ import typer
 from meda_cli.context import api, handles_errors, meda
 from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
 from meda_cli.progress import transfer
+from meda_cli.templates import job_file, read_job
 from meda_cli.validation import build
 from meda_core import imagebuild
 from meda_core.models import (
@@ -23,6 +25,7 @@ from meda_core.models import (
     PullRequest,
     PushRequest,
     RunRequest,
+    RunResult,
 )
 from meda_core.views import image_info
 
@@ -30,7 +33,10 @@ app = typer.Typer(help="Manage images in the local store.", invoke_without_comma
 commands = typer.Typer()
 
 
-def _say(result: ImageResult | OperationResult | PruneResult) -> None:
+READY_PORT_HELP = "Guest port that answers once it is ready (22: SSH); 0: none"
+
+
+def _say(result: ImageResult | OperationResult | PruneResult | RunResult) -> None:
     typer.echo(result.message)
 
 
@@ -56,10 +62,11 @@ def list_(as_json: bool = JsonOption) -> None:
 
 def _table(result: ImageList) -> None:
     rows = [
-        (i.name, i.tag, i.size, i.registry, (i.digest or "")[:19], ", ".join(i.used_by))
+        (i.name, i.tag, i.size, i.registry, (i.digest or "")[:19], i.ready_port,
+         ", ".join(i.used_by))
         for i in result.images
-    ]
-    table(("name", "tag", "size", "registry", "digest", "used by"), rows)
+    ]  # fmt: skip
+    table(("name", "tag", "size", "registry", "digest", "ready port", "used by"), rows)
 
 
 @app.command("import")
@@ -70,10 +77,12 @@ def import_(
     kernel: Path | None = typer.Option(None, help="Kernel for direct boot"),
     initrd: Path | None = typer.Option(None, help="Initrd for direct boot"),
     cmdline: str | None = typer.Option(None, help="Default kernel command line"),
+    ready_port: int | None = typer.Option(None, help=READY_PORT_HELP + "; unset: none"),
     as_json: bool = JsonOption,
 ) -> None:
     """Import local files as an image."""
-    image = meda().images.import_files(ref, disk, kernel, initrd, cmdline)
+    image = meda().images.import_files(ref, disk, kernel, initrd, cmdline,
+                                       ready_port=ready_port)  # fmt: skip
     _done(image, f"Imported image {image.ref}", as_json)
 
 
@@ -83,10 +92,11 @@ def pull(
     image: str = typer.Argument(..., help="NAME[:TAG] or host/org/name:tag"),
     registry: str | None = typer.Option(None, help="Registry (default ghcr.io)"),
     org: str | None = typer.Option(None, help="Organisation (default cirunlabs)"),
+    ready_port: int | None = typer.Option(None, help=READY_PORT_HELP + "; unset: the image's"),
     as_json: bool = JsonOption,
 ) -> None:
     """Pull an image from a registry."""
-    request = build(PullRequest, image=image, registry=registry, org=org)
+    request = build(PullRequest, image=image, registry=registry, org=org, ready_port=ready_port)
     with transfer(f"pull {image}", quiet=as_json) as progress:
         result = api().pull_image(request, progress)
     render(result, as_json, _say)
@@ -138,11 +148,12 @@ def create_image(
     tag: str = typer.Option("latest"),
     registry: str | None = typer.Option(None),
     org: str | None = typer.Option(None),
+    ready_port: int | None = typer.Option(None, help=READY_PORT_HELP + "; unset: the VM's image's"),
     as_json: bool = JsonOption,
 ) -> None:
     """Make an image from a stopped VM's disk."""
     request = build(CreateImageRequest, name=name, tag=tag, registry=registry, org=org,
-                    from_vm=from_vm)  # fmt: skip
+                    from_vm=from_vm, ready_port=ready_port)  # fmt: skip
     render(api().create_image(request), as_json, _say)
 
 
@@ -158,18 +169,39 @@ def run(
     disk: str = typer.Option("10G"),
     no_start: bool = typer.Option(False, "--no-start", help="Create only"),
     cold: bool = typer.Option(False, "--cold", help="Boot from scratch, not from a template"),
-    ready_port: int = typer.Option(22, help="Guest port that answers once it is ready"),
+    ready_port: int | None = typer.Option(None, help=READY_PORT_HELP + "; unset: the image's"),
     user_data: Path | None = UserDataOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Pull an image if needed and start a VM from it: a clone of the image's warm
-    template (built by the first run with these resources), or a cold boot."""
+    template, or a cold boot.
+
+    Runs never wait for a template: the first run of an image with a ready port boots
+    cold and leaves its template to a background build."""
     request = build(RunRequest, image=image, name=name, registry=registry, org=org,
                     memory=memory, cpus=cpus, disk=disk, no_start=no_start, cold=cold,
                     ready_port=ready_port, user_data=read_user_data(user_data))  # fmt: skip
     with transfer(f"pull {image}", quiet=as_json) as progress:
         result = api().run_image(request, progress)
     render(result, as_json, _say)
+
+
+@app.command("build-template", hidden=True)
+@handles_errors
+def build_template(name: str) -> None:
+    """Build the template a run asked for (started by ``run``; logs to its .log file)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    home = meda().settings.home
+    try:
+        job = read_job(home, name)
+    except FileNotFoundError:  # a build of the same template took it and is done
+        typer.echo(f"no job for template {name}: nothing to do")
+        return
+    try:
+        done = meda().warm_runs.build(job)
+    finally:
+        job_file(home, name).unlink(missing_ok=True)
+    typer.echo(done.model_dump_json())
 
 
 @app.command("build")

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from meda_core import hookimpl, netns, procs
 from meda_core.backends import (
@@ -256,7 +256,10 @@ class FakeRegistry(RegistryBackend):
     def push(self, files: ImageFiles, reference: Reference, progress: Progress) -> str:
         root = self._root(reference)
         root.mkdir(parents=True, exist_ok=True)
-        meta = {"disk_format": files.disk_format, "cmdline": files.cmdline}
+        meta: dict[str, Any] = {
+            "disk_format": files.disk_format, "cmdline": files.cmdline,
+            "ready_port": files.ready_port,
+        }  # fmt: skip
         for field in ("disk", "kernel", "initrd"):
             path = getattr(files, field)
             if path is not None:
@@ -283,6 +286,7 @@ class FakeRegistry(RegistryBackend):
         return ImageFiles(
             disk=paths.get("disk"), disk_format=meta["disk_format"], kernel=paths.get("kernel"),
             initrd=paths.get("initrd"), cmdline=meta["cmdline"], digest=digest,
+            ready_port=meta.get("ready_port"),
         )  # fmt: skip
 
 

@@ -99,11 +99,13 @@ class OciRegistry(RegistryBackend):
         ):
             if path is not None:
                 layers.append(self._push_file(path, media_type, title, client(), meter))
-        config_blob = json.dumps(
-            {"disk": disk_meta, "cmdline": files.cmdline,
-             "defaults": files.defaults.model_dump() if files.defaults else None},
-            sort_keys=True,
-        ).encode()  # fmt: skip
+        meta: dict[str, Any] = {
+            "disk": disk_meta, "cmdline": files.cmdline,
+            "defaults": files.defaults.model_dump() if files.defaults else None,
+        }  # fmt: skip
+        if files.ready_port is not None:  # absent, not null: older pushes keep their bytes
+            meta["ready_port"] = files.ready_port
+        config_blob = json.dumps(meta, sort_keys=True).encode()
         config_digest = sha256_digest(config_blob)
         client().upload(config_blob, config_digest, len(config_blob))
         manifest = {
@@ -181,6 +183,7 @@ class OciRegistry(RegistryBackend):
         except ValueError:
             raise formats.invalid("config (not JSON)", path.read_bytes()[:40]) from None
         disk = formats.disk_of(config, settings.max_disk_size)
+        ready_port = formats.ready_port_of(config)  # checked before any layer moves
         chunks = formats.chunks_of(manifest, disk) if disk else []
         kinds = ((formats.KERNEL_TYPE, "vmlinuz"), (formats.INITRD_TYPE, "initrd"))
         extras = [
@@ -200,6 +203,7 @@ class OciRegistry(RegistryBackend):
             disk=disk_path, disk_format=disk.format if disk else None,
             kernel=paths.get("vmlinuz"), initrd=paths.get("initrd"), cmdline=cmdline,
             defaults=VMSpec.model_validate(defaults) if defaults else None,
+            ready_port=ready_port,
         )  # fmt: skip
 
     def _pull_disk(

@@ -54,6 +54,16 @@ def checked_size(value: Any, limit: int, what: str = "size") -> int:
     return value
 
 
+def ready_port_of(config: dict[str, Any]) -> int | None:
+    """The config's ``ready_port``: absent or null, or an integer port 1 to 65535."""
+    value = config.get("ready_port")
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= 65535:
+        raise invalid("ready port (an integer 1 to 65535)", value)
+    return value
+
+
 def _number(value: Any, what: str) -> int:
     """An annotation's decimal number."""
     if not isinstance(value, str) or not _NUMBER.fullmatch(value):

@@ -93,31 +93,3 @@ def test_two_clones_of_a_template_are_distinct_machines(server: Server, netns: s
             vm_dir = api.get(f"/vms/{name}").json()["details"]["vm_dir"]
             assert api.delete(f"/vms/{name}").status_code == 200
             assert processes_mentioning(vm_dir) == []
-
-
-def test_run_builds_a_template_once_then_clones_it(server: Server, netns: str) -> None:
-    def run(name: str, **extra: object) -> dict:  # type: ignore[type-arg]
-        body = {"image": "guest", "name": name, "memory": "256M", "ready_port": 80, **extra}
-        started = time.monotonic()
-        response = api.post("/images/run", json=body)
-        assert response.status_code == 201, response.text
-        print(f"run {name}: {time.monotonic() - started:.2f} s")
-        return response.json()["vm"]  # type: ignore[no-any-return]
-
-    with server.client() as api:
-        first = run("r1")
-        template = first["details"]["clone_of"]
-        assert template and template.startswith("tpl-")
-        assert run("r2")["details"]["clone_of"] == template
-        # Other resources: another template, never the first one's.
-        bigger = run("r3", memory="320M")
-        assert bigger["details"]["clone_of"] not in (None, template)
-        assert bigger["details"]["memory"] == "320M"
-        assert run("r4", cold=True)["details"]["clone_of"] is None
-        for name in ("r1", "r2", "r3"):
-            ip = api.get(f"/vms/{name}/ip").json()["ip"]
-            assert guest_state(netns, ip)[0]
-        listed = {t["name"]: t["clones"] for t in api.get("/templates").json()["templates"]}
-        assert listed[template] == ["r1", "r2"]
-        for name in ("r1", "r2", "r3", "r4", template, bigger["details"]["clone_of"]):
-            assert api.delete(f"/vms/{name}").status_code == 200

@@ -98,6 +98,9 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
         "import meda_core; from pathlib import Path; from meda_core.app import Meda;"
         f" Meda().images.import_files('guest', kernel=Path({kernel!r}),"
         f" initrd=Path({initrd!r}), cmdline={guest_image['cmdline']!r});"
+        # As `meda images build` records what it made (its guest runs sshd).
+        f" Meda().images.import_files('built', kernel=Path({kernel!r}),"
+        " source='build:0123456789abcdef');"
         " print(meda_core.__file__)"
     ))  # fmt: skip
     assert imported_by.startswith(str(baseline_tree))  # the old code wrote this home
@@ -120,7 +123,14 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
                 assert after[name]["ip"] == vm["ip"], name
                 assert after[name]["details"]["pid"] == vm["details"]["pid"], name
                 assert after[name]["details"]["port_forwards"] == vm["details"]["port_forwards"]
-            assert api.get("/images").json()["images"] == images_before
+            images = api.get("/images").json()["images"]
+            # Readiness is the image's now: a built image keeps the port 22 every run waited
+            # on before; the others have none (their runs boot cold).
+            assert {i["name"]: i.pop("ready_port") for i in images} == {"guest": None,
+                                                                         "built": 22}  # fmt: skip
+            assert images == images_before
+            ran = api.post("/images/run", json={"image": "guest", "name": "ran"})
+            assert ran.status_code == 201 and ran.json()["run"]["path"] == "cold"
             assert api.get("/templates").json()["templates"][0]["clones"] == ["c1"]
             # Running guests answer, through a forward and a clone's own namespace, as the
             # new rules render them.
@@ -135,7 +145,7 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
             clone = api.post("/vms/tpl/clone", json={"name": "c2"})
             assert clone.status_code == 201, clone.text
             assert http_get(netns, f"http://{clone.json()['vm']['ip']}/") == HTTP_PAGE
-            for name in ("c1", "c2", "idle", "web", "tpl"):
+            for name in ("ran", "c1", "c2", "idle", "web", "tpl"):
                 vm_dir = _vm(api, name)["details"]["vm_dir"]
                 assert api.delete(f"/vms/{name}").status_code == 200, name
                 assert processes_mentioning(vm_dir) == []

@@ -98,6 +98,15 @@ def test_create_image_from_a_vm(client: TestClient, fake_meda: Meda) -> None:
         ("/api/v1/images/run", {"image": "default", "name": "Bad_Name"}),
         ("/api/v1/images", {"name": "../x", "from_vm": "src"}),
         ("/api/v1/images/prune", {"all": "yes please"}),
+        *[
+            (path, {**body, "ready_port": port})
+            for path, body in (
+                ("/api/v1/images/pull", {"image": "default"}),
+                ("/api/v1/images/run", {"image": "default", "name": "r"}),
+                ("/api/v1/images", {"name": "x", "from_vm": "src"}),
+            )
+            for port in (-1, 65536, "22", True, 22.5)
+        ],
     ],
 )
 def test_bad_requests_are_400(client: TestClient, path: str, body: dict) -> None:  # type: ignore[type-arg]
@@ -175,3 +184,32 @@ def test_a_pulled_disk_that_names_a_host_file_is_a_400(
     body = response.json()
     assert body["code"] == "UNSAFE_DISK" and "backed by" in body["error"]
     assert [i["tag"] for i in client.get("/api/v1/images").json()["images"]] == ["latest"]
+
+
+#: The seed's ``POST /images/run`` body, unchanged but for registry and org (no internet).
+SEED_RUN = {"image": "default", "name": "seed", "user_data": None, "no_start": False,
+            "memory": "512M", "cpus": 2, "disk": "10G"}  # fmt: skip
+
+
+def test_the_seeds_run_body_answers_and_says_how(client: TestClient) -> None:
+    response = client.post("/api/v1/images/run", json=SEED_RUN)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["success"] and body["vm"]["state"] == "running"
+    assert body["run"]["path"] == "cold" and body["run"]["template"] is None
+    assert "no readiness signal" in body["run"]["reason"]
+    assert "cold start" in body["message"]
+
+
+def test_readiness_shows_in_the_image_answers(client: TestClient) -> None:
+    listed = client.get("/api/v1/images").json()["images"]
+    assert [i["ready_port"] for i in listed] == [None]
+    client.post("/api/v1/vms", json={"name": "src"})
+    created = client.post("/api/v1/images", json={"name": "web", "from_vm": "src",
+                                                  "ready_port": 80})  # fmt: skip
+    assert created.status_code == 201, created.text
+    assert created.json()["image"]["ready_port"] == 80
+    pushed = client.post("/api/v1/images/push", json={"name": "web", "image": REMOTE})
+    assert pushed.status_code == 200, pushed.text
+    pulled = client.post("/api/v1/images/pull", json={"image": REMOTE, "ready_port": 22})
+    assert pulled.status_code == 200 and pulled.json()["image"]["ready_port"] == 22

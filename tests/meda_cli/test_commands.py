@@ -86,6 +86,21 @@ def test_images_import_and_list(tmp_path: Path) -> None:
     assert [(i["name"], i["tag"]) for i in listing["images"]] == [("tiny", "v1")]
 
 
+def test_images_carry_a_ready_port_the_cli_sets_and_shows(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    assert meda("images", "import", "web", "--kernel", str(kernel), "--ready-port", "80")[0] == 0
+    code, out, _ = meda("images")
+    assert code == 0 and "READY PORT" in out and " 80 " in out
+    code, _, err = meda("images", "import", "bad", "--kernel", str(kernel), "--ready-port", "70000")
+    assert code == 2 and "ready port 70000" in err
+    assert meda("create", "src", "--image", "web")[0] == 0
+    code, out, _ = meda("create-image", "web2", "--from-vm", "src", "--json")
+    assert code == 0 and json.loads(out)["image"]["ready_port"] == 80  # inherited
+    code, out, _ = meda("create-image", "web3", "--from-vm", "src", "--ready-port", "0", "--json")
+    assert code == 0 and json.loads(out)["image"]["ready_port"] is None
+
+
 def test_plugins_json() -> None:
     code, out, _ = meda("plugins", "--json")
     assert code == 0

@@ -122,3 +122,51 @@ def test_an_image_stored_by_an_older_meda_is_not_booted_or_pushed(
         fake_meda.images.push("old", "127.0.0.1:1/attacker/loot:v1", dry_run=True)
     registry = fake_meda.backends.registry()
     assert registry.manifest_digest(parse_reference("127.0.0.1:1/attacker/loot:v1")) is None
+
+
+# ---- readiness: a property of the image ----
+
+
+def test_import_sets_readiness_and_refuses_an_impossible_port(
+    fake_meda: Meda, tmp_path: Path
+) -> None:
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"k")
+    assert fake_meda.images.import_files("plain", kernel=kernel).ready_port is None
+    assert fake_meda.images.import_files("ssh", kernel=kernel, ready_port=22).ready_port == 22
+    assert fake_meda.images.import_files("none", kernel=kernel, ready_port=0).ready_port is None
+    for bad in (-1, 65536):
+        with pytest.raises(InvalidRequest, match="ready port"):
+            fake_meda.images.import_files(f"bad{bad}", kernel=kernel, ready_port=bad)
+    assert {i.ref for i in fake_meda.images.list()} == {"plain:latest", "ssh:latest",
+                                                       "none:latest"}  # fmt: skip
+
+
+def test_pull_carries_readiness_from_the_push_unless_the_request_says(
+    fake_meda: Meda, tmp_path: Path
+) -> None:
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"k")
+    fake_meda.images.import_files("web", kernel=kernel, ready_port=8080)
+    fake_meda.images.push("web", "fake.test/org/web:v1")
+    assert fake_meda.images.pull("fake.test/org/web:v1").ready_port == 8080
+    # Pulled again (nothing moves): the request's port replaces it; 0 says none.
+    assert fake_meda.images.pull("fake.test/org/web:v1", ready_port=2222).ready_port == 2222
+    assert fake_meda.images.get("web:v1").ready_port == 2222
+    assert fake_meda.images.pull("fake.test/org/web:v1", ready_port=0).ready_port is None
+    fake_meda.images.remove("web:v1")
+    assert fake_meda.images.pull("fake.test/org/web:v1", ready_port=0).ready_port is None
+
+
+def test_an_image_from_a_vm_inherits_readiness_unless_given(
+    fake_meda: Meda, tmp_path: Path
+) -> None:
+    disk = tmp_path / "base.img"
+    disk.write_text("fake 1048576 \n")
+    fake_meda.images.import_files("base", disk=disk, ready_port=22)
+    fake_meda.vms.create(CreateVMRequest(name="src", image="base"))
+    images = fake_meda.images
+    assert images.create_from_vm("src", "same", "v1", None, None).ready_port == 22
+    assert images.create_from_vm("src", "web", "v1", None, None, 80).ready_port == 80
+    assert images.create_from_vm("src", "none", "v1", None, None, 0).ready_port is None
+    fake_meda.vms.delete_all()

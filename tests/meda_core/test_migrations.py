@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -124,3 +125,20 @@ def test_the_cli_and_the_server_refuse_a_newer_home(tmp_path: Path, command: lis
     assert done.returncode == StateVersionError.exit_code, done.stderr
     assert done.stderr.startswith("error: ") and "newer meda" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_version_2_gives_built_images_port_22_and_others_none(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:  # as meda at version 1 left it
+        migrations.MIGRATIONS[0](db)
+        db.execute("PRAGMA user_version=1")
+        for name, source in (("debian", "build:0123456789abcdef"), ("guest", None),
+                             ("pulled", "ghcr.io/cirunlabs/x:v1")):  # fmt: skip
+            record = {"name": name, "tag": "latest", "created": "2026-01-01T00:00:00Z",
+                      "source": source, "size": 0}  # fmt: skip
+            db.execute("INSERT INTO images VALUES (?, 'latest', ?)", (name, json.dumps(record)))
+    store = StateStore(path)
+    assert store.upgraded_from == 1 and _version(path) == migrations.latest()
+    ports = {i.name: i.ready_port for i in store.list_images()}
+    assert ports == {"debian": 22, "guest": None, "pulled": None}
+    assert (tmp_path / "state.db.v1.bak").exists()

@@ -85,6 +85,27 @@ def test_push_rmi_pull_round_trip_keeps_digests(meda: Meda, disk: Path, oci_regi
     assert meda.images.pull(target).created == pulled.created  # already here: no work
 
 
+def test_readiness_travels_in_the_config_meda_writes(
+    meda: Meda, disk: Path, oci_registry: str, tmp_path: Path
+) -> None:
+    def config_of(target: str) -> dict[str, Any]:
+        client = RegistryClient(parse_reference(target))
+        config = json.loads(client.manifest("v1")[0])["config"]
+        path = client.download(config["digest"], config["size"], tmp_path / "config",
+                               lambda n: None)  # fmt: skip
+        return json.loads(path.read_bytes())  # type: ignore[no-any-return]
+
+    meda.images.import_files("ssh", disk=disk, ready_port=22)
+    meda.images.import_files("plain", disk=disk)
+    for name in ("ssh", "plain"):
+        meda.images.push(name, f"{oci_registry}/meda/{name}:v1")
+        meda.images.remove(name)
+    assert config_of(f"{oci_registry}/meda/ssh:v1")["ready_port"] == 22
+    assert "ready_port" not in config_of(f"{oci_registry}/meda/plain:v1")  # as before
+    assert meda.images.pull(f"{oci_registry}/meda/ssh:v1").ready_port == 22
+    assert meda.images.pull(f"{oci_registry}/meda/plain:v1").ready_port is None
+
+
 def test_interrupted_pull_leaves_no_image_and_resumes(
     meda: Meda, disk: Path, oci_registry: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

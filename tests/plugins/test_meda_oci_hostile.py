@@ -252,6 +252,36 @@ def test_the_disk_a_config_describes_is_bounded(
     assert_refused(meda, registry, manifest, message)
 
 
+def config_with_ready_port(port: Any) -> bytes:
+    disk = {"format": "raw", "size": MiB, "chunk_size": MiB, "zero_chunks": []}
+    return json.dumps({"disk": disk, "cmdline": None, "ready_port": port}).encode()
+
+
+@pytest.mark.parametrize(
+    "port", [0, -1, 65536, "22", 22.0, True, [22], {"port": 22}, "../../etc/passwd"]
+)
+def test_a_ready_port_that_is_not_a_port_is_refused_before_any_layer(
+    meda: Meda, hostile: Start, port: Any
+) -> None:
+    registry = hostile()
+    manifest = meda_image(registry, os.urandom(MiB))
+    raw = config_with_ready_port(port)
+    manifest["config"] = formats.descriptor(formats.CONFIG_TYPE, registry.blob(raw), len(raw))
+    assert_refused(meda, registry, manifest, "invalid ready port")
+    chunks = {f"/v2/meda/evil/blobs/{layer['digest']}" for layer in manifest["layers"]}
+    assert not chunks & {seen.path for seen in registry.seen}  # refused before the disk
+
+
+def test_a_ready_port_from_the_registry_is_kept(meda: Meda, hostile: Start) -> None:
+    registry = hostile()
+    manifest = meda_image(registry, os.urandom(MiB))
+    raw = config_with_ready_port(2222)
+    manifest["config"] = formats.descriptor(formats.CONFIG_TYPE, registry.blob(raw), len(raw))
+    registry.manifest(manifest)
+    assert meda.images.pull(ref(registry)).ready_port == 2222
+    assert meda.images.pull(ref(registry), ready_port=0).ready_port is None  # the operator's say
+
+
 def test_a_rust_base_image_is_bounded_by_the_largest_disk(
     meda: Meda, hostile: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
