@@ -112,7 +112,8 @@ class HypervisorBackend(Backend):
 
     @abstractmethod
     def stop(self, runtime: RuntimeInfo, vm_dir: Path, timeout: float) -> None:
-        """Ask the guest to power off, wait up to ``timeout``, then force it off."""
+        """Ask the guest to power off, wait up to ``timeout``, then force it off (at once,
+        without asking, when ``timeout`` is 0)."""
 
     @abstractmethod
     def is_running(self, runtime: RuntimeInfo) -> bool:

@@ -123,10 +123,11 @@ class CloudHypervisor(HypervisorBackend):
             return
         with self._api(vm_dir) as api:
             try:
-                api.put("vm.power-button")
-                deadline = time.monotonic() + timeout
-                while api.state() not in GONE and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                if timeout > 0:  # 0: forced, the guest is not asked
+                    api.put("vm.power-button")
+                    deadline = time.monotonic() + timeout
+                    while api.state() not in GONE and time.monotonic() < deadline:
+                        time.sleep(0.1)
                 api.put("vmm.shutdown")
             except BackendError:
                 pass  # the VMM is gone or wedged: it is killed below
