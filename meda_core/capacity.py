@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
@@ -110,7 +111,7 @@ def check_possible(settings: Settings, spec: VMSpec, disk: bool = True) -> None:
     """Raise :class:`ExceedsHost` if a VM of ``spec`` could never run here (``disk``:
     its disk is checked too, at create)."""
     capacity = measure(settings, [])
-    asks = [
+    asks: list[tuple[str, int, int, Callable[[int], str]]] = [
         ("memory", spec.memory_bytes, capacity.memory.allowed, format_size),
         ("vCPUs", spec.cpus, capacity.cpus.allowed, str),
     ]
