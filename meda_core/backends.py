@@ -15,6 +15,10 @@ from meda_core.models import PortForward, RuntimeInfo, VMSpec
 from meda_core.references import Reference
 from meda_core.store import StateStore
 
+#: The devices meda gives a guest, numbered: a snapshot restores only into the layout it
+#: was saved with. 2: the cloud-init seed is a CD-ROM (it was a virtio disk).
+DEVICE_LAYOUT = 2
+
 
 class Role(StrEnum):
     HYPERVISOR = "hypervisor"

@@ -135,6 +135,8 @@ class Snapshot(BaseModel):
     disk: Path = Field(description="The disk frozen at that moment (a base for overlays)")
     state_bytes: int
     seconds: float = Field(description="How long saving took (the guest was paused)")
+    #: The devices the guest saw (meda_core.backends.DEVICE_LAYOUT); 1 for older records.
+    layout: int = 1
 
 
 class VM(BaseModel):

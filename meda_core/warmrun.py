@@ -14,6 +14,7 @@ import json
 import logging
 
 from meda_core import readiness
+from meda_core.backends import DEVICE_LAYOUT
 from meda_core.config import Settings
 from meda_core.locks import exclusive
 from meda_core.models import VM, CreateVMRequest, Image, RunRequest, VMState
@@ -34,6 +35,7 @@ def template_name(image: Image, request: RunRequest) -> str:
     shape = {
         "image": image_fingerprint(image), "memory": request.memory, "cpus": request.cpus,
         "disk": request.disk, "user_data": request.user_data, "ready_port": request.ready_port,
+        "layout": DEVICE_LAYOUT,  # a template of other devices cannot be restored
     }  # fmt: skip
     key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
     return f"{TEMPLATE_PREFIX}{key}"
