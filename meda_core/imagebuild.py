@@ -40,7 +40,7 @@ resize_rootfs: true
 locale: C.UTF-8
 """
 #: A clone is restored from its template's memory, so cloud-init does not run again: its
-#: seed CD's medium changes instead (meda_qemu), and this applies the seed's hostname.
+#: seed CD's medium changes instead (the QEMU plugin), and this applies its hostname.
 SEED_RULE = """\
 # meda: a seed CD-ROM whose medium changed (a clone restored from its template).
 ACTION=="change", SUBSYSTEM=="block", KERNEL=="sr[0-9]*", ENV{DISK_MEDIA_CHANGE}=="1", \\

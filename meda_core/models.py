@@ -304,6 +304,7 @@ class ImageInfo(BaseModel):
     digest: str | None = None
     kernel: bool
     disk: bool
+    cmdline: str | None = Field(None, description="Kernel command line of a direct boot")
     used_by: list[str] = Field(default_factory=list)
 
 

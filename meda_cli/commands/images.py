@@ -56,10 +56,10 @@ def list_(as_json: bool = JsonOption) -> None:
 
 def _table(result: ImageList) -> None:
     rows = [
-        (i.name, i.tag, i.size, i.registry, (i.digest or "")[:19], ", ".join(i.used_by))
+        (i.name, i.tag, i.size, i.registry, (i.digest or "")[:19], i.cmdline, ", ".join(i.used_by))
         for i in result.images
     ]
-    table(("name", "tag", "size", "registry", "digest", "used by"), rows)
+    table(("name", "tag", "size", "registry", "digest", "cmdline", "used by"), rows)
 
 
 @app.command("import")
@@ -69,7 +69,12 @@ def import_(
     disk: Path | None = typer.Option(None, help="Base disk (qcow2 or raw)"),
     kernel: Path | None = typer.Option(None, help="Kernel for direct boot"),
     initrd: Path | None = typer.Option(None, help="Initrd for direct boot"),
-    cmdline: str | None = typer.Option(None, help="Default kernel command line"),
+    cmdline: str | None = typer.Option(
+        None,
+        help="Kernel command line; needed with --kernel and --disk (where the root file "
+        "system is, e.g. 'console=ttyS0 root=/dev/vda rw'); default with --kernel alone: "
+        "'console=ttyS0'",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Import local files as an image."""
