@@ -40,6 +40,7 @@ from meda_core.models import (
 )
 from meda_core.sizes import format_size
 from meda_core.views import image_info, image_list, template_list, vm_info, vm_list
+from meda_core.vms import power_off_timeout
 from meda_core.workflows import run_image
 
 
@@ -50,8 +51,12 @@ class MedaApi(Protocol):
     def create_vm(self, request: CreateVMRequest) -> OperationResult: ...
     def get_vm(self, name: str) -> VMInfo: ...
     def start_vm(self, name: str) -> OperationResult: ...
-    def stop_vm(self, name: str) -> OperationResult: ...
-    def delete_vm(self, name: str) -> OperationResult: ...
+    def stop_vm(
+        self, name: str, force: bool = False, timeout: float | None = None
+    ) -> OperationResult: ...
+    def delete_vm(
+        self, name: str, force: bool = False, timeout: float | None = None
+    ) -> OperationResult: ...
     def plan_vm(self, name: str, hypervisor: str | None = None) -> dict[str, Any]: ...
     def snapshot_vm(self, name: str) -> OperationResult: ...
     def restore_vm(self, name: str) -> OperationResult: ...
@@ -98,12 +103,18 @@ class LocalApi:
         vm = self.meda.vms.start(name)
         return OperationResult(success=True, message=f"Started VM: {name}", vm=vm_info(vm))
 
-    def stop_vm(self, name: str) -> OperationResult:
-        vm = self.meda.vms.stop(name)
-        return OperationResult(success=True, message=f"Stopped VM: {name}", vm=vm_info(vm))
+    def stop_vm(
+        self, name: str, force: bool = False, timeout: float | None = None
+    ) -> OperationResult:
+        seconds = power_off_timeout(force, timeout, self.meda.settings.stop_timeout)
+        vm = self.meda.vms.stop(name, seconds)
+        message = f"Stopped VM: {name}" + (" (forced)" if seconds == 0 else "")
+        return OperationResult(success=True, message=message, vm=vm_info(vm))
 
-    def delete_vm(self, name: str) -> OperationResult:
-        self.meda.vms.delete(name)
+    def delete_vm(
+        self, name: str, force: bool = False, timeout: float | None = None
+    ) -> OperationResult:
+        self.meda.vms.delete(name, power_off_timeout(force, timeout, 0.0))
         return OperationResult(success=True, message=f"Deleted VM: {name}")
 
     def plan_vm(self, name: str, hypervisor: str | None = None) -> dict[str, Any]:

@@ -15,6 +15,10 @@ from meda_core.models import ForwardListener, PortForward, RuntimeInfo, VMSpec
 from meda_core.references import Reference
 from meda_core.store import StateStore
 
+#: The devices meda gives a guest, numbered: a snapshot restores only into the layout it
+#: was saved with. 2: the cloud-init seed is a CD-ROM (it was a virtio disk).
+DEVICE_LAYOUT = 2
+
 
 class Role(StrEnum):
     HYPERVISOR = "hypervisor"
@@ -112,7 +116,8 @@ class HypervisorBackend(Backend):
 
     @abstractmethod
     def stop(self, runtime: RuntimeInfo, vm_dir: Path, timeout: float) -> None:
-        """Ask the guest to power off, wait up to ``timeout``, then force it off."""
+        """Ask the guest to power off, wait up to ``timeout``, then force it off (at once,
+        without asking, when ``timeout`` is 0)."""
 
     @abstractmethod
     def is_running(self, runtime: RuntimeInfo) -> bool:

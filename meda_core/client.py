@@ -52,6 +52,11 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _stop_params(force: bool, timeout: float | None) -> dict[str, str]:
+    params = {"force": "true"} if force else {}
+    return params if timeout is None else {**params, "timeout": str(timeout)}
+
+
 class RemoteApi:
     """Every API call sent to the server at ``url``, with ``token`` as a bearer token.
 
@@ -140,11 +145,17 @@ class RemoteApi:
     def start_vm(self, name: str) -> OperationResult:
         return self._call(OperationResult, "POST", f"/vms/{_segment(name)}/start")
 
-    def stop_vm(self, name: str) -> OperationResult:
-        return self._call(OperationResult, "POST", f"/vms/{_segment(name)}/stop")
+    def stop_vm(
+        self, name: str, force: bool = False, timeout: float | None = None
+    ) -> OperationResult:
+        path = f"/vms/{_segment(name)}/stop"
+        return self._call(OperationResult, "POST", path, params=_stop_params(force, timeout))
 
-    def delete_vm(self, name: str) -> OperationResult:
-        return self._call(OperationResult, "DELETE", f"/vms/{_segment(name)}")
+    def delete_vm(
+        self, name: str, force: bool = False, timeout: float | None = None
+    ) -> OperationResult:
+        path = f"/vms/{_segment(name)}"
+        return self._call(OperationResult, "DELETE", path, params=_stop_params(force, timeout))
 
     def plan_vm(self, name: str, hypervisor: str | None = None) -> dict[str, Any]:
         params = {"hypervisor": hypervisor} if hypervisor else {}

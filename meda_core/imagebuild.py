@@ -22,9 +22,11 @@ from meda_core.errors import BackendError, BackendUnavailable, NotFound
 from meda_core.images import ImageService
 from meda_core.models import Image
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
+#: ``dbus``: systemd-logind, which powers the guest off on the ACPI power button (a stop),
+#: cannot start without the system bus; it is only a Recommends of systemd.
 PACKAGES = (
-    "linux-image-cloud-amd64", "systemd", "systemd-sysv", "udev", "cloud-init",
+    "linux-image-cloud-amd64", "systemd", "systemd-sysv", "udev", "dbus", "cloud-init",
     "openssh-server", "sudo", "e2fsprogs", "locales", "ifupdown", "isc-dhcp-client",
     "netbase", "busybox", "ca-certificates",
 )  # fmt: skip
@@ -38,6 +40,45 @@ ssh_genkeytypes: [ed25519]
 growpart: {mode: "off"}
 resize_rootfs: true
 locale: C.UTF-8
+"""
+#: A clone is restored from its template's memory, so cloud-init does not run again: its
+#: seed CD's medium changes instead (the QEMU plugin), and this applies its hostname.
+SEED_RULE = """\
+# meda: a seed CD-ROM whose medium changed (a clone restored from its template).
+ACTION=="change", SUBSYSTEM=="block", KERNEL=="sr[0-9]*", ENV{DISK_MEDIA_CHANGE}=="1", \\
+  RUN+="/bin/systemctl --no-block start meda-seed-hostname.service"
+"""
+SEED_SERVICE = """\
+[Unit]
+Description=Take the hostname of meda's seed (a clone's is its own)
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/meda-seed-hostname
+"""
+SEED_SCRIPT = """\
+#!/bin/sh
+# meda: set the hostname from the local-hostname of the NoCloud seed's meta-data.
+set -u
+dir=$(mktemp -d)
+trap 'umount "$dir" 2>/dev/null; rmdir "$dir"' EXIT
+name=
+for dev in /dev/sr*; do
+  mount -t iso9660 -o ro "$dev" "$dir" 2>/dev/null || continue
+  name=$(sed -n 's/^local-hostname: *//p' "$dir/meta-data" 2>/dev/null | head -n 1)
+  umount "$dir"
+  [ -n "$name" ] && break
+done
+case "$name" in ""|*[!A-Za-z0-9.-]*) exit 0 ;; esac
+[ "$(cat /proc/sys/kernel/hostname)" = "$name" ] && exit 0
+echo "$name" > /proc/sys/kernel/hostname
+echo "$name" > /etc/hostname
+if grep -q '^127\\.0\\.1\\.1[[:space:]]' /etc/hosts; then
+  sed -i "s/^127\\.0\\.1\\.1[[:space:]].*/127.0.1.1 $name/" /etc/hosts
+else
+  echo "127.0.1.1 $name" >> /etc/hosts
+fi
+echo "meda: hostname $name" > /dev/console
 """
 Log = Callable[[str], None]
 
@@ -81,6 +122,12 @@ def _prepare(root: Path) -> None:
     (root / "etc/machine-id").write_text("")
     (root / "etc/fstab").write_text("/dev/vda / ext4 defaults,errors=remount-ro 0 1\n")
     (root / "etc/cloud/cloud.cfg.d/90-meda.cfg").write_text(CLOUD_CFG)
+    (root / "etc/udev/rules.d/90-meda-seed.rules").write_text(SEED_RULE)
+    (root / "etc/systemd/system/meda-seed-hostname.service").write_text(SEED_SERVICE)
+    script = root / "usr/local/sbin/meda-seed-hostname"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(SEED_SCRIPT)
+    script.chmod(0o755)
 
 
 def _size_mib(root: Path, headroom: int) -> int:

@@ -38,6 +38,14 @@ Registry = Callable[[], RegistryBackend]
 
 
 MAX_CHAIN = 32
+#: A kernel and initramfs alone: the initramfs's /init runs, its output on the serial port.
+KERNEL_ONLY_CMDLINE = "console=ttyS0"
+NEEDS_CMDLINE = (
+    "a kernel booted with a disk needs a command line that says where the root file system "
+    "is: give --cmdline (cmdline), e.g. 'console=ttyS0 root=/dev/vda rw' for a disk that "
+    "is one file system (as `meda images build` makes) or 'console=ttyS0 root=/dev/vda1 "
+    "rw' for a partitioned one; without it the kernel stops in its initramfs"
+)
 
 
 class ImageService:
@@ -116,6 +124,10 @@ class ImageService:
             raise InvalidRequest(
                 f"ready port {ready_port} is not 0 to 65535", ready_port=ready_port
             )
+        if kernel is not None and not cmdline:
+            if disk is not None:
+                raise InvalidRequest(NEEDS_CMDLINE, flag="--cmdline")
+            cmdline = KERNEL_ONLY_CMDLINE
         for path in (disk, kernel, initrd):
             if path is not None and not path.is_file():
                 raise InvalidRequest(f"no such file: {path}", path=str(path))

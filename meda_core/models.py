@@ -156,6 +156,8 @@ class Snapshot(BaseModel):
     disk: Path = Field(description="The disk frozen at that moment (a base for overlays)")
     state_bytes: int
     seconds: float = Field(description="How long saving took (the guest was paused)")
+    #: The devices the guest saw (meda_core.backends.DEVICE_LAYOUT); 1 for older records.
+    layout: int = 1
 
 
 class VM(BaseModel):
@@ -350,6 +352,7 @@ class ImageInfo(BaseModel):
     digest: str | None = None
     kernel: bool
     disk: bool
+    cmdline: str | None = Field(None, description="Kernel command line of a direct boot")
     used_by: list[str] = Field(default_factory=list)
     ready_port: int | None = Field(
         None, description="Port `run` waits on to build a warm template; null: runs boot cold"

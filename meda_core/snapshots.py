@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from meda_core.backends import HypervisorBackend, Role, StorageBackend
+from meda_core.backends import DEVICE_LAYOUT, HypervisorBackend, Role, StorageBackend
 from meda_core.errors import Conflict, InvalidRequest
 from meda_core.files import copy_sparse
 from meda_core.models import VM, CreateVMRequest, Snapshot, VMState
@@ -59,7 +59,7 @@ class SnapshotService:
             raise
         vm.snapshot = Snapshot(
             id=snapshot_id, created=datetime.now(UTC), state_file=state, disk=frozen,
-            state_bytes=_size(state), seconds=seconds,
+            state_bytes=_size(state), seconds=seconds, layout=DEVICE_LAYOUT,
         )  # fmt: skip
         log.info("snapshot %s of %s: %d bytes in %.2fs", snapshot_id, name,
                  vm.snapshot.state_bytes, seconds)  # fmt: skip
@@ -85,6 +85,7 @@ class SnapshotService:
         vm = self._vms.get(name)
         if vm.snapshot is None:
             raise Conflict(f"VM '{name}' has no snapshot; take one while it runs", name=name)
+        _check_layout(vm)
         return self._vms.start(name, restore=vm.snapshot, reset_disk=True)
 
     def clone(self, source: str, name: str) -> VM:
@@ -98,7 +99,7 @@ class SnapshotService:
             )
         if template.snapshot is None:
             raise Conflict(f"template '{source}' has no snapshot yet", name=source)
-        snapshot = template.snapshot
+        snapshot = _check_layout(template)
         self._vms.create(CreateVMRequest(name=name), clone_of=template)
         try:
             return self._vms.start(name, restore=snapshot)
@@ -108,6 +109,19 @@ class SnapshotService:
 
     def templates(self) -> list[VM]:
         return [vm for vm in self._vms.list() if vm.template]
+
+
+def _check_layout(vm: VM) -> Snapshot:
+    """``vm``'s snapshot, if it was saved with the devices meda gives guests now."""
+    assert vm.snapshot is not None
+    if vm.snapshot.layout != DEVICE_LAYOUT:
+        raise Conflict(
+            f"the snapshot of VM '{vm.name}' was saved by an older meda with other devices "
+            "(its seed was a disk, now a CD-ROM) and cannot be restored: start the VM and "
+            "take a new snapshot",
+            name=vm.name, layout=vm.snapshot.layout, current=DEVICE_LAYOUT,
+        )  # fmt: skip
+    return vm.snapshot
 
 
 def _size(path: Path) -> int:

@@ -105,6 +105,7 @@ def image_info(image: Image, used_by: list[str] | None = None) -> ImageInfo:
         digest=image.digest,
         kernel=image.kernel is not None,
         disk=image.disk is not None,
+        cmdline=image.cmdline,
         used_by=used_by or [],
         ready_port=image.ready_port,
     )

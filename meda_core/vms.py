@@ -87,6 +87,26 @@ def _as_meda_error(exc: Exception, what: str) -> MedaError:
     return BackendError(f"{what}: {exc}", cause=type(exc).__name__)
 
 
+MAX_STOP_TIMEOUT = 3600.0
+
+
+def power_off_timeout(force: bool, timeout: float | None, default: float) -> float:
+    """Seconds of ACPI a stop or delete gives the guest: ``force`` is 0 (killed at once),
+    ``timeout`` that many, neither the operation's ``default``."""
+    if timeout is not None and not 0 <= timeout <= MAX_STOP_TIMEOUT:
+        raise InvalidRequest(
+            f"timeout must be 0 to {MAX_STOP_TIMEOUT:.0f} seconds", timeout=timeout
+        )
+    if force and timeout:
+        raise InvalidRequest(
+            "force kills the guest at once: give force or a timeout, not both",
+            force=force, timeout=timeout,
+        )  # fmt: skip
+    if force:
+        return 0.0
+    return default if timeout is None else timeout
+
+
 class VMService:
     """Every VM operation; the only code that changes a VM's state."""
 
@@ -140,6 +160,8 @@ class VMService:
         if request.user_data is not None:
             user_data = userdata.resolve(request.user_data, self._settings.user_data_dir_list())
         image = self._images.resolve(request.image if clone_of is None else clone_of.image)
+        spec = request.spec() if clone_of is None else clone_of.spec
+        capacity.check_possible(self._settings, spec)  # before anything, --force included
         hypervisor = self._backends.hypervisor()
         storage = self._backends.storage()
         network = self._backends.network()
@@ -148,7 +170,7 @@ class VMService:
         vm = VM(
             name=name,
             state=VMState.CREATING,
-            spec=request.spec() if clone_of is None else clone_of.spec,
+            spec=spec,
             image=image.ref,
             vm_dir=self._settings.vms_dir / name,
             hypervisor=hypervisor.name if clone_of is None else clone_of.hypervisor,
@@ -226,15 +248,19 @@ class VMService:
         return vm
 
     def stop(self, name: str, timeout: float | None = None) -> VM:
-        """Power the VM off: ACPI, then forced after ``timeout`` (MEDA_STOP_TIMEOUT)."""
+        """Power the VM off: ACPI, then forced after ``timeout`` seconds (None:
+        MEDA_STOP_TIMEOUT; 0: forced at once, no ACPI)."""
         self.get(name)
         vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
-        self._power_off(vm, timeout)
+        self._power_off(vm, self._settings.stop_timeout if timeout is None else timeout)
         vm = self._finish(vm, VMState.STOPPED)
         self._emit(VMEvent(kind=VMEventKind.STOPPED, vm=name, state=vm.state))
         return vm
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, timeout: float = 0) -> None:
+        """Remove the VM and its disk. A running one is powered off first, at once by
+        default: its disk is thrown away, so a clean shutdown would protect nothing;
+        ``timeout`` gives the guest that many seconds of ACPI first."""
         vm = self.get(name)
         clones = sorted(c.name for c in self._store.list_vms() if c.clone_of == name)
         if clones:  # their disks are overlays on this VM's snapshot
@@ -244,7 +270,7 @@ class VMService:
             )  # fmt: skip
         if vm.state == VMState.RUNNING:
             vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
-            self._power_off(vm)
+            self._power_off(vm, timeout)
             self._finish(vm, VMState.STOPPED)
         vm = self._begin(name, STARTABLE, VMState.DELETING)
         self._discard(vm)
@@ -350,10 +376,8 @@ class VMService:
         else:
             storage.create_disk(vm.disk_path, size)
 
-    def _power_off(self, vm: VM, timeout: float | None = None) -> None:
+    def _power_off(self, vm: VM, timeout: float) -> None:
         hypervisor = self._hypervisor(vm)
-        if timeout is None:
-            timeout = self._settings.stop_timeout
         try:
             if vm.runtime is not None:
                 hypervisor.stop(vm.runtime, vm.vm_dir, timeout)

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from meda_core import readiness
 from meda_core.capacity import InsufficientCapacity
+from meda_core.backends import DEVICE_LAYOUT
 from meda_core.config import Settings
 from meda_core.errors import BackendError
 from meda_core.locks import try_exclusive
@@ -96,6 +97,7 @@ def template_name(image: Image, request: RunRequest, ready_port: int) -> str:
     shape = {
         "image": image_fingerprint(image), "memory": request.memory, "cpus": request.cpus,
         "disk": request.disk, "user_data": request.user_data, "ready_port": ready_port,
+        "layout": DEVICE_LAYOUT,  # a template of other devices cannot be restored
     }  # fmt: skip
     key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
     return f"{TEMPLATE_PREFIX}{key}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from meda_api.deps import ApiDep, VMName
 from meda_core.models import (
@@ -16,6 +16,7 @@ from meda_core.models import (
     VMInfo,
     VMList,
 )
+from meda_core.vms import MAX_STOP_TIMEOUT
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 
@@ -55,14 +56,32 @@ def start_vm(name: VMName, api: ApiDep) -> OperationResult:
     return api.start_vm(name)
 
 
+Force = Annotated[
+    bool, Query(description="Kill the guest at once, without asking it (ACPI) to power off")
+]
+Timeout = Annotated[
+    float | None,
+    Query(ge=0, le=MAX_STOP_TIMEOUT,
+          description="Seconds the guest gets to power off on ACPI before it is killed "
+          "(0: at once, like force)"),
+]  # fmt: skip
+
+
 @router.post("/{name}/stop", response_model=OperationResult, responses=ERRORS)
-def stop_vm(name: VMName, api: ApiDep) -> OperationResult:
-    return api.stop_vm(name)
+def stop_vm(
+    name: VMName, api: ApiDep, force: Force = False, timeout: Timeout = None
+) -> OperationResult:
+    """Power the VM off: ACPI, then killed after ``timeout`` (default MEDA_STOP_TIMEOUT)."""
+    return api.stop_vm(name, force, timeout)
 
 
 @router.delete("/{name}", response_model=OperationResult, responses=ERRORS)
-def delete_vm(name: VMName, api: ApiDep) -> OperationResult:
-    return api.delete_vm(name)
+def delete_vm(
+    name: VMName, api: ApiDep, force: Force = False, timeout: Timeout = None
+) -> OperationResult:
+    """Delete the VM and its disk. A running guest is killed at once (its disk is thrown
+    away: a clean shutdown protects nothing) unless ``timeout`` gives it time on ACPI."""
+    return api.delete_vm(name, force, timeout)
 
 
 @router.get("/{name}/plan", responses=ERRORS)

@@ -62,11 +62,11 @@ def list_(as_json: bool = JsonOption) -> None:
 
 def _table(result: ImageList) -> None:
     rows = [
-        (i.name, i.tag, i.size, i.registry, (i.digest or "")[:19], i.ready_port,
+        (i.name, i.tag, i.size, i.registry, (i.digest or "")[:19], i.ready_port, i.cmdline,
          ", ".join(i.used_by))
         for i in result.images
     ]  # fmt: skip
-    table(("name", "tag", "size", "registry", "digest", "ready port", "used by"), rows)
+    table(("name", "tag", "size", "registry", "digest", "ready port", "cmdline", "used by"), rows)
 
 
 @app.command("import")
@@ -76,7 +76,12 @@ def import_(
     disk: Path | None = typer.Option(None, help="Base disk (qcow2 or raw)"),
     kernel: Path | None = typer.Option(None, help="Kernel for direct boot"),
     initrd: Path | None = typer.Option(None, help="Initrd for direct boot"),
-    cmdline: str | None = typer.Option(None, help="Default kernel command line"),
+    cmdline: str | None = typer.Option(
+        None,
+        help="Kernel command line; needed with --kernel and --disk (where the root file "
+        "system is, e.g. 'console=ttyS0 root=/dev/vda rw'); default with --kernel alone: "
+        "'console=ttyS0'",
+    ),
     ready_port: int | None = typer.Option(None, help=READY_PORT_HELP + "; unset: none"),
     as_json: bool = JsonOption,
 ) -> None:

@@ -18,6 +18,7 @@ from meda_core.models import (
     VMInfo,
     VMList,
 )
+from meda_core.vms import MAX_STOP_TIMEOUT
 
 app = typer.Typer()
 
@@ -90,18 +91,34 @@ def start(
     _report(api().start_vm(name), as_json)
 
 
-@app.command()
-@handles_errors
-def stop(name: str, as_json: bool = JsonOption) -> None:
-    """Power a VM off (ACPI, then forced after MEDA_STOP_TIMEOUT seconds)."""
-    _report(api().stop_vm(name), as_json)
+ForceOption = typer.Option(
+    False, "--force", help="Kill the guest at once, without asking it (ACPI) to power off"
+)
+TimeoutOption = typer.Option(
+    None, "--timeout", min=0, max=MAX_STOP_TIMEOUT, metavar="SECONDS",
+    help="Seconds the guest gets to power off on ACPI before it is killed (0: like --force)",
+)  # fmt: skip
 
 
 @app.command()
 @handles_errors
-def delete(name: str, as_json: bool = JsonOption) -> None:
-    """Delete a VM, stopping it first if it runs."""
-    _report(api().delete_vm(name), as_json)
+def stop(
+    name: str, force: bool = ForceOption, timeout: float | None = TimeoutOption,
+    as_json: bool = JsonOption,
+) -> None:  # fmt: skip
+    """Power a VM off (ACPI, then forced after --timeout, default MEDA_STOP_TIMEOUT seconds)."""
+    _report(api().stop_vm(name, force, timeout), as_json)
+
+
+@app.command()
+@handles_errors
+def delete(
+    name: str, force: bool = ForceOption, timeout: float | None = TimeoutOption,
+    as_json: bool = JsonOption,
+) -> None:  # fmt: skip
+    """Delete a VM and its disk; a running one is killed at once unless --timeout gives
+    it that long to power off."""
+    _report(api().delete_vm(name, force, timeout), as_json)
 
 
 @app.command()

@@ -28,7 +28,8 @@ BOOT_MARKER = "MEDA-GUEST-BOOTED"
 POWEROFF_MARKER = "MEDA-GUEST-POWEROFF"
 CMDLINE = "console=ttyS0 panic=-1 quiet"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
-#: Loaded in this order: the power button, then virtio-pci and virtio-net.
+#: Loaded in this order: the power button, then virtio-pci, virtio-net, virtio-blk and
+#: the CD-ROM (virtio-scsi) that holds the seed.
 MODULES = (
     "drivers/input/evdev.ko",
     "drivers/acpi/button.ko",
@@ -41,8 +42,14 @@ MODULES = (
     "drivers/virtio/virtio_pci.ko",
     "drivers/net/virtio_net.ko",
     "drivers/block/virtio_blk.ko",
+    "drivers/scsi/scsi_common.ko",
+    "drivers/scsi/scsi_mod.ko",
+    "drivers/scsi/virtio_scsi.ko",
+    "drivers/cdrom/cdrom.ko",
+    "drivers/scsi/sr_mod.ko",
 )
 IP_MARKER = "MEDA-GUEST-IP="
+HOSTNAME_MARKER = "MEDA-GUEST-HOSTNAME="
 HTTP_PAGE = "MEDA-GUEST-HTTP"
 COUNTER_MARKER = "meda-counter "
 
@@ -56,12 +63,28 @@ case "$1" in
 esac
 """
 
+#: The hostname in the seed CD's meta-data becomes the guest's: at boot, and whenever the
+#: medium changes (a clone restored from its template's memory gets its own seed).
+SEED_EVENT = f"""#!/bin/sh
+[ -n "${{ACTION:-}}" ] && [ "${{DISK_MEDIA_CHANGE:-}}" != 1 ] && exit 0
+blockdev --flushbufs /dev/sr0 2>/dev/null
+name=$(dd if=/dev/sr0 bs=2048 count=256 2>/dev/null | strings \\
+       | sed -n 's/^local-hostname: *//p' | head -n 1)
+[ -n "$name" ] || exit 0
+hostname "$name" || exit 1
+echo "{HOSTNAME_MARKER}$name" > /dev/console
+"""
+
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /lib/modules/order); do insmod "/lib/modules/$m"; done
+# The kernel polls CD-ROMs for media changes (as udev has it do) and reports them.
+echo 2000 > /sys/module/block/parameters/events_dfl_poll_msecs
+uevent /bin/seed-event >/dev/null 2>&1 &
+/bin/seed-event
 # Network, in the background: an HTTP server on port 80 and an address by DHCP.
 if [ -e /sys/class/net/eth0 ]; then
   mkdir -p /www && echo {HTTP_PAGE} > /www/index.html
@@ -172,6 +195,7 @@ def _initramfs(dest: Path, busybox: Path, modules: Path) -> None:
     entries += [cpio.file(f"lib/modules/{name}", modules / name) for name in order]
     entries.append(cpio.file("lib/modules/order", "\n".join(order).encode() + b"\n"))
     entries.append(cpio.file("bin/dhcp-event", DHCP_EVENT.encode(), executable=True))
+    entries.append(cpio.file("bin/seed-event", SEED_EVENT.encode(), executable=True))
     entries.append(cpio.file("init", INIT.encode(), executable=True))
     cpio.write_initramfs(dest, entries)
 
@@ -186,7 +210,11 @@ def build_test_guest(cache_dir: Path) -> BootableGuest:
         _fetch_kernel(package, kernel_dir)
     busybox = static_busybox()
     key = hashlib.sha256(
-        INIT.encode() + DHCP_EVENT.encode() + busybox.read_bytes() + kernel_dir.name.encode()
+        INIT.encode()
+        + DHCP_EVENT.encode()
+        + SEED_EVENT.encode()
+        + busybox.read_bytes()
+        + kernel_dir.name.encode()
     ).hexdigest()
     initrd = cache_dir / f"initrd-{key[:16]}.gz"
     if not initrd.exists():

@@ -20,6 +20,13 @@ from meda_core.models import RuntimeInfo
 GONE = {"Shutdown", None}
 
 
+#: What a restored VM's details say of its hostname (QEMU changes the seed's medium).
+NO_NEW_HOSTNAME = (
+    "the saved VM's: cloud-hypervisor has no removable media, so nothing tells the "
+    "restored guest that its seed (its hostname) is new"
+)
+
+
 class CloudHypervisor(HypervisorBackend):
     name = "cloud-hypervisor"
     capabilities: ClassVar[frozenset[str]] = frozenset(
@@ -82,6 +89,8 @@ class CloudHypervisor(HypervisorBackend):
             self.cleanup(launch.vm_dir)
             raise
         runtime.extra.update({"argv": argv, "vm_config": vm_config})
+        if launch.restore_state is not None:
+            runtime.extra["hostname"] = NO_NEW_HOSTNAME
         return runtime
 
     # ---- snapshots: vm.snapshot of the paused VM into a directory; meda copies the disk ----
@@ -123,10 +132,11 @@ class CloudHypervisor(HypervisorBackend):
             return
         with self._api(vm_dir) as api:
             try:
-                api.put("vm.power-button")
-                deadline = time.monotonic() + timeout
-                while api.state() not in GONE and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                if timeout > 0:  # 0: forced, the guest is not asked
+                    api.put("vm.power-button")
+                    deadline = time.monotonic() + timeout
+                    while api.state() not in GONE and time.monotonic() < deadline:
+                        time.sleep(0.1)
                 api.put("vmm.shutdown")
             except BackendError:
                 pass  # the VMM is gone or wedged: it is killed below

@@ -25,6 +25,11 @@ INCOMING = "fd:0"
 #: from reopening the disk read-only when a migration ends (a snapshot's save).
 DISK_FDSET = 1
 DISK_FILE_OPTIONS = "file.auto-read-only=off"
+#: Extra disks (the cloud-init seed) are CD-ROMs on a virtio-scsi controller: a medium
+#: can be ejected and closed again, which the guest sees as a media change. A clone
+#: restored from its template's memory learns that way that its seed (its hostname) is
+#: its own (meda_core.seed).
+SEED_CONTROLLER = "seeds"
 
 
 def opt(value: object) -> str:
@@ -50,6 +55,20 @@ def log_path(vm_dir: Path) -> Path:
 def hostfwd_rule(forward: PortForward) -> str:
     """QEMU's ``hostfwd`` syntax: ``tcp::8080-:80``."""
     return f"{forward.protocol.value}::{forward.host_port}-:{forward.guest_port}"
+
+
+def cdrom_id(index: int) -> str:
+    """The QEMU device id of the ``index``-th extra disk (from 1), a CD-ROM."""
+    return f"cd{index}"
+
+
+def extra_disk_args(extra_disks: tuple[Path, ...]) -> list[str]:
+    args = ["-device", f"virtio-scsi-pci,id={SEED_CONTROLLER}"] if extra_disks else []
+    for index, extra in enumerate(extra_disks, start=1):
+        drive = f"file={path_opt(extra)},if=none,id=disk{index},format=raw,readonly=on"
+        device = f"scsi-cd,drive=disk{index},id={cdrom_id(index)},bus={SEED_CONTROLLER}.0"
+        args += ["-drive", f"{drive},media=cdrom", "-device", device]
+    return args
 
 
 def nic_args(nics: tuple[NicSpec, ...]) -> list[str]:
@@ -109,11 +128,7 @@ def build_argv(
     ]  # fmt: skip
     for fd in disk_fds:
         argv += ["-add-fd", f"fd={fd},set={DISK_FDSET}"]
-    for index, extra in enumerate(launch.extra_disks, start=1):
-        argv += [
-            "-drive", f"file={path_opt(extra)},if=none,id=disk{index},format=raw,readonly=on",
-            "-device", f"virtio-blk-pci,drive=disk{index}",
-        ]  # fmt: skip
+    argv += extra_disk_args(launch.extra_disks)
     argv += nic_args(launch.nics)
     if launch.restore_state is not None:
         argv += ["-incoming", INCOMING]

@@ -20,7 +20,7 @@ from meda_core.errors import BackendError
 from meda_core.models import PortForward, RuntimeInfo
 from meda_core.private import UMASK, create_private
 from meda_qemu import accel, qmp
-from meda_qemu.argv import build_argv, hostfwd_rule, log_path, runtime_paths
+from meda_qemu.argv import build_argv, cdrom_id, hostfwd_rule, log_path, runtime_paths
 from meda_qemu.settings import QemuSettings
 
 START_TIMEOUT = 60.0
@@ -90,6 +90,7 @@ class QemuHypervisor(HypervisorBackend):
             raise BackendError("qemu started but its process could not be found")
         if launch.restore_state is not None:
             self._await_restore(runtime, launch.vm_dir)
+            self._change_media(runtime, launch)
         runtime.accelerator = self._accelerator_in_use(launch.vm_dir, choice.accel)
         runtime.extra.update({"accelerator_reason": choice.reason, "argv": argv})
         return runtime
@@ -111,6 +112,21 @@ class QemuHypervisor(HypervisorBackend):
             time.sleep(0.01)
         procs.kill(runtime)
         raise BackendError(f"qemu did not resume from the saved state (status: {status})")
+
+    def _change_media(self, runtime: RuntimeInfo, launch: LaunchSpec) -> None:
+        """Tell a restored guest its CD-ROMs hold new media (its own seed, not the saved
+        VM's): the tray opens and closes, the guest sees a media change and rereads it."""
+        qmp_socket, _ = runtime_paths(launch.vm_dir)
+        try:
+            for index in range(1, len(launch.extra_disks) + 1):
+                qmp.execute(qmp_socket, "blockdev-open-tray", {"id": cdrom_id(index),
+                                                                "force": True})  # fmt: skip
+                qmp.execute(qmp_socket, "blockdev-close-tray", {"id": cdrom_id(index)})
+        except Exception as exc:
+            procs.kill(runtime)
+            message = f"qemu could not change the restored VM's seed medium: {exc}"
+            raise BackendError(message) from exc
+        runtime.extra["hostname"] = "its own: the seed medium changed, the guest rereads it"
 
     # ---- snapshots ----
 
@@ -166,7 +182,8 @@ class QemuHypervisor(HypervisorBackend):
         if not procs.is_alive(runtime):
             return
         qmp_socket, _ = runtime_paths(vm_dir)
-        for command, wait in (("system_powerdown", timeout), ("quit", 5.0)):
+        steps = [("system_powerdown", timeout)] if timeout > 0 else []  # 0: forced at once
+        for command, wait in [*steps, ("quit", 5.0)]:
             try:
                 qmp.execute(qmp_socket, command)
             except Exception:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from meda_core.testing.guest import BOOT_MARKER
+from meda_core.testing.guest import BOOT_MARKER, BootableGuest
 from meda_core.testing.pytest_plugin import wait_for_text
-from tests.integration.conftest import Server
+from tests.integration.conftest import RunMeda, Server
 
 pytestmark = pytest.mark.vm
 
@@ -64,3 +64,32 @@ def test_api_and_cli_list_the_same_images(server: Server, run_meda) -> None:  # 
     cli = run_meda("images", "--json", env=env)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == listed
+
+
+def test_an_import_without_cmdline_boots_or_is_refused_naming_the_flag(
+    run_meda: RunMeda, test_guest: BootableGuest, tmp_path: Path
+) -> None:
+    """Before, a kernel imported with a disk and no --cmdline sat in its initramfs."""
+    env = {"MEDA_NETWORK": "user", "MEDA_HYPERVISOR": "qemu", "MEDA_STORAGE": "qcow2"}
+    disk = tmp_path / "root.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    refused = run_meda("images", "import", "withdisk", "--kernel", str(test_guest.kernel),
+                       "--disk", str(disk), env=env)  # fmt: skip
+    assert refused.returncode == 2 and "--cmdline" in refused.stderr, refused.stderr
+    assert "root=/dev/vda" in refused.stderr
+
+    imported = run_meda("images", "import", "plain", "--kernel", str(test_guest.kernel),
+                        "--initrd", str(test_guest.initrd), env=env)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    listed = run_meda("images", "list", env=env)
+    assert "withdisk" not in listed.stdout
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith("plain")]
+    assert "console=ttyS0" in row
+    created = run_meda("create", "booted", "--image", "plain", "--memory", "256M", env=env)
+    assert created.returncode == 0, created.stderr
+    try:
+        assert run_meda("start", "booted", env=env).returncode == 0
+        console = tmp_path / "cli-home" / "vms" / "booted" / "console.log"
+        wait_for_text(console, BOOT_MARKER, timeout=60)  # its init ran
+    finally:
+        assert run_meda("delete", "booted", env=env).returncode == 0

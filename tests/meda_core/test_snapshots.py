@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from meda_core.app import Meda
+from meda_core.backends import DEVICE_LAYOUT
 from meda_core.errors import Conflict, InvalidRequest, InvalidState
 from meda_core.models import VM, CreateVMRequest, VMState
 
@@ -69,3 +70,23 @@ def test_only_templates_are_cloned(fake_meda: Meda, make_vm: MakeVM) -> None:
     fake_meda.snapshots.snapshot("plain")
     with pytest.raises(InvalidRequest):
         fake_meda.snapshots.clone("plain", "c1")
+
+
+def test_a_snapshot_saved_with_other_devices_is_refused_not_restored(
+    fake_meda: Meda, fake_image: str
+) -> None:
+    """Snapshots of an older meda saw the seed as a disk: restored into today's devices
+    (a CD-ROM) the guest would break, so both restore and clone say what to do."""
+    fake_meda.vms.create(CreateVMRequest(name="tpl", memory="256M", template=True))
+    fake_meda.vms.start("tpl")
+    old = fake_meda.snapshots.snapshot("tpl")
+    assert old.snapshot is not None and old.snapshot.layout == DEVICE_LAYOUT
+    old.snapshot.layout = 1  # as an older meda recorded it
+    fake_meda.store.save_vm(old)
+    fake_meda.vms.stop("tpl")
+    with pytest.raises(Conflict, match="take a new snapshot"):
+        fake_meda.snapshots.clone("tpl", "c1")
+    assert fake_meda.store.get_vm("c1") is None
+    with pytest.raises(Conflict, match="take a new snapshot"):
+        fake_meda.snapshots.restore("tpl")
+    assert fake_meda.vms.get("tpl").state == VMState.STOPPED

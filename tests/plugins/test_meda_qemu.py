@@ -21,6 +21,7 @@ from meda_core.models import VM, CreateVMRequest, PortForward, VMSpec
 from meda_core.testing.conformance import HypervisorConformance
 from meda_core.testing.guest import (
     DISK_BOOT_MARKER,
+    HOSTNAME_MARKER,
     POWEROFF_MARKER,
     BootableGuest,
     boot_sector_disk,
@@ -309,6 +310,36 @@ def test_qemu_as_an_unprivileged_user_runs_the_whole_lifecycle(
         clone = meda.snapshots.clone("tpl", "c1")
         assert clone.runtime is not None and _uid(clone.runtime.pid) == NOBODY
         assert _token(_forward(meda, "c1")) == token
+    finally:
+        meda.vms.delete_all()
+
+
+@pytest.mark.vm
+def test_a_clone_takes_its_own_hostname_from_its_seed_medium_and_deletes_at_once(
+    tmp_path: Path, guest_image: dict[str, object]
+) -> None:
+    """A clone is the template's memory: cloud-init does not run again. Its seed CD-ROM's
+    medium changes after the restore; the guest sees a media change and takes the
+    hostname in the new seed, with no agent in it."""
+    settings = Settings(home=tmp_path / "home", hypervisor="qemu", storage="qcow2",
+                        network="user", stop_timeout=30)  # fmt: skip
+    meda = Meda(settings)
+    meda.images.import_files("guest", **guest_image)  # type: ignore[arg-type]
+    meda.vms.create(CreateVMRequest(name="tpl", image="guest", memory="256M", template=True))
+    try:
+        template = meda.vms.start("tpl")
+        wait_for_text(template.console_log, f"{HOSTNAME_MARKER}tpl", timeout=60)
+        meda.snapshots.snapshot("tpl")
+        meda.vms.stop("tpl", timeout=0)
+        clones = [meda.snapshots.clone("tpl", name) for name in ("c1", "c2")]
+        for clone in clones:
+            seconds = wait_for_text(clone.console_log, f"{HOSTNAME_MARKER}{clone.name}", 30)
+            print(f"{clone.name} took its hostname {seconds:.2f}s after the clone returned")
+            assert clone.runtime is not None and "its own" in clone.runtime.extra["hostname"]
+        started = time.monotonic()
+        meda.vms.delete("c1")
+        print(f"delete of a running clone: {time.monotonic() - started:.2f}s")
+        assert time.monotonic() - started < 10
     finally:
         meda.vms.delete_all()
 
