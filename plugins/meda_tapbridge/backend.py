@@ -16,7 +16,7 @@ from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, 
 from meda_core.locks import exclusive
 from meda_core.macs import random_mac
 from meda_core.models import PortForward, VMState
-from meda_tapbridge import isolated, links, nft
+from meda_tapbridge import dns, isolated, links, nft
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings, settings_problem
 
@@ -156,7 +156,8 @@ class TapBridgeNetwork(NetworkBackend):
             for vm in self.context.state.list_vms():
                 lease = by_vm.get(vm.name)
                 if vm.netns and lease and Path("/run/netns", vm.netns).exists():
-                    isolated.refresh(self.ns, vm.netns, self.config.bridge, lease.mac, lease.ip)
+                    isolated.refresh(self.ns, vm.netns, self.config.bridge, lease.mac, lease.ip,
+                                     self.config.gateway_ip)  # fmt: skip
 
     # ---- cleanup ----
 
@@ -248,6 +249,7 @@ class TapBridgeNetwork(NetworkBackend):
             config.gateway_ip,
             str(config.network.netmask),
             str(config.network.network_address),
+            dns.upstream_servers(config.configured_dns_servers),
         )
 
     def _sync_rules(self) -> None:
@@ -266,7 +268,9 @@ class TapBridgeNetwork(NetworkBackend):
             for tap in [config.tap_name(lease.ip)]
             for name in (tap, tap.replace("mtap", "mveth"))
         ]
-        ruleset = nft.render(config.subnet, config.bridge, forwards, ports, config.guest_to_guest)
+        ruleset = nft.render(
+            config.subnet, config.bridge, forwards, ports, config.guest_to_guest, config.gateway_ip
+        )
         nft.replace(self.ns, ruleset)
 
     def _teardown(self) -> None:

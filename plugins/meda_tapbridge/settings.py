@@ -28,6 +28,9 @@ class BridgeSettings(BaseSettings):
     gateway: str | None = None
     #: Whether guests on the bridge may reach each other (they are isolated by default).
     guest_to_guest: bool = False
+    #: Comma-separated name servers the guests' DNS (dnsmasq on the gateway) asks; empty:
+    #: the host's own (see :mod:`meda_tapbridge.dns`).
+    dns_servers: str = ""
 
     @field_validator("subnet")
     @classmethod
@@ -37,11 +40,22 @@ class BridgeSettings(BaseSettings):
             raise ValueError("the subnet needs room for a gateway and guests (/29 or larger)")
         return str(network)
 
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers(cls, value: str) -> str:
+        for server in filter(None, (s.strip() for s in value.split(","))):
+            ipaddress.ip_address(server)  # an address, nothing dnsmasq would read as more
+        return value
+
     @model_validator(mode="after")
     def _gateway_in_subnet(self) -> BridgeSettings:
         if self.gateway is not None and ipaddress.IPv4Address(self.gateway) not in self.network:
             raise ValueError(f"gateway {self.gateway} is not in subnet {self.subnet}")
         return self
+
+    @property
+    def configured_dns_servers(self) -> list[str]:
+        return [s.strip() for s in self.dns_servers.split(",") if s.strip()]
 
     @property
     def network(self) -> ipaddress.IPv4Network:
