@@ -16,11 +16,14 @@ from meda_core.macs import random_mac
 from meda_core.models import PortForward
 from meda_core.testing.conformance import NetworkConformance
 from meda_core.testing.namespaces import (
+    OUTSIDE_NAME,
     another_host,
     connects,
     destroy,
     fake_guest,
     listener,
+    outside_world,
+    resolve,
     run_in,
 )
 from meda_tapbridge import TapBridgeNetwork, isolated, nft
@@ -385,5 +388,112 @@ def test_a_guest_flooding_dhcp_reaches_the_host_at_a_bounded_rate(
         counted = run_in(netns, "nft", "list", "table", "ip", "probe")
         arrived = int(counted.split("counter packets ")[1].split()[0])
         assert 0 < arrived <= 100, counted
+    finally:
+        run_in(netns, "nft", "delete", "table", "ip", "probe")
+
+
+# ---- DNS and the way out ----
+
+
+@pytest.fixture
+def world(netns: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The outside world beyond the host: DNS (``outside.test``) and a web server, at
+    OUTSIDE_CLIENT; meda's DNS is told to ask it."""
+    monkeypatch.setenv("MEDA_DNS_SERVERS", OUTSIDE_CLIENT)
+    with outside_world(netns, OUTSIDE_HOST, OUTSIDE_CLIENT) as name:
+        yield name
+
+
+def dhcp_offer(ns: str, tmp_path: Path) -> str:
+    """The router and name server DHCP gives a guest in ``ns`` (which keeps its address)."""
+    script = tmp_path / "show-offer"
+    script.write_text('#!/bin/sh\n[ "$1" = bound ] && echo "router=$router dns=$dns"\n')
+    script.chmod(0o755)
+    result = subprocess.run(
+        ["ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "3",
+         "-T", "1", "-s", str(script)], capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def test_a_guest_gets_a_route_and_dns_at_its_gateway_which_asks_upstream(
+    guests: Callable[[str], Guest], world: str, tmp_path: Path
+) -> None:
+    guest = guests("vm1")
+    assert dhcp_offer(guest.ns, tmp_path) == f"router={guest.gateway} dns={guest.gateway}"
+    assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
+    assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME, tcp=True) == [OUTSIDE_CLIENT]
+    assert connects(guest.ns, OUTSIDE_CLIENT, 80)  # and gets there (NAT)
+    # DNS is the gateway's only: not on the host's other addresses.
+    assert resolve(guest.ns, OUTSIDE_HOST, OUTSIDE_NAME, timeout=1) == []
+    assert resolve(guest.ns, OUTSIDE_HOST, OUTSIDE_NAME, tcp=True, timeout=1) == []
+
+
+def test_a_guest_in_its_own_namespace_gets_dns_at_its_own_gateway(
+    tapbridge: TapBridgeNetwork, world: str
+) -> None:
+    attachment = tapbridge.allocate("tmpl", isolated=True)
+    tapbridge.plug("tmpl", attachment)
+    vm_ns = attachment.netns
+    assert vm_ns is not None
+    guest_ns = fake_guest(vm_ns, isolated.TAP, random_mac(), f"{isolated.GUEST_IP}/30",
+                          isolated.GATEWAY_IP)  # fmt: skip
+    try:
+        run_in(vm_ns, "ip", "link", "set", isolated.TAP, "address", isolated.GATEWAY_MAC)
+        run_in(vm_ns, "ip", "addr", "add", f"{isolated.GATEWAY_IP}/30", "dev", isolated.TAP)
+        run_in(vm_ns, "ip", "link", "set", isolated.TAP, "up")
+        # (DHCP is left out: the namespace's dnsmasq stays bound to the tap that was replaced.)
+        gateway = isolated.GATEWAY_IP
+        assert resolve(guest_ns, gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
+        assert resolve(guest_ns, gateway, OUTSIDE_NAME, tcp=True) == [OUTSIDE_CLIENT]
+        assert connects(guest_ns, OUTSIDE_CLIENT, 80)
+    finally:
+        destroy(guest_ns)
+        tapbridge.unplug("tmpl", attachment)
+
+
+def test_the_upstream_name_servers_follow_the_setting(
+    tapbridge: TapBridgeNetwork, guests: Callable[[str], Guest], world: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    guest = guests("vm1")
+    assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
+    monkeypatch.setenv("MEDA_DNS_SERVERS", "192.0.2.53")  # nobody there
+    guests("vm2")  # the network is ensured again: dnsmasq re-reads its servers
+    assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME, timeout=1) == []
+
+
+def test_a_guest_cannot_reach_link_local_addresses_beyond_the_host(
+    guests: Callable[[str], Guest], listen: Callable[[str, str], int], netns: str, outside: str
+) -> None:
+    """A cloud's metadata service (169.254.169.254) answers whoever the host routes to it;
+    link-local addresses are never to be routed (RFC 3927)."""
+    metadata = "169.254.169.254"
+    run_in(outside, "ip", "addr", "add", f"{metadata}/32", "dev", "vc0")
+    run_in(netns, "ip", "route", "add", f"{metadata}/32", "dev", "vh0")  # goes with vh0
+    port = listen(outside, "0.0.0.0")
+    guest = guests("vm1")
+    assert connects(netns, metadata, port)  # the host reaches it
+    assert connects(guest.ns, OUTSIDE_CLIENT, port)
+    assert not connects(guest.ns, metadata, port)
+
+
+def test_a_guest_flooding_dns_reaches_the_host_at_a_bounded_rate(
+    guests: Callable[[str], Guest], netns: str
+) -> None:
+    """dnsmasq parses DNS as root: 1000 queries at once get a burst through, not the flood."""
+    guest = guests("noisy")
+    # Counted after meda's input chain (priority filter): what dnsmasq would see.
+    run_in(netns, "nft", "table ip probe { chain input { type filter hook input priority 10;"
+                         " udp dport 53 counter; }; }")  # fmt: skip
+    try:
+        flood = (
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            f" [s.sendto(b'x' * 40, ({guest.gateway!r}, 53)) for _ in range(1000)]"
+        )
+        run_in(guest.ns, sys.executable, "-c", flood)
+        counted = run_in(netns, "nft", "list", "table", "ip", "probe")
+        arrived = int(counted.split("counter packets ")[1].split()[0])
+        assert 0 < arrived <= 300, counted
     finally:
         run_in(netns, "nft", "delete", "table", "ip", "probe")
