@@ -22,11 +22,13 @@ from meda_core.errors import BackendError, BackendUnavailable, NotFound
 from meda_core.images import ImageService
 from meda_core.models import Image
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 PACKAGES = (
     "linux-image-cloud-amd64", "systemd", "systemd-sysv", "udev", "cloud-init",
     "openssh-server", "sudo", "e2fsprogs", "locales", "ifupdown", "isc-dhcp-client",
     "netbase", "busybox", "ca-certificates",
+    # ifupdown hands the name servers of a static network-config (dns-nameservers) to it.
+    "resolvconf",
 )  # fmt: skip
 CMDLINE = "console=ttyS0 root=/dev/vda rw"
 CLOUD_CFG = """\
@@ -74,6 +76,8 @@ def _prepare(root: Path) -> None:
     """Make the tree fit to be cloned: per-instance identity is cloud-init's job."""
     for leftover in ("etc/hostname", "etc/resolv.conf", "var/lib/dbus/machine-id"):
         (root / leftover).unlink(missing_ok=True)
+    if (root / "etc/resolvconf").is_dir():  # the instance's servers, as resolvconf has them
+        (root / "etc/resolv.conf").symlink_to("../run/resolvconf/resolv.conf")
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     (root / "etc/machine-id").write_text("")
