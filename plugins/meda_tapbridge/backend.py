@@ -16,7 +16,7 @@ from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, 
 from meda_core.locks import exclusive
 from meda_core.macs import random_mac
 from meda_core.models import PortForward, VMState
-from meda_tapbridge import dns, isolated, links, nft
+from meda_tapbridge import dns, isolated, links, nft, uplink
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings, settings_problem
 
@@ -211,6 +211,8 @@ class TapBridgeNetwork(NetworkBackend):
                     f"bridge {config.bridge}",
                     lambda: links.remove_link(self.ns, config.bridge),
                 ))  # fmt: skip
+            if self.ns is not None and (described := uplink.present(self.ns)):
+                found.append((", ".join(described), partial(uplink.remove, self.ns)))
         return found
 
     # ---- the shared network: bridge, sysctls, DHCP, rules ----
@@ -235,6 +237,8 @@ class TapBridgeNetwork(NetworkBackend):
     def _ensure_network(self) -> None:
         self._ensure_namespace()
         config = self.config
+        if self.ns is not None and config.netns_uplink:
+            uplink.ensure(self.ns, config.uplink_network)
         links.ensure_bridge(self.ns, config.bridge, config.gateway_ip, config.network.prefixlen)
         netns.set_sysctl(self.ns, "net.ipv4.ip_forward", "1")
         # Forwards reached from 127.0.0.1 are routed out of the bridge: allow it there only.
@@ -274,7 +278,9 @@ class TapBridgeNetwork(NetworkBackend):
         nft.replace(self.ns, ruleset)
 
     def _teardown(self) -> None:
-        """Remove everything the network had: DHCP, rules, bridge, files."""
+        """Remove everything the network had: DHCP, rules, bridge, uplink, files."""
+        if self.ns is not None:
+            uplink.remove(self.ns)  # there even when the namespace went (its table)
         if self.ns is not None and not netns.namespace_path(self.ns).exists():
             shutil.rmtree(self.state_dir, ignore_errors=True)
             return

@@ -31,6 +31,10 @@ class BridgeSettings(BaseSettings):
     #: Comma-separated name servers the guests' DNS (dnsmasq on the gateway) asks; empty:
     #: the host's own (see :mod:`meda_tapbridge.dns`).
     dns_servers: str = ""
+    #: In MEDA_NETNS mode, give that namespace a way out through meda's own namespace.
+    netns_uplink: bool = True
+    #: The link between the two ends of that uplink (meda's end takes the first address).
+    netns_uplink_subnet: str = "10.213.255.0/30"
 
     @field_validator("subnet")
     @classmethod
@@ -47,11 +51,27 @@ class BridgeSettings(BaseSettings):
             ipaddress.ip_address(server)  # an address, nothing dnsmasq would read as more
         return value
 
+    @field_validator("netns_uplink_subnet")
+    @classmethod
+    def _uplink_subnet(cls, value: str) -> str:
+        network = ipaddress.IPv4Network(value, strict=True)
+        if network.num_addresses < 4:
+            raise ValueError("the uplink needs two host addresses (/30 or larger)")
+        return str(network)
+
     @model_validator(mode="after")
     def _gateway_in_subnet(self) -> BridgeSettings:
         if self.gateway is not None and ipaddress.IPv4Address(self.gateway) not in self.network:
             raise ValueError(f"gateway {self.gateway} is not in subnet {self.subnet}")
+        if self.uplink_network.overlaps(self.network):
+            raise ValueError(
+                f"netns_uplink_subnet {self.netns_uplink_subnet} overlaps subnet {self.subnet}"
+            )
         return self
+
+    @property
+    def uplink_network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.netns_uplink_subnet)
 
     @property
     def configured_dns_servers(self) -> list[str]:
