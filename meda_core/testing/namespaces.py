@@ -214,4 +214,5 @@ def outside_world(host_ns: str, host_ip: str, outside_ip: str) -> Iterator[str]:
         for server in servers:
             server.kill()
             server.wait()
-        destroy(name)
+        run_in(name, "ip", "link", "del", "vc0", check=False)  # its peer now, not when the
+        destroy(name)  # kernel gets round to freeing the namespace
