@@ -24,15 +24,20 @@ def nameservers(text: str) -> list[str]:
     return found
 
 
+def _reachable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return not (address.is_loopback or address.is_link_local)
+
+
 def host_servers(files: Sequence[Path] = RESOLV_CONFS) -> list[str]:
     """The host's name servers that a forwarder elsewhere can ask: loopback ones (a local
-    stub) are no use from meda's bridge or namespace, so the next file is tried."""
+    stub) and link-local ones (tied to a host interface) are no use from meda's namespace,
+    so the next file is tried."""
     for path in files:
         try:
             text = path.read_text()
         except OSError:
             continue
-        usable = [s for s in nameservers(text) if not ipaddress.ip_address(s).is_loopback]
+        usable = [s for s in nameservers(text) if _reachable(ipaddress.ip_address(s))]
         if usable:
             return usable
     return []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from meda_core.testing.namespaces import (
     resolve,
     run_in,
 )
-from meda_tapbridge import TapBridgeNetwork, isolated, nft
+from meda_tapbridge import TapBridgeNetwork, dns, isolated, nft, uplink
+from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings
 
 LISTEN = (
@@ -122,6 +124,9 @@ def test_cleanup_dry_run_changes_nothing(in_netns: BackendContext, netns: str) -
         ({"MEDA_SUBNET": "192.168.100.5/24"}, "host bits"),
         ({"MEDA_GATEWAY": "10.0.0.1"}, "not in subnet"),
         ({"MEDA_BRIDGE": "a-very-long-bridge-name"}, "MEDA_BRIDGE"),
+        ({"MEDA_DNS_SERVERS": "10.0.0.53,--conf-file=/etc/shadow"}, "MEDA_DNS_SERVERS"),
+        ({"MEDA_NETNS_UPLINK_SUBNET": "10.213.255.0/31"}, "two host addresses"),
+        ({"MEDA_NETNS_UPLINK_SUBNET": "192.168.100.0/30"}, "overlaps"),
     ],
 )
 def test_bad_settings_make_it_unavailable_with_a_reason(
@@ -497,3 +502,62 @@ def test_a_guest_flooding_dns_reaches_the_host_at_a_bounded_rate(
         assert 0 < arrived <= 300, counted
     finally:
         run_in(netns, "nft", "delete", "table", "ip", "probe")
+
+
+def test_upstream_name_servers_are_the_setting_else_the_hosts_that_are_not_loopback(
+    tmp_path: Path,
+) -> None:
+    stub, resolved = tmp_path / "resolv.conf", tmp_path / "resolved.conf"
+    stub.write_text("# systemd-resolved's stub\nnameserver 127.0.0.53\noptions edns0\n")
+    resolved.write_text("nameserver 10.0.0.53\nnameserver fe80::1%eth0\nnameserver bogus\n")
+    assert dns.upstream_servers([], [stub, resolved]) == ["10.0.0.53"]
+    assert dns.upstream_servers(["192.0.2.1"], [stub, resolved]) == ["192.0.2.1"]
+    stub.write_text("nameserver 192.0.2.53\n")  # a plain resolv.conf is used as it is
+    assert dns.upstream_servers([], [stub, resolved]) == ["192.0.2.53"]
+    assert dns.upstream_servers([], [tmp_path / "missing"]) == []
+
+
+def test_no_upstream_name_server_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    DhcpServer(tmp_path, None, "meda0").write_servers([])
+    assert "no upstream name server" in caplog.text
+    assert (tmp_path / "dns-servers").read_text() == ""
+
+
+PLUG_A_GHOST = (
+    "from meda_core.backends import BackendContext\n"
+    "from meda_core.config import Settings\n"
+    "from meda_core.store import StateStore\n"
+    "from meda_tapbridge import TapBridgeNetwork\n"
+    "settings = Settings()\n"
+    "settings.home.mkdir(parents=True, exist_ok=True)\n"
+    "backend = TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path)))\n"
+    "backend.plug('ghost', backend.allocate('ghost'))\n"
+)
+
+
+def test_the_uplink_leads_out_not_in_and_cleanup_finds_it(netns: str, tmp_path: Path) -> None:
+    """meda runs inside the test's namespace, as on a host of its own, with a MEDA_NETNS it
+    makes; a NIC no VM owns (its state lost) leaves the network, uplink and all, behind."""
+    inner = f"meda-n-{secrets.token_hex(3)}"
+    env = {**os.environ, "MEDA_HOME": str(tmp_path / "home"), "MEDA_NETNS": inner,
+           "MEDA_NETNS_CREATE": "1", "MEDA_NETNS_UPLINK": "1"}  # fmt: skip
+    inside = ["nsenter", f"--net=/run/netns/{netns}", sys.executable]
+    run_in(netns, "ip", "link", "set", "lo", "up")
+    try:
+        subprocess.run([*inside, "-c", PLUG_A_GHOST], env=env, check=True, timeout=60)
+        outer = uplink.outer_name(inner)
+        assert outer in run_in(netns, "ip", "-o", "link", "show")
+        assert f"default via 10.213.255.1 dev {uplink.INNER}" in run_in(inner, "ip", "route")
+        with listener(netns, "0.0.0.0") as port:
+            assert connects(netns, "10.213.255.1", port)
+            assert not connects(inner, "10.213.255.1", port, timeout=1)  # meda's namespace
+        cleanup = [*inside, "-m", "meda_cli.main", "cleanup"]
+        listed = subprocess.run([*cleanup, "--dry-run"], env=env, capture_output=True,
+                                text=True, timeout=60, check=True).stdout  # fmt: skip
+        assert f"would remove: uplink {outer} of network namespace '{inner}'" in listed, listed
+        assert f"nftables table inet {uplink.table_name(inner)}" in listed, listed
+        subprocess.run(cleanup, env=env, capture_output=True, timeout=60, check=True)
+        assert not Path("/run/netns", inner).exists()
+        # The netns fixture checks that the uplink and its table left the test's namespace.
+    finally:
+        destroy(inner)  # only when the test failed half-way
