@@ -273,7 +273,7 @@ def meda_inside(ns: str, home: Path, **env: str) -> Iterator[httpx.Client]:
                        check=True, timeout=120)  # fmt: skip
 
 
-@pytest.mark.parametrize("mode", ["default", "netns-uplink"])
+@pytest.mark.parametrize("mode", ["default", "netns-uplink", "own-namespace"])
 def test_a_guest_resolves_names_and_reaches_the_outside(
     netns: str, test_guest: BootableGuest, tmp_path: Path, mode: str
 ) -> None:
@@ -288,7 +288,11 @@ def test_a_guest_resolves_names_and_reaches_the_outside(
         env |= {"MEDA_NETNS": inner, "MEDA_NETNS_CREATE": "1", "MEDA_NETNS_UPLINK": "1"}
     with outside_world(netns, WORLD_HOST, WORLD), meda_inside(netns, home, **env) as api:
         started = time.monotonic()
-        vm = start_vm(api, "out")
+        # own-namespace: a template's network, as clones have (DHCP and DNS at 10.213.0.1).
+        template = mode == "own-namespace"
+        created = api.post("/vms", json={"name": "out", "memory": "256M", "template": template})
+        assert created.status_code == 201, created.text
+        vm = api.post("/vms/out/start").json()["vm"]
         console = Path(vm["details"]["console_log"])
         wait_for_text(console, FETCHED, 120)
         time.sleep(0.5)  # the rest of the line
