@@ -29,6 +29,8 @@ PACKAGES = (
     "linux-image-cloud-amd64", "systemd", "systemd-sysv", "udev", "dbus", "cloud-init",
     "openssh-server", "sudo", "e2fsprogs", "locales", "ifupdown", "isc-dhcp-client",
     "netbase", "busybox", "ca-certificates",
+    # ifupdown hands the name servers of a static network-config (dns-nameservers) to it.
+    "resolvconf",
 )  # fmt: skip
 CMDLINE = "console=ttyS0 root=/dev/vda rw"
 #: Its guest runs sshd: runs of the image wait for its banner to build warm templates.
@@ -117,6 +119,8 @@ def _prepare(root: Path) -> None:
     """Make the tree fit to be cloned: per-instance identity is cloud-init's job."""
     for leftover in ("etc/hostname", "etc/resolv.conf", "var/lib/dbus/machine-id"):
         (root / leftover).unlink(missing_ok=True)
+    if (root / "etc/resolvconf").is_dir():  # the instance's servers, as resolvconf has them
+        (root / "etc/resolv.conf").symlink_to("../run/resolvconf/resolv.conf")
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     (root / "etc/machine-id").write_text("")

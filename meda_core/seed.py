@@ -20,14 +20,20 @@ def meta_data(vm: VM) -> str:
 def network_config(vm: VM) -> str | None:
     """network-config v2 for the VM's NIC, matched by MAC (Debian's ifupdown renderer
     mangles name globs); a static address where meda leased one, DHCP otherwise (also in
-    a VM's own namespace, where the guest's address is not the one meda leased)."""
+    a VM's own namespace, where the guest's address is not the one meda leased).
+
+    The static default route is ``gateway4``: ifupdown renders it as ``gateway`` (``ip
+    route``), where a route's ``via`` becomes ``post-up route add``, which needs net-tools.
+    The gateway also answers DNS (``dns-nameservers``, applied by resolvconf).
+    """
     if vm.mac is None:
         return None
     nic: dict[str, object] = {"match": {"macaddress": vm.mac}, "set-name": "eth0"}
     if vm.network == "tap-bridge" and vm.ip and vm.subnet and vm.gateway and vm.netns is None:
         prefix = vm.subnet.split("/")[1]
         nic["addresses"] = [f"{vm.ip}/{prefix}"]
-        nic["routes"] = [{"to": "0.0.0.0/0", "via": vm.gateway}]  # cloud-init 22 lacks "default"
+        nic["gateway4"] = vm.gateway
+        nic["nameservers"] = {"addresses": [vm.gateway]}
     else:
         nic["dhcp4"] = True
     return str(yaml.safe_dump({"version": 2, "ethernets": {"eth0": nic}}, sort_keys=False))

@@ -30,8 +30,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 from meda_core import readiness
-from meda_core.capacity import InsufficientCapacity
 from meda_core.backends import DEVICE_LAYOUT
+from meda_core.capacity import InsufficientCapacity
 from meda_core.config import Settings
 from meda_core.errors import BackendError
 from meda_core.locks import try_exclusive

@@ -9,6 +9,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,34 @@ _LISTEN = (
     "s = socket.socket(family); s.bind((sys.argv[1], 0)); s.listen()\n"
     "print(s.getsockname()[1], flush=True); time.sleep(300)\n"
 )
+#: Ask ``server`` (port 53, UDP or TCP) for the A records of a name; print them.
+_DNS_QUERY = (
+    "import socket, struct, sys\n"
+    "server, name, tcp = sys.argv[1], sys.argv[2], sys.argv[3] == 'tcp'\n"
+    "qname = b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\\0'\n"
+    "query = struct.pack('>6H', 0x6d65, 0x0100, 1, 0, 0, 0) + qname + struct.pack('>2H', 1, 1)\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)\n"
+    "s.settimeout(float(sys.argv[4])); s.connect((server, 53))\n"
+    "s.sendall(struct.pack('>H', len(query)) + query if tcp else query)\n"
+    "answer = s.recv(4096)[2:] if tcp else s.recv(4096)\n"
+    "count, at = struct.unpack('>H', answer[6:8])[0], 12 + len(qname) + 4\n"
+    "for _ in range(count):\n"
+    "    at += 2 if answer[at] >= 0xC0 else answer.index(b'\\0', at) + 1 - at\n"
+    "    kind, _, _, length = struct.unpack('>HHIH', answer[at:at + 10]); at += 10\n"
+    "    if kind == 1: print(socket.inet_ntoa(answer[at:at + length]))\n"
+    "    at += length\n"
+)
+_SERVE_PAGE = (
+    "import http.server, sys\n"
+    "class Page(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(sys.argv[2].encode())\n"
+    "    def log_message(self, *args): pass\n"
+    "http.server.HTTPServer((sys.argv[1], 80), Page).serve_forever()\n"
+)
+#: The name the outside world's DNS serves, and the page its web server answers with.
+OUTSIDE_NAME = "outside.test"
+OUTSIDE_PAGE = "MEDA-OUTSIDE-PAGE"
 _CONNECT = (
     "import socket, sys\n"
     "source = (sys.argv[3], 0) if sys.argv[3] else None\n"
@@ -146,3 +175,44 @@ def connects(name: str, host: str, port: int, source: str = "", timeout: float =
         ["ip", "netns", "exec", name, *argv], capture_output=True, timeout=30, check=False
     )
     return result.returncode == 0
+
+
+def resolve(name: str, server: str, host: str, tcp: bool = False, timeout: float = 3) -> list[str]:
+    """The A records of ``host`` that the DNS server ``server`` gives namespace ``name``
+    (nothing when it does not answer)."""
+    argv = [sys.executable, "-c", _DNS_QUERY, server, host, "tcp" if tcp else "udp", str(timeout)]
+    result = subprocess.run(
+        ["ip", "netns", "exec", name, *argv], capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    return result.stdout.split() if result.returncode == 0 else []
+
+
+@contextlib.contextmanager
+def outside_world(host_ns: str, host_ip: str, outside_ip: str) -> Iterator[str]:
+    """Another machine beyond ``host_ns`` (see :func:`another_host`) that serves DNS on
+    ``outside_ip`` (:data:`OUTSIDE_NAME` is ``outside_ip``, other names do not exist) and
+    :data:`OUTSIDE_PAGE` over HTTP on port 80; yields the namespace."""
+    name = another_host(host_ns, host_ip, outside_ip)
+    run_in(name, "ip", "link", "set", "lo", "up")
+    servers = []
+    try:
+        for argv in (
+            ["dnsmasq", "--conf-file=/dev/null", "--keep-in-foreground", "--no-resolv",
+             "--no-hosts", f"--listen-address={outside_ip}", "--bind-interfaces",
+             f"--address=/{OUTSIDE_NAME}/{outside_ip}", "--address=/#/", "--user=root",
+             "--group=root", "--pid-file="],
+            [sys.executable, "-c", _SERVE_PAGE, outside_ip, OUTSIDE_PAGE],
+        ):  # fmt: skip
+            servers.append(subprocess.Popen(["ip", "netns", "exec", name, *argv]))
+        deadline = time.monotonic() + 10
+        while not (resolve(name, outside_ip, OUTSIDE_NAME, timeout=0.5)
+                   and connects(name, outside_ip, 80)):  # fmt: skip
+            assert time.monotonic() < deadline, "the outside world's servers did not start"
+        yield name
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+        run_in(name, "ip", "link", "del", "vc0", check=False)  # its peer now, not when the
+        destroy(name)  # kernel gets round to freeing the namespace

@@ -58,13 +58,21 @@ def fake_meda(meda_settings: Settings) -> Iterator[Meda]:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    """A network namespace made for the test; afterwards it must be as it was made."""
+    """A network namespace made for the test; afterwards it must be as it was made.
+
+    While it lives, ``MEDA_NETNS_UPLINK=0``: a meda told to use it as MEDA_NETNS from the
+    test's own namespace (the host's) must not link the two; a test that wants the uplink
+    runs meda inside a namespace of its own and says so. And ``MEDA_FORWARD_ADDRESS=127.0.0.1``:
+    a forward's listener in the host's namespace is not reachable from beyond this host."""
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
         pytest.skip("network namespaces need root, iproute2 and nftables")
     name = namespaces.create()
     try:
         before = namespaces.snapshot(name)
-        yield name
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MEDA_NETNS_UPLINK", "0")
+            env.setenv("MEDA_FORWARD_ADDRESS", "127.0.0.1")
+            yield name
         after = namespaces.snapshot(name)
         assert after == before, f"namespace {name} not left as it was: {before} -> {after}"
     finally:

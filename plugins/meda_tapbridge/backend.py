@@ -18,7 +18,7 @@ from meda_core.errors import MedaError
 from meda_core.locks import exclusive
 from meda_core.macs import random_mac
 from meda_core.models import ForwardListener, PortForward, VMState
-from meda_tapbridge import isolated, links, nft
+from meda_tapbridge import dns, isolated, links, nft, uplink
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.proxies import Proxies, ProxySpec
 from meda_tapbridge.settings import BridgeSettings, settings_problem
@@ -205,7 +205,8 @@ class TapBridgeNetwork(NetworkBackend):
             for vm in self.context.state.list_vms():
                 lease = by_vm.get(vm.name)
                 if vm.netns and lease and Path("/run/netns", vm.netns).exists():
-                    isolated.refresh(self.ns, vm.netns, self.config.bridge, lease.mac, lease.ip)
+                    isolated.refresh(self.ns, vm.netns, self.config.bridge, lease.mac, lease.ip,
+                                     self.config.gateway_ip)  # fmt: skip
             try:
                 self._sync_proxies()
             except MedaError as exc:  # the server still starts; the forward says why later
@@ -264,6 +265,8 @@ class TapBridgeNetwork(NetworkBackend):
                     f"bridge {config.bridge}",
                     lambda: links.remove_link(self.ns, config.bridge),
                 ))  # fmt: skip
+            if self.ns is not None and (described := uplink.present(self.ns)):
+                found.append((", ".join(described), partial(uplink.remove, self.ns)))
         return found
 
     # ---- the shared network: bridge, sysctls, DHCP, rules ----
@@ -288,6 +291,8 @@ class TapBridgeNetwork(NetworkBackend):
     def _ensure_network(self) -> None:
         self._ensure_namespace()
         config = self.config
+        if self.ns is not None and config.netns_uplink:
+            uplink.ensure(self.ns, config.uplink_network)
         links.ensure_bridge(self.ns, config.bridge, config.gateway_ip, config.network.prefixlen)
         netns.set_sysctl(self.ns, "net.ipv4.ip_forward", "1")
         # Forwards reached from 127.0.0.1 are routed out of the bridge: allow it there only.
@@ -302,6 +307,7 @@ class TapBridgeNetwork(NetworkBackend):
             config.gateway_ip,
             str(config.network.netmask),
             str(config.network.network_address),
+            dns.upstream_servers(config.configured_dns_servers),
         )
 
     def _sync_rules(self) -> None:
@@ -323,12 +329,14 @@ class TapBridgeNetwork(NetworkBackend):
         address = None if self.ns is not None else self._forward_address
         ruleset = nft.render(
             config.subnet, config.bridge, forwards, ports, config.guest_to_guest,
-            forward_address=None if address == EVERY_ADDRESS else address,
+            config.gateway_ip, forward_address=None if address == EVERY_ADDRESS else address,
         )  # fmt: skip
         nft.replace(self.ns, ruleset)
 
     def _teardown(self) -> None:
-        """Remove everything the network had: DHCP, rules, bridge, files."""
+        """Remove everything the network had: DHCP, rules, bridge, uplink, files."""
+        if self.ns is not None:
+            uplink.remove(self.ns)  # there even when the namespace went (its table)
         if self.ns is not None and not netns.namespace_path(self.ns).exists():
             shutil.rmtree(self.state_dir, ignore_errors=True)
             return

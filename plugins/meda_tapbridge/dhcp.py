@@ -1,7 +1,9 @@
-"""The ``dnsmasq`` that meda runs per bridge: DHCP with static leases only, no DNS."""
+"""The ``dnsmasq`` that meda runs per bridge: DHCP with static leases only, and DNS on the
+gateway that forwards to the upstream servers and answers nothing from the host's files."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 from meda_core import netns, procs
 from meda_core.models import RuntimeInfo
 from meda_core.store import Lease
+
+log = logging.getLogger(__name__)
 
 
 class DhcpServer:
@@ -55,23 +59,55 @@ class DhcpServer:
         os.kill(runtime.pid, signal.SIGHUP)  # dnsmasq re-reads --dhcp-hostsfile on SIGHUP
         return True
 
-    def ensure(self, leases: list[Lease], gateway: str, netmask: str, network: str) -> None:
-        """Serve ``leases``: start dnsmasq, or make the running one re-read its hosts."""
-        if self.refresh(leases):
-            return
-        self.write_hosts(leases)
-        netns.run(self.ns, [
+    @property
+    def serversfile(self) -> Path:
+        return self.state_dir / "dns-servers"
+
+    def write_servers(self, servers: list[str]) -> None:
+        """The upstream name servers, in the file dnsmasq re-reads on SIGHUP."""
+        if not servers:
+            log.warning(
+                "no upstream name server (MEDA_DNS_SERVERS is empty and the host's "
+                "resolv.conf names none but loopback): guests' DNS answers no names"
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.serversfile.with_suffix(".tmp")
+        tmp.write_text("".join(f"server={server}\n" for server in servers))
+        tmp.replace(self.serversfile)
+
+    def argv(self, gateway: str, netmask: str, network: str) -> list[str]:
+        return [
             "dnsmasq", "--conf-file=/dev/null", f"--pid-file={self.pidfile}",
             f"--interface={self.bridge}", "--bind-interfaces", "--except-interface=lo",
-            "--port=0", f"--dhcp-range={network},static,{netmask},12h",
+            f"--dhcp-range={network},static,{netmask},12h",
             f"--dhcp-hostsfile={self.hostsfile}",
             f"--dhcp-leasefile={self.state_dir / 'dnsmasq.leases'}",
-            f"--dhcp-option=option:router,{gateway}", "--dhcp-authoritative",
+            f"--dhcp-option=option:router,{gateway}",
+            f"--dhcp-option=option:dns-server,{gateway}", "--dhcp-authoritative",
+            # DNS: only the upstream servers (no resolv.conf, no /etc/hosts of the host),
+            # and no private reverse lookups or plain names sent out.
+            "--no-resolv", "--no-hosts", f"--servers-file={self.serversfile}",
+            "--domain-needed", "--bogus-priv",
             "--user=root", "--group=root",
             # Not --log-dhcp into a file: guests choose what dnsmasq would log, and how
             # often. Problems still go to syslog, which rate-limits.
             "--quiet-dhcp",
-        ])  # fmt: skip
+        ]  # fmt: skip
+
+    def ensure(
+        self, leases: list[Lease], gateway: str, netmask: str, network: str, servers: list[str]
+    ) -> None:
+        """Serve ``leases`` and DNS through ``servers``: start dnsmasq, or have the running
+        one re-read its files (one started with other options is replaced)."""
+        argv = self.argv(gateway, netmask, network)
+        runtime = self.running()
+        if runtime is not None and _cmdline(runtime.pid) != argv:
+            self.stop()  # an older meda's (no DNS), or another gateway's
+        self.write_servers(servers)
+        if self.refresh(leases):
+            return
+        self.write_hosts(leases)
+        netns.run(self.ns, argv)
 
     def stop(self) -> bool:
         """Stop dnsmasq and remove its files; True if a process was stopped."""
@@ -80,6 +116,13 @@ class DhcpServer:
             os.kill(runtime.pid, signal.SIGTERM)
             if not procs.wait_gone(runtime, 5):
                 procs.kill(runtime)
-        for name in ("dnsmasq.pid", "dhcp-hosts", "dnsmasq.leases", "dnsmasq.log"):
+        for name in ("dnsmasq.pid", "dhcp-hosts", "dnsmasq.leases", "dnsmasq.log", "dns-servers"):
             (self.state_dir / name).unlink(missing_ok=True)
         return runtime is not None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().rstrip("\0").split("\0")
+    except OSError:
+        return []

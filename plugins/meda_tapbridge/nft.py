@@ -2,7 +2,9 @@
 
 ``ip meda`` holds NAT and forwards, and keeps guests off the host: nothing from the bridge
 may reach 127.0.0.0/8 (``route_localnet`` is on there, for forwards on 127.0.0.1) nor any
-host service but meda's DHCP, and guests reach each other only if the operator allows it.
+host service but meda's DHCP and DNS (on the gateway), nor link-local addresses beyond
+the host (a cloud's metadata service), and guests reach each other only if the operator
+allows it.
 ``bridge meda`` pins each guest's port to its lease (MAC, IPv4 address, ARP), so no guest
 can speak as another. Both are rendered whole from the state store and replaced in one
 ``nft -f`` transaction, so they always match it and nothing is ever left behind.
@@ -10,6 +12,7 @@ can speak as another. Both are rendered whole from the state store and replaced 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -19,6 +22,10 @@ from meda_core.errors import BackendError
 #: DHCP a guest port may send the host's dnsmasq (which parses it as root): a guest that
 #: floods it with made-up client MACs costs the host no more than this.
 DHCP_RATE = "20/second burst 40 packets"
+#: DNS queries (UDP packets, TCP connections) a guest may send the gateway's dnsmasq.
+DNS_RATE = "100/second burst 200 packets"
+#: Link-local addresses are never routed (RFC 3927); a cloud's metadata service is one.
+LINK_LOCAL = "169.254.0.0/16"
 TABLE = "meda"
 FAMILIES = ("ip", "bridge")
 #: Bridge ports that carry a guest: a VM's tap, or the veth of a VM in its own namespace.
@@ -52,24 +59,33 @@ def render(
     forwards: list[tuple[str, int, int, str]],
     ports: Sequence[Port] = (),
     guest_to_guest: bool = False,
+    gateway: str | None = None,
     forward_address: str | None = None,
 ) -> str:
     """Both tables for ``subnet`` behind ``bridge``; ``forwards`` are (ip, host, guest, proto),
-    answered on every local address or only on ``forward_address``."""
-    return _render_ip(subnet, bridge, forwards, guest_to_guest, forward_address) + _render_bridge(
-        ports, guest_to_guest
-    )
+    answered on every local address or only on ``forward_address``; ``gateway`` (the
+    bridge's address, by default the subnet's first) serves DNS."""
+    gateway = gateway or str(next(ipaddress.IPv4Network(subnet).hosts()))
+    return _render_ip(
+        subnet, bridge, gateway, forwards, guest_to_guest, forward_address
+    ) + _render_bridge(ports, guest_to_guest)
 
 
 def _render_ip(
-    subnet: str, bridge: str, forwards: list[tuple[str, int, int, str]], guest_to_guest: bool,
+    subnet: str,
+    bridge: str,
+    gateway: str,
+    forwards: list[tuple[str, int, int, str]],
+    guest_to_guest: bool,
     forward_address: str | None,
-) -> str:  # fmt: skip
+) -> str:
     dnat = "\n        ".join(_dnat(forwards, forward_address))
     # Guest-to-guest traffic routed through the host (the gateway as next hop, or a forward
     # to another guest) is dropped unless allowed: with br_netfilter loaded the latter is
     # bridged straight across, where the bridge table drops it, so both ways agree.
     routed = "" if guest_to_guest else f'iifname "{bridge}" oifname "{bridge}" drop'
+    # Before "established": a guest's UDP queries from one port would be established.
+    dns_limit = f"{{ ip saddr limit rate over {DNS_RATE} }}"
     return f"""
 table ip {TABLE} {{
     chain guard {{
@@ -83,12 +99,17 @@ table ip {TABLE} {{
     }}
     chain input {{
         type filter hook input priority filter; policy accept;
+        iifname "{bridge}" udp dport 53 meter dns_queries size 4096 {dns_limit} drop
+        iifname "{bridge}" tcp dport 53 ct state new meter dns_conns size 4096 {dns_limit} drop
         iifname "{bridge}" ct state established,related accept
         iifname "{bridge}" udp sport 68 udp dport 67 accept
+        iifname "{bridge}" ip daddr {gateway} udp dport 53 accept
+        iifname "{bridge}" ip daddr {gateway} tcp dport 53 accept
         iifname "{bridge}" drop
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
+        iifname "{bridge}" ip daddr {LINK_LOCAL} drop
         {routed}
     }}
     chain output {{

@@ -28,6 +28,13 @@ class BridgeSettings(BaseSettings):
     gateway: str | None = None
     #: Whether guests on the bridge may reach each other (they are isolated by default).
     guest_to_guest: bool = False
+    #: Comma-separated name servers the guests' DNS (dnsmasq on the gateway) asks; empty:
+    #: the host's own (see :mod:`meda_tapbridge.dns`).
+    dns_servers: str = ""
+    #: In MEDA_NETNS mode, give that namespace a way out through meda's own namespace.
+    netns_uplink: bool = True
+    #: The link between the two ends of that uplink (meda's end takes the first address).
+    netns_uplink_subnet: str = "10.213.255.0/30"
 
     @field_validator("subnet")
     @classmethod
@@ -37,11 +44,38 @@ class BridgeSettings(BaseSettings):
             raise ValueError("the subnet needs room for a gateway and guests (/29 or larger)")
         return str(network)
 
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers(cls, value: str) -> str:
+        for server in filter(None, (s.strip() for s in value.split(","))):
+            ipaddress.ip_address(server)  # an address, nothing dnsmasq would read as more
+        return value
+
+    @field_validator("netns_uplink_subnet")
+    @classmethod
+    def _uplink_subnet(cls, value: str) -> str:
+        network = ipaddress.IPv4Network(value, strict=True)
+        if network.num_addresses < 4:
+            raise ValueError("the uplink needs two host addresses (/30 or larger)")
+        return str(network)
+
     @model_validator(mode="after")
     def _gateway_in_subnet(self) -> BridgeSettings:
         if self.gateway is not None and ipaddress.IPv4Address(self.gateway) not in self.network:
             raise ValueError(f"gateway {self.gateway} is not in subnet {self.subnet}")
+        if self.uplink_network.overlaps(self.network):
+            raise ValueError(
+                f"netns_uplink_subnet {self.netns_uplink_subnet} overlaps subnet {self.subnet}"
+            )
         return self
+
+    @property
+    def uplink_network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.netns_uplink_subnet)
+
+    @property
+    def configured_dns_servers(self) -> list[str]:
+        return [s.strip() for s in self.dns_servers.split(",") if s.strip()]
 
     @property
     def network(self) -> ipaddress.IPv4Network:

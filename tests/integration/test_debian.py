@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,9 @@ from meda_core.app import Meda
 from meda_core.config import Settings
 from meda_core.models import Image
 from meda_core.ssh import ssh_argv
-from meda_core.testing.namespaces import run_in
+from meda_core.testing.namespaces import OUTSIDE_NAME, OUTSIDE_PAGE, outside_world, run_in
 from meda_core.testing.pytest_plugin import wait_for_text
-from tests.integration.conftest import Server
+from tests.integration.conftest import StartServer
 
 pytestmark = pytest.mark.vm
 READY = "Cloud-init v."  # … "finished at": the final stage is over
@@ -29,9 +30,20 @@ runcmd:
 """
 
 
-def test_debian_guest_user_data_ssh_and_forward(
-    server: Server, netns: str, debian_image: Image
+WORLD_HOST, WORLD = "10.201.0.1", "10.201.0.2"
+
+
+@pytest.fixture
+def world(netns: str) -> Iterator[str]:
+    """A machine beyond meda's network that serves DNS (outside.test) and a web page."""
+    with outside_world(netns, WORLD_HOST, WORLD) as name:
+        yield name
+
+
+def test_debian_guest_user_data_ssh_forward_and_the_outside(
+    world: str, start_server: StartServer, netns: str, debian_image: Image
 ) -> None:
+    server = start_server(MEDA_DNS_SERVERS=WORLD)
     meda = Meda(Settings(home=server.home, netns=netns))
     meda.images.import_files(
         "debian:12", disk=debian_image.disk, kernel=debian_image.kernel,
@@ -66,4 +78,9 @@ def test_debian_guest_user_data_ssh_and_forward(
         assert forward.status_code == 201, forward.text
         page = run_in(netns, "curl", "-s", "-m", "10", "http://127.0.0.1:8080/", check=False)
         assert page.strip() == "MEDA-DEBIAN-HTTP"
+
+        # A usable machine: a default route, the gateway's DNS, and a way out (NAT).
+        assert ssh("ip", "route", "show", "default").startswith("default via 192.168.100.1 ")
+        assert ssh("getent", "hosts", OUTSIDE_NAME).split() == [WORLD, OUTSIDE_NAME]
+        assert ssh("busybox", "wget", "-q", "-O", "-", f"http://{OUTSIDE_NAME}/") == OUTSIDE_PAGE
         assert api.delete("/vms/deb-e2e").status_code == 200

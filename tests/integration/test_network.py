@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,10 +22,19 @@ import pytest
 from meda_core.app import Meda
 from meda_core.config import Settings
 from meda_core.testing import cpio
-from meda_core.testing.guest import DHCP_EVENT, HTTP_PAGE, IP_MARKER, BootableGuest
+from meda_core.testing.guest import DHCP_EVENT, HTTP_PAGE, IP_MARKER, BootableGuest, guest_output
 from meda_core.testing.guest import guest_ip as reported_ip
 from meda_core.testing.host import free_port
-from meda_core.testing.namespaces import another_host, destroy, run_in
+from meda_core.testing.namespaces import (
+    OUTSIDE_NAME,
+    OUTSIDE_PAGE,
+    another_host,
+    connects,
+    destroy,
+    listener,
+    outside_world,
+    run_in,
+)
 from meda_core.testing.pytest_plugin import wait_for_text
 from tests.integration.conftest import Server, StartServer
 
@@ -222,3 +233,106 @@ def test_a_user_mode_guest_cannot_reach_the_hosts_loopback(
         assert SECRET not in console.read_text(errors="replace")
         assert http_get(netns, "http://127.0.0.1:8092/") == HTTP_PAGE  # forwards still work
         assert api.delete("/vms/probe").status_code == 200
+
+
+# ---- a way out: names and addresses beyond the host ----
+# meda runs inside the test's namespace as on a host of its own (the host's namespace is
+# never touched); the outside world is another namespace behind it, at WORLD.
+
+WORLD_HOST, WORLD = "10.201.0.1", "10.201.0.2"
+RESOLVED, FETCHED = "MEDA-RESOLVED=", "MEDA-FETCHED="
+
+
+def world_guest(test_guest: BootableGuest, dest: Path) -> Path:
+    """The test guest, which once it has an address takes DHCP's name server, looks up
+    :data:`OUTSIDE_NAME` and asks the address it gets for a page, printing both."""
+    lookup = f"nslookup {OUTSIDE_NAME} 2>/dev/null | awk '/^Address/ {{a = $NF}} END {{print a}}'"
+    request = f'printf "GET / HTTP/1.0\\r\\nHost: {OUTSIDE_NAME}\\r\\n\\r\\n"'
+    script = DHCP_EVENT + (
+        '[ "$1" = bound ] || exit 0\n'
+        'mkdir -p /etc && for s in $dns; do echo "nameserver $s"; done > /etc/resolv.conf\n'
+        f"ip=$({lookup})\n"
+        f'echo "{RESOLVED}$ip" > /dev/console\n'
+        f'got=$({request} | nc -w 5 "$ip" 80 2>&1 | tail -c 100)\n'
+        f'echo "{FETCHED}$got" > /dev/console\n'
+    )
+    extra = cpio.archive([cpio.file("bin/dhcp-event", script.encode(), executable=True)])
+    dest.write_bytes(test_guest.initrd.read_bytes() + gzip.compress(extra))
+    return dest
+
+
+def _healthy(api: httpx.Client) -> bool:
+    try:
+        return api.get("/health").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextlib.contextmanager
+def meda_inside(ns: str, home: Path, **env: str) -> Iterator[httpx.Client]:
+    """``meda serve`` in namespace ``ns`` (its network there), reached on its Unix socket."""
+    socket = home / "api.sock"
+    run_in(ns, "ip", "link", "set", "lo", "up")  # the API's TCP side is on 127.0.0.1
+    nsenter = ["nsenter", f"--net=/run/netns/{ns}", sys.executable]
+    full_env = {**os.environ, "MEDA_HOME": str(home), **env}
+    with (home / "server.log").open("ab") as log:
+        server = subprocess.Popen(
+            [*nsenter, "-m", "meda_cli.main", "serve", "--unix-socket", str(socket)],
+            env=full_env, stdout=log, stderr=log,
+        )  # fmt: skip
+    transport = httpx.HTTPTransport(uds=str(socket))
+    api = httpx.Client(transport=transport, base_url="http://localhost/api/v1", timeout=120)
+    try:
+        deadline = time.monotonic() + 30
+        while not _healthy(api):
+            assert time.monotonic() < deadline, (home / "server.log").read_text()
+            time.sleep(0.2)
+        yield api
+    finally:
+        api.close()
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        # Whatever the test left, meda removes (there, in its namespace).
+        cleanup = "from meda_core.app import Meda; Meda().vms.delete_all()"
+        subprocess.run([*nsenter, "-c", cleanup], env={**full_env, "MEDA_STOP_TIMEOUT": "3"},
+                       check=True, timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["default", "netns-uplink", "own-namespace"])
+def test_a_guest_resolves_names_and_reaches_the_outside(
+    netns: str, test_guest: BootableGuest, tmp_path: Path, mode: str
+) -> None:
+    home = tmp_path / "home"
+    initrd = world_guest(test_guest, tmp_path / "world.img")
+    Meda(Settings(home=home)).images.import_files(
+        "world", kernel=test_guest.kernel, initrd=initrd, cmdline=test_guest.cmdline
+    )
+    env = {"MEDA_DEFAULT_IMAGE": "world", "MEDA_DNS_SERVERS": WORLD}
+    inner = f"meda-n-{secrets.token_hex(3)}"  # meda's namespace, made and deleted by meda
+    if mode == "netns-uplink":
+        env |= {"MEDA_NETNS": inner, "MEDA_NETNS_CREATE": "1", "MEDA_NETNS_UPLINK": "1"}
+    with outside_world(netns, WORLD_HOST, WORLD), meda_inside(netns, home, **env) as api:
+        started = time.monotonic()
+        # own-namespace: a template's network, as clones have (DHCP and DNS at 10.213.0.1).
+        template = mode == "own-namespace"
+        created = api.post("/vms", json={"name": "out", "memory": "256M", "template": template})
+        assert created.status_code == 201, created.text
+        vm = api.post("/vms/out/start").json()["vm"]
+        console = Path(vm["details"]["console_log"])
+        wait_for_text(console, FETCHED, 120)
+        time.sleep(0.5)  # the rest of the line
+        print(f"{mode}: resolved and fetched {time.monotonic() - started:.1f}s after start")
+        said = guest_output(console.read_text(errors="replace"))
+        assert f"{RESOLVED}{WORLD}\n" in said, said[-2000:]
+        assert OUTSIDE_PAGE in said.split(FETCHED, 1)[1], said[-2000:]
+        if mode == "netns-uplink":
+            # The uplink leads out of meda's namespace, never into its own services.
+            assert connects(inner, WORLD, 80)
+            with listener(netns, "0.0.0.0") as port:
+                assert connects(netns, WORLD_HOST, port)
+                for address in ("10.213.255.1", WORLD_HOST, "127.0.0.1"):
+                    assert not connects(inner, address, port, timeout=1), address
+        assert api.delete("/vms/out").status_code == 200
+    # meda's namespace went with its last VM; the netns fixture checks that the uplink,
+    # its rules and every process left the test's namespace as well.
+    assert not Path("/run/netns", inner).exists()

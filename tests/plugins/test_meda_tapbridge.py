@@ -23,14 +23,18 @@ from meda_core.models import PortForward
 from meda_core.testing.conformance import NetworkConformance
 from meda_core.testing.host import free_port
 from meda_core.testing.namespaces import (
+    OUTSIDE_NAME,
     another_host,
     connects,
     destroy,
     fake_guest,
     listener,
+    outside_world,
+    resolve,
     run_in,
 )
-from meda_tapbridge import TapBridgeNetwork, isolated, nft
+from meda_tapbridge import TapBridgeNetwork, dns, isolated, nft, uplink
+from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings
 
 LISTEN = (
@@ -126,6 +130,9 @@ def test_cleanup_dry_run_changes_nothing(in_netns: BackendContext, netns: str) -
         ({"MEDA_SUBNET": "192.168.100.5/24"}, "host bits"),
         ({"MEDA_GATEWAY": "10.0.0.1"}, "not in subnet"),
         ({"MEDA_BRIDGE": "a-very-long-bridge-name"}, "MEDA_BRIDGE"),
+        ({"MEDA_DNS_SERVERS": "10.0.0.53,--conf-file=/etc/shadow"}, "MEDA_DNS_SERVERS"),
+        ({"MEDA_NETNS_UPLINK_SUBNET": "10.213.255.0/31"}, "two host addresses"),
+        ({"MEDA_NETNS_UPLINK_SUBNET": "192.168.100.0/30"}, "overlaps"),
     ],
 )
 def test_bad_settings_make_it_unavailable_with_a_reason(
@@ -600,3 +607,169 @@ def test_a_guest_cannot_reach_another_guest_through_its_proxy(
     assert talk(meda_side, "127.0.0.1", 8080) == "b:ping"  # meda's side is served
     assert connects(a.ns, MEDA_SIDE_HOST, listen(meda_side, MEDA_SIDE_HOST))  # a gets there
     assert (talk(a.ns, MEDA_SIDE_HOST, 8080) == "b:ping") is allowed
+
+
+# ---- DNS and the way out ----
+
+
+@pytest.fixture
+def world(netns: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The outside world beyond the host: DNS (``outside.test``) and a web server, at
+    OUTSIDE_CLIENT; meda's DNS is told to ask it."""
+    monkeypatch.setenv("MEDA_DNS_SERVERS", OUTSIDE_CLIENT)
+    with outside_world(netns, OUTSIDE_HOST, OUTSIDE_CLIENT) as name:
+        yield name
+
+
+def dhcp_offer(ns: str, tmp_path: Path) -> str:
+    """The router and name server DHCP gives a guest in ``ns`` (which keeps its address)."""
+    script = tmp_path / "show-offer"
+    script.write_text('#!/bin/sh\n[ "$1" = bound ] && echo "router=$router dns=$dns"\n')
+    script.chmod(0o755)
+    result = subprocess.run(
+        ["ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "3",
+         "-T", "1", "-s", str(script)], capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def test_a_guest_gets_a_route_and_dns_at_its_gateway_which_asks_upstream(
+    guests: Callable[[str], Guest], world: str, tmp_path: Path
+) -> None:
+    guest = guests("vm1")
+    assert dhcp_offer(guest.ns, tmp_path) == f"router={guest.gateway} dns={guest.gateway}"
+    assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
+    assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME, tcp=True) == [OUTSIDE_CLIENT]
+    assert connects(guest.ns, OUTSIDE_CLIENT, 80)  # and gets there (NAT)
+    # DNS is the gateway's only: not on the host's other addresses.
+    assert resolve(guest.ns, OUTSIDE_HOST, OUTSIDE_NAME, timeout=1) == []
+    assert resolve(guest.ns, OUTSIDE_HOST, OUTSIDE_NAME, tcp=True, timeout=1) == []
+
+
+def test_a_guest_in_its_own_namespace_gets_dns_at_its_own_gateway(
+    tapbridge: TapBridgeNetwork, world: str
+) -> None:
+    attachment = tapbridge.allocate("tmpl", isolated=True)
+    tapbridge.plug("tmpl", attachment)
+    vm_ns = attachment.netns
+    assert vm_ns is not None
+    guest_ns = fake_guest(vm_ns, isolated.TAP, random_mac(), f"{isolated.GUEST_IP}/30",
+                          isolated.GATEWAY_IP)  # fmt: skip
+    try:
+        run_in(vm_ns, "ip", "link", "set", isolated.TAP, "address", isolated.GATEWAY_MAC)
+        run_in(vm_ns, "ip", "addr", "add", f"{isolated.GATEWAY_IP}/30", "dev", isolated.TAP)
+        run_in(vm_ns, "ip", "link", "set", isolated.TAP, "up")
+        # (DHCP is left out: the namespace's dnsmasq stays bound to the tap that was replaced.)
+        gateway = isolated.GATEWAY_IP
+        assert resolve(guest_ns, gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
+        assert resolve(guest_ns, gateway, OUTSIDE_NAME, tcp=True) == [OUTSIDE_CLIENT]
+        assert connects(guest_ns, OUTSIDE_CLIENT, 80)
+    finally:
+        destroy(guest_ns)
+        tapbridge.unplug("tmpl", attachment)
+
+
+def test_the_upstream_name_servers_follow_the_setting(
+    tapbridge: TapBridgeNetwork, guests: Callable[[str], Guest], world: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    guest = guests("vm1")
+    assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
+    monkeypatch.setenv("MEDA_DNS_SERVERS", "192.0.2.53")  # nobody there
+    guests("vm2")  # the network is ensured again: dnsmasq re-reads its servers
+    assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME, timeout=1) == []
+
+
+def test_a_guest_cannot_reach_link_local_addresses_beyond_the_host(
+    guests: Callable[[str], Guest], listen: Callable[[str, str], int], netns: str, outside: str
+) -> None:
+    """A cloud's metadata service (169.254.169.254) answers whoever the host routes to it;
+    link-local addresses are never to be routed (RFC 3927)."""
+    metadata = "169.254.169.254"
+    run_in(outside, "ip", "addr", "add", f"{metadata}/32", "dev", "vc0")
+    run_in(netns, "ip", "route", "add", f"{metadata}/32", "dev", "vh0")  # goes with vh0
+    port = listen(outside, "0.0.0.0")
+    guest = guests("vm1")
+    assert connects(netns, metadata, port)  # the host reaches it
+    assert connects(guest.ns, OUTSIDE_CLIENT, port)
+    assert not connects(guest.ns, metadata, port)
+
+
+def test_a_guest_flooding_dns_reaches_the_host_at_a_bounded_rate(
+    guests: Callable[[str], Guest], netns: str
+) -> None:
+    """dnsmasq parses DNS as root: 1000 queries at once get a burst through, not the flood."""
+    guest = guests("noisy")
+    # Counted after meda's input chain (priority filter): what dnsmasq would see.
+    run_in(netns, "nft", "table ip probe { chain input { type filter hook input priority 10;"
+                         " udp dport 53 counter; }; }")  # fmt: skip
+    try:
+        flood = (
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            f" [s.sendto(b'x' * 40, ({guest.gateway!r}, 53)) for _ in range(1000)]"
+        )
+        run_in(guest.ns, sys.executable, "-c", flood)
+        counted = run_in(netns, "nft", "list", "table", "ip", "probe")
+        arrived = int(counted.split("counter packets ")[1].split()[0])
+        assert 0 < arrived <= 300, counted
+    finally:
+        run_in(netns, "nft", "delete", "table", "ip", "probe")
+
+
+def test_upstream_name_servers_are_the_setting_else_the_hosts_that_are_not_loopback(
+    tmp_path: Path,
+) -> None:
+    stub, resolved = tmp_path / "resolv.conf", tmp_path / "resolved.conf"
+    stub.write_text("# systemd-resolved's stub\nnameserver 127.0.0.53\noptions edns0\n")
+    resolved.write_text("nameserver 10.0.0.53\nnameserver fe80::1%eth0\nnameserver bogus\n")
+    assert dns.upstream_servers([], [stub, resolved]) == ["10.0.0.53"]
+    assert dns.upstream_servers(["192.0.2.1"], [stub, resolved]) == ["192.0.2.1"]
+    stub.write_text("nameserver 192.0.2.53\n")  # a plain resolv.conf is used as it is
+    assert dns.upstream_servers([], [stub, resolved]) == ["192.0.2.53"]
+    assert dns.upstream_servers([], [tmp_path / "missing"]) == []
+
+
+def test_no_upstream_name_server_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    DhcpServer(tmp_path, None, "meda0").write_servers([])
+    assert "no upstream name server" in caplog.text
+    assert (tmp_path / "dns-servers").read_text() == ""
+
+
+PLUG_A_GHOST = (
+    "from meda_core.backends import BackendContext\n"
+    "from meda_core.config import Settings\n"
+    "from meda_core.store import StateStore\n"
+    "from meda_tapbridge import TapBridgeNetwork\n"
+    "settings = Settings()\n"
+    "settings.home.mkdir(parents=True, exist_ok=True)\n"
+    "backend = TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path)))\n"
+    "backend.plug('ghost', backend.allocate('ghost'))\n"
+)
+
+
+def test_the_uplink_leads_out_not_in_and_cleanup_finds_it(netns: str, tmp_path: Path) -> None:
+    """meda runs inside the test's namespace, as on a host of its own, with a MEDA_NETNS it
+    makes; a NIC no VM owns (its state lost) leaves the network, uplink and all, behind."""
+    inner = f"meda-n-{secrets.token_hex(3)}"
+    env = {**os.environ, "MEDA_HOME": str(tmp_path / "home"), "MEDA_NETNS": inner,
+           "MEDA_NETNS_CREATE": "1", "MEDA_NETNS_UPLINK": "1"}  # fmt: skip
+    inside = ["nsenter", f"--net=/run/netns/{netns}", sys.executable]
+    run_in(netns, "ip", "link", "set", "lo", "up")
+    try:
+        subprocess.run([*inside, "-c", PLUG_A_GHOST], env=env, check=True, timeout=60)
+        outer = uplink.outer_name(inner)
+        assert outer in run_in(netns, "ip", "-o", "link", "show")
+        assert f"default via 10.213.255.1 dev {uplink.INNER}" in run_in(inner, "ip", "route")
+        with listener(netns, "0.0.0.0") as port:
+            assert connects(netns, "10.213.255.1", port)
+            assert not connects(inner, "10.213.255.1", port, timeout=1)  # meda's namespace
+        cleanup = [*inside, "-m", "meda_cli.main", "cleanup"]
+        listed = subprocess.run([*cleanup, "--dry-run"], env=env, capture_output=True,
+                                text=True, timeout=60, check=True).stdout  # fmt: skip
+        assert f"would remove: uplink {outer} of network namespace '{inner}'" in listed, listed
+        assert f"nftables table inet {uplink.table_name(inner)}" in listed, listed
+        subprocess.run(cleanup, env=env, capture_output=True, timeout=60, check=True)
+        assert not Path("/run/netns", inner).exists()
+        # The netns fixture checks that the uplink and its table left the test's namespace.
+    finally:
+        destroy(inner)  # only when the test failed half-way

@@ -1,0 +1,115 @@
+"""MEDA_NETNS's way out: a veth pair to meda's own namespace, routed and masqueraded there.
+
+Inside MEDA_NETNS the link is :data:`INNER` with the uplink subnet's second address and
+the namespace's default route (unless it has one of its own); in meda's namespace the
+other end takes the first address, and a table of meda's masquerades what comes from the
+link and keeps it off that namespace's own services (IPv4 and IPv6 alike). Both ends go
+with the link, the table with :func:`remove`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+
+from meda_core import netns
+from meda_core.errors import BackendError
+from meda_tapbridge import links, nft
+
+INNER = "meda-uplink"
+log = logging.getLogger(__name__)
+
+
+def _digest(ns: str) -> str:
+    return hashlib.sha256(ns.encode()).hexdigest()[:8]
+
+
+def outer_name(ns: str) -> str:
+    """meda's end of the link (names are per namespace, and MEDA_NETNS names are host-wide)."""
+    return f"mup{_digest(ns)}"
+
+
+def table_name(ns: str) -> str:
+    return f"{nft.TABLE}-up-{_digest(ns)}"
+
+
+def _rules(ns: str, inner_ip: str) -> str:
+    outer, table = outer_name(ns), table_name(ns)
+    return f"""
+table inet {table} {{
+    chain guard {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname "{outer}" ip saddr != {inner_ip} drop
+        iifname "{outer}" meta nfproto ipv6 drop
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "{outer}" ct state established,related accept
+        iifname "{outer}" drop
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{outer}" ip daddr {nft.LINK_LOCAL} drop
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr {inner_ip} oifname != "{outer}" masquerade
+    }}
+}}
+"""
+
+
+def _replace_table(ns: str, ruleset: str) -> None:
+    table = table_name(ns)
+    script = f"table inet {table}\ndelete table inet {table}\n"
+    netns.run(None, ["nft", "-f", "-"], stdin=script + ruleset)
+
+
+def ensure(ns: str, subnet: ipaddress.IPv4Network) -> None:
+    """Link ``ns`` to meda's namespace through ``subnet``, routed and masqueraded (idempotent)."""
+    outer = outer_name(ns)
+    first, second = (str(ip) for ip in list(subnet.hosts())[:2])
+    prefix = subnet.prefixlen
+    if outer not in links.link_names(None):
+        links.remove_link(ns, INNER)  # a stale end whose peer went
+        netns.run(None, ["ip", "link", "add", outer, "type", "veth", "peer", "name", INNER,
+                         "netns", ns])  # fmt: skip
+    for where, link, address in ((None, outer, first), (ns, INNER, second)):
+        netns.run(where, ["ip", "addr", "flush", "dev", link])
+        netns.run(where, ["ip", "addr", "add", f"{address}/{prefix}", "dev", link])
+        netns.run(where, ["ip", "link", "set", link, "up"])
+    default = netns.run(ns, ["ip", "-o", "route", "show", "default"]).strip()
+    if not default or f"dev {INNER}" in default:
+        netns.run(ns, ["ip", "route", "replace", "default", "via", first, "dev", INNER])
+    else:
+        log.warning("MEDA_NETNS %s has a default route of its own (%s): it is kept", ns, default)
+    # Replies to the masqueraded traffic arrive on the host's own uplink: forwarding must be
+    # on for the whole namespace, as in meda's default mode (it is left on, as Docker does).
+    netns.set_sysctl(None, "net.ipv4.ip_forward", "1")
+    _replace_table(ns, _rules(ns, second))
+
+
+def _has_table(ns: str) -> bool:
+    try:
+        netns.run(None, ["nft", "list", "table", "inet", table_name(ns)])
+    except BackendError:
+        return False
+    return True
+
+
+def present(ns: str) -> list[str]:
+    """What of the uplink of ``ns`` exists in meda's namespace, described."""
+    found = []
+    if outer_name(ns) in links.link_names(None):
+        found.append(f"uplink {outer_name(ns)} of network namespace '{ns}'")
+    if _has_table(ns):
+        found.append(f"nftables table inet {table_name(ns)}")
+    return found
+
+
+def remove(ns: str) -> None:
+    """Remove the link (both ends) and the table, where they are (it changes nothing else)."""
+    links.remove_link(None, outer_name(ns))
+    if _has_table(ns):
+        _replace_table(ns, "")
