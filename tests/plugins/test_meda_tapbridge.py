@@ -311,6 +311,7 @@ def test_guests_reach_each_other_only_when_allowed(
 ) -> None:
     if allowed:
         monkeypatch.setenv("MEDA_GUEST_TO_GUEST", "1")
+    monkeypatch.setenv("MEDA_FORWARD_ADDRESS", "0.0.0.0")  # in meda_side, a test namespace
     a, b = guests("a"), guests("b")
     port = listen(b.ns, "0.0.0.0")
     assert connects(a.ns, b.ip, port) is allowed  # on the bridge
@@ -598,6 +599,7 @@ def test_a_guest_cannot_reach_another_guest_through_its_proxy(
     DNAT path turns it away, unless guests may reach each other."""
     if allowed:
         monkeypatch.setenv("MEDA_GUEST_TO_GUEST", "1")
+    monkeypatch.setenv("MEDA_FORWARD_ADDRESS", "0.0.0.0")  # in meda_side, a test namespace
     a, b = guests("a"), guests("b")
     forward = PortForward(host_port=8080, guest_port=echo(b.ns, "tcp", "b:"))
     tapbridge.context.state.add_forward("b", forward)
