@@ -162,8 +162,10 @@ def run(
     user_data: Path | None = UserDataOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Pull an image if needed and start a VM from it: a clone of the image's warm
-    template (built by the first run with these resources), or a cold boot."""
+    """Pull an image if needed and start a VM from it.
+
+    The VM is a clone of the image's warm template (built by the first run with these
+    resources), or a cold boot."""
     request = build(RunRequest, image=image, name=name, registry=registry, org=org,
                     memory=memory, cpus=cpus, disk=disk, no_start=no_start, cold=cold,
                     ready_port=ready_port, user_data=read_user_data(user_data))  # fmt: skip

@@ -6,8 +6,8 @@ import os
 
 import typer
 
-from meda_cli.context import handles_errors, meda
-from meda_core.ssh import ssh_argv
+from meda_cli.context import handles_errors, meda, netns_origin
+from meda_core.ssh import check_reachable, ssh_argv
 
 app = typer.Typer()
 
@@ -17,7 +17,7 @@ app = typer.Typer()
 def ssh(ctx: typer.Context, name: str) -> None:
     """Open a shell in a VM as user meda, or run CMD (after --) there."""
     instance = meda()
-    argv = ssh_argv(
-        instance.vms.get(name), instance.settings.home, ctx.args, instance.settings.netns
-    )
+    vm, settings = instance.vms.get(name), instance.settings
+    argv = ssh_argv(vm, settings.home, ctx.args, settings.netns)
+    check_reachable(vm, settings.netns, netns_origin(settings))
     os.execvp(argv[0], argv)

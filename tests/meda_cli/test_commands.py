@@ -106,7 +106,8 @@ def test_ip_and_port_forward_commands(fake_image: str) -> None:
 
 def test_cleanup_dry_run(fake_image: str) -> None:
     code, out, _ = meda("cleanup", "--dry-run", "--json")
-    assert code == 0 and json.loads(out) == {"dry_run": True, "orphans": [], "count": 0}
+    assert code == 0
+    assert json.loads(out) == {"dry_run": True, "orphans": [], "count": 0, "message": None}
 
 
 def test_image_commands(fake_image: str) -> None:
