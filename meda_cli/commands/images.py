@@ -188,3 +188,8 @@ def build_(
     log = (lambda line: None) if as_json else (lambda line: typer.echo(line, err=True))
     image = imagebuild.build(meda().images, ref, spec, work, log)
     _done(image, f"Image {image.ref} is ready", as_json)
+
+
+# `meda images rmi|prune` too: where users of `docker image rm|prune` look for them.
+app.command("rmi")(rmi)
+app.command("prune")(prune)

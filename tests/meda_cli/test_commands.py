@@ -216,3 +216,11 @@ def test_cleanup_before_the_namespace_exists(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"'{absent}' (MEDA_NETNS) does not exist" in result.stdout
     assert "0 orphan(s) found" in result.stdout
+
+
+def test_images_rmi_and_prune_are_there_too(fake_image: str) -> None:
+    """`meda images rmi|prune`, as the README once said and docker users guess."""
+    code, _, err = meda("images", "rmi", fake_image)
+    assert code == 0, err
+    assert meda("images", "--json")[1].count('"name"') == 0
+    assert meda("images", "prune", "--force")[0] == 0
