@@ -51,6 +51,10 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+#: Seconds the CLI waits for a server to take its connection.
+CONNECT_TIMEOUT = 10.0
+
+
 class RemoteApi:
     """Every API call sent to the server at ``url``, with ``token`` as a bearer token.
 
@@ -78,8 +82,10 @@ class RemoteApi:
         verify: ssl.SSLContext | bool = True
         if ca_file:
             verify = ssl.create_default_context(cafile=ca_file)
+        # A long answer may be a pull; a server that never answers the connection is not.
+        limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
         self._http = httpx.Client(
-            base_url=base, headers=headers, timeout=timeout, transport=transport, verify=verify
+            base_url=base, headers=headers, timeout=limits, transport=transport, verify=verify
         )
 
     def close(self) -> None:
