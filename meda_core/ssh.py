@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from meda_core import netns
@@ -28,11 +29,17 @@ def ssh_argv(vm: VM, home: Path, command: list[str], ns: str | None) -> list[str
     ]  # fmt: skip
 
 
-def check_reachable(vm: VM, ns: str | None, origin: str, timeout: float = CONNECT_TIMEOUT) -> None:
+def check_reachable(
+    vm: VM, ns: str | None, origin: str, wait: float = 0, timeout: float = CONNECT_TIMEOUT
+) -> None:
     """Fail with a message saying where meda looked unless the VM's SSH port answers from
-    ``ns`` (named by ``origin``: MEDA_NETNS, server.json)."""
+    ``ns`` (named by ``origin``: MEDA_NETNS, server.json), within ``wait`` seconds."""
     host, port = endpoint(vm)
-    problem = netns.connect_problem(ns, host, port, timeout)
+    deadline = time.monotonic() + wait
+    while (problem := netns.connect_problem(ns, host, port, timeout)) is not None:
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1)
     if problem is None:
         return
     if ns is None:

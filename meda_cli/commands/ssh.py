@@ -14,10 +14,16 @@ app = typer.Typer()
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @handles_errors
-def ssh(ctx: typer.Context, name: str) -> None:
+def ssh(
+    ctx: typer.Context,
+    name: str,
+    wait: float = typer.Option(
+        0, "--wait", min=0, help="Seconds to wait for the guest's SSH server (a booting VM)"
+    ),
+) -> None:
     """Open a shell in a VM as user meda, or run CMD (after --) there."""
     instance = meda()
     vm, settings = instance.vms.get(name), instance.settings
     argv = ssh_argv(vm, settings.home, ctx.args, settings.netns)
-    check_reachable(vm, settings.netns, netns_origin(settings))
+    check_reachable(vm, settings.netns, netns_origin(settings), wait)
     os.execvp(argv[0], argv)

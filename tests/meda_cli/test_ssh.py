@@ -149,3 +149,28 @@ def test_a_user_network_vm_is_reached_through_its_forward(
         assert argv[-1] == "meda@127.0.0.1" and argv[argv.index("-p") + 1] == str(port)
         assert "ConnectTimeout=10" in argv
         check_reachable(user_vm, netns, "MEDA_NETNS")  # answers: no error
+
+
+def test_ssh_waits_for_a_booting_guest_when_asked(
+    netns: str, host_ns: str, running_vm: tuple[str, dict[str, str]], fake_meda: Meda
+) -> None:
+    """`meda ssh NAME --wait S`: the guest's sshd comes up while meda waits for it."""
+    ip, env = running_vm
+    _address(netns, ip)
+    _write_server_file(fake_meda.settings.home, netns)
+    argv = ["ip", "netns", "exec", host_ns, sys.executable, "-m", "meda_cli.main",
+            "ssh", "vm1", "--wait", "60", "--", "true"]  # fmt: skip
+    client = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # the guest is still booting: nothing on port 22 yet
+    sshd = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _SSHD, ip,
+                             "22"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert sshd.stdout is not None
+        assert select.select([sshd.stdout], [], [], 30)[0], "ssh never came"
+        assert sshd.stdout.readline().strip() == "ready"
+        assert select.select([sshd.stdout], [], [], 30)[0], "ssh never came"
+        assert sshd.stdout.readline().startswith("SSH-2.0-OpenSSH")
+    finally:
+        for process in (sshd, client):
+            process.kill()
+            process.wait()
