@@ -14,6 +14,7 @@ from starlette.routing import Match
 
 from meda_api.observability import request_id
 from meda_core.errors import InvalidRequest, MedaError
+from meda_core.validation import describe
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,11 @@ def _body(error: str, code: str, **details: Any) -> dict[str, Any]:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
-    problems = []
-    for err in exc.errors():
-        location = ".".join(str(part) for part in err.get("loc", ()) if part != "body")
-        problems.append({"field": location or "body", "problem": err.get("msg", "invalid")})
-    if any(err.get("type") == "json_invalid" for err in exc.errors()):
-        return "malformed JSON in request body", problems
-    summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
-    return f"invalid request: {summary}", problems
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return "malformed JSON in request body", describe(errors)[1]
+    message, problems = describe(errors)
+    return message, list(problems)
 
 
 def _respond(

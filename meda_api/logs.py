@@ -63,9 +63,38 @@ class Redact(logging.Filter):
 
 
 def level_from_environment() -> str:
-    """``MEDA_LOG_LEVEL``, or ``MEDA_LOG`` (``RUST_LOG`` style: ``info``, ``meda=debug``)."""
-    value = os.environ.get("MEDA_LOG_LEVEL") or os.environ.get("MEDA_LOG") or "info"
-    return value.rsplit("=", 1)[-1].strip().upper() or "INFO"
+    """``MEDA_LOG_LEVEL``, else ``MEDA_LOG`` or the seed's ``RUST_LOG`` (``info``,
+    ``meda=debug,hyper=warn``: the level for meda, else the default one), else info."""
+    if os.environ.get("MEDA_LOG_LEVEL"):
+        return _level(os.environ["MEDA_LOG_LEVEL"]) or "INFO"
+    for variable in ("MEDA_LOG", "RUST_LOG"):
+        found = _directive_level(os.environ.get(variable, ""))
+        if found:
+            return found
+    return "INFO"
+
+
+def _directive_level(value: str) -> str | None:
+    """The level a ``RUST_LOG``-style value gives meda: its ``meda…=LEVEL``, else its bare
+    ``LEVEL``; None if neither."""
+    default = None
+    for directive in value.split(","):
+        target, _, level = directive.strip().rpartition("=")
+        if _level(level) not in _LEVELS:
+            continue  # another program's word, or no level at all
+        if target.startswith("meda"):
+            return _level(level)
+        if not target:
+            default = _level(level)
+    return default
+
+
+_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def _level(name: str) -> str:
+    name = name.strip().upper()
+    return {"TRACE": "DEBUG", "WARN": "WARNING", "OFF": "CRITICAL"}.get(name, name)
 
 
 def configure(

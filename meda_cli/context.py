@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from functools import partial
 from typing import ParamSpec, TypeVar
@@ -36,10 +37,34 @@ def meda() -> Meda:
             "run it there, or unset MEDA_URL"
         )
     if _instance is None:
-        _instance = Meda()
+        _instance = Meda(local_settings())
         # This process exits once it has answered: template builds go on in their own.
         _instance.warm_runs.background = partial(spawn_build, _instance.settings.home)
     return _instance
+
+
+def local_settings() -> Settings:
+    """The environment's settings, with the network namespace that ``meda serve`` of this
+    MEDA_HOME runs with (its server.json) when the environment names none: a command run
+    in another shell acts on the same network as the server."""
+    settings = Settings()
+    written = serverfile.load(settings.home)
+    if written is None or written.netns is None:
+        return settings
+    if "MEDA_NETNS" in os.environ:
+        if settings.netns != written.netns:
+            print(f"warning: MEDA_NETNS is {settings.netns or 'empty'} here, but meda serve "
+                  f"of {settings.home} runs with {written.netns}", file=sys.stderr)  # fmt: skip
+        return settings
+    create = settings.netns_create or written.netns_create
+    return settings.model_copy(update={"netns": written.netns, "netns_create": create})
+
+
+def netns_origin(settings: Settings) -> str:
+    """Where ``settings.netns`` came from, for messages."""
+    if "MEDA_NETNS" in os.environ:
+        return "MEDA_NETNS"
+    return f"meda serve's {serverfile.path(settings.home)}"
 
 
 def api() -> MedaApi:

@@ -9,6 +9,7 @@ import typer
 from meda_cli import context
 from meda_cli.commands import images, network, plugins, serve, ssh, vms
 from meda_cli.output import fail
+from meda_core import __version__
 from meda_core.errors import MedaError
 from meda_core.private import restrict_process
 
@@ -18,6 +19,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"meda {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -40,6 +47,9 @@ def main(
         "--ca-file",
         envvar="MEDA_CA_FILE",
         help="CA certificate to check an HTTPS server with (else the system's)",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print meda's version"
     ),
 ) -> None:
     """Micro-VMs on this host: a REST API and a CLI, every backend a plugin."""

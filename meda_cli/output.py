@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -47,6 +48,41 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def fields(pairs: Sequence[tuple[str, object]], indent: int = 0) -> None:
+    """Print ``label: value`` lines for people: nested models and mappings indented below
+    their label, lists one item a line, times to the second, nothing as ``-``."""
+    width = max((len(label) for label, _ in pairs), default=0) + 2
+    pad = " " * indent
+    for label, value in pairs:
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if isinstance(value, Mapping) and value:
+            typer.echo(f"{pad}{label}:")
+            fields([(str(k), v) for k, v in value.items()], indent + 2)
+        elif isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
+            typer.echo(f"{pad}{label}:")
+            for item in value:
+                typer.echo(f"{pad}  - {_plain(item)}")
+        else:
+            typer.echo(f"{pad}{label + ':':<{width}}{_plain(value)}")
+
+
+def _plain(value: object) -> str:
+    if value is None or value == [] or value == {}:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    return str(value)
 
 
 def fail(error: MedaError, as_json: bool) -> None:

@@ -9,6 +9,8 @@ import typer
 from typer.testing import CliRunner
 
 from meda_cli.main import app
+from meda_core import capacity, operations, registry  # noqa: F401  (their error classes)
+from meda_core.errors import MedaError
 
 HEADER = """# CLI reference
 
@@ -37,9 +39,48 @@ def command_paths() -> list[list[str]]:
     return paths
 
 
+def _errors(cls: type[MedaError]) -> list[type[MedaError]]:
+    """``cls`` and every error class below it, parents first."""
+    return [cls, *(c for sub in cls.__subclasses__() for c in _errors(sub))]
+
+
+#: What each exit code tells a script; the classes behind it come from the hierarchy.
+MEANINGS = {
+    1: "an unexpected error (a bug, or a plugin that failed)",
+    2: "a bad request or usage: a name, size, option or file meda refuses; nothing changed",
+    3: "not found: no such VM, image or operation",
+    4: "a conflict: a name taken, a VM in another state, an operation under way, a port in use",
+    5: "unavailable: no backend can do it here, no room now, or a guest that does not answer",
+    6: "a backend tried and failed (hypervisor, tool, registry)",
+    7: "refused: a missing or wrong token, or a web page's request",
+    8: "rate limited: retry after `details.retry_after` seconds",
+    9: "MEDA_HOME was written by a newer meda",
+}
+
+
+def exit_codes() -> str:
+    """The exit codes, from the one error hierarchy (meda_core/errors.py)."""
+    found: dict[int, list[type[MedaError]]] = {}
+    for cls in _errors(MedaError):
+        found.setdefault(cls.exit_code, []).append(cls)
+    rows = ["| exit | meaning | error codes |", "| --- | --- | --- |", "| 0 | success | |"]
+    for code, classes in sorted(found.items()):
+        meaning = MEANINGS.get(code) or (classes[0].__doc__ or "").strip().splitlines()[0]
+        codes = ", ".join(dict.fromkeys(f"`{c.code}`" for c in classes))
+        rows.append(f"| {code} | {meaning} | {codes} |")
+    return (
+        "## Exit codes\n\nErrors go to stderr (with `--json`, as the API's error body "
+        "`{error, code, details}`) and end the command with the exit code of their class; "
+        "the API answers the same classes with their HTTP status.\n\n"
+        + "\n".join(rows)
+        + "\n\n`meda serve` exits 4 when its port is taken (before it recovers a VM or "
+        "writes `MEDA_HOME/server.json`) and 2 for options or settings it refuses.\n"
+    )
+
+
 def render() -> str:
     runner = CliRunner()
-    sections = [HEADER]
+    sections = [HEADER, exit_codes()]
     for path in command_paths():
         result = runner.invoke(app, [*path, "--help"], env=ENV, prog_name="meda")
         title = " ".join(["meda", *path])

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from meda_core.errors import InvalidRequest
+from meda_core.validation import describe
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -15,7 +16,5 @@ def build(model: type[M], **fields: Any) -> M:
     try:
         return model(**fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise InvalidRequest(f"invalid request: {problems}") from None
+        message, problems = describe(exc.errors())
+        raise InvalidRequest(message, errors=problems) from None

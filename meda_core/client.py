@@ -57,6 +57,10 @@ def _stop_params(force: bool, timeout: float | None) -> dict[str, str]:
     return params if timeout is None else {**params, "timeout": str(timeout)}
 
 
+#: Seconds the CLI waits for a server to take its connection.
+CONNECT_TIMEOUT = 10.0
+
+
 class RemoteApi:
     """Every API call sent to the server at ``url``, with ``token`` as a bearer token.
 
@@ -84,8 +88,10 @@ class RemoteApi:
         verify: ssl.SSLContext | bool = True
         if ca_file:
             verify = ssl.create_default_context(cafile=ca_file)
+        # A long answer may be a pull; a server that never answers the connection is not.
+        limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
         self._http = httpx.Client(
-            base_url=base, headers=headers, timeout=timeout, transport=transport, verify=verify
+            base_url=base, headers=headers, timeout=limits, transport=transport, verify=verify
         )
 
     def close(self) -> None:

@@ -334,6 +334,7 @@ class CleanupReport(BaseModel):
     dry_run: bool
     orphans: list[str]
     count: int
+    message: str | None = Field(None, description="Why nothing was looked at, if so")
 
 
 class OperationResult(BaseModel):

@@ -11,6 +11,16 @@ IMAGE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
 IMAGE_REF_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$"
 
+#: What each pattern asks for, in words: one text for the API, the CLI and every check.
+VM_NAME_RULE = "use 1-63 lowercase letters, digits and '-', starting with a letter or digit"
+IMAGE_NAME_RULE = "use lowercase letters, digits, '.', '_' and '-'"
+RULES = {
+    VM_NAME_PATTERN: ("VM name", VM_NAME_RULE),
+    IMAGE_NAME_PATTERN: ("image name", IMAGE_NAME_RULE),
+    TAG_PATTERN: ("image tag", "use letters, digits, '.', '_' and '-', at most 128"),
+    IMAGE_REF_PATTERN: ("image reference", f"NAME[:TAG]; in NAME {IMAGE_NAME_RULE}"),
+}
+
 _VM_NAME = re.compile(VM_NAME_PATTERN)
 _IMAGE_NAME = re.compile(IMAGE_NAME_PATTERN)
 _TAG = re.compile(TAG_PATTERN)
@@ -20,8 +30,7 @@ def check_vm_name(name: str) -> str:
     """``name`` if it is a valid VM name, else :class:`InvalidRequest`."""
     if not _VM_NAME.fullmatch(name):
         raise InvalidRequest(
-            f"invalid VM name '{name}': use 1-63 lowercase letters, digits and '-', "
-            "starting with a letter or digit",
+            f"invalid VM name '{name}': {VM_NAME_RULE}",
             name=name,
             pattern=VM_NAME_PATTERN,
         )
@@ -34,7 +43,7 @@ def parse_image_ref(ref: str) -> tuple[str, str]:
     tag = tag or "latest"
     if not _IMAGE_NAME.fullmatch(name) or ".." in name:
         raise InvalidRequest(
-            f"invalid image name '{name}': use lowercase letters, digits, '.', '_' and '-'",
+            f"invalid image name '{name}': {IMAGE_NAME_RULE}",
             name=name,
             pattern=IMAGE_NAME_PATTERN,
         )

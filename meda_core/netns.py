@@ -19,6 +19,13 @@ _PORT_PROBE = (
     "except OSError as e:\n"
     "    print(e.strerror); sys.exit(1)\n"
 )
+_CONNECT_PROBE = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3])).close()\n"
+    "except OSError as e:\n"
+    "    print(e.strerror or 'timed out'); sys.exit(1)\n"
+)
 
 
 def namespace_path(netns: str) -> Path:
@@ -62,3 +69,13 @@ def port_problem(
     argv = [*exec_prefix(netns), sys.executable, "-c", _PORT_PROBE, str(port), protocol, address]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     return None if result.returncode == 0 else (result.stdout.strip() or "cannot bind")
+
+
+def connect_problem(netns: str | None, host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to ``host:port`` from ``netns`` fails (refused, timed out, ...),
+    or None if it gets through."""
+    argv = [*exec_prefix(netns), sys.executable, "-c", _CONNECT_PROBE, host, str(port),
+            str(timeout)]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
+                            check=False)  # fmt: skip
+    return None if result.returncode == 0 else (result.stdout.strip() or "cannot connect")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meda_core import netns
 from meda_core.backends import HypervisorBackend, NetworkBackend, Role
 from meda_core.config import Settings
 from meda_core.errors import Conflict, InvalidRequest, NotFound
@@ -117,6 +118,11 @@ class NetworkService:
 
     def cleanup(self, dry_run: bool) -> CleanupReport:
         """Find, and unless ``dry_run`` remove, network resources no VM owns."""
+        ns = self._settings.netns
+        if ns is not None and not netns.namespace_path(ns).exists():
+            # Not made yet, or gone with meda's network: there is nothing in it to clean.
+            message = f"network namespace '{ns}' (MEDA_NETNS) does not exist: nothing to clean"
+            return CleanupReport(dry_run=dry_run, orphans=[], count=0, message=message)
         network = self._backends.network()
         found = [] if network is None else network.orphans()
         if not dry_run and network is not None and found:

@@ -1,5 +1,6 @@
 """``MEDA_HOME/server.json``: how to reach the ``meda serve`` of this home — its URL, token,
-TLS certificate and Unix socket — written by the server (mode 0600), read by the CLI."""
+TLS certificate and Unix socket — and where its network lives (``MEDA_NETNS``); written by
+the server (mode 0600), read by the CLI."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ class ServerFile(BaseModel):
     #: The certificate (or CA) an HTTPS server's is checked with.
     ca_file: str | None = None
     unix_socket: str | None = None
+    #: The network namespace meda's network and VMs live in (MEDA_NETNS), if any.
+    netns: str | None = None
+    netns_create: bool = False
+    #: The serving process, and its meda version: who answers on ``url``.
+    pid: int | None = None
+    version: str | None = None
 
     def serves(self, url: str) -> bool:
         """Whether ``url`` reaches this server (any loopback name; with or without /api/v1)."""

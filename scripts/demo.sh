@@ -10,12 +10,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
+port=${MEDA_PORT:-7777}
+api="http://127.0.0.1:$port/api/v1"
+# Another server on the port would get every request below: refuse before doing anything.
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "error: something already listens on 127.0.0.1:$port; stop it, or run the demo" \
+         "on another port: MEDA_PORT=7788 bash scripts/demo.sh" >&2
+    exit 1
+fi
 bash scripts/setup.sh
 
 export MEDA_HOME=${MEDA_HOME:-$PWD/.meda-demo}
 export MEDA_NETNS=${MEDA_NETNS:-meda-demo} MEDA_NETNS_CREATE=1
-port=${MEDA_PORT:-7777}
-api="http://127.0.0.1:$port/api/v1"
 meda=.venv/bin/meda
 
 echo "==> the Debian 12 base image (built from Debian's mirror the first time, then cached)"
@@ -36,7 +42,20 @@ finish() {
     fi
 }
 trap finish EXIT
-for _ in $(seq 100); do curl -sf "$api/health" >/dev/null && break; sleep 0.1; done
+# The server answering must be the one started here: its server.json names its process,
+# and that process holds the port.
+ours() {
+    jq -e --argjson pid "$server" '.pid == $pid' "$MEDA_HOME/server.json" >/dev/null 2>&1 \
+        && ss -Hltnp "sport = :$port" | grep -q "pid=$server," \
+        && curl -sf "$api/health" >/dev/null
+}
+for _ in $(seq 300); do
+    ours && break
+    kill -0 "$server" 2>/dev/null || { echo "error: meda serve did not start" >&2; exit 1; }
+    sleep 0.1
+done
+ours || { echo "error: the server on 127.0.0.1:$port is not the one this demo started" >&2
+          exit 1; }
 
 call() {  # METHOD PATH [JSON]: print the request, the status and the body
     local method=$1 path=$2 body=${3:-}

@@ -6,7 +6,7 @@ bash scripts/setup.sh
 
 echo "==> pytest"
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@"
 status=$?
 set -e
 if [[ $status -eq 5 ]]; then

@@ -22,6 +22,18 @@ from meda_core.testing.host import free_port
 from meda_core.testing.installs import install_entry_points
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Give each schemathesis case its operation in its test id.
+
+    schemathesis names the test of each operation ``test…[GET /api/v1/vms]``, but pytest
+    9.2 builds node ids from the function's own name, so every operation got the same id:
+    a failure, ``--durations`` and ``--deselect`` could not say which operation it was.
+    """
+    label = getattr(item, "operation_label", None)
+    if label and f"[{label}]" not in item.nodeid and hasattr(item, "_id"):
+        item._id = item._id.with_params(label)
+
+
 @pytest.fixture
 def fake_image(fake_meda: Meda, tmp_path: Path) -> str:
     """A kernel-only image named ``default`` in the fake meda's store."""

@@ -178,11 +178,11 @@ def run(
     user_data: Path | None = UserDataOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Pull an image if needed and start a VM from it: a clone of the image's warm
-    template, or a cold boot.
+    """Pull an image if needed and start a VM from it.
 
-    Runs never wait for a template: the first run of an image with a ready port boots
-    cold and leaves its template to a background build."""
+    The VM is a clone of the image's warm template, or a cold boot. Runs never wait for a
+    template: the first run of an image with a ready port boots cold and leaves its
+    template to a background build."""
     request = build(RunRequest, image=image, name=name, registry=registry, org=org,
                     memory=memory, cpus=cpus, disk=disk, no_start=no_start, cold=cold,
                     ready_port=ready_port, user_data=read_user_data(user_data))  # fmt: skip
@@ -223,3 +223,8 @@ def build_(
     log = (lambda line: None) if as_json else (lambda line: typer.echo(line, err=True))
     image = imagebuild.build(meda().images, ref, spec, work, log)
     _done(image, f"Image {image.ref} is ready", as_json)
+
+
+# `meda images rmi|prune` too: where users of `docker image rm|prune` look for them.
+app.command("rmi")(rmi)
+app.command("prune")(prune)

@@ -64,6 +64,8 @@ def cleanup(
 
 
 def _cleanup_text(report: CleanupReport) -> None:
+    if report.message:
+        typer.echo(report.message)
     verb = "would remove" if report.dry_run else "removed"
     for orphan in report.orphans:
         typer.echo(f"{verb}: {orphan}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import secrets
@@ -12,9 +14,9 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 
 from meda_cli.output import fail
-from meda_core import serverfile
+from meda_core import __version__, serverfile
 from meda_core.config import Settings
-from meda_core.errors import MedaError
+from meda_core.errors import Conflict, InvalidRequest, MedaError
 from meda_core.private import private_home
 from meda_core.references import is_loopback
 
@@ -26,6 +28,7 @@ DEFAULT_READ_RATE_LIMIT = "20/100"  # and 20 reads a second, bursts of 100
 MIN_TOKEN_LENGTH = 16
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: it goes in a header
 _WILDCARDS = {"0.0.0.0", "::", ""}
+log = logging.getLogger(__name__)
 
 
 def _refuse(message: str) -> NoReturn:
@@ -92,6 +95,27 @@ def _client_url(host: str, port: int, tls: bool) -> str:
     if ":" in name:
         name = f"[{name}]"
     return f"{'https' if tls else 'http'}://{name}:{port}"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything else runs: a taken port stops
+    ``meda serve`` before it recovers VMs or writes server.json for a server that is not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Conflict(
+                f"port {port} on {host or '0.0.0.0'} is in use by another program (another "
+                "meda serve?): stop it, or give --port another port",
+                host=host, port=port,
+            ) from None  # fmt: skip
+        raise InvalidRequest(f"cannot listen on {host}:{port}: {exc.strerror}", host=host,
+                             port=port) from None  # fmt: skip
+    return sock
 
 
 def rate_limits(host: str) -> tuple[Limit | None, Limit | None]:
@@ -175,10 +199,13 @@ def serve(
         )
     logs.configure(level=log_level.upper() if log_level else None,
                    secrets=[token] if token else [])  # fmt: skip
+    client_url = _client_url(host, port, tls_cert is not None)
+    log.info("meda %s (pid %d) starting on %s", __version__, os.getpid(), client_url)
     limit, read_limit = rate_limits(host)
     origins = [o for o in os.environ.get("MEDA_CORS_ORIGINS", "").split(",") if o.strip()]
     hosts = HostPolicy.serving(host, [*settings.allowed_host_list(), *allowed_host])
     try:  # opening MEDA_HOME: a state from a newer meda, say, is an error, not a traceback
+        listening = bind(host, port)  # before recovery touches a VM
         app = create_app(token=token, cors_origins=origins, rate_limit=limit,
                          read_rate_limit=read_limit, hosts=hosts,
                          local_socket=str(unix_socket) if unix_socket else None)  # fmt: skip
@@ -190,7 +217,7 @@ def serve(
         ssl_keyfile=str(tls_key) if tls_key else None,
         timeout_graceful_shutdown=int(shutdown_timeout),
     )  # fmt: skip
-    sockets: list[socket.socket] = []
+    sockets = [listening]
     listener = None
     if unix_socket is not None:
         try:
@@ -199,14 +226,20 @@ def serve(
             _refuse(error.message)
         except OSError as exc:
             _refuse(f"cannot listen on {unix_socket}: {exc.strerror}")
-        sockets = [config.bind_socket(), listener.sock]
+        sockets.append(listener.sock)
     written = serverfile.ServerFile(
-        url=_client_url(host, port, tls_cert is not None), token=token,
+        url=client_url, token=token,
         ca_file=str(tls_cert.resolve()) if tls_cert else None,
         unix_socket=str(unix_socket.resolve()) if unix_socket else None,
+        netns=settings.netns, netns_create=settings.netns_create,
+        pid=os.getpid(), version=__version__,
     )  # fmt: skip
     serverfile.write(settings.home, written)
     server = SocketServer(config, listener, lambda: serverfile.remove(settings.home, written))
-    server.run(sockets=sockets or None)
+    try:
+        server.run(sockets=sockets)
+    finally:  # also when the app failed to start, which skips the server's shutdown
+        serverfile.remove(settings.home, written)
     if not server.started:
-        raise typer.Exit(3)  # as uvicorn.run: the port was taken, the app did not start
+        typer.echo("error: the server did not start (see the log above)", err=True)
+        raise typer.Exit(1)

@@ -6,18 +6,24 @@ import os
 
 import typer
 
-from meda_cli.context import handles_errors, meda
-from meda_core.ssh import ssh_argv
+from meda_cli.context import handles_errors, meda, netns_origin
+from meda_core.ssh import check_reachable, ssh_argv
 
 app = typer.Typer()
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @handles_errors
-def ssh(ctx: typer.Context, name: str) -> None:
+def ssh(
+    ctx: typer.Context,
+    name: str,
+    wait: float = typer.Option(
+        0, "--wait", min=0, help="Seconds to wait for the guest's SSH server (a booting VM)"
+    ),
+) -> None:
     """Open a shell in a VM as user meda, or run CMD (after --) there."""
     instance = meda()
-    argv = ssh_argv(
-        instance.vms.get(name), instance.settings.home, ctx.args, instance.settings.netns
-    )
+    vm, settings = instance.vms.get(name), instance.settings
+    argv = ssh_argv(vm, settings.home, ctx.args, settings.netns)
+    check_reachable(vm, settings.netns, netns_origin(settings), wait)
     os.execvp(argv[0], argv)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from meda_cli.context import api, handles_errors
-from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
+from meda_cli.output import JsonOption, UserDataOption, fields, read_user_data, render, table
 from meda_cli.validation import build
 from meda_core.models import (
     CloneRequest,
@@ -28,11 +28,18 @@ def _report(result: OperationResult, as_json: bool) -> None:
 
 
 def _show(info: VMInfo) -> None:
-    typer.echo(f"name:   {info.name}")
-    typer.echo(f"state:  {info.state.value}")
-    typer.echo(f"ip:     {info.ip or '-'}")
-    for key, value in info.details.model_dump().items():
-        typer.echo(f"{key + ':':<13}{'-' if value is None else value}")
+    d = info.details
+    forwards = [f"{f.host_port} -> {f.guest_port}/{f.protocol.value}" for f in d.port_forwards]
+    fields([
+        ("name", info.name), ("state", info.state.value), ("ip", info.ip), ("image", d.image),
+        ("memory", d.memory), ("cpus", d.cpus), ("disk", d.disk_size),
+        ("network", d.network), ("mac", d.mac), ("gateway", d.gateway), ("subnet", d.subnet),
+        ("tap", d.tap_device), ("forwards", ", ".join(forwards) or None),
+        ("hypervisor", d.hypervisor), ("accelerator", d.accelerator), ("pid", d.pid),
+        ("storage", d.storage), ("created", d.created), ("template", d.template),
+        ("clone of", d.clone_of), ("snapshot", d.snapshot), ("last error", d.last_error),
+        ("vm dir", d.vm_dir), ("console log", d.console_log), ("launch", d.launch),
+    ])  # fmt: skip
 
 
 @app.command()

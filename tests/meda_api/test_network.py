@@ -1,15 +1,19 @@
-"""``/ip`` and ``/port-forward`` against the fake backends."""
+"""``/ip``, ``/port-forward`` and ``/network/cleanup``, against the fake backends unless said."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
 from meda_core.app import Meda
+from meda_core.config import Settings
 
 
 @pytest.fixture
@@ -107,3 +111,19 @@ def test_forwards_show_in_every_vm_response(client: TestClient) -> None:
     client.post("/api/v1/vms/web/port-forward", json={"host_port": 18083, "guest_port": 80})
     for response in (client.post("/api/v1/vms/web/start"), client.post("/api/v1/vms/web/stop")):
         assert response.json()["vm"]["details"]["port_forwards"][0]["host_port"] == 18083
+
+
+def test_cleanup_in_a_namespace_not_made_yet_finds_nothing(tmp_path: Path) -> None:
+    """MEDA_NETNS that does not exist (not made yet, or gone with the last VM), even with
+    MEDA_NETNS_CREATE: the real tap-bridge has nothing there to clean, and creates nothing."""
+    if os.geteuid() != 0:
+        pytest.skip("the tap-bridge network needs root")
+    absent = f"meda-absent-{secrets.token_hex(3)}"
+    meda = Meda(Settings(home=tmp_path / "home", netns=absent, netns_create=True))
+    with TestClient(create_app(meda), base_url="http://localhost") as client:
+        for dry_run in ("true", "false"):
+            answer = client.post(f"/api/v1/network/cleanup?dry_run={dry_run}")
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["orphans"] == [] and answer.json()["count"] == 0
+            assert f"'{absent}'" in answer.json()["message"]
+    assert not Path("/run/netns", absent).exists()

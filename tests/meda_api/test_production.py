@@ -94,6 +94,21 @@ def test_log_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert logs.level_from_environment() == "WARNING"
 
 
+@pytest.mark.parametrize(
+    ("rust_log", "level"),
+    [("info", "INFO"), ("debug", "DEBUG"), ("hyper=warn,meda=trace", "DEBUG"),
+     ("warn,tower=debug", "WARNING"), ("tower=debug", "INFO"), ("verbose", "INFO")],
+)  # fmt: skip
+def test_the_seeds_rust_log_is_honoured(
+    monkeypatch: pytest.MonkeyPatch, rust_log: str, level: str
+) -> None:
+    """``RUST_LOG=debug meda serve``, as the seed writes it, sets meda's level."""
+    for variable in ("MEDA_LOG_LEVEL", "MEDA_LOG"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("RUST_LOG", rust_log)
+    assert logs.level_from_environment() == level
+
+
 def test_reads_have_a_bucket_of_their_own(fake_meda: Meda, fake_image: str) -> None:
     app = create_app(fake_meda, read_rate_limit=Limit(rate=0.5, burst=3))
     with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from meda_api import create_app
 from meda_cli import context
 from meda_cli.main import app
+from meda_core import __version__
 from meda_core.app import Meda
 from meda_core.models import OperationResult, VMInfo, VMList
 
@@ -126,7 +134,8 @@ def test_ip_and_port_forward_commands(fake_image: str) -> None:
 
 def test_cleanup_dry_run(fake_image: str) -> None:
     code, out, _ = meda("cleanup", "--dry-run", "--json")
-    assert code == 0 and json.loads(out) == {"dry_run": True, "orphans": [], "count": 0}
+    assert code == 0
+    assert json.loads(out) == {"dry_run": True, "orphans": [], "count": 0, "message": None}
 
 
 def test_image_commands(fake_image: str) -> None:
@@ -162,3 +171,76 @@ def test_user_data_file_is_read_by_the_client(
     assert cli_meda.vms.get("vm1").user_data == "#cloud-config\nhostname: x\n"
     code, _, err = meda("create", "vm2", "--user-data", str(tmp_path / "missing"))
     assert code == 2 and "cannot read" in err
+
+
+def test_get_prints_text_for_people(fake_image: str) -> None:
+    meda("create", "vm1", "--memory", "512M")
+    meda("port-forward", "vm1", "2222", "22")
+    code, out, _ = meda("get", "vm1")
+    assert code == 0
+    lines = dict(line.split(":", 1) for line in out.splitlines() if not line.startswith(" "))
+    assert lines["name"].strip() == "vm1" and lines["memory"].strip() == "512M"
+    assert lines["forwards"].strip() == "2222 -> 22/tcp"
+    assert not any(mark in out for mark in ("{", "[", "datetime(", "host_port")), out
+
+
+def test_version() -> None:
+    code, out, _ = meda("--version")
+    assert code == 0 and out.strip() == f"meda {__version__}"
+
+
+def test_every_command_has_a_one_line_summary() -> None:
+    """Wide or narrow, `meda --help` gives each command one line (no hard breaks)."""
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "250", "TERM": "dumb"})
+    listing = result.stdout.split("Commands")[1]
+    rows = [line for line in listing.splitlines() if line.startswith("│")]
+    assert rows and not [row for row in rows if re.match(r"│ {3,}\S", row)], listing
+
+
+@pytest.mark.parametrize(
+    ("args", "body"),
+    [
+        (("create", "Bad_Name"), {"name": "Bad_Name"}),
+        (("create", "ok", "--cpus", "0"), {"name": "ok", "cpus": 0}),
+    ],
+)
+def test_the_cli_and_the_api_say_the_same(
+    fake_meda: Meda, fake_image: str, args: tuple[str, ...], body: dict[str, object]
+) -> None:
+    code, _, err = meda(*args, "--json")
+    with TestClient(create_app(fake_meda), base_url="http://localhost") as client:
+        answer = client.post("/api/v1/vms", json=body)
+    assert code == 2 and answer.status_code == 400
+    assert json.loads(err)["error"] == answer.json()["error"]
+    assert "should match pattern" not in answer.json()["error"]  # words, not a regex
+
+
+def test_a_bad_name_reads_the_same_wherever_it_is_given(fake_image: str) -> None:
+    """In a body (create, clone) as in a path (get): the rule in words, not a regex."""
+    messages = {meda(*args)[2] for args in (("create", "Bad_Name"), ("clone", "tpl", "Bad_Name"),
+                                            ("get", "Bad_Name"))}  # fmt: skip
+    assert len(messages) == 1, messages
+    assert messages.pop().startswith("error: invalid VM name 'Bad_Name': use 1-63 lowercase")
+
+
+def test_cleanup_before_the_namespace_exists(tmp_path: Path) -> None:
+    """The operator's plan before the first VM (MEDA_NETNS_CREATE=1 has made nothing
+    yet): answered, not a 503."""
+    if os.geteuid() != 0:
+        pytest.skip("the tap-bridge network needs root")
+    absent = f"meda-absent-{secrets.token_hex(3)}"
+    env = {**os.environ, "MEDA_HOME": str(tmp_path / "home"), "MEDA_NETNS": absent,
+           "MEDA_NETNS_CREATE": "1"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "meda_cli.main", "cleanup", "--dry-run"],
+                            env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"'{absent}' (MEDA_NETNS) does not exist" in result.stdout
+    assert "0 orphan(s) found" in result.stdout
+
+
+def test_images_rmi_and_prune_are_there_too(fake_image: str) -> None:
+    """`meda images rmi|prune`, as the README once said and docker users guess."""
+    code, _, err = meda("images", "rmi", fake_image)
+    assert code == 0, err
+    assert meda("images", "--json")[1].count('"name"') == 0
+    assert meda("images", "prune", "--force")[0] == 0

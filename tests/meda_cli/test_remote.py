@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from meda_core.models import (
     RunRequest,
     VMInfo,
 )
+from meda_core.testing import namespaces
 from meda_core.testing.host import free_port
 from tests.conftest import ServeApi
 
@@ -102,3 +106,28 @@ def test_remote_api_for_programs(server_url: str) -> None:
         assert api.delete_vm("ran").success
     finally:
         api.close()
+
+
+def test_a_server_that_never_answers_is_given_up_on(netns: str) -> None:
+    """Connections dropped on the way (a firewall, a host gone): a clear error within the
+    connect timeout, not a wait of minutes."""
+    namespaces.run_in(netns, "ip", "link", "set", "lo", "up")
+    rules = (
+        "add table ip meda-test; add chain ip meda-test out { type filter hook output "
+        "priority 0; }; add rule ip meda-test out tcp dport 7 drop"
+    )
+    subprocess.run(["ip", "netns", "exec", netns, "nft", rules], check=True)
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "meda_cli.main", "--url",
+             "http://127.0.0.1:7", "list"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+    finally:
+        subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", "ip", "meda-test"],
+                       check=True)  # fmt: skip
+    assert result.returncode == 5, result.stderr
+    assert "cannot reach the meda server at http://127.0.0.1:7" in result.stderr
+    assert seconds < 20  # the connect timeout is 10 s

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grp
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from meda_cli import context
 from meda_cli.commands.serve import api_token
 from meda_cli.main import app
-from meda_core import serverfile
+from meda_core import __version__, serverfile
 from meda_core.client import RemoteApi
 from meda_core.errors import InvalidRequest
 from meda_core.testing.host import free_port, self_signed_certificate
@@ -268,3 +269,30 @@ def test_a_unix_socket_client_reports_a_missing_socket(tmp_path: Path) -> None:
     api = RemoteApi(f"unix://{tmp_path}/none.sock")
     with pytest.raises(Exception, match="cannot reach the meda server at unix://"):
         api.list_vms()
+
+
+def test_server_json_says_where_the_network_lives(serve: Callable[..., Served], netns: str) -> None:
+    """A CLI in another shell learns the server's namespace, process and version."""
+    served = serve(MEDA_NETNS=netns)
+    info = serverfile.load(served.home)
+    assert info is not None
+    assert (info.netns, info.pid, info.version) == (netns, served.process.pid, __version__)
+
+
+def test_a_taken_port_stops_the_server_before_it_touches_anything(tmp_path: Path) -> None:
+    """Exit 4 (conflict) with a message, before recovery and before server.json: another
+    server there keeps its clients."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        environment = {**os.environ, "MEDA_HOME": str(tmp_path), "MEDA_NETWORK": "user",
+                       "MEDA_LOG_LEVEL": "info"}  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(port)],
+            env=environment, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 4, result.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+    assert "recovered" not in result.stderr
+    assert not serverfile.path(tmp_path).exists()
