@@ -1,6 +1,7 @@
 """``MEDA_HOME/server.json``: how to reach the ``meda serve`` of this home — its URL, token,
 TLS certificate and Unix socket — and where its network lives (``MEDA_NETNS``); written by
-the server (mode 0600), read by the CLI."""
+the server (mode 0600), read by the CLI. When the server stops, only where the network
+lives stays: the VMs and their network outlive the server."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class ServerFile(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    url: str
+    #: None once the server has stopped (the file then holds its setup only).
+    url: str | None = None
     token: str | None = None
     #: The certificate (or CA) an HTTPS server's is checked with.
     ca_file: str | None = None
@@ -38,7 +40,13 @@ class ServerFile(BaseModel):
         """Whether ``url`` reaches this server (any loopback name; with or without /api/v1)."""
         if url.startswith("unix://"):
             return self.unix_socket is not None and _socket_path(url) == self.unix_socket
-        return _endpoint(url) == _endpoint(self.url)
+        return self.url is not None and _endpoint(url) == _endpoint(self.url)
+
+    def setup_only(self) -> ServerFile | None:
+        """What stays once the server stops: where its network lives, nothing to reach it by."""
+        if self.netns is None:
+            return None
+        return ServerFile(netns=self.netns, netns_create=self.netns_create)
 
 
 def _socket_path(url: str) -> str:
@@ -73,13 +81,19 @@ def write(home: Path, info: ServerFile) -> Path:
 
 
 def remove(home: Path, info: ServerFile) -> None:
-    """Remove the file as a server stops, if it still names that server (another may have
-    started meanwhile): a stopped server's token must not go to whoever takes its port."""
+    """As a server stops, if the file still names that server (another may have started
+    meanwhile), drop all that reaches it — a stopped server's token must not go to whoever
+    takes its port — and keep only where its network lives (a later CLI acts on the same)."""
     try:
-        if load(home) == info:
-            path(home).unlink(missing_ok=True)
+        if load(home) != info:
+            return
     except InvalidRequest:
-        pass  # not ours to judge or remove
+        return  # not ours to judge or remove
+    setup = info.setup_only()
+    if setup is None:
+        path(home).unlink(missing_ok=True)
+    else:
+        write(home, setup)
 
 
 def load(home: Path) -> ServerFile | None:

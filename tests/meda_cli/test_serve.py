@@ -279,6 +279,20 @@ def test_server_json_says_where_the_network_lives(serve: Callable[..., Served], 
     assert (info.netns, info.pid, info.version) == (netns, served.process.pid, __version__)
 
 
+def test_a_stopped_server_leaves_where_its_network_lives_and_nothing_more(
+    serve: Callable[..., Served], netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The VMs and their network outlive the server: a later CLI in a shell without
+    MEDA_NETNS acts on that namespace (not the host's), and gets no token or URL."""
+    served = serve("--require-token", MEDA_API_TOKEN=STRONG, MEDA_NETNS=netns)
+    served.process.terminate()
+    served.process.wait(30)
+    assert serverfile.load(served.home) == serverfile.ServerFile(netns=netns)
+    monkeypatch.setenv("MEDA_HOME", str(served.home))
+    monkeypatch.delenv("MEDA_NETNS", raising=False)
+    assert context.local_settings().netns == netns
+
+
 def test_a_taken_port_stops_the_server_before_it_touches_anything(tmp_path: Path) -> None:
     """Exit 4 (conflict) with a message, before recovery and before server.json: another
     server there keeps its clients."""
