@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,21 @@ def try_exclusive(lock_path: Path) -> Iterator[bool]:
             yield False
             return
         try:
-            yield True
+            # Its holder may have removed the file meanwhile (remove_held): a lock on a
+            # file no longer at ``lock_path`` excludes nobody.
+            yield _still_there(lock_path, lock.fileno())
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _still_there(lock_path: Path, fd: int) -> bool:
+    try:
+        return os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def remove_held(lock_path: Path) -> None:
+    """Remove a lock file its caller holds (through ``try_exclusive``): whoever opened it
+    before finds it gone once it gets the lock, and counts as not holding it."""
+    lock_path.unlink(missing_ok=True)

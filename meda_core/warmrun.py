@@ -34,7 +34,7 @@ from meda_core.backends import DEVICE_LAYOUT
 from meda_core.capacity import InsufficientCapacity
 from meda_core.config import Settings
 from meda_core.errors import BackendError
-from meda_core.locks import try_exclusive
+from meda_core.locks import remove_held, try_exclusive
 from meda_core.models import (
     VM,
     CreateVMRequest,
@@ -200,6 +200,7 @@ class WarmRuns:
             if template is not None:  # half-built by a build that failed or died
                 self._discard(job.name)
             self._retire_outdated(image)
+            self._sweep_marks(keep=job.name)
             self._let_boot_first(job)
             started = time.monotonic()
             try:
@@ -290,11 +291,30 @@ class WarmRuns:
         for vm in self._vms.list():
             if (
                 vm.name.startswith(TEMPLATE_PREFIX) and vm.image == image.ref
-                and vm.image_fingerprint not in (None, current) and vm.state == VMState.STOPPED
-                and not any(c.clone_of == vm.name for c in self._store.list_vms())
+                and vm.state == VMState.STOPPED and (
+                    vm.image_fingerprint not in (None, current)
+                    or (vm.snapshot is not None and vm.snapshot.layout != DEVICE_LAYOUT)
+                ) and not any(c.clone_of == vm.name for c in self._store.list_vms())
             ):  # fmt: skip
-                log.info("retiring template %s: its image changed", vm.name)
+                log.info("retiring template %s: its image or its devices changed", vm.name)
                 self._vms.delete(vm.name)
+
+    def _sweep_marks(self, keep: str) -> None:
+        """Remove the files of builds whose template is gone (deleted, or discarded and no
+        longer remembered as failed); a minute's grace lets a detached builder read its job."""
+        folder = self._settings.home / "templates"
+        names = {p.name.split(".", 1)[0] for p in folder.glob(f"{TEMPLATE_PREFIX}*")}
+        for name in names - {keep}:
+            if self._store.get_vm(name) is not None or self._failure(name) is not None:
+                continue
+            marks = [p for p in folder.glob(f"{name}.*") if p.suffix != ".lock"]
+            if any(time.time() - p.stat().st_mtime < 60 for p in marks):
+                continue
+            with try_exclusive(self._lock(name)) as free:
+                if free:
+                    for mark in marks:
+                        mark.unlink(missing_ok=True)
+                    remove_held(self._lock(name))
 
     # ---- where builds leave their marks ----
 

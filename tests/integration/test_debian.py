@@ -13,9 +13,12 @@ from meda_core.app import Meda
 from meda_core.config import Settings
 from meda_core.models import Image
 from meda_core.ssh import ssh_argv
+from meda_core.testing.host import free_port
 from meda_core.testing.namespaces import OUTSIDE_NAME, OUTSIDE_PAGE, outside_world, run_in
 from meda_core.testing.pytest_plugin import wait_for_text
 from tests.integration.conftest import StartServer
+
+WEB_PORT = free_port()  # forwards also listen on the host's loopback
 
 pytestmark = pytest.mark.vm
 READY = "Cloud-init v."  # … "finished at": the final stage is over
@@ -73,10 +76,10 @@ def test_debian_guest_user_data_ssh_forward_and_the_outside(
         assert ssh("sudo", "-n", "id", "-u") == "0"
 
         forward = api.post(
-            "/vms/deb-e2e/port-forward", json={"host_port": 8080, "guest_port": 8000}
+            "/vms/deb-e2e/port-forward", json={"host_port": WEB_PORT, "guest_port": 8000}
         )
         assert forward.status_code == 201, forward.text
-        page = run_in(netns, "curl", "-s", "-m", "10", "http://127.0.0.1:8080/", check=False)
+        page = run_in(netns, "curl", "-s", "-m", "10", f"http://127.0.0.1:{WEB_PORT}/", check=False)
         assert page.strip() == "MEDA-DEBIAN-HTTP"
 
         # A usable machine: a default route, the gateway's DNS, and a way out (NAT).

@@ -14,10 +14,13 @@ import httpx
 import pytest
 
 from meda_core.testing.guest import HTTP_PAGE
-from meda_core.testing.host import processes_mentioning
+from meda_core.testing.host import free_port, processes_mentioning
 from meda_core.testing.namespaces import pids_in, snapshot
 from tests.integration.conftest import Server, StartServer
 from tests.integration.test_network import guest_ip, http_get, start_vm
+
+WEB_PORT = free_port()  # forwards also listen on the host's loopback
+CUT_PORT = free_port()  # forwards also listen on the host's loopback
 
 pytestmark = pytest.mark.vm
 
@@ -41,7 +44,7 @@ def test_running_vms_are_readopted_with_their_address_and_forwards(
         web = start_vm(api, "web")
         start_vm(api, "other")
         guest_ip(web)
-        api.post("/vms/web/port-forward", json={"host_port": 8082, "guest_port": 80})
+        api.post("/vms/web/port-forward", json={"host_port": WEB_PORT, "guest_port": 80})
         before = api.get("/vms").json()
     server.kill(signal.SIGKILL)
     for pid in _dnsmasq(netns):  # its pid file goes stale: the restart must notice
@@ -54,7 +57,7 @@ def test_running_vms_are_readopted_with_their_address_and_forwards(
     print(f"2 running VMs re-adopted in {recovery_ms:.0f} ms after restart")
     assert recovery_ms < 1000
     assert len(_dnsmasq(netns)) == 1
-    assert http_get(netns, "http://127.0.0.1:8082/") == HTTP_PAGE
+    assert http_get(netns, f"http://127.0.0.1:{WEB_PORT}/") == HTTP_PAGE
     with server.client() as api:
         for vm in before["vms"]:
             assert api.delete(f"/vms/{vm['name']}").status_code == 200
@@ -124,7 +127,7 @@ def test_a_delete_cut_short_is_rolled_forward(
     server = start_server(**pausing_backends, MEDA_TEST_PAUSE_AT="before-delete-disk")
     with server.client() as api:
         guest_ip(start_vm(api, "cut"))  # booted: it powers off at the ACPI button
-        api.post("/vms/cut/port-forward", json={"host_port": 8083, "guest_port": 80})
+        api.post("/vms/cut/port-forward", json={"host_port": CUT_PORT, "guest_port": 80})
     _kill_while_paused(server, "before-delete-disk", "DELETE", "/vms/cut")
     vm_dir = server.home / "vms" / "cut"
     assert vm_dir.exists()

@@ -18,9 +18,12 @@ from meda_core import migrations
 from meda_core.app import Meda
 from meda_core.config import Settings
 from meda_core.testing.guest import HTTP_PAGE
-from meda_core.testing.host import processes_mentioning
+from meda_core.testing.host import free_port, processes_mentioning
 from tests.integration.conftest import Server
 from tests.integration.test_network import guest_ip, http_get, start_vm
+
+WEB_PORT = free_port()  # forwards also listen on the host's loopback
+IDLE_PORT = free_port()  # forwards also listen on the host's loopback
 
 pytestmark = pytest.mark.vm
 
@@ -66,12 +69,12 @@ def _vm(api: httpx.Client, name: str) -> dict[str, Any]:
 def _make_old_home(api: httpx.Client, netns: str) -> dict[str, dict[str, Any]]:
     """Running and stopped VMs with forwards, a template with a clone."""
     guest_ip(start_vm(api, "web"))
-    assert api.post("/vms/web/port-forward", json={"host_port": 8085, "guest_port": 80}
+    assert api.post("/vms/web/port-forward", json={"host_port": WEB_PORT, "guest_port": 80}
                     ).status_code == 201  # fmt: skip
-    assert http_get(netns, "http://127.0.0.1:8085/") == HTTP_PAGE
+    assert http_get(netns, f"http://127.0.0.1:{WEB_PORT}/") == HTTP_PAGE
     guest_ip(start_vm(api, "idle"))
     assert api.post("/vms/idle/stop").status_code == 200
-    assert api.post("/vms/idle/port-forward", json={"host_port": 8086, "guest_port": 80}
+    assert api.post("/vms/idle/port-forward", json={"host_port": IDLE_PORT, "guest_port": 80}
                     ).status_code == 201  # fmt: skip
     created = api.post("/vms", json={"name": "tpl", "memory": "256M", "template": True})
     assert created.status_code == 201, created.text
@@ -134,13 +137,13 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
             assert api.get("/templates").json()["templates"][0]["clones"] == ["c1"]
             # Running guests answer, through a forward and a clone's own namespace, as the
             # new rules render them.
-            assert http_get(netns, "http://127.0.0.1:8085/") == HTTP_PAGE
+            assert http_get(netns, f"http://127.0.0.1:{WEB_PORT}/") == HTTP_PAGE
             assert http_get(netns, f"http://{before['c1']['ip']}/") == HTTP_PAGE
             # The stopped VM starts on its lease; its forward was kept.
             started = api.post("/vms/idle/start")
             assert started.status_code == 200, started.text
             assert guest_ip(started.json()["vm"]) == before["idle"]["ip"]
-            assert http_get(netns, "http://127.0.0.1:8086/") == HTTP_PAGE
+            assert http_get(netns, f"http://127.0.0.1:{IDLE_PORT}/") == HTTP_PAGE
             # The template made by the old meda still clones.
             clone = api.post("/vms/tpl/clone", json={"name": "c2"})
             assert clone.status_code == 201, clone.text

@@ -4,17 +4,20 @@ background, keyed by image and resources, retired with their image; failures rem
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meda_core import readiness, warmrun
 from meda_core.api import LocalApi
 from meda_core.app import Meda
+from meda_core.backends import DEVICE_LAYOUT
 from meda_core.errors import BackendError
-from meda_core.locks import exclusive
+from meda_core.locks import exclusive, remove_held, try_exclusive
 from meda_core.models import RunInfo, RunRequest
 from meda_core.warmrun import TemplateJob
 
@@ -252,6 +255,70 @@ def test_a_changed_image_retires_unused_templates(
     fake_meda.warm_runs.build(builds[-1])
     assert fake_meda.store.get_vm(old or "") is None  # retired: no clone needed it
     fake_meda.vms.delete_all()
+
+
+def test_a_template_of_older_devices_is_retired(
+    fake_meda: Meda, fake_image: str, builds: list[TemplateJob],
+    ready_at_once: list[tuple[str, int]],
+) -> None:  # fmt: skip
+    """A template an older meda snapshotted with other devices cannot be restored: the next
+    build of its image deletes it when no clone rests on it."""
+    ready_image(fake_meda)
+    run(fake_meda, "a")
+    fake_meda.warm_runs.build(builds[-1])
+    old = builds[-1].name
+    fake_meda.vms.delete("a")
+    template = fake_meda.store.require_vm(old)
+    assert template.snapshot is not None
+    template.snapshot.layout = DEVICE_LAYOUT - 1
+    fake_meda.store.save_vm(template)
+    run(fake_meda, "b", memory="256M")  # another shape: another build, which retires it
+    fake_meda.warm_runs.build(builds[-1])
+    assert fake_meda.store.get_vm(old) is None
+    fake_meda.vms.delete_all()
+
+
+def test_the_files_of_a_gone_template_go_at_the_next_build(
+    fake_meda: Meda, fake_image: str, builds: list[TemplateJob],
+    ready_at_once: list[tuple[str, int]],
+) -> None:  # fmt: skip
+    ready_image(fake_meda)
+    run(fake_meda, "a")
+    fake_meda.warm_runs.build(builds[-1])
+    gone = builds[-1].name
+    folder = fake_meda.settings.home / "templates"
+    for suffix in ("log", "job.json"):  # as a detached builder leaves them
+        (folder / f"{gone}.{suffix}").write_text("x")
+    fake_meda.vms.delete_all()  # the template too
+    for mark in folder.glob(f"{gone}.*"):
+        os.utime(mark, (time.time() - 120, time.time() - 120))
+    assert sorted(p.name for p in folder.glob(f"{gone}.*")) == [
+        f"{gone}.job.json", f"{gone}.lock", f"{gone}.log"
+    ]  # fmt: skip
+    run(fake_meda, "b", memory="256M")
+    fake_meda.warm_runs.build(builds[-1])
+    assert list(folder.glob(f"{gone}.*")) == []
+    assert (folder / f"{builds[-1].name}.lock").exists()  # the live one's stays
+    fake_meda.vms.delete_all()
+
+
+def test_a_lock_removed_by_its_holder_excludes_nobody_who_opened_it_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second holder that opened the lock file before its holder removed it gets the lock
+    on the removed file only: that must not count as holding the lock."""
+    lock = tmp_path / "t.lock"
+    real_open = Path.open
+
+    def open_then_lose_it(self: Path, *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(self, *args, **kwargs)
+        if self == lock:
+            remove_held(lock)  # the first holder removes it between open and flock
+        return handle
+
+    monkeypatch.setattr(Path, "open", open_then_lose_it)
+    with try_exclusive(lock) as held:
+        assert not held
 
 
 def test_garbage_collection_keeps_what_clones_rest_on(
