@@ -382,26 +382,31 @@ def test_a_guest_in_its_own_namespace_reaches_neither_it_nor_the_host(
         tapbridge.unplug("tmpl", attachment)
 
 
+def udp_arriving(netns: str, guest: Guest, port: int, size: int, source_port: int = 0) -> int:
+    """Of 1000 UDP packets of ``size`` bytes the guest sends at once to its gateway's
+    ``port``, how many pass meda's input chain (counted by a hook after it)."""
+    run_in(netns, "nft", "table ip probe { chain input { type filter hook input priority 10;"
+                         f" udp dport {port} counter; }}; }}")  # fmt: skip
+    try:
+        flood = (
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            f" s.bind(({guest.ip!r}, {source_port}));"
+            f" [s.sendto(b'x' * {size}, ({guest.gateway!r}, {port})) for _ in range(1000)]"
+        )
+        run_in(guest.ns, sys.executable, "-c", flood)
+        counted = run_in(netns, "nft", "list", "table", "ip", "probe")
+        return int(counted.split("counter packets ")[1].split()[0])
+    finally:
+        run_in(netns, "nft", "delete", "table", "ip", "probe")
+
+
 def test_a_guest_flooding_dhcp_reaches_the_host_at_a_bounded_rate(
     guests: Callable[[str], Guest], netns: str
 ) -> None:
     """dnsmasq parses DHCP as root and would log it all: a guest sending 1000 requests at
     once gets a burst and a trickle through, not the flood."""
     guest = guests("noisy")
-    run_in(netns, "nft", "table ip probe { chain input { type filter hook input priority -10;"
-                         " udp dport 67 counter; }; }")  # fmt: skip
-    try:
-        flood = (
-            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
-            f" s.bind(({guest.ip!r}, 68));"
-            f" [s.sendto(b'x' * 300, ({guest.gateway!r}, 67)) for _ in range(1000)]"
-        )
-        run_in(guest.ns, sys.executable, "-c", flood)
-        counted = run_in(netns, "nft", "list", "table", "ip", "probe")
-        arrived = int(counted.split("counter packets ")[1].split()[0])
-        assert 0 < arrived <= 100, counted
-    finally:
-        run_in(netns, "nft", "delete", "table", "ip", "probe")
+    assert 0 < udp_arriving(netns, guest, 67, 300, source_port=68) <= 100
 
 
 # ---- forwards in MEDA_NETNS mode: answered in meda's own namespace by a proxy ----
@@ -702,20 +707,7 @@ def test_a_guest_flooding_dns_reaches_the_host_at_a_bounded_rate(
 ) -> None:
     """dnsmasq parses DNS as root: 1000 queries at once get a burst through, not the flood."""
     guest = guests("noisy")
-    # Counted after meda's input chain (priority filter): what dnsmasq would see.
-    run_in(netns, "nft", "table ip probe { chain input { type filter hook input priority 10;"
-                         " udp dport 53 counter; }; }")  # fmt: skip
-    try:
-        flood = (
-            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
-            f" [s.sendto(b'x' * 40, ({guest.gateway!r}, 53)) for _ in range(1000)]"
-        )
-        run_in(guest.ns, sys.executable, "-c", flood)
-        counted = run_in(netns, "nft", "list", "table", "ip", "probe")
-        arrived = int(counted.split("counter packets ")[1].split()[0])
-        assert 0 < arrived <= 300, counted
-    finally:
-        run_in(netns, "nft", "delete", "table", "ip", "probe")
+    assert 0 < udp_arriving(netns, guest, 53, 40) <= 300
 
 
 def test_upstream_name_servers_are_the_setting_else_the_hosts_that_are_not_loopback(
