@@ -11,9 +11,9 @@ import logging
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
+from meda_core import procs
 from meda_core.errors import InvalidRequest
 from meda_core.warmrun import TEMPLATE_PREFIX, TemplateJob
 
@@ -38,11 +38,13 @@ def spawn_build(home: Path, job: TemplateJob) -> None:
     staged.write_text(job.model_dump_json())  # may hold user data: MEDA_HOME is private
     staged.chmod(0o600)
     staged.replace(path)
-    argv = [sys.executable, "-m", "meda_cli.main", "images", "build-template", job.name]
+    argv = procs.python("-m", "meda_cli.main", "images", "build-template", job.name)
     try:
         with log_file(home, job.name).open("ab") as out:
-            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                             start_new_session=True, close_fds=True)  # fmt: skip
+            # From "/": it holds no directory of the caller's busy (and MEDA_HOME stays put).
+            environment = {**os.environ, "MEDA_HOME": str(home.absolute())}
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
+                             env=environment, start_new_session=True, close_fds=True)  # fmt: skip
     except OSError as error:  # the run succeeded; a later one tries again
         log.warning("could not start building template %s: %s", job.name, error)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
+from meda_core import procs
 from meda_core.errors import BackendError, BackendUnavailable, InvalidRequest
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -66,7 +66,7 @@ def port_problem(
     netns: str | None, port: int, protocol: str, address: str = "0.0.0.0"
 ) -> str | None:
     """Why ``port`` cannot be bound on ``address`` in ``netns`` (in use, ...), or None."""
-    argv = [*exec_prefix(netns), sys.executable, "-c", _PORT_PROBE, str(port), protocol, address]
+    argv = [*exec_prefix(netns), *procs.python("-c", _PORT_PROBE, str(port), protocol, address)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     return None if result.returncode == 0 else (result.stdout.strip() or "cannot bind")
 
@@ -74,8 +74,8 @@ def port_problem(
 def connect_problem(netns: str | None, host: str, port: int, timeout: float) -> str | None:
     """Why a TCP connection to ``host:port`` from ``netns`` fails (refused, timed out, ...),
     or None if it gets through."""
-    argv = [*exec_prefix(netns), sys.executable, "-c", _CONNECT_PROBE, host, str(port),
-            str(timeout)]  # fmt: skip
+    argv = [*exec_prefix(netns), *procs.python("-c", _CONNECT_PROBE, host, str(port),
+            str(timeout))]  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
                             check=False)  # fmt: skip
     return None if result.returncode == 0 else (result.stdout.strip() or "cannot connect")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -59,3 +60,11 @@ def kill(runtime: RuntimeInfo, timeout: float = 5.0) -> None:
     except ProcessLookupError:
         return
     wait_gone(runtime, timeout)
+
+
+def python(*args: str) -> list[str]:
+    """argv of a Python child that imports nothing from its working directory (``-P``):
+    run as root from a directory another user may write, it must not pick up their
+    ``socket.py`` or ``meda_cli/``. (``-I`` would also drop PYTHONPATH, which the
+    operator's environment may need for plugins.)"""
+    return [sys.executable, "-P", *args]

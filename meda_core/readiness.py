@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 
-from meda_core import netns
+from meda_core import netns, procs
 from meda_core.errors import BackendError
 
 _PROBE = (
@@ -20,7 +19,7 @@ _PROBE = (
 
 
 def answers(ns: str | None, ip: str, port: int) -> bool:
-    argv = [*netns.exec_prefix(ns), sys.executable, "-c", _PROBE, ip, str(port)]
+    argv = [*netns.exec_prefix(ns), *procs.python("-c", _PROBE, ip, str(port))]
     return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
 
 
