@@ -74,7 +74,9 @@ def exit_codes() -> str:
         "the API answers the same classes with their HTTP status.\n\n"
         + "\n".join(rows)
         + "\n\n`meda serve` exits 4 when its port is taken (before it recovers a VM or "
-        "writes `MEDA_HOME/server.json`) and 2 for options or settings it refuses.\n"
+        "writes `MEDA_HOME/server.json`) and 2 for options or settings it refuses. `meda ssh "
+        "NAME -- COMMAND` exits with the command's own status (ssh's 255 when it cannot "
+        "connect), as ssh does; its own errors before connecting use the codes above.\n"
     )
 
 

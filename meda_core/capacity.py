@@ -121,7 +121,7 @@ def check_possible(settings: Settings, spec: VMSpec, disk: bool = True) -> None:
     for what, asked, most, show in asks:
         if asked > most:
             raise ExceedsHost(
-                f"{show(asked)} of {what} is more than this host can ever give a VM "
+                f"{what} {show(asked)} is more than this host can ever give a VM "
                 f"(at most {show(most)}); ask for less",
                 resource=what, requested=show(asked), allowed=show(most),
                 capacity=capacity.model_dump(),

@@ -162,7 +162,10 @@ class VMExists(Conflict):
     code = "VM_EXISTS"
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"VM '{name}' already exists (use force to replace it)", name=name)
+        super().__init__(
+            f"VM '{name}' already exists (force replaces it: --force, \"force\": true)",
+            name=name,
+        )
 
 
 class ImageExists(Conflict):

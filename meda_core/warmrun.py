@@ -258,7 +258,9 @@ class WarmRuns:
             template.image_fingerprint = job.fingerprint
             self._store.save_vm(template)
         except BaseException as error:
-            log.warning("template %s of %s not built: %s", name, job.image, error)
+            called_off = isinstance(error, readiness.Interrupted)  # shutdown: nothing wrong
+            log.log(logging.INFO if called_off else logging.WARNING,
+                    "template %s of %s not built: %s", name, job.image, error)  # fmt: skip
             self._discard(name)
             raise
 

@@ -40,6 +40,17 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "==> creating .venv"
     "$python" -m venv .venv
 fi
-echo "==> installing meda into .venv"
-.venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q ".[test]"
+# Installed already from this very tree (an editable install, or this commit with these
+# changes): installing again would only pull meda from under a server running from .venv.
+tree=$( (git rev-parse HEAD && git status --porcelain) 2>/dev/null | sha256sum | cut -c1-16)
+stamp=.venv/.meda-installed
+if .venv/bin/pip show meda 2>/dev/null | grep -qx "Editable project location: $PWD"; then
+    echo "==> meda is installed in .venv, editable from this tree"
+elif [[ -f $stamp && $(cat "$stamp") == "$tree" ]] && git rev-parse HEAD >/dev/null 2>&1; then
+    echo "==> meda is installed in .venv from this tree already"
+else
+    echo "==> installing meda into .venv"
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q ".[test]"
+    echo "$tree" > "$stamp"
+fi

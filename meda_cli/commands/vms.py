@@ -123,8 +123,9 @@ def delete(
     name: str, force: bool = ForceOption, timeout: float | None = TimeoutOption,
     as_json: bool = JsonOption,
 ) -> None:  # fmt: skip
-    """Delete a VM and its disk; a running one is killed at once unless --timeout gives
-    it that long to power off."""
+    """Delete a VM and its disk (a running one is killed at once).
+
+    --timeout S first gives a running guest S seconds to power off (ACPI)."""
     _report(api().delete_vm(name, force, timeout), as_json)
 
 
