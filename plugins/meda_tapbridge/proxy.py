@@ -169,9 +169,7 @@ def serve_tcp(
             slots.give(source)
 
 
-def _connection(
-    client: socket.socket, target: tuple[str, int], slots: _Slots, source: str
-) -> None:
+def _connection(client: socket.socket, target: tuple[str, int], slots: _Slots, source: str) -> None:
     try:
         with client, socket.create_connection(target, CONNECT_TIMEOUT) as upstream:
             upstream.settimeout(None)
