@@ -118,9 +118,9 @@ def another_host(
         ["ip", "link", "add", "vc0", "netns", client, "type", "veth", "peer", link,
          "netns", netns], check=True,
     )  # fmt: skip
-    for ns, address, link in ((client, client_ip, "vc0"), (netns, host_ip, link)):
-        run_in(ns, "ip", "addr", "add", f"{address}/{prefix}", "dev", link)
-        run_in(ns, "ip", "link", "set", link, "up")
+    for ns, address, end in ((client, client_ip, "vc0"), (netns, host_ip, link)):
+        run_in(ns, "ip", "addr", "add", f"{address}/{prefix}", "dev", end)
+        run_in(ns, "ip", "link", "set", end, "up")
     return client
 
 
