@@ -107,17 +107,20 @@ def create(prefix: str = "meda-t") -> str:
     return name
 
 
-def another_host(netns: str, host_ip: str, client_ip: str, prefix: int = 24) -> str:
+def another_host(
+    netns: str, host_ip: str, client_ip: str, prefix: int = 24, link: str = "vh0"
+) -> str:
     """A namespace joined to ``netns`` by a veth pair: another machine on a link, with
-    ``client_ip`` there and ``host_ip`` on ``netns``'s end. Destroy it to remove the link."""
+    ``client_ip`` there and ``host_ip`` on ``netns``'s end (named ``link``). Destroy it to
+    remove the link."""
     client = create("meda-c")
     subprocess.run(
-        ["ip", "link", "add", "vc0", "netns", client, "type", "veth", "peer", "vh0",
+        ["ip", "link", "add", "vc0", "netns", client, "type", "veth", "peer", link,
          "netns", netns], check=True,
     )  # fmt: skip
-    for ns, address, link in ((client, client_ip, "vc0"), (netns, host_ip, "vh0")):
-        run_in(ns, "ip", "addr", "add", f"{address}/{prefix}", "dev", link)
-        run_in(ns, "ip", "link", "set", link, "up")
+    for ns, address, end in ((client, client_ip, "vc0"), (netns, host_ip, link)):
+        run_in(ns, "ip", "addr", "add", f"{address}/{prefix}", "dev", end)
+        run_in(ns, "ip", "link", "set", end, "up")
     return client
 
 

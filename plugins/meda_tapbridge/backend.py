@@ -292,7 +292,8 @@ class TapBridgeNetwork(NetworkBackend):
         self._ensure_namespace()
         config = self.config
         if self.ns is not None and config.netns_uplink:
-            uplink.ensure(self.ns, config.uplink_network)
+            uplink.ensure(self.ns, config.uplink_network, config.blocked_networks,
+                          config.uplink_interfaces)  # fmt: skip
         links.ensure_bridge(self.ns, config.bridge, config.gateway_ip, config.network.prefixlen)
         netns.set_sysctl(self.ns, "net.ipv4.ip_forward", "1")
         # Forwards reached from 127.0.0.1 are routed out of the bridge: allow it there only.
@@ -330,6 +331,7 @@ class TapBridgeNetwork(NetworkBackend):
         ruleset = nft.render(
             config.subnet, config.bridge, forwards, ports, config.guest_to_guest,
             config.gateway_ip, forward_address=None if address == EVERY_ADDRESS else address,
+            blocked=config.blocked_networks,
         )  # fmt: skip
         nft.replace(self.ns, ruleset)
 

@@ -47,7 +47,9 @@ class DhcpServer:
     def write_hosts(self, leases: list[Lease]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.hostsfile.with_suffix(".tmp")
-        tmp.write_text("".join(f"{lease.mac},{lease.ip},{lease.vm}\n" for lease in leases))
+        # No names: dnsmasq would answer them in DNS, telling guests of each other (a guest
+        # takes its hostname from its seed).
+        tmp.write_text("".join(f"{lease.mac},{lease.ip}\n" for lease in leases))
         tmp.replace(self.hostsfile)
 
     def refresh(self, leases: list[Lease]) -> bool:
@@ -88,6 +90,8 @@ class DhcpServer:
             # and no private reverse lookups or plain names sent out.
             "--no-resolv", "--no-hosts", f"--servers-file={self.serversfile}",
             "--domain-needed", "--bogus-priv",
+            # Nor the names guests send in DHCP: one could take another's name in DNS.
+            "--dhcp-ignore-names",
             "--user=root", "--group=root",
             # Not --log-dhcp into a file: guests choose what dnsmasq would log, and how
             # often. Problems still go to syslog, which rate-limits.

@@ -2,9 +2,9 @@
 
 ``ip meda`` holds NAT and forwards, and keeps guests off the host: nothing from the bridge
 may reach 127.0.0.0/8 (``route_localnet`` is on there, for forwards on 127.0.0.1) nor any
-host service but meda's DHCP and DNS (on the gateway), nor link-local addresses beyond
-the host (a cloud's metadata service), and guests reach each other only if the operator
-allows it.
+host service but meda's DHCP and DNS (on the gateway; a few TCP connections each), nor
+the blocked destinations beyond the host (clouds' metadata services, ``blocked``), and
+guests reach each other only if the operator allows it.
 ``bridge meda`` pins each guest's port to its lease (MAC, IPv4 address, ARP), so no guest
 can speak as another. Both are rendered whole from the state store and replaced in one
 ``nft -f`` transaction, so they always match it and nothing is ever left behind.
@@ -24,8 +24,8 @@ from meda_core.errors import BackendError
 DHCP_RATE = "20/second burst 40 packets"
 #: DNS queries (UDP packets, TCP connections) a guest may send the gateway's dnsmasq.
 DNS_RATE = "100/second burst 200 packets"
-#: Link-local addresses are never routed (RFC 3927); a cloud's metadata service is one.
-LINK_LOCAL = "169.254.0.0/16"
+#: TCP connections to the gateway's DNS one guest may hold at once (dnsmasq has ~20).
+DNS_TCP_PER_GUEST = 4
 TABLE = "meda"
 FAMILIES = ("ip", "bridge")
 #: Bridge ports that carry a guest: a VM's tap, or the veth of a VM in its own namespace.
@@ -48,6 +48,11 @@ def _dnat(forwards: Iterable[tuple[str, int, int, str]], address: str | None) ->
     ]
 
 
+def drop_blocked(match: str, blocked: Sequence[str]) -> str:
+    """A rule dropping what ``match`` matches towards the ``blocked`` networks."""
+    return f"{match} ip daddr {{ {', '.join(blocked)} }} drop" if blocked else ""
+
+
 def _elements(items: Iterable[str]) -> str:
     listed = ", ".join(items)
     return f"elements = {{ {listed} }}" if listed else ""
@@ -61,13 +66,15 @@ def render(
     guest_to_guest: bool = False,
     gateway: str | None = None,
     forward_address: str | None = None,
+    blocked: Sequence[str] = (),
 ) -> str:
     """Both tables for ``subnet`` behind ``bridge``; ``forwards`` are (ip, host, guest, proto),
     answered on every local address or only on ``forward_address``; ``gateway`` (the
-    bridge's address, by default the subnet's first) serves DNS."""
+    bridge's address, by default the subnet's first) serves DNS; no guest reaches the
+    ``blocked`` networks (metadata services)."""
     gateway = gateway or str(next(ipaddress.IPv4Network(subnet).hosts()))
     return _render_ip(
-        subnet, bridge, gateway, forwards, guest_to_guest, forward_address
+        subnet, bridge, gateway, forwards, guest_to_guest, forward_address, blocked
     ) + _render_bridge(ports, guest_to_guest)
 
 
@@ -78,6 +85,7 @@ def _render_ip(
     forwards: list[tuple[str, int, int, str]],
     guest_to_guest: bool,
     forward_address: str | None,
+    blocked: Sequence[str],
 ) -> str:
     dnat = "\n        ".join(_dnat(forwards, forward_address))
     # Guest-to-guest traffic routed through the host (the gateway as next hop, or a forward
@@ -86,6 +94,7 @@ def _render_ip(
     routed = "" if guest_to_guest else f'iifname "{bridge}" oifname "{bridge}" drop'
     # Before "established": a guest's UDP queries from one port would be established.
     dns_limit = f"{{ ip saddr limit rate over {DNS_RATE} }}"
+    dns_held = f"{{ ip saddr ct count over {DNS_TCP_PER_GUEST} }}"
     return f"""
 table ip {TABLE} {{
     chain guard {{
@@ -101,6 +110,7 @@ table ip {TABLE} {{
         type filter hook input priority filter; policy accept;
         iifname "{bridge}" udp dport 53 meter dns_queries size 4096 {dns_limit} drop
         iifname "{bridge}" tcp dport 53 ct state new meter dns_conns size 4096 {dns_limit} drop
+        iifname "{bridge}" tcp dport 53 ct state new meter dns_held size 4096 {dns_held} drop
         iifname "{bridge}" ct state established,related accept
         iifname "{bridge}" udp sport 68 udp dport 67 accept
         iifname "{bridge}" ip daddr {gateway} udp dport 53 accept
@@ -109,7 +119,7 @@ table ip {TABLE} {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
-        iifname "{bridge}" ip daddr {LINK_LOCAL} drop
+        {drop_blocked(f'iifname "{bridge}"', blocked)}
         {routed}
     }}
     chain output {{

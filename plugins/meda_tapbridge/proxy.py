@@ -16,6 +16,7 @@ import encodings.idna  # noqa: F401  (sockets encode host names with it: load it
 import fcntl
 import os
 import pwd
+import resource
 import selectors
 import socket
 import sys
@@ -26,8 +27,18 @@ from dataclasses import dataclass, field
 
 CONNECT_TIMEOUT = 10.0
 MAX_CONNECTIONS = 512
+#: What one relayed connection holds open: its two sockets and a pipe each way.
+FDS_PER_CONNECTION = 6
+#: Descriptors kept for the rest (the listening socket, stdio, Python's own).
+FDS_RESERVED = 32
+#: Seconds to wait before accepting again when accept() fails (e.g. out of descriptors).
+ACCEPT_BACKOFF = 0.1
 UDP_IDLE = 60.0
 MAX_UDP_CLIENTS = 512
+#: A client address (one source IP) may hold at most this many UDP client ports...
+MAX_UDP_PER_SOURCE = 64
+#: ...and a full table gives way only to clients idle this long (else new ones wait).
+UDP_EVICT_IDLE = 10.0
 #: Bytes moved per splice, and the pipe's size (the most an unprivileged pipe may have).
 CHUNK = 1 << 20
 DATAGRAM = 65535
@@ -41,12 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     host, _, port = args.target.rpartition(":")
     target = (host, int(port))
     listening = socket.socket(fileno=args.fd)
+    limit = _raise_fd_limit()
     _drop_privileges(args.user)
     sys.stdout.write("ready\n")
     sys.stdout.close()
     refuse = None if args.allow_local else _is_local
     if listening.type == socket.SOCK_STREAM:
-        serve_tcp(listening, target, refuse)
+        serve_tcp(listening, target, refuse, connection_cap(limit))
     else:
         serve_udp(listening, target, refuse)
 
@@ -73,12 +85,30 @@ def _drop_privileges(user: str) -> None:
     os.setuid(entry.pw_uid)
 
 
+def _raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one; the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_cap(fd_limit: int) -> int:
+    """How many TCP connections fit in ``fd_limit`` descriptors (at most MAX_CONNECTIONS)."""
+    return max(1, min(MAX_CONNECTIONS, (fd_limit - FDS_RESERVED) // FDS_PER_CONNECTION))
+
+
 def _is_local(address: str) -> bool:
     """Whether ``address`` is one of this namespace's own (binding to it works). Loopback
     is never: a client on the listening namespace's loopback is of that namespace."""
     if address.startswith("127."):
         return False
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    try:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return True  # cannot tell (out of descriptors): turn the client away
+    with probe:
         try:
             probe.bind((address, 0))
         except OSError:
@@ -89,19 +119,57 @@ def _is_local(address: str) -> bool:
 # ---- TCP ----
 
 
-def serve_tcp(listening: socket.socket, target: tuple[str, int], refuse: Refuse) -> None:
-    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+class _Slots:
+    """Connections in use, in all and by source address (a quarter of all, each)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.per_source = cap, max(1, cap // 4)
+        self.total = 0
+        self.by_source: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def take(self, source: str) -> bool:
+        with self.lock:
+            held = self.by_source.get(source, 0)
+            if self.total >= self.cap or held >= self.per_source:
+                return False
+            self.total += 1
+            self.by_source[source] = held + 1
+            return True
+
+    def give(self, source: str) -> None:
+        with self.lock:
+            self.total -= 1
+            self.by_source[source] -= 1
+            if not self.by_source[source]:
+                del self.by_source[source]
+
+
+def serve_tcp(
+    listening: socket.socket, target: tuple[str, int], refuse: Refuse, cap: int = MAX_CONNECTIONS
+) -> None:
+    slots = _Slots(cap)
     while True:
-        client, peer = listening.accept()
-        if (refuse is not None and refuse(peer[0])) or not slots.acquire(blocking=False):
+        try:
+            client, peer = listening.accept()
+        except OSError:  # out of descriptors or memory: the backlog waits, the proxy lives
+            time.sleep(ACCEPT_BACKOFF)
+            continue
+        source = peer[0]
+        if (refuse is not None and refuse(source)) or not slots.take(source):
             client.close()
             continue
-        threading.Thread(target=_connection, args=(client, target, slots), daemon=True).start()
+        worker = threading.Thread(
+            target=_connection, args=(client, target, slots, source), daemon=True
+        )
+        try:
+            worker.start()
+        except RuntimeError:  # no thread to be had: turn this one away
+            client.close()
+            slots.give(source)
 
 
-def _connection(
-    client: socket.socket, target: tuple[str, int], slots: threading.BoundedSemaphore
-) -> None:
+def _connection(client: socket.socket, target: tuple[str, int], slots: _Slots, source: str) -> None:
     try:
         with client, socket.create_connection(target, CONNECT_TIMEOUT) as upstream:
             upstream.settimeout(None)
@@ -109,16 +177,20 @@ def _connection(
             back.start()
             _pump(client, upstream)
             back.join()
-    except OSError:
-        pass  # the guest did not answer: the client sees its connection closed
+    except (OSError, RuntimeError):
+        pass  # the guest did not answer (or no thread): the client sees its connection closed
     finally:
-        slots.release()
+        slots.give(source)
 
 
 def _pump(source: socket.socket, dest: socket.socket) -> None:
     """Copy ``source`` to ``dest`` through a pipe (no copy in userspace) until it ends,
     then end ``dest``'s sending side; on an error, end both ways of both sockets."""
-    read_end, write_end = os.pipe()
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        _abort(source, dest)
+        return
     with contextlib.suppress(OSError):  # a bigger pipe: fewer system calls per MiB
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, CHUNK)
     try:
@@ -127,12 +199,17 @@ def _pump(source: socket.socket, dest: socket.socket) -> None:
                 moved -= os.splice(read_end, dest.fileno(), moved, flags=os.SPLICE_F_MOVE)
         dest.shutdown(socket.SHUT_WR)
     except OSError:
-        for sock in (source, dest):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        _abort(source, dest)
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def _abort(*socks: socket.socket) -> None:
+    """End both ways of ``socks`` (their owners then close them)."""
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 # ---- UDP ----
@@ -163,21 +240,42 @@ def _from_client(
     listening: socket.socket, target: tuple[str, int], refuse: Refuse,
     clients: dict[tuple[str, int], _Client], selector: selectors.BaseSelector,
 ) -> None:  # fmt: skip
-    data, address = listening.recvfrom(DATAGRAM)
+    try:
+        data, address = listening.recvfrom(DATAGRAM)
+    except OSError:
+        return
     client = clients.get(address)
     if client is None:
-        if refuse is not None and refuse(address[0]):
+        if (refuse is not None and refuse(address[0])) or not _room(clients, selector, address):
             return
-        if len(clients) >= MAX_UDP_CLIENTS:
-            oldest = min(clients.values(), key=lambda c: c.seen)
-            _close(clients, selector, oldest)
-        upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        upstream.connect(target)
+        try:
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError:  # out of descriptors: this datagram is lost, the proxy lives
+            return
+        with contextlib.suppress(OSError):
+            upstream.connect(target)
         client = clients[address] = _Client(address, upstream)
         selector.register(upstream, selectors.EVENT_READ, client)
     client.seen = time.monotonic()
     with contextlib.suppress(OSError):  # e.g. refused: the guest's port is closed
         client.upstream.send(data)
+
+
+def _room(
+    clients: dict[tuple[str, int], _Client], selector: selectors.BaseSelector,
+    address: tuple[str, int],
+) -> bool:  # fmt: skip
+    """Whether a new client at ``address`` gets a place: its source IP has fewer than
+    MAX_UDP_PER_SOURCE, and the table has room or a client idle for UDP_EVICT_IDLE gives way."""
+    if sum(1 for known in clients if known[0] == address[0]) >= MAX_UDP_PER_SOURCE:
+        return False
+    if len(clients) < MAX_UDP_CLIENTS:
+        return True
+    oldest = min(clients.values(), key=lambda c: c.seen)
+    if oldest.seen > time.monotonic() - UDP_EVICT_IDLE:
+        return False
+    _close(clients, selector, oldest)
+    return True
 
 
 def _from_target(listening: socket.socket, client: _Client) -> None:

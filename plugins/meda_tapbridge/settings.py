@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,12 @@ class BridgeSettings(BaseSettings):
     netns_uplink: bool = True
     #: The link between the two ends of that uplink (meda's end takes the first address).
     netns_uplink_subnet: str = "10.213.255.0/30"
+    #: Interfaces of meda's own namespace the uplink may lead out of besides those of its
+    #: default routes (comma-separated names).
+    netns_uplink_interfaces: str = ""
+    #: Comma-separated IPv4 networks no guest may reach through the host: clouds'
+    #: metadata services (link-local, Alibaba's, Azure's WireServer).
+    blocked_destinations: str = "169.254.0.0/16,100.100.100.200/32,168.63.129.16/32"
 
     @field_validator("subnet")
     @classmethod
@@ -49,6 +56,21 @@ class BridgeSettings(BaseSettings):
     def _dns_servers(cls, value: str) -> str:
         for server in filter(None, (s.strip() for s in value.split(","))):
             ipaddress.ip_address(server)  # an address, nothing dnsmasq would read as more
+        return value
+
+    @field_validator("blocked_destinations")
+    @classmethod
+    def _blocked(cls, value: str) -> str:
+        for network in filter(None, (n.strip() for n in value.split(","))):
+            ipaddress.IPv4Network(network, strict=True)  # IPv6 never leaves the bridge
+        return value
+
+    @field_validator("netns_uplink_interfaces")
+    @classmethod
+    def _interfaces(cls, value: str) -> str:
+        for name in filter(None, (n.strip() for n in value.split(","))):
+            if not re.fullmatch(r"[a-zA-Z0-9_.@-]{1,15}", name):
+                raise ValueError(f"{name!r} is not an interface name")
         return value
 
     @field_validator("netns_uplink_subnet")
@@ -72,6 +94,14 @@ class BridgeSettings(BaseSettings):
     @property
     def uplink_network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.netns_uplink_subnet)
+
+    @property
+    def blocked_networks(self) -> list[str]:
+        return [n.strip() for n in self.blocked_destinations.split(",") if n.strip()]
+
+    @property
+    def uplink_interfaces(self) -> list[str]:
+        return [n.strip() for n in self.netns_uplink_interfaces.split(",") if n.strip()]
 
     @property
     def configured_dns_servers(self) -> list[str]:

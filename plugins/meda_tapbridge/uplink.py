@@ -3,7 +3,9 @@
 Inside MEDA_NETNS the link is :data:`INNER` with the uplink subnet's second address and
 the namespace's default route (unless it has one of its own); in meda's namespace the
 other end takes the first address, and a table of meda's masquerades what comes from the
-link and keeps it off that namespace's own services (IPv4 and IPv6 alike). Both ends go
+link, lets it out only by the interfaces of that namespace's default routes (not into
+networks it is directly on) and keeps it off that namespace's own services (IPv4 and
+IPv6 alike) and off the blocked destinations. Both ends go
 with the link, the table with :func:`remove`.
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import re
+from collections.abc import Sequence
 
 from meda_core import netns
 from meda_core.errors import BackendError
@@ -34,8 +38,23 @@ def table_name(ns: str) -> str:
     return f"{nft.TABLE}-up-{_digest(ns)}"
 
 
-def _rules(ns: str, inner_ip: str) -> str:
+def way_out(extra: list[str]) -> list[str]:
+    """The interfaces of meda's namespace its default routes leave by, and ``extra``."""
+    routes = netns.run(None, ["ip", "-o", "route", "show", "default"])
+    found = re.findall(r"\bdev (\S+)", routes) + extra
+    return sorted(set(found))
+
+
+def _rules(ns: str, inner_ip: str, blocked: list[str], out: list[str]) -> str:
     outer, table = outer_name(ns), table_name(ns)
+    # Only out by the way out: not into networks meda's namespace is on (containers' or
+    # other VMs' bridges), which it would route to directly.
+    devices = ", ".join(f'"{device}"' for device in out if device != outer)
+    only_out = (
+        f'iifname "{outer}" oifname != {{ {devices} }} drop'
+        if devices
+        else (f'iifname "{outer}" drop')
+    )
     return f"""
 table inet {table} {{
     chain guard {{
@@ -50,7 +69,8 @@ table inet {table} {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
-        iifname "{outer}" ip daddr {nft.LINK_LOCAL} drop
+        {nft.drop_blocked(f'iifname "{outer}"', blocked)}
+        {only_out}
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
@@ -66,8 +86,11 @@ def _replace_table(ns: str, ruleset: str) -> None:
     netns.run(None, ["nft", "-f", "-"], stdin=script + ruleset)
 
 
-def ensure(ns: str, subnet: ipaddress.IPv4Network) -> None:
-    """Link ``ns`` to meda's namespace through ``subnet``, routed and masqueraded (idempotent)."""
+def ensure(
+    ns: str, subnet: ipaddress.IPv4Network, blocked: Sequence[str] = (), extra: Sequence[str] = ()
+) -> None:
+    """Link ``ns`` to meda's namespace through ``subnet``, routed and masqueraded out of
+    its default routes' interfaces (and ``extra``), never to ``blocked`` (idempotent)."""
     outer = outer_name(ns)
     first, second = (str(ip) for ip in list(subnet.hosts())[:2])
     prefix = subnet.prefixlen
@@ -87,7 +110,10 @@ def ensure(ns: str, subnet: ipaddress.IPv4Network) -> None:
     # Replies to the masqueraded traffic arrive on the host's own uplink: forwarding must be
     # on for the whole namespace, as in meda's default mode (it is left on, as Docker does).
     netns.set_sysctl(None, "net.ipv4.ip_forward", "1")
-    _replace_table(ns, _rules(ns, second))
+    out = way_out(list(extra))
+    if not out:
+        log.warning("meda's namespace has no default route: MEDA_NETNS %s has no way out", ns)
+    _replace_table(ns, _rules(ns, second, list(blocked), out))
 
 
 def _has_table(ns: str) -> bool:

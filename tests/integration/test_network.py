@@ -312,6 +312,8 @@ def test_a_guest_resolves_names_and_reaches_the_outside(
     if mode == "netns-uplink":
         env |= {"MEDA_NETNS": inner, "MEDA_NETNS_CREATE": "1", "MEDA_NETNS_UPLINK": "1"}
     with outside_world(netns, WORLD_HOST, WORLD), meda_inside(netns, home, **env) as api:
+        if mode == "netns-uplink":  # the uplink leads out by the host's default route only
+            run_in(netns, "ip", "route", "add", "default", "via", WORLD)
         started = time.monotonic()
         # own-namespace: a template's network, as clones have (DHCP and DNS at 10.213.0.1).
         template = mode == "own-namespace"

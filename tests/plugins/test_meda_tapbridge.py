@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -103,7 +104,7 @@ def test_plug_builds_the_network_and_release_removes_all_of_it(
     assert "table ip meda" in run_in(netns, "nft", "list", "ruleset")
     assert backend.dhcp.running() is not None
     hosts = backend.dhcp.hostsfile.read_text()
-    assert f"{attachment.mac},{attachment.ip},vm1" in hosts
+    assert hosts == f"{attachment.mac},{attachment.ip}\n"  # no name: DNS would answer it
     backend.unplug("vm1", attachment)
     backend.release("vm1")
     time.sleep(0.1)
@@ -687,12 +688,16 @@ def test_the_upstream_name_servers_follow_the_setting(
     assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME, timeout=1) == []
 
 
-def test_a_guest_cannot_reach_link_local_addresses_beyond_the_host(
-    guests: Callable[[str], Guest], listen: Callable[[str, str], int], netns: str, outside: str
-) -> None:
-    """A cloud's metadata service (169.254.169.254) answers whoever the host routes to it;
-    link-local addresses are never to be routed (RFC 3927)."""
-    metadata = "169.254.169.254"
+@pytest.mark.parametrize(
+    "metadata", ["169.254.169.254", "100.100.100.200", "168.63.129.16"],
+    ids=["link-local", "alibaba", "azure-wireserver"],
+)  # fmt: skip
+def test_a_guest_cannot_reach_clouds_metadata_services_beyond_the_host(
+    guests: Callable[[str], Guest], listen: Callable[[str, str], int], netns: str, outside: str,
+    metadata: str,
+) -> None:  # fmt: skip
+    """A cloud's metadata service answers whoever the host routes to it: link-local
+    addresses (never to be routed, RFC 3927) and the other clouds' are blocked."""
     run_in(outside, "ip", "addr", "add", f"{metadata}/32", "dev", "vc0")
     run_in(netns, "ip", "route", "add", f"{metadata}/32", "dev", "vh0")  # goes with vh0
     port = listen(outside, "0.0.0.0")
@@ -700,6 +705,69 @@ def test_a_guest_cannot_reach_link_local_addresses_beyond_the_host(
     assert connects(netns, metadata, port)  # the host reaches it
     assert connects(guest.ns, OUTSIDE_CLIENT, port)
     assert not connects(guest.ns, metadata, port)
+
+
+def test_blocked_destinations_follow_the_setting(
+    guests: Callable[[str], Guest], listen: Callable[[str, str], int], outside: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("MEDA_BLOCKED_DESTINATIONS", f"{OUTSIDE_CLIENT}/32")
+    port = listen(outside, "0.0.0.0")
+    assert not connects(guests("vm1").ns, OUTSIDE_CLIENT, port)
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1/8", "fd00::/8", "nonsense"])
+def test_bad_blocked_destinations_are_refused(
+    in_netns: BackendContext, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("MEDA_BLOCKED_DESTINATIONS", value)
+    available = TapBridgeNetwork(in_netns).check_available()
+    assert not available.ok and "MEDA_BLOCKED_DESTINATIONS" in (available.reason or "")
+
+
+HOLD_DNS = (
+    "import socket, sys, time\n"
+    "socks = [socket.socket() for _ in range(int(sys.argv[2]))]\n"
+    "for s in socks: s.setblocking(False); s.connect_ex((sys.argv[1], 53))\n"
+    "time.sleep(2)\n"
+    "def up(s):\n"
+    "    try: return bool(s.getpeername())\n"
+    "    except OSError: return False\n"
+    "print(sum(map(up, socks)), flush=True); time.sleep(60)\n"
+)
+
+
+def test_one_guest_cannot_hold_every_tcp_dns_connection(
+    guests: Callable[[str], Guest], world: str
+) -> None:
+    """dnsmasq serves about 20 TCP connections at once; a guest gets a few of them."""
+    hog, victim = guests("hog"), guests("victim")
+    argv = ["ip", "netns", "exec", hog.ns, sys.executable, "-c", HOLD_DNS, hog.gateway, "30"]
+    holding = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holding.stdout is not None
+        assert int(holding.stdout.readline()) == nft.DNS_TCP_PER_GUEST
+        assert resolve(victim.ns, victim.gateway, OUTSIDE_NAME, tcp=True) == [OUTSIDE_CLIENT]
+    finally:
+        holding.kill()
+        holding.wait()
+
+
+def test_guests_learn_no_names_of_other_vms_from_dns(
+    guests: Callable[[str], Guest], world: str, tmp_path: Path
+) -> None:
+    a, b = guests("tenant-a"), guests("secret-project-b")
+    # b's DHCP still gives it its address (its name comes from its seed), and a name it
+    # sends then is not taken into DNS either.
+    script = tmp_path / "bound"
+    script.write_text('#!/bin/sh\n[ "$1" = bound ] && echo "ip=$ip"\n')
+    script.chmod(0o755)
+    offer = run_in(b.ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "3", "-T", "1",
+                   "-x", "hostname:tenant-a", "-s", str(script))  # fmt: skip
+    assert f"ip={b.ip}" in offer
+    assert resolve(a.ns, a.gateway, "secret-project-b", timeout=1) == []
+    assert resolve(b.ns, b.gateway, "tenant-a", timeout=1) == []
+    assert resolve(a.ns, a.gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
 
 
 def test_a_guest_flooding_dns_reaches_the_host_at_a_bounded_rate(
@@ -767,3 +835,47 @@ def test_the_uplink_leads_out_not_in_and_cleanup_finds_it(netns: str, tmp_path: 
         # The netns fixture checks that the uplink and its table left the test's namespace.
     finally:
         destroy(inner)  # only when the test failed half-way
+
+
+PLUG_A_GUEST = (
+    PLUG_A_GHOST.replace("backend.plug('ghost', backend.allocate('ghost'))\n", "") + "import json\n"
+    "a = backend.allocate('vm1'); backend.plug('vm1', a)\n"
+    "print(json.dumps([a.tap, a.mac, a.ip, a.gateway, backend.config.bridge,"
+    " backend.config.network.prefixlen]))\n"
+)
+
+
+def test_the_uplink_leads_out_by_the_default_route_not_into_the_hosts_other_networks(
+    netns: str, tmp_path: Path
+) -> None:
+    """meda's namespace (the test's) has a way out (its default route) and a network of
+    containers or other VMs on a bridge; a guest behind the uplink reaches only the former."""
+    inner = f"meda-n-{secrets.token_hex(3)}"
+    env = {**os.environ, "MEDA_HOME": str(tmp_path / "home"), "MEDA_NETNS": inner,
+           "MEDA_NETNS_CREATE": "1", "MEDA_NETNS_UPLINK": "1"}  # fmt: skip
+    inside = ["nsenter", f"--net=/run/netns/{netns}", sys.executable]
+    run_in(netns, "ip", "link", "set", "lo", "up")
+    world = another_host(netns, OUTSIDE_HOST, OUTSIDE_CLIENT)
+    internal = another_host(netns, "172.31.99.1", "172.31.99.2", link="vh1")
+    run_in(netns, "ip", "route", "add", "default", "via", OUTSIDE_CLIENT)
+    guest = None
+    try:
+        out = subprocess.run([*inside, "-c", PLUG_A_GUEST], env=env, check=True, timeout=60,
+                             capture_output=True, text=True).stdout  # fmt: skip
+        tap, mac, ip, gateway, bridge, prefix = json.loads(out.strip().splitlines()[-1])
+        guest = fake_guest(inner, tap, mac, f"{ip}/{prefix}", gateway)
+        run_in(inner, "ip", "link", "set", tap, "master", bridge, "up")
+        with listener(world, "0.0.0.0") as out_port, listener(internal, "0.0.0.0") as in_port:
+            assert connects(guest, OUTSIDE_CLIENT, out_port)
+            assert connects(netns, "172.31.99.2", in_port)  # the host reaches its network
+            assert not connects(guest, "172.31.99.2", in_port, timeout=1)
+    finally:
+        if guest:
+            destroy(guest)
+        subprocess.run([*inside, "-m", "meda_cli.main", "cleanup"], env=env,
+                       capture_output=True, timeout=60)  # fmt: skip
+        for link in ("vh0", "vh1"):  # now: a deleted namespace's links go some time later
+            run_in(netns, "ip", "link", "del", link, check=False)
+        destroy(internal)
+        destroy(world)
+        destroy(inner)
