@@ -294,6 +294,11 @@ class TapBridgeNetwork(NetworkBackend):
         if self.ns is not None and config.netns_uplink:
             uplink.ensure(self.ns, config.uplink_network, config.blocked_networks,
                           config.uplink_interfaces)  # fmt: skip
+        elif self.ns is not None and not netns.run(self.ns, ["ip", "route", "show", "default"]):
+            log.warning(
+                "MEDA_NETNS %s has no route out (MEDA_NETNS_UPLINK=0): its guests get no "
+                "answers from DNS and reach nothing beyond the host", self.ns,
+            )  # fmt: skip
         links.ensure_bridge(self.ns, config.bridge, config.gateway_ip, config.network.prefixlen)
         netns.set_sysctl(self.ns, "net.ipv4.ip_forward", "1")
         # Forwards reached from 127.0.0.1 are routed out of the bridge: allow it there only.

@@ -131,6 +131,10 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
             # on before; the others have none (their runs boot cold).
             assert {i["name"]: i.pop("ready_port") for i in images} == {"guest": None,
                                                                          "built": 22}  # fmt: skip
+            # Answers show the cmdline now: the one each image was imported with.
+            assert {i["name"]: i.pop("cmdline") for i in images} == {
+                "guest": guest_image["cmdline"], "built": None
+            }  # fmt: skip
             assert images == images_before
             ran = api.post("/images/run", json={"image": "guest", "name": "ran"})
             assert ran.status_code == 201 and ran.json()["run"]["path"] == "cold"
@@ -144,7 +148,14 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
             assert started.status_code == 200, started.text
             assert guest_ip(started.json()["vm"]) == before["idle"]["ip"]
             assert http_get(netns, f"http://127.0.0.1:{IDLE_PORT}/") == HTTP_PAGE
-            # The template made by the old meda still clones.
+            # The old meda's snapshot has another device layout (its seed was a disk): it is
+            # refused, saying how to go on, and a new snapshot of the template clones.
+            refused = api.post("/vms/tpl/clone", json={"name": "c2"})
+            assert refused.status_code == 409 and "take a new snapshot" in refused.text
+            assert api.get("/vms/c2").status_code == 404  # nothing was left of it
+            guest_ip(api.post("/vms/tpl/start").json()["vm"])
+            assert api.post("/vms/tpl/snapshot").status_code == 200
+            assert api.post("/vms/tpl/stop", params={"force": "true"}).status_code == 200
             clone = api.post("/vms/tpl/clone", json={"name": "c2"})
             assert clone.status_code == 201, clone.text
             assert http_get(netns, f"http://{clone.json()['vm']['ip']}/") == HTTP_PAGE

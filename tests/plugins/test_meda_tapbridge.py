@@ -879,3 +879,12 @@ def test_the_uplink_leads_out_by_the_default_route_not_into_the_hosts_other_netw
         destroy(internal)
         destroy(world)
         destroy(inner)
+
+
+def test_a_namespace_with_no_way_out_is_said(
+    tapbridge: TapBridgeNetwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the uplink off (the netns fixture's MEDA_NETNS_UPLINK=0) and no route of its
+    own, the namespace's guests can resolve and reach nothing beyond it: meda says so."""
+    tapbridge.plug("vm1", tapbridge.allocate("vm1"))
+    assert "has no route out (MEDA_NETNS_UPLINK=0)" in caplog.text
