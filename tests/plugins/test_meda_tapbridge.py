@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from meda_core import procs
-from meda_core.backends import BackendContext
+from meda_core.backends import BackendContext, NetworkAttachment
 from meda_core.errors import Conflict
 from meda_core.macs import random_mac
 from meda_core.models import PortForward
@@ -356,31 +356,42 @@ def test_a_guest_cannot_take_another_guests_mac(
     assert not connects(a.ns, OUTSIDE_CLIENT, port)
 
 
-def test_a_guest_in_its_own_namespace_reaches_neither_it_nor_the_host(
-    tapbridge: TapBridgeNetwork, listen: Callable[[str, str], int], netns: str
-) -> None:
+@pytest.fixture
+def isolated_guest(tapbridge: TapBridgeNetwork) -> Iterator[tuple[NetworkAttachment, str]]:
+    """A template's NIC in its own namespace, and a fake guest behind it (its namespace)
+    with the address every template's guest has; DHCP is left out (the namespace's
+    dnsmasq stays bound to the tap the fake guest replaces)."""
     attachment = tapbridge.allocate("tmpl", isolated=True)
     tapbridge.plug("tmpl", attachment)
     vm_ns = attachment.netns
-    assert vm_ns is not None and attachment.ip and attachment.gateway
+    assert vm_ns is not None
     guest_ns = fake_guest(vm_ns, isolated.TAP, random_mac(), f"{isolated.GUEST_IP}/30",
                           isolated.GATEWAY_IP)  # fmt: skip
     try:
         run_in(vm_ns, "ip", "link", "set", isolated.TAP, "address", isolated.GATEWAY_MAC)
         run_in(vm_ns, "ip", "addr", "add", f"{isolated.GATEWAY_IP}/30", "dev", isolated.TAP)
         run_in(vm_ns, "ip", "link", "set", isolated.TAP, "up")
-        assert connects(netns, attachment.ip, listen(guest_ns, "0.0.0.0"))  # NAT still works
-        in_vm_ns, on_host = listen(vm_ns, "0.0.0.0"), listen(netns, "0.0.0.0")
-        assert not connects(guest_ns, isolated.GATEWAY_IP, in_vm_ns)
-        assert not connects(guest_ns, attachment.ip, in_vm_ns)
-        assert not connects(guest_ns, attachment.gateway, on_host)
-        loopback = listen(vm_ns, "127.0.0.1")
-        run_in(guest_ns, "ip", "route", "add", "127.0.0.0/8", "via", isolated.GATEWAY_IP)
-        run_in(guest_ns, "sysctl", "-q", "-w", "net.ipv4.conf.eth0.route_localnet=1")
-        assert not connects(guest_ns, "127.0.0.1", loopback)
+        yield attachment, guest_ns
     finally:
         destroy(guest_ns)
         tapbridge.unplug("tmpl", attachment)
+
+
+def test_a_guest_in_its_own_namespace_reaches_neither_it_nor_the_host(
+    isolated_guest: tuple[NetworkAttachment, str], listen: Callable[[str, str], int], netns: str
+) -> None:
+    attachment, guest_ns = isolated_guest
+    vm_ns = attachment.netns
+    assert vm_ns is not None and attachment.ip and attachment.gateway
+    assert connects(netns, attachment.ip, listen(guest_ns, "0.0.0.0"))  # NAT still works
+    in_vm_ns, on_host = listen(vm_ns, "0.0.0.0"), listen(netns, "0.0.0.0")
+    assert not connects(guest_ns, isolated.GATEWAY_IP, in_vm_ns)
+    assert not connects(guest_ns, attachment.ip, in_vm_ns)
+    assert not connects(guest_ns, attachment.gateway, on_host)
+    loopback = listen(vm_ns, "127.0.0.1")
+    run_in(guest_ns, "ip", "route", "add", "127.0.0.0/8", "via", isolated.GATEWAY_IP)
+    run_in(guest_ns, "sysctl", "-q", "-w", "net.ipv4.conf.eth0.route_localnet=1")
+    assert not connects(guest_ns, "127.0.0.1", loopback)
 
 
 def udp_arriving(netns: str, guest: Guest, port: int, size: int, source_port: int = 0) -> int:
@@ -655,26 +666,13 @@ def test_a_guest_gets_a_route_and_dns_at_its_gateway_which_asks_upstream(
 
 
 def test_a_guest_in_its_own_namespace_gets_dns_at_its_own_gateway(
-    tapbridge: TapBridgeNetwork, world: str
-) -> None:
-    attachment = tapbridge.allocate("tmpl", isolated=True)
-    tapbridge.plug("tmpl", attachment)
-    vm_ns = attachment.netns
-    assert vm_ns is not None
-    guest_ns = fake_guest(vm_ns, isolated.TAP, random_mac(), f"{isolated.GUEST_IP}/30",
-                          isolated.GATEWAY_IP)  # fmt: skip
-    try:
-        run_in(vm_ns, "ip", "link", "set", isolated.TAP, "address", isolated.GATEWAY_MAC)
-        run_in(vm_ns, "ip", "addr", "add", f"{isolated.GATEWAY_IP}/30", "dev", isolated.TAP)
-        run_in(vm_ns, "ip", "link", "set", isolated.TAP, "up")
-        # (DHCP is left out: the namespace's dnsmasq stays bound to the tap that was replaced.)
-        gateway = isolated.GATEWAY_IP
-        assert resolve(guest_ns, gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
-        assert resolve(guest_ns, gateway, OUTSIDE_NAME, tcp=True) == [OUTSIDE_CLIENT]
-        assert connects(guest_ns, OUTSIDE_CLIENT, 80)
-    finally:
-        destroy(guest_ns)
-        tapbridge.unplug("tmpl", attachment)
+    world: str, isolated_guest: tuple[NetworkAttachment, str]
+) -> None:  # the world first: meda's DNS is told to ask it before the network is made
+    _, guest_ns = isolated_guest
+    gateway = isolated.GATEWAY_IP
+    assert resolve(guest_ns, gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
+    assert resolve(guest_ns, gateway, OUTSIDE_NAME, tcp=True) == [OUTSIDE_CLIENT]
+    assert connects(guest_ns, OUTSIDE_CLIENT, 80)
 
 
 def test_the_upstream_name_servers_follow_the_setting(
