@@ -131,7 +131,15 @@ def destroy(name: str) -> None:
     for pid in pids_in(name):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    subprocess.run(["ip", "netns", "delete", name], check=False)
+    # Unmounting fails (EBUSY) while another process is still cloning a mount namespace
+    # that holds the mount: try again for a while rather than leave the namespace behind.
+    path = Path("/run/netns") / name
+    for _ in range(50):
+        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+        if not path.exists():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"network namespace {name} could not be deleted")
 
 
 def fake_guest(host_ns: str, port: str, mac: str, address: str, gateway: str) -> str:
