@@ -75,11 +75,11 @@ def host_memory() -> int:
 
 def measure(settings: Settings, vms: list[VM]) -> Capacity:
     running = [vm for vm in vms if vm.state in COMMITTING]
-    cores = os.cpu_count() or 1
+    cores, memory = os.cpu_count() or 1, host_memory()
     disk = shutil.disk_usage(settings.home)
     capacity = Capacity(
         memory=Resource(
-            physical=host_memory(), total=host_memory(),
+            physical=memory, total=memory,
             reserved=parse_size(settings.reserve_memory),
             committed=sum(vm.spec.memory_bytes for vm in running),
         ),
@@ -110,7 +110,10 @@ def _notes(settings: Settings, capacity: Capacity) -> list[str]:
 def check_possible(settings: Settings, spec: VMSpec, disk: bool = True) -> None:
     """Raise :class:`ExceedsHost` if a VM of ``spec`` could never run here (``disk``:
     its disk is checked too, at create)."""
-    capacity = measure(settings, [])
+    _check_possible(measure(settings, []), spec, disk)
+
+
+def _check_possible(capacity: Capacity, spec: VMSpec, disk: bool) -> None:
     asks: list[tuple[str, int, int, Callable[[int], str]]] = [
         ("memory", spec.memory_bytes, capacity.memory.allowed, format_size),
         ("vCPUs", spec.cpus, capacity.cpus.allowed, str),
@@ -130,8 +133,8 @@ def check_possible(settings: Settings, spec: VMSpec, disk: bool = True) -> None:
 
 def admit_start(settings: Settings, vms: list[VM], vm: VM) -> None:
     """Raise unless ``vm`` can start beside the VMs that already hold resources."""
-    check_possible(settings, vm.spec, disk=False)  # a VM an older meda let in, perhaps
     capacity = measure(settings, [other for other in vms if other.name != vm.name])
+    _check_possible(capacity, vm.spec, disk=False)  # a VM an older meda let in, perhaps
     if vm.spec.memory_bytes > capacity.memory.available:
         _refuse(f"not enough memory for {vm.spec.memory}", capacity)
     if vm.spec.cpus > capacity.cpus.available:
