@@ -173,17 +173,22 @@ table bridge {TABLE} {{
 """
 
 
-def replace(ns: str | None, ruleset: str | None) -> None:
-    """Replace meda's tables with ``ruleset`` atomically, or remove them when None."""
-    script = "".join(f"table {f} {TABLE}\ndelete table {f} {TABLE}\n" for f in FAMILIES)
+#: (family, name) of the tables a ruleset replaces: by default meda's own two.
+Tables = Sequence[tuple[str, str]]
+MEDA_TABLES: Tables = tuple((family, TABLE) for family in FAMILIES)
+
+
+def replace(ns: str | None, ruleset: str | None, tables: Tables = MEDA_TABLES) -> None:
+    """Replace ``tables`` with ``ruleset`` atomically, or remove them when None."""
+    script = "".join(f"table {f} {name}\ndelete table {f} {name}\n" for f, name in tables)
     netns.run(ns, ["nft", "-f", "-"], stdin=script + (ruleset or ""))
 
 
-def exists(ns: str | None) -> bool:
-    """Whether any of meda's tables is there."""
-    for family in FAMILIES:
+def exists(ns: str | None, tables: Tables = MEDA_TABLES) -> bool:
+    """Whether any of ``tables`` is there."""
+    for family, name in tables:
         try:
-            netns.run(ns, ["nft", "list", "table", family, TABLE])
+            netns.run(ns, ["nft", "list", "table", family, name])
         except BackendError:
             continue
         return True

@@ -18,7 +18,6 @@ import re
 from collections.abc import Sequence
 
 from meda_core import netns
-from meda_core.errors import BackendError
 from meda_tapbridge import links, nft
 
 INNER = "meda-uplink"
@@ -80,10 +79,8 @@ table inet {table} {{
 """
 
 
-def _replace_table(ns: str, ruleset: str) -> None:
-    table = table_name(ns)
-    script = f"table inet {table}\ndelete table inet {table}\n"
-    netns.run(None, ["nft", "-f", "-"], stdin=script + ruleset)
+def _table(ns: str) -> nft.Tables:
+    return (("inet", table_name(ns)),)
 
 
 def ensure(
@@ -113,15 +110,7 @@ def ensure(
     out = way_out(list(extra))
     if not out:
         log.warning("meda's namespace has no default route: MEDA_NETNS %s has no way out", ns)
-    _replace_table(ns, _rules(ns, second, list(blocked), out))
-
-
-def _has_table(ns: str) -> bool:
-    try:
-        netns.run(None, ["nft", "list", "table", "inet", table_name(ns)])
-    except BackendError:
-        return False
-    return True
+    nft.replace(None, _rules(ns, second, list(blocked), out), _table(ns))
 
 
 def present(ns: str) -> list[str]:
@@ -129,7 +118,7 @@ def present(ns: str) -> list[str]:
     found = []
     if outer_name(ns) in links.link_names(None):
         found.append(f"uplink {outer_name(ns)} of network namespace '{ns}'")
-    if _has_table(ns):
+    if nft.exists(None, _table(ns)):
         found.append(f"nftables table inet {table_name(ns)}")
     return found
 
@@ -137,5 +126,5 @@ def present(ns: str) -> list[str]:
 def remove(ns: str) -> None:
     """Remove the link (both ends) and the table, where they are (it changes nothing else)."""
     links.remove_link(None, outer_name(ns))
-    if _has_table(ns):
-        _replace_table(ns, "")
+    if nft.exists(None, _table(ns)):
+        nft.replace(None, None, _table(ns))
