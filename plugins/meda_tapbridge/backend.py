@@ -160,8 +160,10 @@ class TapBridgeNetwork(NetworkBackend):
     def check_host_port(self, forward: PortForward) -> str | None:
         port, protocol = forward.host_port, forward.protocol.value
         problem = netns.port_problem(self.ns, port, protocol)
-        if problem is not None or self.ns is None:
-            return problem if self.ns is None else problem and f"{problem} (in {self.ns})"
+        if self.ns is None:
+            return problem
+        if problem is not None:
+            return f"{problem} (in {self.ns})"
         problem = netns.port_problem(None, port, protocol, self._forward_address)
         return problem and f"{problem} (on {self._forward_address} in meda's own namespace)"
 

@@ -45,12 +45,9 @@ class DhcpServer:
         return runtime if runtime and str(self.pidfile) in cmdline else None
 
     def write_hosts(self, leases: list[Lease]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.hostsfile.with_suffix(".tmp")
         # No names: dnsmasq would answer them in DNS, telling guests of each other (a guest
         # takes its hostname from its seed).
-        tmp.write_text("".join(f"{lease.mac},{lease.ip}\n" for lease in leases))
-        tmp.replace(self.hostsfile)
+        self._write(self.hostsfile, "".join(f"{lease.mac},{lease.ip}\n" for lease in leases))
 
     def refresh(self, leases: list[Lease]) -> bool:
         """Have a running dnsmasq serve ``leases``; False if none runs."""
@@ -72,10 +69,14 @@ class DhcpServer:
                 "no upstream name server (MEDA_DNS_SERVERS is empty and the host's "
                 "resolv.conf names none but loopback): guests' DNS answers no names"
             )
+        self._write(self.serversfile, "".join(f"server={server}\n" for server in servers))
+
+    def _write(self, path: Path, text: str) -> None:
+        """Replace one of dnsmasq's files at once: it may re-read it at any moment."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.serversfile.with_suffix(".tmp")
-        tmp.write_text("".join(f"server={server}\n" for server in servers))
-        tmp.replace(self.serversfile)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
     def argv(self, gateway: str, netmask: str, network: str) -> list[str]:
         return [
