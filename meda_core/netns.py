@@ -21,8 +21,12 @@ _PORT_PROBE = (
 )
 _CONNECT_PROBE = (
     "import socket, sys\n"
+    "greeting = sys.argv[4].encode()\n"
     "try:\n"
-    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3])).close()\n"
+    "    with socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3])) as s:\n"
+    "        s.settimeout(5)\n"
+    "        if greeting and s.recv(len(greeting)) != greeting:\n"
+    "            print('it answered, but not with ' + sys.argv[4]); sys.exit(1)\n"
     "except OSError as e:\n"
     "    print(e.strerror or 'timed out'); sys.exit(1)\n"
 )
@@ -71,11 +75,13 @@ def port_problem(
     return None if result.returncode == 0 else (result.stdout.strip() or "cannot bind")
 
 
-def connect_problem(netns: str | None, host: str, port: int, timeout: float) -> str | None:
-    """Why a TCP connection to ``host:port`` from ``netns`` fails (refused, timed out, ...),
-    or None if it gets through."""
+def connect_problem(
+    netns: str | None, host: str, port: int, timeout: float, greeting: str = ""
+) -> str | None:
+    """Why a TCP connection to ``host:port`` from ``netns`` fails (refused, timed out, the
+    server does not speak first with ``greeting``, ...), or None if it gets through."""
     argv = [*exec_prefix(netns), *procs.python("-c", _CONNECT_PROBE, host, str(port),
-            str(timeout))]  # fmt: skip
+            str(timeout), greeting)]  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
                             check=False)  # fmt: skip
     return None if result.returncode == 0 else (result.stdout.strip() or "cannot connect")

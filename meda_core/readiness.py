@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 
-from meda_core import netns, procs
+from meda_core import netns
 from meda_core.errors import BackendError
-
-_PROBE = (
-    "import socket, sys\n"
-    "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)\n"
-    "s.settimeout(5)\n"
-    # An SSH server speaks first; anything else counts once it accepts the connection.
-    "sys.exit(0 if sys.argv[2] != '22' or s.recv(4) == b'SSH-' else 1)\n"
-)
 
 
 def answers(ns: str | None, ip: str, port: int) -> bool:
-    argv = [*netns.exec_prefix(ns), *procs.python("-c", _PROBE, ip, str(port))]
-    return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
+    # An SSH server speaks first; anything else counts once it accepts the connection.
+    return netns.connect_problem(ns, ip, port, 2, "SSH-" if port == 22 else "") is None
 
 
 class Interrupted(Exception):
