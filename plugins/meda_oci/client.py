@@ -328,6 +328,32 @@ class RegistryClient:
         partial = dest.with_name(dest.name + ".partial")
         hasher = hashlib.sha256()
         offset = _rehash(partial, hasher, size)
+        if offset == size and f"sha256:{hasher.hexdigest()}" != digest:
+            offset, hasher = 0, hashlib.sha256()  # whole but wrong: fetched again
+        received = offset
+        if offset < size:
+            received, hasher = self._fetch_into(digest, size, partial, offset, hasher, advance)
+        else:  # a pull cut off between its last byte and the rename: nothing to fetch
+            advance(size)
+        if received < size:
+            raise BackendError(
+                f"blob {digest} ended after {received} of its {size} bytes", expected=size
+            )  # the partial file stays: the next pull resumes it, and re-hashes it first
+        actual = f"sha256:{hasher.hexdigest()}"
+        if actual != digest:
+            partial.unlink(missing_ok=True)
+            raise BackendError(
+                f"blob {digest} failed verification (its content hashes to {actual}); refusing it",
+                expected=digest,
+                actual=actual,
+            )
+        partial.replace(dest)
+        return dest
+
+    def _fetch_into(
+        self, digest: str, size: int, partial: Path, offset: int, hasher: Any, advance: Advance
+    ) -> tuple[int, Any]:
+        """Append the blob's bytes from ``offset`` to ``partial``; its length and hash then."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = self._check(
             self.do_request(self._url(f"blobs/{digest}"), "GET", headers=headers),
@@ -352,20 +378,7 @@ class RegistryClient:
                 out.write(piece)
                 hasher.update(piece)
                 advance(len(piece))
-        if received < size:
-            raise BackendError(
-                f"blob {digest} ended after {received} of its {size} bytes", expected=size
-            )  # the partial file stays: the next pull resumes it, and re-hashes it first
-        actual = f"sha256:{hasher.hexdigest()}"
-        if actual != digest:
-            partial.unlink(missing_ok=True)
-            raise BackendError(
-                f"blob {digest} failed verification (its content hashes to {actual}); refusing it",
-                expected=digest,
-                actual=actual,
-            )
-        partial.replace(dest)
-        return dest
+        return received, hasher
 
 
 def _rewindable(data: Any) -> bool:

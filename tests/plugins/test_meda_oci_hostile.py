@@ -181,6 +181,23 @@ def test_files_left_where_a_blob_goes_are_verified_not_believed(
     assert client.download(digest, len(data), dest, lambda n: None).read_bytes() == data
 
 
+def test_a_whole_partial_file_is_verified_and_kept_without_asking_for_a_range(
+    hostile: Start, tmp_path: Path
+) -> None:
+    registry = hostile()
+    data = os.urandom(4096)
+    digest = registry.blob(data)
+    client = RegistryClient(parse_reference(ref(registry)))
+    dest, partial = tmp_path / "blob", tmp_path / "blob.partial"
+    partial.write_bytes(data)  # a pull killed between its last byte and the rename
+    assert client.download(digest, len(data), dest, lambda n: None).read_bytes() == data
+    assert not [s for s in registry.seen if digest in s.path]  # no range past the end (416)
+    dest.unlink()
+    partial.write_bytes(os.urandom(4096))  # whole but not the blob: fetched again
+    assert client.download(digest, len(data), dest, lambda n: None).read_bytes() == data
+    assert not partial.exists()
+
+
 def test_a_manifest_that_is_not_the_pulled_digest_is_refused(meda: Meda, hostile: Start) -> None:
     registry = hostile()
     meda_image(registry, os.urandom(MiB))
