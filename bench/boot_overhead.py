@@ -25,10 +25,10 @@ from pathlib import Path
 import httpx
 from results_file import write_result  # beside this script
 
-from meda_core.app import Meda
-from meda_core.backends import LaunchSpec
-from meda_core.config import Settings
+from meda_core.backends.roles import LaunchSpec
+from meda_core.facade import Meda
 from meda_core.models import VMSpec
+from meda_core.settings import Settings
 from meda_core.testing.guest import BOOT_MARKER, build_test_guest, default_cache
 from meda_core.testing.host import free_port
 from meda_qemu.argv import build_argv

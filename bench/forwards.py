@@ -24,10 +24,10 @@ from pathlib import Path
 
 from results_file import write_result  # beside this script
 
-from meda_core.backends import BackendContext
-from meda_core.config import Settings
+from meda_core.backends.roles import BackendContext
 from meda_core.models import PortForward
-from meda_core.store import StateStore
+from meda_core.settings import Settings
+from meda_core.state.store import StateStore
 from meda_core.testing import namespaces
 from meda_core.testing.host import free_port
 from meda_tapbridge import TapBridgeNetwork

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from results_file import write_result  # beside this script
 
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
+from meda_core.settings import Settings
 from meda_core.testing.registry import local_registry
 
 MiB = 1024 * 1024

@@ -25,12 +25,13 @@ from pathlib import Path
 
 from results_file import write_result  # beside this script
 
-from meda_core import imagebuild, readiness
-from meda_core.api import LocalApi
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
+from meda_core.images import build as imagebuild
+from meda_core.interface.calls import LocalApi
 from meda_core.models import Image, RunRequest
+from meda_core.settings import Settings
 from meda_core.testing import namespaces
+from meda_core.vms import readiness
 
 READY_TIMEOUT = 600.0
 SHAPE = {"memory": "1G", "cpus": 1, "disk": "8G"}

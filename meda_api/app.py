@@ -1,4 +1,4 @@
-"""Builds the FastAPI application around a :class:`~meda_core.app.Meda` instance."""
+"""Builds the FastAPI application around a :class:`~meda_core.facade.Meda` instance."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from meda_api.routers import images, network, operations, system, vms
 from meda_api.security import BodyLimit, TokenAuth
 from meda_api.waits import HeldRequests
 from meda_core import __version__
-from meda_core.app import Meda
 from meda_core.errors import Forbidden, MedaError, MisdirectedRequest, UnsupportedMediaType
+from meda_core.facade import Meda
 from meda_core.models import VMState
 
 API_PREFIX = "/api/v1"

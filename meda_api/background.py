@@ -8,8 +8,8 @@ from fastapi import Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from meda_core.app import Meda
-from meda_core.operations import Operation, Work
+from meda_core.facade import Meda
+from meda_core.state.operations import Operation, Work
 
 PreferHeader = Annotated[
     str | None,

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from meda_core.api import LocalApi
-from meda_core.app import Meda
-from meda_core.names import IMAGE_REF_PATTERN, VM_NAME_PATTERN
+from meda_core.facade import Meda
+from meda_core.inputs.names import IMAGE_REF_PATTERN, VM_NAME_PATTERN
+from meda_core.interface.calls import LocalApi
 
 
 def _meda(request: Request) -> Meda:

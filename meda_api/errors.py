@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 from meda_api.observability import request_id
 from meda_core.errors import InvalidRequest, MedaError
-from meda_core.validation import describe
+from meda_core.inputs.validation import describe
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meda_core import hookimpl
-from meda_core.app import Meda
-from meda_core.events import VMEvent
+from meda_core.facade import Meda
 from meda_core.models import VMState
+from meda_core.state.events import VMEvent
 
 #: The id of the request being served, for logs and error bodies.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)

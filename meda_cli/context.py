@@ -12,12 +12,12 @@ from typing import ParamSpec, TypeVar
 
 from meda_cli.output import fail
 from meda_cli.templates import spawn_build
-from meda_core import serverfile
-from meda_core.api import LocalApi, MedaApi
-from meda_core.app import Meda
-from meda_core.client import RemoteApi
-from meda_core.config import Settings
 from meda_core.errors import InvalidRequest, MedaError
+from meda_core.facade import Meda
+from meda_core.interface.calls import LocalApi, MedaApi
+from meda_core.interface.remote import RemoteApi
+from meda_core.settings import Settings
+from meda_core.state import serverfile
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -11,7 +11,7 @@ from meda_cli.commands import images, network, plugins, serve, ssh, vms
 from meda_cli.output import fail
 from meda_core import __version__
 from meda_core.errors import MedaError
-from meda_core.private import restrict_process
+from meda_core.host.private import restrict_process
 
 app = typer.Typer(
     name="meda",

@@ -13,9 +13,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from meda_core import procs
 from meda_core.errors import InvalidRequest
-from meda_core.warmrun import TEMPLATE_PREFIX, TemplateJob
+from meda_core.host import processes as procs
+from meda_core.vms.templates import TEMPLATE_PREFIX, TemplateJob
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from meda_core.errors import InvalidRequest
-from meda_core.validation import describe
+from meda_core.inputs.validation import describe
 
 M = TypeVar("M", bound=BaseModel)
 

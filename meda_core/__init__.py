@@ -17,19 +17,19 @@ try:
 except metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-from meda_core.hookspecs import hookimpl
+from meda_core.backends.hookspecs import hookimpl
 
 #: Public name → the module that defines it (imported on first use: ``import meda_core``
 #: stays cheap, and modules that import ``hookimpl`` from here never go in a circle).
 _PUBLIC = {
-    "Meda": "app", "Settings": "config", "LocalApi": "api", "MedaApi": "api",
-    "RemoteApi": "client", "BackendRegistry": "registry", "VMEvent": "events",
-    "VMEventKind": "events",
+    "Meda": "facade", "Settings": "settings", "BackendRegistry": "backends.catalogue",
+    "LocalApi": "interface.calls", "MedaApi": "interface.calls", "RemoteApi": "interface.remote",
+    "VMEvent": "state.events", "VMEventKind": "state.events",
     **dict.fromkeys((
         "Backend", "BackendContext", "Availability", "HypervisorBackend", "StorageBackend",
         "NetworkBackend", "RegistryBackend", "LaunchSpec", "NicSpec", "NetworkAttachment",
         "DiskInfo", "ImageFiles", "Role",
-    ), "backends"),
+    ), "backends.roles"),
     **dict.fromkeys((
         "MedaError", "InvalidRequest", "PayloadTooLarge", "Unauthorized", "NotFound",
         "VMNotFound", "ImageNotFound", "Conflict", "VMExists", "ImageExists", "InvalidState",

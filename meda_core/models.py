@@ -17,8 +17,8 @@ from pydantic import (
     field_validator,
 )
 
-from meda_core.names import VM_NAME_PATTERN, check_vm_name
-from meda_core.sizes import SIZE_PATTERN, at_least, parse_size
+from meda_core.inputs.names import VM_NAME_PATTERN, check_vm_name
+from meda_core.inputs.sizes import SIZE_PATTERN, at_least, parse_size
 
 #: Request bodies: unknown fields are rejected; their bools and ints are strict too
 #: (``"force": 0`` is not ``false``).
@@ -156,7 +156,7 @@ class Snapshot(BaseModel):
     disk: Path = Field(description="The disk frozen at that moment (a base for overlays)")
     state_bytes: int
     seconds: float = Field(description="How long saving took (the guest was paused)")
-    #: The devices the guest saw (meda_core.backends.DEVICE_LAYOUT); 1 for older records.
+    #: The devices the guest saw (meda_core.backends.roles.DEVICE_LAYOUT); 1 for older records.
     layout: int = 1
 
 

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from meda_api import create_app
-from meda_core.app import Meda
+from meda_core.facade import Meda
 from meda_core.models import CreateVMRequest, Image
 from meda_core.testing import disks
 from meda_core.testing.guest import BootableGuest

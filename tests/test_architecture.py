@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGIN_MODULES = ("meda_qemu", "meda_qcow2")
+PLUGIN_MODULES = (
+    "meda_qemu", "meda_qcow2", "meda_usernet", "meda_tapbridge", "meda_oci", "meda_cloudhv",
+)  # fmt: skip
+#: What a plugin may import from the core: the plugin surface, and the testing kit.
+PLUGIN_SURFACE = {"meda_core.plugin", "meda_core.testing"}
 
 
 def test_core_imports_no_web_or_cli_framework() -> None:
@@ -29,3 +34,30 @@ def test_api_and_cli_never_import_a_plugin_by_name() -> None:
             text = source.read_text()
             for plugin in PLUGIN_MODULES:
                 assert plugin not in text, f"{source} names {plugin}"
+
+
+def _core_imports(source: Path) -> set[str]:
+    """The ``meda_core`` modules ``source`` imports, as written."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.split(".")[0] == "meda_core"}
+
+
+def _plugin_sources() -> list[Path]:
+    shipped = list((ROOT / "plugins").rglob("*.py"))
+    examples = [p for p in (ROOT / "examples").rglob("*.py") if p.name != "embed.py"]
+    return [p for p in shipped + examples if "tests" not in p.relative_to(ROOT).parts]
+
+
+def test_plugins_import_only_the_plugin_surface() -> None:
+    strays = {
+        f"{source.relative_to(ROOT)}: {name}"
+        for source in _plugin_sources()
+        for name in _core_imports(source)
+        if not any(name == s or name.startswith(s + ".") for s in PLUGIN_SURFACE)
+    }
+    assert not strays, "plugins import from outside meda_core.plugin:\n" + "\n".join(sorted(strays))

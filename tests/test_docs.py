@@ -11,9 +11,14 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from meda_cloudhv.settings import CloudHypervisorSettings
-from meda_core import hookspecs
-from meda_core.backends import HypervisorBackend, NetworkBackend, RegistryBackend, StorageBackend
-from meda_core.config import Settings
+from meda_core.backends import hookspecs
+from meda_core.backends.roles import (
+    HypervisorBackend,
+    NetworkBackend,
+    RegistryBackend,
+    StorageBackend,
+)
+from meda_core.settings import Settings
 from meda_oci.settings import Credentials, OciSettings
 from meda_qemu.settings import QemuSettings
 from meda_tapbridge.settings import BridgeSettings

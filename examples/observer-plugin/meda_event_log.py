@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from meda_core import hookimpl
-from meda_core.config import Settings
-from meda_core.events import VMEvent
+from meda_core.plugin import Settings, VMEvent, hookimpl
 
 
 @hookimpl

@@ -13,10 +13,15 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
-from meda_core import hookimpl
-from meda_core.backends import Availability, DiskInfo, StorageBackend
-from meda_core.errors import BackendError, InvalidRequest
-from meda_core.registry import BackendRegistry
+from meda_core.plugin import (
+    Availability,
+    BackendError,
+    BackendRegistry,
+    DiskInfo,
+    InvalidRequest,
+    StorageBackend,
+    hookimpl,
+)
 
 
 class RawStorage(StorageBackend):

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from meda_api.deps import MedaDep
 from meda_api.routers.vms import ERRORS
 from meda_api.waits import HeldRequests, unless_disconnected
-from meda_core.operations import Operation, OperationList
+from meda_core.state.operations import Operation, OperationList
 
 router = APIRouter(tags=["operations"])
 KEEPALIVE_SECONDS = 15.0

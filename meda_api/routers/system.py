@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from meda_api.deps import ApiDep, MedaDep
-from meda_core.capacity import Capacity, measure
 from meda_core.models import Health, PluginReport
+from meda_core.vms.capacity import Capacity, measure
 
 router = APIRouter()
 

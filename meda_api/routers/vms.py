@@ -16,7 +16,7 @@ from meda_core.models import (
     VMInfo,
     VMList,
 )
-from meda_core.vms import MAX_STOP_TIMEOUT
+from meda_core.vms.service import MAX_STOP_TIMEOUT
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 

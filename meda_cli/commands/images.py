@@ -13,7 +13,7 @@ from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, 
 from meda_cli.progress import transfer
 from meda_cli.templates import job_file, read_job
 from meda_cli.validation import build
-from meda_core import imagebuild
+from meda_core.images import build as imagebuild
 from meda_core.models import (
     CreateImageRequest,
     Image,
@@ -27,7 +27,7 @@ from meda_core.models import (
     RunRequest,
     RunResult,
 )
-from meda_core.views import image_info
+from meda_core.vms.views import image_info
 
 app = typer.Typer(help="Manage images in the local store.", invoke_without_command=True)
 commands = typer.Typer()

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 
 from meda_cli.output import fail
-from meda_core import __version__, serverfile
-from meda_core.config import Settings
+from meda_core import __version__
 from meda_core.errors import Conflict, InvalidRequest, MedaError
-from meda_core.private import private_home
-from meda_core.references import is_loopback
+from meda_core.host.private import private_home
+from meda_core.images.references import is_loopback
+from meda_core.settings import Settings
+from meda_core.state import serverfile
 
 if TYPE_CHECKING:
     from meda_api.ratelimit import Limit

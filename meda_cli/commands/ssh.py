@@ -7,7 +7,7 @@ import os
 import typer
 
 from meda_cli.context import handles_errors, meda, netns_origin
-from meda_core.ssh import check_reachable, ssh_argv
+from meda_core.vms.ssh import check_reachable, ssh_argv
 
 app = typer.Typer()
 

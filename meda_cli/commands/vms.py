@@ -18,7 +18,7 @@ from meda_core.models import (
     VMInfo,
     VMList,
 )
-from meda_core.vms import MAX_STOP_TIMEOUT
+from meda_core.vms.service import MAX_STOP_TIMEOUT
 
 app = typer.Typer()
 

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from meda_core import procs
-from meda_core.backends import (
+from meda_core.backends.roles import (
     Availability,
     Backend,
     HypervisorBackend,
@@ -35,8 +34,9 @@ from meda_core.backends import (
     StorageBackend,
 )
 from meda_core.errors import MedaError
+from meda_core.host import processes as procs
+from meda_core.images.references import Reference
 from meda_core.models import PortForward, RuntimeInfo
-from meda_core.references import Reference
 
 MiB = 1024 * 1024
 LaunchFactory = Callable[[str], LaunchSpec]

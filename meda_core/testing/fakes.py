@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
-from meda_core import hookimpl, netns, procs
-from meda_core.backends import (
+from meda_core import hookimpl
+from meda_core.backends.catalogue import BackendRegistry
+from meda_core.backends.roles import (
     Availability,
     DiskInfo,
     HypervisorBackend,
@@ -31,10 +32,11 @@ from meda_core.backends import (
     StorageBackend,
 )
 from meda_core.errors import BackendError, InvalidRequest, NotFound
-from meda_core.macs import random_mac
+from meda_core.host import namespaces as netns
+from meda_core.host import processes as procs
+from meda_core.images.references import Reference
 from meda_core.models import ForwardListener, PortForward, RuntimeInfo
-from meda_core.references import Reference
-from meda_core.registry import BackendRegistry
+from meda_core.network.macs import random_mac
 
 _IDLE = (
     "import signal, sys, time\n"

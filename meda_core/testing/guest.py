@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.import_as:
-        from meda_core.app import Meda
         from meda_core.errors import ImageExists
+        from meda_core.facade import Meda
 
         with contextlib.suppress(ImageExists):
             Meda().images.import_files(

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from meda_core.app import Meda
-from meda_core.backends import BackendContext
-from meda_core.config import Settings
-from meda_core.plugins import PluginManager
-from meda_core.store import StateStore
+from meda_core.backends.manager import PluginManager
+from meda_core.backends.roles import BackendContext
+from meda_core.facade import Meda
+from meda_core.settings import Settings
+from meda_core.state.store import StateStore
 from meda_core.testing import namespaces, registry
 from meda_core.testing.fakes import FakePlugin
 from meda_core.testing.guest import BootableGuest, GuestBuildError, build_test_guest, default_cache

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from meda_cloudhv.backend import CloudHypervisor
-from meda_core import hookimpl
-from meda_core.registry import BackendRegistry
+from meda_core.plugin import BackendRegistry, hookimpl
 
 __all__ = ["CloudHypervisor"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from meda_core.errors import BackendError
+from meda_core.plugin import BackendError
 
 BASE = "http://localhost/api/v1"
 

@@ -12,10 +12,8 @@ from typing import Any, ClassVar
 from meda_cloudhv import config as chconfig
 from meda_cloudhv.api import VmmApi
 from meda_cloudhv.settings import CloudHypervisorSettings
-from meda_core import procs
-from meda_core.backends import Availability, HypervisorBackend, LaunchSpec
-from meda_core.errors import BackendError
-from meda_core.models import RuntimeInfo
+from meda_core.plugin import Availability, BackendError, HypervisorBackend, LaunchSpec, RuntimeInfo
+from meda_core.plugin import processes as procs
 
 GONE = {"Shutdown", None}
 

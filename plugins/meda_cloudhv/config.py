@@ -7,9 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from meda_core import netns
-from meda_core.backends import LaunchSpec
-from meda_core.errors import BackendError, InvalidRequest
+from meda_core.plugin import BackendError, InvalidRequest, LaunchSpec
+from meda_core.plugin import namespaces as netns
 
 SOCKET = "ch.sock"
 RESTORE_SOURCE = "restore-source"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from meda_core import hookimpl
-from meda_core.registry import BackendRegistry
+from meda_core.plugin import BackendRegistry, hookimpl
 from meda_oci.backend import OciRegistry
 
 __all__ = ["OciRegistry"]

@@ -21,8 +21,7 @@ import oras.container
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from meda_core.errors import BackendError
-from meda_core.references import Reference, is_loopback
+from meda_core.plugin import BackendError, Reference, is_loopback
 from meda_oci.settings import Credentials
 
 _PARAM = re.compile(r'(\w+)\s*=\s*"([^"]*)"')

@@ -14,11 +14,16 @@ from typing import Any, ClassVar
 
 import zstandard
 
-from meda_core.backends import Availability, ImageFiles, Progress, RegistryBackend
-from meda_core.blobs import sha256_file
-from meda_core.errors import BackendError
-from meda_core.models import VMSpec
-from meda_core.references import Reference
+from meda_core.plugin import (
+    Availability,
+    BackendError,
+    ImageFiles,
+    Progress,
+    Reference,
+    RegistryBackend,
+    VMSpec,
+    sha256_file,
+)
 from meda_oci import formats, unpack
 from meda_oci.client import OCI_MANIFEST, RegistryClient, sha256_digest
 from meda_oci.deadline import Deadline

@@ -21,9 +21,7 @@ from urllib.parse import urljoin
 import requests
 import urllib3
 
-from meda_core.blobs import sha256_file
-from meda_core.errors import BackendError, NotFound
-from meda_core.references import Reference
+from meda_core.plugin import BackendError, NotFound, Reference, sha256_file
 from meda_oci import auth
 from meda_oci.deadline import Deadline
 from meda_oci.formats import MAX_MANIFEST, checked_digest

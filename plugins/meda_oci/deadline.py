@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from meda_core.errors import BackendError
+from meda_core.plugin import BackendError
 
 CONNECT_TIMEOUT = 30.0
 READ_TIMEOUT = 300.0

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from meda_core.errors import BackendError
+from meda_core.plugin import BackendError
 from meda_oci.settings import MAX_CHUNK_SIZE, MiB
 
 ARTIFACT_TYPE = "application/vnd.meda.vm.v1"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import zstandard
 
-from meda_core.errors import BackendError
+from meda_core.plugin import BackendError
 
 MAX_WINDOW = 16 * 1024 * 1024  # zstd levels 1..19 use windows of at most 8 MiB
 _PIECE = 1024 * 1024

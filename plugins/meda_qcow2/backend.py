@@ -14,9 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
-from meda_core import diskprobe
-from meda_core.backends import Availability, DiskInfo, StorageBackend
-from meda_core.errors import BackendError, InvalidRequest
+from meda_core.plugin import (
+    Availability,
+    BackendError,
+    DiskInfo,
+    InvalidRequest,
+    StorageBackend,
+    diskprobe,
+)
 
 QEMU_IMG = os.environ.get("MEDA_QEMU_IMG", "qemu-img")
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from meda_core import procs
+from meda_core.plugin import processes as procs
 from meda_qemu.argv import SANDBOX, path_opt
 
 # What a kernel prints early on the serial console: proof that the vCPU ran it.

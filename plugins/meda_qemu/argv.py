@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meda_core import netns
-from meda_core.backends import LaunchSpec, NicSpec
-from meda_core.errors import BackendError
-from meda_core.models import PortForward
+from meda_core.plugin import BackendError, LaunchSpec, NicSpec, PortForward
+from meda_core.plugin import namespaces as netns
 
 DEFAULT_CMDLINE = "console=ttyS0"
 #: seccomp: no obsolete or privilege-raising calls, no fork/exec, no scheduler or CPU
@@ -28,7 +26,7 @@ DISK_FILE_OPTIONS = "file.auto-read-only=off"
 #: Extra disks (the cloud-init seed) are CD-ROMs on a virtio-scsi controller: a medium
 #: can be ejected and closed again, which the guest sees as a media change. A clone
 #: restored from its template's memory learns that way that its seed (its hostname) is
-#: its own (meda_core.seed).
+#: its own (meda_core.vms.seed).
 SEED_CONTROLLER = "seeds"
 
 

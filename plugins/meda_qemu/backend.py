@@ -14,11 +14,17 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from meda_core import procs
-from meda_core.backends import Availability, HypervisorBackend, LaunchSpec
-from meda_core.errors import BackendError
-from meda_core.models import PortForward, RuntimeInfo
-from meda_core.private import UMASK, create_private
+from meda_core.plugin import (
+    UMASK,
+    Availability,
+    BackendError,
+    HypervisorBackend,
+    LaunchSpec,
+    PortForward,
+    RuntimeInfo,
+    create_private,
+)
+from meda_core.plugin import processes as procs
 from meda_qemu import accel, qmp
 from meda_qemu.argv import build_argv, cdrom_id, hostfwd_rule, log_path, runtime_paths
 from meda_qemu.settings import QemuSettings

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from meda_core.errors import BackendUnavailable
+from meda_core.plugin import BackendUnavailable
 
 #: The account ``MEDA_QEMU_USER=auto`` runs QEMU as, where it exists (scripts/setup.sh
 #: makes it).

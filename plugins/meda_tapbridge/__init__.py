@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from meda_core import hookimpl
-from meda_core.registry import BackendRegistry
+from meda_core.plugin import BackendRegistry, hookimpl
 from meda_tapbridge.backend import TapBridgeNetwork
 
 __all__ = ["TapBridgeNetwork"]

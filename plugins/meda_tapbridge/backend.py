@@ -12,12 +12,19 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from meda_core import netns
-from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, NicSpec
-from meda_core.errors import MedaError
-from meda_core.locks import exclusive
-from meda_core.macs import random_mac
-from meda_core.models import ForwardListener, PortForward, VMState
+from meda_core.plugin import (
+    Availability,
+    ForwardListener,
+    MedaError,
+    NetworkAttachment,
+    NetworkBackend,
+    NicSpec,
+    PortForward,
+    VMState,
+    exclusive,
+    random_mac,
+)
+from meda_core.plugin import namespaces as netns
 from meda_tapbridge import dns, isolated, links, nft, uplink
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.proxies import Proxies, ProxySpec

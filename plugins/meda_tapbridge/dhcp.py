@@ -8,9 +8,9 @@ import os
 import signal
 from pathlib import Path
 
-from meda_core import netns, procs
-from meda_core.models import RuntimeInfo
-from meda_core.store import Lease
+from meda_core.plugin import Lease, RuntimeInfo
+from meda_core.plugin import namespaces as netns
+from meda_core.plugin import processes as procs
 
 log = logging.getLogger(__name__)
 

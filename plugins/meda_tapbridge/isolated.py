@@ -19,7 +19,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from meda_core import netns, procs
+from meda_core.plugin import namespaces as netns
+from meda_core.plugin import processes as procs
 from meda_tapbridge import links, nft
 
 GUEST_IP = "10.213.0.2"

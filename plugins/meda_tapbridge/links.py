@@ -11,7 +11,7 @@ from pyroute2 import IPRoute, NetNS
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from meda_core import netns as namespaces
+from meda_core.plugin import namespaces
 
 
 @contextmanager

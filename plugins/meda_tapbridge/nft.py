@@ -16,8 +16,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from meda_core import netns
-from meda_core.errors import BackendError
+from meda_core.plugin import BackendError
+from meda_core.plugin import namespaces as netns
 
 #: DHCP a guest port may send the host's dnsmasq (which parses it as root): a guest that
 #: floods it with made-up client MACs costs the host no more than this.

@@ -23,10 +23,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from meda_core import netns, procs
-from meda_core.errors import BackendError, Conflict
-from meda_core.models import RuntimeInfo
-from meda_core.private import DIR_MODE, create_private
+from meda_core.plugin import DIR_MODE, BackendError, Conflict, RuntimeInfo, create_private
+from meda_core.plugin import namespaces as netns
+from meda_core.plugin import processes as procs
 
 PROXY = Path(__file__).with_name("proxy.py")
 #: The account a proxy becomes once it has its socket: it needs no privilege at all.

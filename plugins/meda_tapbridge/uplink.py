@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Sequence
 
-from meda_core import netns
+from meda_core.plugin import namespaces as netns
 from meda_tapbridge import links, nft
 
 INNER = "meda-uplink"

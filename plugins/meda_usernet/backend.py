@@ -5,9 +5,15 @@ from __future__ import annotations
 import hashlib
 from typing import ClassVar
 
-from meda_core import netns
-from meda_core.backends import Availability, NetworkAttachment, NetworkBackend, NicSpec
-from meda_core.models import ForwardListener, PortForward
+from meda_core.plugin import (
+    Availability,
+    ForwardListener,
+    NetworkAttachment,
+    NetworkBackend,
+    NicSpec,
+    PortForward,
+)
+from meda_core.plugin import namespaces as netns
 
 #: What QEMU's user-mode DHCP server gives the (only) guest on its network.
 GUEST_IP = "10.0.2.15"

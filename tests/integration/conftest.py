@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from meda_core import imagebuild
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
+from meda_core.images import build as imagebuild
 from meda_core.models import Image
+from meda_core.settings import Settings
 from meda_core.testing.host import free_port, processes_mentioning
 from meda_core.testing.installs import install_entry_points
 from meda_tapbridge.backend import vm_namespace_prefix

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from meda_core import hookimpl
-from meda_core.backends import DiskInfo, LaunchSpec
+from meda_core.backends.catalogue import BackendRegistry
+from meda_core.backends.roles import DiskInfo, LaunchSpec
 from meda_core.models import RuntimeInfo
-from meda_core.registry import BackendRegistry
 from meda_qcow2.backend import Qcow2Storage
 from meda_qemu.backend import QemuHypervisor
 

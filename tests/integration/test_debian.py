@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
 from meda_core.models import Image
-from meda_core.ssh import ssh_argv
+from meda_core.settings import Settings
 from meda_core.testing.host import free_port
 from meda_core.testing.namespaces import OUTSIDE_NAME, OUTSIDE_PAGE, outside_world, run_in
 from meda_core.testing.pytest_plugin import wait_for_text
+from meda_core.vms.ssh import ssh_argv
 from tests.integration.conftest import StartServer
 
 WEB_PORT = free_port()  # forwards also listen on the host's loopback

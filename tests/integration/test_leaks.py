@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
+from meda_core.settings import Settings
 from meda_core.testing.host import open_sockets, processes_mentioning, unix_sockets_under
 from meda_core.testing.namespaces import snapshot
 from tests.integration.conftest import Server, StartServer

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
+from meda_core.settings import Settings
 from meda_core.testing import cpio
 from meda_core.testing.guest import DHCP_EVENT, HTTP_PAGE, IP_MARKER, BootableGuest, guest_output
 from meda_core.testing.guest import guest_ip as reported_ip
@@ -293,7 +293,7 @@ def meda_inside(ns: str, home: Path, **env: str) -> Iterator[httpx.Client]:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
         # Whatever the test left, meda removes (there, in its namespace).
-        cleanup = "from meda_core.app import Meda; Meda().vms.delete_all()"
+        cleanup = "from meda_core.facade import Meda; Meda().vms.delete_all()"
         subprocess.run([*nsenter, "-c", cleanup], env={**full_env, "MEDA_STOP_TIMEOUT": "3"},
                        check=True, timeout=120)  # fmt: skip
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
+from meda_core.settings import Settings
 from meda_core.testing.guest import HTTP_PAGE
 from meda_core.testing.host import processes_mentioning
 from tests.integration.conftest import RunMeda, Server, StartServer

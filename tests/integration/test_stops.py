@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
 from meda_core.models import CreateVMRequest, VMState
+from meda_core.settings import Settings
 from meda_core.testing.guest import DISK_BOOT_MARKER, boot_sector_disk
 from meda_core.testing.host import processes_mentioning
 from meda_core.testing.pytest_plugin import wait_for_text

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from meda_core import migrations
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
+from meda_core.settings import Settings
+from meda_core.state import migrations
 from meda_core.testing.guest import HTTP_PAGE
 from meda_core.testing.host import free_port, processes_mentioning
 from tests.integration.conftest import Server
@@ -98,7 +98,7 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
            "MEDA_NETNS": netns}  # fmt: skip
     kernel, initrd = (str(guest_image[key]) for key in ("kernel", "initrd"))
     imported_by = _old_python(baseline_tree, env, (
-        "import meda_core; from pathlib import Path; from meda_core.app import Meda;"
+        "import meda_core; from pathlib import Path; from meda_core.facade import Meda;"
         f" Meda().images.import_files('guest', kernel=Path({kernel!r}),"
         f" initrd=Path({initrd!r}), cmdline={guest_image['cmdline']!r});"
         # As `meda images build` records what it made (its guest runs sshd).

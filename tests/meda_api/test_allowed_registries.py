@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_core.app import Meda
-from meda_core.config import Settings
-from meda_core.plugins import PluginManager
+from meda_core.backends.manager import PluginManager
+from meda_core.facade import Meda
+from meda_core.settings import Settings
 from meda_core.testing.fakes import FakePlugin
 
 ALLOWED = "127.0.0.1:1"

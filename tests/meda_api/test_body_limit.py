@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from meda_api.security import MAX_BODY
-from meda_core.app import Meda
+from meda_core.facade import Meda
 from tests.conftest import ServeApi
 from tests.meda_api.rawhttp import connect, read_answer, send_chunked, send_head
 

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from meda_api import create_app
 from meda_api.hosts import HostPolicy
-from meda_core.api import LocalApi
-from meda_core.app import Meda
+from meda_core.facade import Meda
+from meda_core.interface.calls import LocalApi
 from meda_core.models import PushRequest
 from tests.conftest import ServeApi
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_core.app import Meda
+from meda_core.facade import Meda
 from tests.conftest import ServeApi
 from tests.meda_api import rawhttp
 

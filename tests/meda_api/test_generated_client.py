@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from meda_core.app import Meda
+from meda_core.facade import Meda
 from tests.conftest import ServeApi
 
 GENERATOR = shutil.which("openapi-python-client", path=str(Path(sys.executable).parent))

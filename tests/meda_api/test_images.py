@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from meda_api import create_app
-from meda_core.app import Meda
-from meda_core.backends import ImageFiles, Progress, no_progress
-from meda_core.references import parse_reference
+from meda_core.backends.roles import ImageFiles, Progress, no_progress
+from meda_core.facade import Meda
+from meda_core.images.references import parse_reference
 from meda_core.testing import disks
 
 REMOTE = "127.0.0.1:1/cirunlabs/default:v1"

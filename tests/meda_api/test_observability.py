@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from meda_api import create_app
-from meda_core.app import Meda
+from meda_core.facade import Meda
 
 
 @pytest.fixture

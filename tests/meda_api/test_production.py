@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from meda_api import create_app, logs
 from meda_api.ratelimit import Limit
 from meda_cli.commands.serve import rate_limits
-from meda_core.app import Meda
 from meda_core.errors import InvalidRequest
+from meda_core.facade import Meda
 
 TOKEN = "tok-planted-secret-4242"
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_core.app import Meda
+from meda_core.facade import Meda
 from meda_core.models import VMState
 
 

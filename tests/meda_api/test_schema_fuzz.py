@@ -18,9 +18,9 @@ from schemathesis.checks import not_a_server_error, positive_data_acceptance
 
 from meda_api import create_app
 from meda_api.hosts import HostPolicy
-from meda_core.app import Meda
-from meda_core.config import Settings
-from meda_core.plugins import PluginManager
+from meda_core.backends.manager import PluginManager
+from meda_core.facade import Meda
+from meda_core.settings import Settings
 from meda_core.testing.fakes import FakePlugin
 
 CASES_PER_OPERATION = 100

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_core.app import Meda
+from meda_core.facade import Meda
 
 
 def test_token_is_required_and_checked(fake_meda: Meda) -> None:

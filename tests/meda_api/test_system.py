@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_core.app import Meda
+from meda_core.facade import Meda
 
 
 def test_health(fake_meda: Meda) -> None:

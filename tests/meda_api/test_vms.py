@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_core.app import Meda
+from meda_core.facade import Meda
 
 SEED_CREATE = {"name": "api-test", "memory": "2G", "cpus": 4, "disk": "20G"}
 

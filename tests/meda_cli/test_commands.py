@@ -19,7 +19,7 @@ from meda_api import create_app
 from meda_cli import context
 from meda_cli.main import app
 from meda_core import __version__
-from meda_core.app import Meda
+from meda_core.facade import Meda
 from meda_core.models import OperationResult, VMInfo, VMList
 
 runner = CliRunner()

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from meda_cli import context
 from meda_cli.main import app
-from meda_core.app import Meda
-from meda_core.client import RemoteApi
 from meda_core.errors import Unauthorized, VMNotFound
+from meda_core.facade import Meda
+from meda_core.interface.remote import RemoteApi
 from meda_core.models import (
     CreateVMRequest,
     OperationResult,

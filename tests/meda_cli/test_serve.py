@@ -22,9 +22,10 @@ from typer.testing import CliRunner
 from meda_cli import context
 from meda_cli.commands.serve import api_token
 from meda_cli.main import app
-from meda_core import __version__, serverfile
-from meda_core.client import RemoteApi
+from meda_core import __version__
 from meda_core.errors import InvalidRequest
+from meda_core.interface.remote import RemoteApi
+from meda_core.state import serverfile
 from meda_core.testing.host import free_port, self_signed_certificate
 
 STRONG = "k" * 24

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from meda_core import serverfile
-from meda_core.app import Meda
+from meda_core.facade import Meda
 from meda_core.models import CreateVMRequest, PortForward
-from meda_core.ssh import ssh_argv
+from meda_core.state import serverfile
 from meda_core.testing import namespaces
 from meda_core.testing.installs import install_entry_points
+from meda_core.vms.ssh import ssh_argv
 
 #: Answers SSH clients with a banner until one sends its own (meda's check before ssh
 #: only connects), and prints that client's banner line.
@@ -137,7 +137,7 @@ def test_a_user_network_vm_is_reached_through_its_forward(
     fake_meda: Meda, fake_image: str, netns: str
 ) -> None:
     """User-mode VMs keep being reached on loopback, at the forward of their port 22."""
-    from meda_core.ssh import check_reachable  # (new: kept here so the rest runs on older code)
+    from meda_core.vms.ssh import check_reachable  # (new: kept here so the rest runs on older code)
 
     fake_meda.vms.create(CreateVMRequest(name="vm1"))
     vm = fake_meda.vms.start("vm1")

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
-from meda_core import capacity
-from meda_core.app import Meda
+from meda_core.facade import Meda
 from meda_core.models import VMState
+from meda_core.vms import capacity
 
 
 @pytest.fixture

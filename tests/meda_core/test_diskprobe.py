@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from meda_core import diskprobe
 from meda_core.errors import UnsafeDisk
+from meda_core.images import diskprobe
 from meda_core.testing import disks
 
 LIMITS = diskprobe.ProbeLimits()

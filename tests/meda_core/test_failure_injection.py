@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.backends.manager import PluginManager
 from meda_core.errors import BackendError, MedaError
+from meda_core.facade import Meda
 from meda_core.models import TRANSITIONAL, CreateVMRequest, PortForward, Protocol, VMState
-from meda_core.plugins import PluginManager
+from meda_core.settings import Settings
 from meda_core.testing.fakes import FakeHypervisor, FakeNetwork, FakePlugin, FakeStorage
 from meda_core.testing.host import processes_mentioning
 

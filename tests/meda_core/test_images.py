@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from meda_core.app import Meda
-from meda_core.backends import ImageFiles, no_progress
-from meda_core.config import Settings
+from meda_core.backends.roles import ImageFiles, no_progress
 from meda_core.errors import ImageExists, InvalidRequest, UnsafeDisk
+from meda_core.facade import Meda
+from meda_core.images.references import parse_reference
 from meda_core.models import CreateVMRequest, Image
-from meda_core.references import parse_reference
+from meda_core.settings import Settings
 from meda_core.testing import disks
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from meda_core import migrations
 from meda_core.errors import StateVersionError
-from meda_core.store import StateStore
+from meda_core.state import migrations
+from meda_core.state.store import StateStore
 
 
 def _version(path: Path) -> int:

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from meda_core import hookimpl
-from meda_core.config import Settings
-from meda_core.events import VMEvent, VMEventKind
-from meda_core.plugins import PluginManager
-from meda_core.registry import BackendRegistry
+from meda_core.backends.catalogue import BackendRegistry
+from meda_core.backends.manager import PluginManager
+from meda_core.settings import Settings
+from meda_core.state.events import VMEvent, VMEventKind
 from meda_core.testing.fakes import FakePlugin, FakeStorage
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from meda_cli.commands.serve import api_token
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.backends.manager import PluginManager
 from meda_core.errors import InvalidRequest
+from meda_core.facade import Meda
 from meda_core.models import CreateVMRequest
-from meda_core.plugins import PluginManager
+from meda_core.settings import Settings
 from meda_core.testing.fakes import FakePlugin
 from meda_core.testing.intruder import NOBODY, open_to_others, reachable_dir, readable_by_nobody
 

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from meda_cli import templates
-from meda_core import netns, procs, readiness
-from meda_core.warmrun import TemplateJob
+from meda_core.host import namespaces as netns
+from meda_core.host import processes as procs
+from meda_core.vms import readiness
+from meda_core.vms.templates import TemplateJob
 
 PLANTED = "import pathlib; pathlib.Path({marker!r}).write_text('ran')\n"
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 import pytest
 
 from meda_core import hookimpl
-from meda_core.backends import Availability, BackendContext, Role
-from meda_core.config import Settings
+from meda_core.backends.catalogue import BackendRegistry
+from meda_core.backends.manager import PluginManager
+from meda_core.backends.roles import Availability, BackendContext, Role
+from meda_core.backends.selection import BackendSelector
 from meda_core.errors import BackendUnavailable
-from meda_core.plugins import PluginManager
-from meda_core.registry import BackendRegistry
-from meda_core.selection import BackendSelector
-from meda_core.store import StateStore
+from meda_core.settings import Settings
+from meda_core.state.store import StateStore
 from meda_core.testing.fakes import FakePlugin, FakeStorage
 
 

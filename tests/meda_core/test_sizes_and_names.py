@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from meda_core.errors import InvalidRequest
-from meda_core.names import check_vm_name, parse_image_ref
-from meda_core.sizes import format_size, parse_size
+from meda_core.inputs.names import check_vm_name, parse_image_ref
+from meda_core.inputs.sizes import format_size, parse_size
 
 
 @pytest.mark.parametrize(

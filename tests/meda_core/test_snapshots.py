@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from meda_core.app import Meda
-from meda_core.backends import DEVICE_LAYOUT
+from meda_core.backends.roles import DEVICE_LAYOUT
 from meda_core.errors import Conflict, InvalidRequest, InvalidState
+from meda_core.facade import Meda
 from meda_core.models import VM, CreateVMRequest, VMState
 
 MakeVM = Callable[..., VM]

@@ -9,7 +9,7 @@ import pytest
 
 from meda_core.errors import InvalidState, VMExists, VMNotFound
 from meda_core.models import VM, VMSpec, VMState
-from meda_core.store import StateStore
+from meda_core.state.store import StateStore
 
 
 def _vm(name: str, state: VMState = VMState.STOPPED) -> VM:

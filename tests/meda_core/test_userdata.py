@@ -10,10 +10,10 @@ import pycdlib
 import pytest
 import yaml
 
-from meda_core import userdata
-from meda_core.app import Meda
 from meda_core.errors import InvalidRequest
+from meda_core.facade import Meda
 from meda_core.models import CreateVMRequest
+from meda_core.vms import userdata
 
 CLOUD_CONFIG = "#cloud-config\nwrite_files:\n  - path: /etc/meda-test\n    content: hello\n"
 

@@ -4,8 +4,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from meda_core import procs
-from meda_core.app import Meda
 from meda_core.errors import (
     ImageNotFound,
     InvalidRequest,
@@ -14,6 +12,8 @@ from meda_core.errors import (
     VMExists,
     VMNotFound,
 )
+from meda_core.facade import Meda
+from meda_core.host import processes as procs
 from meda_core.models import VM, CreateVMRequest, Image, RuntimeInfo, VMState
 from meda_core.testing import disks
 from meda_core.testing.fakes import FakeHypervisor, FakeNetwork, FakeStorage
@@ -182,7 +182,7 @@ def test_disk_smaller_than_image_is_refused(fake_meda: Meda, tmp_path) -> None: 
 
 def test_events_follow_the_lifecycle(fake_meda: Meda, make_vm: MakeVM) -> None:
     from meda_core import hookimpl
-    from meda_core.events import VMEvent
+    from meda_core.state.events import VMEvent
 
     seen: list[str] = []
 

@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
-from meda_core import readiness, warmrun
-from meda_core.api import LocalApi
-from meda_core.app import Meda
-from meda_core.backends import DEVICE_LAYOUT
+from meda_core.backends.roles import DEVICE_LAYOUT
 from meda_core.errors import BackendError
-from meda_core.locks import exclusive, remove_held, try_exclusive
+from meda_core.facade import Meda
+from meda_core.host.locks import exclusive, remove_held, try_exclusive
+from meda_core.interface.calls import LocalApi
 from meda_core.models import RunInfo, RunRequest
-from meda_core.warmrun import TemplateJob
+from meda_core.vms import readiness
+from meda_core.vms import templates as warmrun
+from meda_core.vms.templates import TemplateJob
 
 #: The seed's ``POST /images/run`` body (less registry and org: no internet here).
 SEED_BODY = {"image": "default", "name": "r1", "user_data": None, "no_start": False,

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import zstandard
 
-from meda_core.app import Meda
-from meda_core.config import Settings
 from meda_core.errors import BackendError
-from meda_core.references import parse_reference
+from meda_core.facade import Meda
+from meda_core.images.references import parse_reference
+from meda_core.settings import Settings
 from meda_oci import formats
 from meda_oci.client import OCI_MANIFEST, RegistryClient, sha256_digest
 from tests.plugins.conftest import HostileRegistry, trickle
@@ -356,8 +356,8 @@ def _bomb(declared: int) -> bytes:
 PEAK = """
 import re, sys
 from pathlib import Path
-from meda_core.app import Meda
-from meda_core.config import Settings
+from meda_core.facade import Meda
+from meda_core.settings import Settings
 try:
     Meda(Settings(home=sys.argv[1])).images.pull(sys.argv[2])
     print("pulled")

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 import meda_qcow2
-from meda_core import diskprobe
-from meda_core.app import Meda
-from meda_core.backends import BackendContext
-from meda_core.config import Settings
+from meda_core.backends.manager import PluginManager
+from meda_core.backends.roles import BackendContext
 from meda_core.errors import UnsafeDisk
+from meda_core.facade import Meda
+from meda_core.images import diskprobe
 from meda_core.models import CreateVMRequest
-from meda_core.plugins import PluginManager
+from meda_core.settings import Settings
 from meda_core.testing import disks
 from meda_core.testing.conformance import StorageConformance
 from meda_core.testing.fakes import FakePlugin

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from meda_core.app import Meda
-from meda_core.backends import BackendContext, LaunchSpec
-from meda_core.config import Settings
+from meda_core.backends.roles import BackendContext, LaunchSpec
 from meda_core.errors import BackendUnavailable
+from meda_core.facade import Meda
 from meda_core.models import VM, CreateVMRequest, PortForward, VMSpec
+from meda_core.settings import Settings
 from meda_core.testing.conformance import HypervisorConformance
 from meda_core.testing.guest import (
     DISK_BOOT_MARKER,

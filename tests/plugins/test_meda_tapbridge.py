@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from meda_core import procs
-from meda_core.backends import BackendContext, NetworkAttachment
+from meda_core.backends.roles import BackendContext, NetworkAttachment
 from meda_core.errors import Conflict
-from meda_core.macs import random_mac
+from meda_core.host import processes as procs
 from meda_core.models import PortForward
+from meda_core.network.macs import random_mac
 from meda_core.testing.conformance import NetworkConformance
 from meda_core.testing.host import free_port
 from meda_core.testing.namespaces import (
@@ -591,9 +591,9 @@ def meda_side(tapbridge: TapBridgeNetwork, netns: str) -> Iterator[str]:
 APPLY = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from meda_core.backends import BackendContext\n"
-    "from meda_core.config import Settings\n"
-    "from meda_core.store import StateStore\n"
+    "from meda_core.backends.roles import BackendContext\n"
+    "from meda_core.settings import Settings\n"
+    "from meda_core.state.store import StateStore\n"
     "from meda_tapbridge import TapBridgeNetwork\n"
     "settings = Settings(home=Path(sys.argv[1]), netns=sys.argv[2])\n"
     "TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path))).apply_forwards()\n"
@@ -796,9 +796,9 @@ def test_no_upstream_name_server_is_said(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 PLUG_A_GHOST = (
-    "from meda_core.backends import BackendContext\n"
-    "from meda_core.config import Settings\n"
-    "from meda_core.store import StateStore\n"
+    "from meda_core.backends.roles import BackendContext\n"
+    "from meda_core.settings import Settings\n"
+    "from meda_core.state.store import StateStore\n"
     "from meda_tapbridge import TapBridgeNetwork\n"
     "settings = Settings()\n"
     "settings.home.mkdir(parents=True, exist_ok=True)\n"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from meda_core.backends import BackendContext
+from meda_core.backends.roles import BackendContext
 from meda_core.testing.conformance import NetworkConformance
 from meda_usernet import UserNetwork
 

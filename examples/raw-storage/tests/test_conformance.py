@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from meda_raw_storage import RawStorage
 
-from meda_core.backends import BackendContext
+from meda_core.plugin import BackendContext
 from meda_core.testing.conformance import StorageConformance
 
 

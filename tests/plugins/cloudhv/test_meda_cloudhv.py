@@ -17,11 +17,11 @@ from meda_cloudhv import CloudHypervisor
 from meda_cloudhv import config as chconfig
 from meda_cloudhv.api import VmmApi
 from meda_cloudhv.config import vm_config
-from meda_core.backends import BackendContext, LaunchSpec, NicSpec, Role
+from meda_core.backends.manager import PluginManager
+from meda_core.backends.roles import BackendContext, LaunchSpec, NicSpec, Role
+from meda_core.backends.selection import BackendSelector
 from meda_core.errors import BackendError
 from meda_core.models import VMSpec
-from meda_core.plugins import PluginManager
-from meda_core.selection import BackendSelector
 from meda_core.testing.conformance import HypervisorConformance
 from meda_core.testing.guest import BootableGuest
 from meda_core.testing.pytest_plugin import wait_for_text

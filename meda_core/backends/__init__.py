@@ -1,0 +1,1 @@
+"""The plugin system: role interfaces, hook specs, discovery and selection."""

@@ -1,0 +1,107 @@
+"""``Meda``: the typed facade that wires settings, plugins, state and services together."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from meda_core import __version__
+from meda_core.backends.manager import PluginManager
+from meda_core.backends.roles import BackendContext, Progress
+from meda_core.backends.selection import BackendSelector
+from meda_core.host.private import private_home
+from meda_core.images import diskprobe
+from meda_core.images.service import ImageService
+from meda_core.models import VM, Health, PluginReport
+from meda_core.network.service import NetworkService
+from meda_core.settings import Settings
+from meda_core.state.eventbus import EventBus
+from meda_core.state.events import VMEvent
+from meda_core.state.operations import Operations
+from meda_core.state.store import StateStore
+from meda_core.vms.capacity import InsufficientCapacity
+from meda_core.vms.service import VMService
+from meda_core.vms.snapshots import SnapshotService
+from meda_core.vms.templates import TemplateBuild, TemplateJob, WarmRuns
+
+log = logging.getLogger(__name__)
+
+
+class Meda:
+    """One meda instance: what the API server, the CLI and embedding programs use.
+
+    >>> meda = Meda()                       # settings from MEDA_* variables
+    >>> meda.vms.create(CreateVMRequest(name="demo"))
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        plugins: PluginManager | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        if plugins is None:
+            plugins = PluginManager()
+            plugins.load_entry_points(self.settings.disabled())
+        self.plugins = plugins
+        private_home(self.settings.home)
+        self.store = StateStore(self.settings.db_path)
+        self.backends = BackendSelector(plugins.registry, BackendContext(self.settings, self.store))
+        self.images = ImageService(
+            self.store,
+            self.settings.home,
+            self.settings.default_image,
+            self.backends.storage,
+            self.backends.registry,
+            diskprobe.roots(self.settings),
+            diskprobe.limits(self.settings),
+            self.settings.allowed_registry_set(),
+        )
+        self.events = EventBus()
+        self.operations = Operations(self.events, max_active=self.settings.max_operations)
+        self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
+        self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
+        self.snapshots = SnapshotService(self.store, self.backends, self.vms)
+        self.warm_runs = WarmRuns(
+            self.settings, self.store, self.vms, self.snapshots, self.backends
+        )
+        self.warm_runs.background = self.build_template
+
+    def build_template(self, job: TemplateJob) -> None:
+        """Build a run's template as a background operation of this process (listed
+        with the others; ``close`` calls it off)."""
+
+        def work(progress: Progress) -> TemplateBuild:
+            return self.warm_runs.build(job)
+
+        try:
+            self.operations.submit("template", work)
+        except InsufficientCapacity as error:  # the run succeeded; a later one builds it
+            log.warning("template %s not built now: %s", job.name, error.message)
+
+    def close(self) -> None:
+        """Call off background work and wait for template builds to clean up after
+        themselves (a server's process ends right after)."""
+        if not self.warm_runs.shutdown():
+            log.warning("template builds still under way at shutdown")
+        self.operations.shutdown()
+
+    def recover(self) -> list[VM]:
+        """Settle every VM after a (re)start and bring back what their network needs.
+
+        Running guests are re-adopted as they are; operations a crash cut short are rolled
+        forward or back; rules and DHCP come back after a host reboot.
+        """
+        vms = self.vms.list()
+        self.network.restore()
+        return vms
+
+    def _emit(self, event: VMEvent) -> None:
+        self.plugins.emit(event)
+        self.events.publish("vm", event.model_dump(mode="json"))
+
+    def plugin_report(self) -> PluginReport:
+        return PluginReport(plugins=self.plugins.report(), backends=self.backends.describe())
+
+    def health(self) -> Health:
+        return Health(status="healthy", version=__version__, timestamp=datetime.now(UTC))

@@ -1,0 +1,1 @@
+"""Host helpers: processes, namespaces, locks and private files."""

@@ -1,0 +1,1 @@
+"""Images: the local store, references, blobs, builds and disk probing."""

@@ -1,0 +1,1 @@
+"""What users send, checked: names, sizes and validation messages."""

@@ -1,0 +1,1 @@
+"""The typed API of meda's operations: in process and over HTTP."""

@@ -1,0 +1,1 @@
+"""VM addresses, port forwards and MAC addresses, through the network backend."""

@@ -1,0 +1,100 @@
+"""Everything a meda plugin may use, in one module: the rest of the core may change.
+
+A backend imports from here and from nothing else in ``meda_core`` (``meda_core.testing``
+excepted, for its conformance suites and fixtures)::
+
+    from meda_core.plugin import Availability, StorageBackend, hookimpl
+
+The names fall into five groups: the hook marker and the catalogue plugins register into;
+the role base classes and what they receive and return; the models a backend reads; the
+errors it raises; and host helpers (processes, namespaces, locks, MACs, hashing, files).
+"""
+
+from __future__ import annotations
+
+from meda_core.backends.catalogue import BackendRegistry
+from meda_core.backends.hookspecs import hookimpl
+from meda_core.backends.roles import (
+    DEVICE_LAYOUT,
+    Availability,
+    Backend,
+    BackendContext,
+    DiskInfo,
+    HypervisorBackend,
+    ImageFiles,
+    LaunchSpec,
+    NetworkAttachment,
+    NetworkBackend,
+    NicSpec,
+    Progress,
+    RegistryBackend,
+    Role,
+    StorageBackend,
+    no_progress,
+)
+from meda_core.errors import (
+    BackendError,
+    BackendUnavailable,
+    Conflict,
+    InvalidRequest,
+    MedaError,
+    NotFound,
+)
+from meda_core.host import namespaces, processes
+from meda_core.host.locks import exclusive
+from meda_core.host.private import DIR_MODE, UMASK, create_private
+from meda_core.images import diskprobe
+from meda_core.images.blobs import sha256_file
+from meda_core.images.references import Reference, is_loopback
+from meda_core.models import ForwardListener, PortForward, RuntimeInfo, VMSpec, VMState
+from meda_core.network.macs import random_mac
+from meda_core.settings import Settings
+from meda_core.state.events import VMEvent, VMEventKind
+from meda_core.state.store import Lease
+
+__all__ = [
+    "DEVICE_LAYOUT",
+    "DIR_MODE",
+    "UMASK",
+    "Availability",
+    "Backend",
+    "BackendContext",
+    "BackendError",
+    "BackendRegistry",
+    "BackendUnavailable",
+    "Conflict",
+    "DiskInfo",
+    "ForwardListener",
+    "HypervisorBackend",
+    "ImageFiles",
+    "InvalidRequest",
+    "LaunchSpec",
+    "Lease",
+    "MedaError",
+    "NetworkAttachment",
+    "NetworkBackend",
+    "NicSpec",
+    "NotFound",
+    "PortForward",
+    "Progress",
+    "Reference",
+    "RegistryBackend",
+    "Role",
+    "RuntimeInfo",
+    "Settings",
+    "StorageBackend",
+    "VMEvent",
+    "VMEventKind",
+    "VMSpec",
+    "VMState",
+    "create_private",
+    "diskprobe",
+    "exclusive",
+    "hookimpl",
+    "is_loopback",
+    "namespaces",
+    "no_progress",
+    "processes",
+    "random_mac",
+    "sha256_file",
+]

@@ -1,0 +1,1 @@
+"""What meda remembers: the state store, migrations, operations and events."""

@@ -1,0 +1,275 @@
+"""The state store: VMs and images in embedded SQLite (WAL, one transaction per change)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from meda_core.errors import Conflict, InvalidState, VMExists, VMNotFound
+from meda_core.models import VM, Image, PortForward, RuntimeInfo, VMState
+from meda_core.state import migrations
+
+
+@dataclass(frozen=True)
+class Lease:
+    network: str
+    ip: str
+    vm: str
+    mac: str
+
+
+class StateStore:
+    """Typed access to the SQLite database under ``MEDA_HOME``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)  # SQLite gives its -wal and -shm files the database's mode
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            self.upgraded_from = migrations.upgrade(db, path)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("PRAGMA synchronous=NORMAL")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # ---- VMs ----
+
+    def insert_vm(self, vm: VM, admit: Callable[[], None] | None = None) -> None:
+        """Add a new VM; :class:`VMExists` if the name is taken. ``admit`` runs inside
+        the transaction and may refuse."""
+        try:
+            with self._transaction() as db:
+                if admit is not None:
+                    admit()
+                db.execute(
+                    "INSERT INTO vms (name, state, data) VALUES (?, ?, ?)",
+                    (vm.name, vm.state.value, vm.model_dump_json()),
+                )
+        except sqlite3.IntegrityError:
+            raise VMExists(vm.name) from None
+
+    def get_vm(self, name: str) -> VM | None:
+        with self._connect() as db:
+            row = db.execute("SELECT data FROM vms WHERE name = ?", (name,)).fetchone()
+        return VM.model_validate_json(row[0]) if row else None
+
+    def require_vm(self, name: str) -> VM:
+        vm = self.get_vm(name)
+        if vm is None:
+            raise VMNotFound(name)
+        return vm
+
+    def list_vms(self) -> list[VM]:
+        with self._connect() as db:
+            rows = db.execute("SELECT data FROM vms ORDER BY name").fetchall()
+        return [VM.model_validate_json(row[0]) for row in rows]
+
+    def save_vm(self, vm: VM) -> None:
+        """Overwrite the stored record of an existing VM."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE vms SET state = ?, data = ? WHERE name = ?",
+                (vm.state.value, vm.model_dump_json(), vm.name),
+            )
+            if cursor.rowcount == 0:
+                raise VMNotFound(vm.name)
+
+    def transition(
+        self,
+        name: str,
+        allowed: Collection[VMState],
+        to: VMState,
+        owner: RuntimeInfo | None = None,
+        admit: Callable[[list[VM], VM], None] | None = None,
+        taking_over: RuntimeInfo | None = None,
+    ) -> VM:
+        """Move a VM to ``to`` only if it is in one of ``allowed``, atomically.
+
+        This compare-and-set is what keeps two operations on one VM apart, across
+        threads and processes, without lock files. With ``taking_over`` the VM's operation
+        must also still belong to that (dead) owner: one process alone takes it over.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM vms WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise VMNotFound(name)
+            vm = VM.model_validate_json(row[0])
+            if vm.state not in allowed:
+                wanted = ", ".join(sorted(s.value for s in allowed))
+                raise InvalidState(
+                    f"VM '{name}' is {vm.state.value}; this needs it to be {wanted}",
+                    name=name,
+                    state=vm.state.value,
+                )
+            if taking_over is not None and vm.operation_owner != taking_over:
+                raise InvalidState(f"VM '{name}' was taken over already", name=name)
+            if admit is not None:  # checked and reserved in one transaction
+                rows = db.execute("SELECT data FROM vms").fetchall()
+                admit([VM.model_validate_json(r[0]) for r in rows], vm)
+            vm.state = to
+            vm.operation_owner = owner
+            db.execute(
+                "UPDATE vms SET state = ?, data = ? WHERE name = ?",
+                (to.value, vm.model_dump_json(), name),
+            )
+        return vm
+
+    def delete_vm(self, name: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM vms WHERE name = ?", (name,))
+
+    # ---- images ----
+
+    def insert_image(self, image: Image) -> bool:
+        """Add an image record; False if ``name:tag`` already exists."""
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO images (name, tag, data) VALUES (?, ?, ?)",
+                    (image.name, image.tag, image.model_dump_json()),
+                )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def put_image(self, image: Image) -> None:
+        """Add or replace the record of ``name:tag``."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO images (name, tag, data) VALUES (?, ?, ?)",
+                (image.name, image.tag, image.model_dump_json()),
+            )
+
+    def get_image(self, name: str, tag: str) -> Image | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT data FROM images WHERE name = ? AND tag = ?", (name, tag)
+            ).fetchone()
+        return Image.model_validate_json(row[0]) if row else None
+
+    def list_images(self) -> list[Image]:
+        with self._connect() as db:
+            rows = db.execute("SELECT data FROM images ORDER BY name, tag").fetchall()
+        return [Image.model_validate_json(row[0]) for row in rows]
+
+    def delete_image(self, name: str, tag: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM images WHERE name = ? AND tag = ?", (name, tag))
+
+    # ---- address leases ----
+
+    def lease_for(self, network: str, vm: str) -> Lease | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT network, ip, vm, mac FROM leases WHERE network = ? AND vm = ?",
+                (network, vm),
+            ).fetchone()
+        return Lease(*row) if row else None
+
+    def leases(self, network: str) -> list[Lease]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT network, ip, vm, mac FROM leases WHERE network = ? ORDER BY vm",
+                (network,),
+            ).fetchall()
+        return [Lease(*row) for row in rows]
+
+    def allocate_lease(
+        self, network: str, vm: str, candidates: Iterable[str], new_mac: Callable[[], str]
+    ) -> Lease:
+        """The VM's lease, or a new one on the first free candidate address, atomically."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT network, ip, vm, mac FROM leases WHERE network = ? AND vm = ?",
+                (network, vm),
+            ).fetchone()
+            if row:
+                return Lease(*row)
+            used = {r[0] for r in db.execute("SELECT ip FROM leases WHERE network = ?", (network,))}
+            macs = {r[0] for r in db.execute("SELECT mac FROM leases")}
+            ip = next((c for c in candidates if c not in used), None)
+            if ip is None:
+                raise Conflict(f"network {network} has no free address left", network=network)
+            mac = new_mac()
+            while mac in macs:
+                mac = new_mac()
+            db.execute(
+                "INSERT INTO leases (network, ip, vm, mac) VALUES (?, ?, ?, ?)",
+                (network, ip, vm, mac),
+            )
+        return Lease(network, ip, vm, mac)
+
+    def release_lease(self, network: str, vm: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE network = ? AND vm = ?", (network, vm))
+
+    # ---- port forwards ----
+
+    def add_forward(self, vm: str, forward: PortForward) -> None:
+        """Record a forward; :class:`Conflict` if its host port is already forwarded."""
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO forwards (host_port, protocol, vm, guest_port) "
+                    "VALUES (?, ?, ?, ?)",
+                    (forward.host_port, forward.protocol.value, vm, forward.guest_port),
+                )
+        except sqlite3.IntegrityError:
+            owner = self.forward_owner(forward)
+            raise Conflict(
+                f"host port {forward.host_port}/{forward.protocol.value} is already "
+                f"forwarded to VM '{owner}'",
+                host_port=forward.host_port,
+                vm=owner,
+            ) from None
+
+    def forward_owner(self, forward: PortForward) -> str | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT vm FROM forwards WHERE host_port = ? AND protocol = ?",
+                (forward.host_port, forward.protocol.value),
+            ).fetchone()
+        return row[0] if row else None
+
+    def forwards(self, vm: str | None = None) -> list[tuple[str, PortForward]]:
+        """``(vm, forward)`` pairs, of one VM or of all."""
+        query = "SELECT vm, host_port, guest_port, protocol FROM forwards"
+        args: tuple[str, ...] = ()
+        if vm is not None:
+            query, args = query + " WHERE vm = ?", (vm,)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY host_port, protocol", args).fetchall()
+        return [(r[0], PortForward(host_port=r[1], guest_port=r[2], protocol=r[3])) for r in rows]
+
+    def remove_forwards(self, vm: str, forward: PortForward | None = None) -> int:
+        """Remove one forward of ``vm`` (matched by host port and protocol) or all of them."""
+        with self._transaction() as db:
+            if forward is None:
+                cursor = db.execute("DELETE FROM forwards WHERE vm = ?", (vm,))
+            else:
+                cursor = db.execute(
+                    "DELETE FROM forwards WHERE vm = ? AND host_port = ? AND protocol = ?",
+                    (vm, forward.host_port, forward.protocol.value),
+                )
+        return cursor.rowcount

@@ -1,0 +1,1 @@
+"""Virtual machines: their lifecycle, seed, snapshots, templates and SSH."""

@@ -1,0 +1,55 @@
+"""The NoCloud seed of a VM: an ISO 9660 image labelled ``cidata``, built with pycdlib."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pycdlib
+import yaml
+
+from meda_core.host.private import create_private
+from meda_core.models import VM
+
+
+def meta_data(vm: VM) -> str:
+    return str(yaml.safe_dump({"instance-id": vm.uuid, "local-hostname": vm.name}, sort_keys=False))
+
+
+def network_config(vm: VM) -> str | None:
+    """network-config v2 for the VM's NIC, matched by MAC (Debian's ifupdown renderer
+    mangles name globs); a static address where meda leased one, DHCP otherwise (also in
+    a VM's own namespace, where the guest's address is not the one meda leased).
+
+    The static default route is ``gateway4``: ifupdown renders it as ``gateway`` (``ip
+    route``), where a route's ``via`` becomes ``post-up route add``, which needs net-tools.
+    The gateway also answers DNS (``dns-nameservers``, applied by resolvconf).
+    """
+    if vm.mac is None:
+        return None
+    nic: dict[str, object] = {"match": {"macaddress": vm.mac}, "set-name": "eth0"}
+    if vm.network == "tap-bridge" and vm.ip and vm.subnet and vm.gateway and vm.netns is None:
+        prefix = vm.subnet.split("/")[1]
+        nic["addresses"] = [f"{vm.ip}/{prefix}"]
+        nic["gateway4"] = vm.gateway
+        nic["nameservers"] = {"addresses": [vm.gateway]}
+    else:
+        nic["dhcp4"] = True
+    return str(yaml.safe_dump({"version": 2, "ethernets": {"eth0": nic}}, sort_keys=False))
+
+
+def write_seed(dest: Path, files: dict[str, str]) -> None:
+    """Write an ISO with ``files`` at its root, atomically (a running VM never sees a torn one)."""
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for name, text in files.items():
+        data = text.encode()
+        iso_name = name.upper().replace("-", "_")[:8] + ".;1"
+        iso.add_fp(io.BytesIO(data), len(data), f"/{iso_name}", rr_name=name,
+                   joliet_path=f"/{name}")  # fmt: skip
+    tmp = dest.with_name(dest.name + ".tmp")
+    with os.fdopen(create_private(tmp), "wb") as out:  # user-data may hold secrets
+        iso.write_fp(out)
+    iso.close()
+    tmp.replace(dest)

@@ -1,0 +1,500 @@
+"""The VM service: create, start, stop and delete VMs through the backends, with rollback."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from meda_core.backends.roles import (
+    HypervisorBackend,
+    LaunchSpec,
+    NetworkAttachment,
+    NetworkBackend,
+    NicSpec,
+    Role,
+    StorageBackend,
+)
+from meda_core.backends.selection import BackendSelector
+from meda_core.errors import (
+    BackendError,
+    BackendUnavailable,
+    Conflict,
+    InvalidRequest,
+    MedaError,
+)
+from meda_core.host import processes as procs
+from meda_core.images import diskprobe
+from meda_core.images.service import ImageService
+from meda_core.inputs.names import check_vm_name
+from meda_core.inputs.sizes import format_size
+from meda_core.models import (
+    STARTABLE,
+    TRANSITIONAL,
+    VM,
+    CreateVMRequest,
+    RuntimeInfo,
+    Snapshot,
+    VMState,
+)
+from meda_core.settings import Settings
+from meda_core.state.events import VMEvent, VMEventKind
+from meda_core.state.store import StateStore
+from meda_core.vms import capacity, seed, userdata
+from meda_core.vms.sshkeys import managed_key
+
+log = logging.getLogger(__name__)
+Emit = Callable[[VMEvent], None]
+T = TypeVar("T")
+
+
+def attachment_of(vm: VM) -> NetworkAttachment:
+    """The network attachment recorded in a VM."""
+    return NetworkAttachment(
+        mac=vm.mac or "", ip=vm.ip, tap=vm.tap_device, subnet=vm.subnet, gateway=vm.gateway,
+        netns=vm.netns,
+    )  # fmt: skip
+
+
+def _record_attachment(vm: VM, attachment: NetworkAttachment) -> None:
+    vm.mac, vm.ip, vm.tap_device = attachment.mac, attachment.ip, attachment.tap
+    vm.subnet, vm.gateway, vm.netns = attachment.subnet, attachment.gateway, attachment.netns
+
+
+class _Failures(list[str]):
+    """Steps of a clean-up that failed; the others still run."""
+
+    def attempt(self, what: str, step: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return step(*args)
+        except Exception as exc:
+            log.warning("could not %s: %s", what, exc)
+            self.append(f"{what}: {exc}")
+            return None
+
+    def __str__(self) -> str:
+        return "; ".join(self)
+
+
+def _as_meda_error(exc: Exception, what: str) -> MedaError:
+    if isinstance(exc, MedaError):
+        return exc
+    return BackendError(f"{what}: {exc}", cause=type(exc).__name__)
+
+
+MAX_STOP_TIMEOUT = 3600.0
+
+
+def power_off_timeout(force: bool, timeout: float | None, default: float) -> float:
+    """Seconds of ACPI a stop or delete gives the guest: ``force`` is 0 (killed at once),
+    ``timeout`` that many, neither the operation's ``default``."""
+    if timeout is not None and not 0 <= timeout <= MAX_STOP_TIMEOUT:
+        raise InvalidRequest(
+            f"timeout must be 0 to {MAX_STOP_TIMEOUT:.0f} seconds", timeout=timeout
+        )
+    if force and timeout:
+        raise InvalidRequest(
+            "force kills the guest at once: give force or a timeout, not both",
+            force=force, timeout=timeout,
+        )  # fmt: skip
+    if force:
+        return 0.0
+    return default if timeout is None else timeout
+
+
+class VMService:
+    """Every VM operation; the only code that changes a VM's state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        images: ImageService,
+        backends: BackendSelector,
+        emit: Emit,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._images = images
+        self._backends = backends
+        self._emit = emit
+        self._me = procs.identify(os.getpid())
+
+    @property
+    def me(self) -> RuntimeInfo | None:
+        """This process, as it marks the operations it runs."""
+        return self._me
+
+    def finish(self, vm: VM, state: VMState) -> VM:
+        """End an operation another service ran on ``vm``: save it in ``state``."""
+        return self._finish(vm, state, runtime=vm.runtime)
+
+    # ---- queries ----
+
+    def get(self, name: str) -> VM:
+        vm = self._reconcile(self._store.require_vm(check_vm_name(name)))
+        if vm is None:  # a create or delete cut short by a crash, settled just now
+            vm = self._store.require_vm(name)
+        return self._with_forwards(vm)
+
+    def list(self) -> list[VM]:
+        settled = (self._reconcile(vm) for vm in self._store.list_vms())
+        return [self._with_forwards(vm) for vm in settled if vm is not None]
+
+    def _with_forwards(self, vm: VM) -> VM:
+        vm.port_forwards = [forward for _, forward in self._store.forwards(vm.name)]
+        return vm
+
+    # ---- operations ----
+
+    def create(self, request: CreateVMRequest, clone_of: VM | None = None) -> VM:
+        """Create a VM from an image; or, with ``clone_of``, a clone of that template: its
+        disk an overlay on the template's snapshot, its network its own."""
+        name = check_vm_name(request.name)
+        user_data = None
+        if request.user_data is not None:
+            user_data = userdata.resolve(request.user_data, self._settings.user_data_dir_list())
+        image = self._images.resolve(request.image if clone_of is None else clone_of.image)
+        spec = request.spec() if clone_of is None else clone_of.spec
+        capacity.check_possible(self._settings, spec)  # before anything, --force included
+        hypervisor = self._backends.hypervisor()
+        storage = self._backends.storage()
+        network = self._backends.network()
+        if request.force and self._store.get_vm(name) is not None:
+            self.delete(name)
+        vm = VM(
+            name=name,
+            state=VMState.CREATING,
+            spec=spec,
+            image=image.ref,
+            vm_dir=self._settings.vms_dir / name,
+            hypervisor=hypervisor.name if clone_of is None else clone_of.hypervisor,
+            storage=storage.name if clone_of is None else clone_of.storage,
+            created=datetime.now(UTC),
+            uuid=str(uuid.uuid4()),
+            operation_owner=self._me,
+            network=network.name if network else None,
+            user_data=user_data if clone_of is None else clone_of.user_data,
+            template=request.template,
+            clone_of=clone_of.name if clone_of is not None else None,
+        )
+        self._store.insert_vm(vm, admit=lambda: capacity.admit_create(self._settings))
+        try:
+            # A directory without a record is debris of a crash: it is ours to clear.
+            shutil.rmtree(vm.vm_dir, ignore_errors=True)
+            vm.vm_dir.mkdir(parents=True, mode=0o700)
+            if clone_of is not None and clone_of.snapshot is not None:
+                storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, clone_of.snapshot.disk)
+            else:
+                self._create_disk(vm, storage, self._images.checked_base(image))
+            if network is not None:
+                isolated = vm.template or clone_of is not None
+                _record_attachment(vm, network.allocate(name, isolated=isolated))
+                self._store.save_vm(vm)
+        except BaseException as exc:
+            with contextlib.suppress(MedaError):  # if it fails, the VM stays in error saying why
+                self._discard(vm)
+            if isinstance(exc, Exception):
+                raise _as_meda_error(exc, f"creating VM '{name}' failed") from exc
+            raise
+        vm = self._store.transition(name, {VMState.CREATING}, VMState.STOPPED)
+        self._emit(VMEvent(kind=VMEventKind.CREATED, vm=name, state=vm.state))
+        return vm
+
+    def start(self, name: str, restore: Snapshot | None = None, reset_disk: bool = False) -> VM:
+        """Boot the VM, or with ``restore`` resume it from that snapshot's saved state
+        (``reset_disk``: its disk first goes back to the snapshot's)."""
+        self.get(name)  # reconcile first: a VM whose guest powered off is startable
+        vm = self._store.transition(
+            name, STARTABLE, VMState.STARTING, owner=self._me,
+            admit=lambda vms, vm: capacity.admit_start(self._settings, vms, vm),
+        )  # fmt: skip
+        try:
+            hypervisor = self._hypervisor(vm)
+            if restore is not None and reset_disk:
+                storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
+                storage.delete_disk(vm.disk_path)
+                storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, restore.disk)
+            # The whole chain, every start: a disk made by an older meda may rest on an
+            # image that names a host file.
+            diskprobe.check_chain(vm.disk_path, diskprobe.roots(self._settings))
+            network = self._network(vm)
+            nics = () if network is None else (self._plug(vm, network),)
+            state = restore.state_file if restore is not None else None
+            runtime = hypervisor.start(self._launch_spec(vm, nics, self._write_seed(vm), state))
+        except Exception as exc:
+            error = _as_meda_error(exc, f"starting VM '{name}' failed")
+            undo = _Failures()
+            undo.attempt(
+                "clean up after the hypervisor", lambda: self._hypervisor(vm).cleanup(vm.vm_dir)
+            )
+            undo.attempt("unplug its NIC", self._unplug, vm)
+            if undo:
+                message = f"{error.message}; then could not {undo}"
+                self._finish(vm, VMState.ERROR, last_error=message)
+            else:
+                self._finish(vm, VMState.STOPPED, last_error=error.message)
+            self._emit(
+                VMEvent(kind=VMEventKind.FAILED, vm=name, state=vm.state, message=error.message)
+            )
+            raise error from exc
+        vm = self._finish(vm, VMState.RUNNING, runtime=runtime)
+        self._emit(VMEvent(kind=VMEventKind.STARTED, vm=name, state=vm.state))
+        return vm
+
+    def stop(self, name: str, timeout: float | None = None) -> VM:
+        """Power the VM off: ACPI, then forced after ``timeout`` seconds (None:
+        MEDA_STOP_TIMEOUT; 0: forced at once, no ACPI)."""
+        self.get(name)
+        vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
+        self._power_off(vm, self._settings.stop_timeout if timeout is None else timeout)
+        vm = self._finish(vm, VMState.STOPPED)
+        self._emit(VMEvent(kind=VMEventKind.STOPPED, vm=name, state=vm.state))
+        return vm
+
+    def delete(self, name: str, timeout: float = 0) -> None:
+        """Remove the VM and its disk. A running one is powered off first, at once by
+        default: its disk is thrown away, so a clean shutdown would protect nothing;
+        ``timeout`` gives the guest that many seconds of ACPI first."""
+        vm = self.get(name)
+        clones = sorted(c.name for c in self._store.list_vms() if c.clone_of == name)
+        if clones:  # their disks are overlays on this VM's snapshot
+            raise Conflict(
+                f"VM '{name}' is the template of {', '.join(clones)}: delete those first",
+                name=name, clones=clones,
+            )  # fmt: skip
+        if vm.state == VMState.RUNNING:
+            vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
+            self._power_off(vm, timeout)
+            self._finish(vm, VMState.STOPPED)
+        vm = self._begin(name, STARTABLE, VMState.DELETING)
+        self._discard(vm)
+        self._emit(VMEvent(kind=VMEventKind.DELETED, vm=name, state=None))
+
+    def delete_all(self) -> None:
+        """Delete every VM, clones before the templates their disks rest on."""
+        for vm in sorted(self.list(), key=lambda vm: vm.clone_of is None):
+            self.delete(vm.name)
+
+    # ---- steps ----
+
+    def _hypervisor(self, vm: VM) -> HypervisorBackend:
+        return self._backends.by_name(Role.HYPERVISOR, vm.hypervisor, HypervisorBackend)
+
+    def plan(self, name: str, hypervisor: str | None = None) -> dict[str, Any]:
+        """What starting the VM would run (dry run): nothing is created or changed."""
+        vm = self.get(name)
+        if hypervisor is not None:
+            backend = self._backends.named(Role.HYPERVISOR, hypervisor, HypervisorBackend)
+        else:
+            backend = self._hypervisor(vm)
+        nics: tuple[NicSpec, ...] = ()
+        if vm.network is not None and vm.mac is not None:
+            kind = "tap" if vm.tap_device else "user"
+            tap = "tap0" if vm.netns else vm.tap_device
+            nics = (NicSpec(kind=kind, mac=vm.mac, tap=tap, netns=vm.netns),)
+        launch = self._launch_spec(vm, nics, vm.vm_dir / "seed.iso")
+        return {"hypervisor": backend.name, **backend.plan(launch)}
+
+    def _launch_spec(
+        self, vm: VM, nics: tuple[NicSpec, ...], seed_iso: Path, restore_state: Path | None = None
+    ) -> LaunchSpec:
+        image = self._images.get(vm.image)
+        own_netns = next((nic.netns for nic in nics if nic.netns), None)
+        return LaunchSpec(
+            name=vm.name, uuid=vm.uuid, vm_dir=vm.vm_dir, spec=vm.spec, disk=vm.disk_path,
+            console_log=vm.console_log, kernel=image.kernel, initrd=image.initrd,
+            cmdline=image.cmdline, nics=nics, netns=own_netns or self._settings.netns,
+            extra_disks=(seed_iso,), restore_state=restore_state,
+        )  # fmt: skip
+
+    def _write_seed(self, vm: VM) -> Path:
+        """The VM's cloud-init seed, rebuilt at each start (the VM is not running)."""
+        _, public_key = managed_key(self._settings.home)
+        files = {
+            "meta-data": seed.meta_data(vm),
+            "user-data": userdata.render(vm.user_data, public_key),
+        }
+        network = seed.network_config(vm)
+        if network is not None:
+            files["network-config"] = network
+        path = vm.vm_dir / "seed.iso"
+        seed.write_seed(path, files)
+        return path
+
+    def _network(self, vm: VM) -> NetworkBackend | None:
+        if vm.network is None:
+            return None
+        return self._backends.by_name(Role.NETWORK, vm.network, NetworkBackend)
+
+    def _plug(self, vm: VM, network: NetworkBackend) -> NicSpec:
+        nic = network.plug(vm.name, attachment_of(vm))
+        if "hostfwd" in network.capabilities:
+            forwards = tuple(f for _, f in self._store.forwards(vm.name))
+            nic = dataclasses.replace(nic, hostfwds=forwards)
+        return nic
+
+    def _unplug(self, vm: VM) -> None:
+        network = self._network(vm)
+        if network is not None:
+            network.unplug(vm.name, attachment_of(vm))
+
+    def _begin(self, name: str, allowed: frozenset[VMState] | set[VMState], to: VMState) -> VM:
+        return self._store.transition(name, allowed, to, owner=self._me)
+
+    def _finish(
+        self,
+        vm: VM,
+        state: VMState,
+        runtime: RuntimeInfo | None = None,
+        last_error: str | None = None,
+    ) -> VM:
+        vm.state, vm.runtime, vm.last_error, vm.operation_owner = state, runtime, last_error, None
+        self._store.save_vm(vm)
+        return self._with_forwards(vm)
+
+    def _create_disk(
+        self, vm: VM, storage: StorageBackend, checked_base: tuple[Path, str] | None
+    ) -> None:
+        size = vm.spec.disk_bytes
+        if checked_base is not None:
+            base, base_format = checked_base
+            base_size = storage.disk_info(base).virtual_size
+            if size < base_size:
+                raise InvalidRequest(
+                    f"disk {vm.spec.disk} is smaller than the image's disk "
+                    f"({format_size(base_size)})",
+                    disk=vm.spec.disk,
+                    image_disk=format_size(base_size),
+                )
+            storage.create_disk(vm.disk_path, size, base, base_format)
+        else:
+            storage.create_disk(vm.disk_path, size)
+
+    def _power_off(self, vm: VM, timeout: float) -> None:
+        hypervisor = self._hypervisor(vm)
+        try:
+            if vm.runtime is not None:
+                hypervisor.stop(vm.runtime, vm.vm_dir, timeout)
+            hypervisor.cleanup(vm.vm_dir)
+            self._unplug(vm)
+        except Exception as exc:
+            error = _as_meda_error(exc, f"stopping VM '{vm.name}' failed")
+            self._finish(vm, VMState.ERROR, runtime=vm.runtime, last_error=error.message)
+            raise error from exc
+
+    def _discard(self, vm: VM) -> None:
+        """Remove everything a VM has on the host, then its record (delete, failed create).
+
+        Every step runs even when one fails, and each tolerates what is already gone. If a
+        step failed the record stays, in ``error`` with what failed, and the VM keeps the
+        runtime it has: deleting it again finishes the job. A crash midway is finished the
+        same way at the next start.
+        """
+        failures = _Failures()
+        if vm.runtime is not None:
+            failures.attempt("stop its process", procs.kill, vm.runtime)
+        failures.attempt(
+            "clean up after the hypervisor", lambda: self._hypervisor(vm).cleanup(vm.vm_dir)
+        )
+        failures.attempt("unplug its NIC", self._unplug, vm)
+        self._store.remove_forwards(vm.name)
+        network = failures.attempt("find its network", self._network, vm)
+        if network is not None:
+            failures.attempt("release its address", network.release, vm.name)
+            failures.attempt("update the forwarding rules", network.apply_forwards)
+        storage = failures.attempt(
+            "find its storage",
+            self._backends.by_name, Role.STORAGE, vm.storage, StorageBackend,
+        )  # fmt: skip
+        if storage is not None:
+            failures.attempt("delete its disk", storage.delete_disk, vm.disk_path)
+        if failures:
+            message = f"could not remove all of VM '{vm.name}' ({failures}); delete it again"
+            self._finish(vm, VMState.ERROR, runtime=vm.runtime, last_error=message)
+            raise BackendError(message, name=vm.name)
+        shutil.rmtree(vm.vm_dir, ignore_errors=True)
+        self._store.delete_vm(vm.name)
+
+    # ---- reconciliation ----
+
+    def _reconcile(self, vm: VM) -> VM | None:
+        """Bring a record in line with reality: a guest that powered off, a crashed operation.
+
+        ``None`` when the VM no longer exists (a crashed create rolled back, a crashed delete
+        finished). A VM whose hypervisor plugin is missing or broken is shown as recorded.
+        """
+        try:
+            return self._reconcile_with_backend(vm)
+        except BackendUnavailable:
+            return vm
+
+    def _reconcile_with_backend(self, vm: VM) -> VM | None:
+        if vm.state == VMState.RUNNING and vm.runtime is not None:
+            hypervisor = self._hypervisor(vm)
+            if not hypervisor.is_running(vm.runtime):
+                hypervisor.cleanup(vm.vm_dir)
+                self._unplug(vm)
+                return self._settle(vm, VMState.STOPPED, None)
+        elif vm.state in TRANSITIONAL and not self._owner_alive(vm):
+            return self._recover(vm)
+        return vm
+
+    def _owner_alive(self, vm: VM) -> bool:
+        return vm.operation_owner is not None and procs.is_alive(vm.operation_owner)
+
+    def _recover(self, vm: VM) -> VM | None:
+        """Settle a VM whose operation's process died midway.
+
+        A create is rolled back and a delete rolled forward (both end in ``None``); a start
+        or stop ends running or stopped, as the hypervisor finds the guest.
+        """
+        if vm.state in (VMState.CREATING, VMState.DELETING):
+            return self._finish_discard(vm)
+        hypervisor = self._hypervisor(vm)
+        runtime = vm.runtime
+        if runtime is None or not hypervisor.is_running(runtime):
+            runtime = hypervisor.recover(vm.vm_dir, vm.uuid)
+        if runtime is not None:
+            if vm.state == VMState.SNAPSHOTTING:  # it may have been left paused
+                with contextlib.suppress(Exception):
+                    hypervisor.resume(runtime, vm.vm_dir)
+            return self._settle(vm, VMState.RUNNING, runtime)
+        hypervisor.cleanup(vm.vm_dir)
+        self._unplug(vm)
+        return self._settle(vm, VMState.STOPPED, None)
+
+    def _finish_discard(self, vm: VM) -> VM | None:
+        try:  # take the operation over, so one process alone finishes it
+            taken = self._store.transition(
+                vm.name, {vm.state}, VMState.DELETING, owner=self._me,
+                taking_over=vm.operation_owner,
+            )  # fmt: skip
+        except MedaError:
+            return self._store.get_vm(vm.name)
+        runtime = self._hypervisor(vm).recover(vm.vm_dir, vm.uuid)
+        taken.runtime = taken.runtime or runtime
+        log.warning("finishing the %s of VM %s cut short by a crash", vm.state.value, vm.name)
+        self._discard(taken)
+        self._emit(VMEvent(kind=VMEventKind.DELETED, vm=vm.name, state=None))
+        return None
+
+    def _settle(
+        self, vm: VM, state: VMState, runtime: RuntimeInfo | None, last_error: str | None = None
+    ) -> VM:
+        try:
+            settled = self._store.transition(vm.name, {vm.state}, state)
+        except MedaError:
+            return self._store.get_vm(vm.name) or vm  # someone else moved it first
+        settled.runtime, settled.last_error = runtime, last_error
+        self._store.save_vm(settled)
+        if state == VMState.STOPPED:
+            self._emit(VMEvent(kind=VMEventKind.STOPPED, vm=vm.name, state=state))
+        return settled

@@ -1,0 +1,131 @@
+"""Snapshots of running VMs, restores, clones of templates and the template list."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from meda_core.backends.roles import DEVICE_LAYOUT, HypervisorBackend, Role, StorageBackend
+from meda_core.backends.selection import BackendSelector
+from meda_core.errors import Conflict, InvalidRequest
+from meda_core.host.files import copy_sparse
+from meda_core.models import VM, CreateVMRequest, Snapshot, VMState
+from meda_core.state.store import StateStore
+from meda_core.vms.service import VMService
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotService:
+    """``snapshot``, ``restore``, ``clone`` and ``templates``."""
+
+    def __init__(self, store: StateStore, backends: BackendSelector, vms: VMService) -> None:
+        self._store = store
+        self._backends = backends
+        self._vms = vms
+
+    def snapshot(self, name: str) -> VM:
+        """Pause a running VM, save its state with its disk frozen beside it, resume it."""
+        self._vms.get(name)
+        vm = self._store.transition(name, {VMState.RUNNING}, VMState.SNAPSHOTTING,
+                                    owner=self._vms.me)  # fmt: skip
+        assert vm.runtime is not None
+        hypervisor = self._backends.by_name(Role.HYPERVISOR, vm.hypervisor, HypervisorBackend)
+        storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
+        snapshot_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S-") + secrets.token_hex(3)
+        folder = vm.vm_dir / "snapshots" / snapshot_id
+        folder.mkdir(parents=True)
+        state, frozen = folder / "state", folder / "disk.qcow2"
+        started = time.monotonic()
+        try:
+            try:
+                hypervisor.save_state(vm.runtime, vm.vm_dir, state)
+                seconds = time.monotonic() - started
+                # Paused: the disk is as the state expects; freeze it beside the state.
+                if "disk-switch" in hypervisor.capabilities:
+                    self._freeze_and_switch(vm, hypervisor, storage, frozen)
+                else:  # the VM keeps its disk file: freeze a copy (an overlay is small)
+                    copy_sparse(vm.disk_path, frozen)
+            finally:
+                hypervisor.resume(vm.runtime, vm.vm_dir)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._vms.finish(vm, VMState.RUNNING)
+            raise
+        vm.snapshot = Snapshot(
+            id=snapshot_id, created=datetime.now(UTC), state_file=state, disk=frozen,
+            state_bytes=_size(state), seconds=seconds, layout=DEVICE_LAYOUT,
+        )  # fmt: skip
+        log.info("snapshot %s of %s: %d bytes in %.2fs", snapshot_id, name,
+                 vm.snapshot.state_bytes, seconds)  # fmt: skip
+        return self._vms.finish(vm, VMState.RUNNING)
+
+    @staticmethod
+    def _freeze_and_switch(
+        vm: VM, hypervisor: HypervisorBackend, storage: StorageBackend, frozen: Path
+    ) -> None:
+        """Move the disk beside the state and have the VM write to an overlay on it."""
+        assert vm.runtime is not None
+        os.rename(vm.disk_path, frozen)
+        try:
+            storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, frozen)
+            hypervisor.switch_disk(vm.runtime, vm.vm_dir, vm.disk_path)
+        except BaseException:
+            vm.disk_path.unlink(missing_ok=True)
+            os.rename(frozen, vm.disk_path)
+            raise
+
+    def restore(self, name: str) -> VM:
+        """Bring a stopped VM back to the moment of its snapshot (later disk changes go)."""
+        vm = self._vms.get(name)
+        if vm.snapshot is None:
+            raise Conflict(f"VM '{name}' has no snapshot; take one while it runs", name=name)
+        _check_layout(vm)
+        return self._vms.start(name, restore=vm.snapshot, reset_disk=True)
+
+    def clone(self, source: str, name: str) -> VM:
+        """A new running VM from ``source``'s snapshot: its disk an overlay on the frozen
+        one, its memory read from the saved state, its network its own."""
+        template = self._vms.get(source)
+        if not template.template:
+            raise InvalidRequest(
+                f"VM '{source}' is not a template: create it with template=true to clone it",
+                name=source,
+            )
+        if template.snapshot is None:
+            raise Conflict(f"template '{source}' has no snapshot yet", name=source)
+        snapshot = _check_layout(template)
+        self._vms.create(CreateVMRequest(name=name), clone_of=template)
+        try:
+            return self._vms.start(name, restore=snapshot)
+        except BaseException:
+            self._vms.delete(name)
+            raise
+
+    def templates(self) -> list[VM]:
+        return [vm for vm in self._vms.list() if vm.template]
+
+
+def _check_layout(vm: VM) -> Snapshot:
+    """``vm``'s snapshot, if it was saved with the devices meda gives guests now."""
+    assert vm.snapshot is not None
+    if vm.snapshot.layout != DEVICE_LAYOUT:
+        raise Conflict(
+            f"the snapshot of VM '{vm.name}' was saved by an older meda with other devices "
+            "(its seed was a disk, now a CD-ROM) and cannot be restored: start the VM and "
+            "take a new snapshot",
+            name=vm.name, layout=vm.snapshot.layout, current=DEVICE_LAYOUT,
+        )  # fmt: skip
+    return vm.snapshot
+
+
+def _size(path: Path) -> int:
+    """Bytes in a state file, or in a state directory (some hypervisors write several)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

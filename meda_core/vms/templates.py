@@ -1,0 +1,350 @@
+"""``run`` on the fast path: clone the image's warm template, built in the background.
+
+Readiness is a property of the image (``Image.ready_port``): a run of an image that gives
+no readiness signal boots cold, since nothing tells when a template would be worth
+snapshotting. For an image that has one, a template is keyed by everything that shapes
+the guest — the image (its record, so a re-pulled or re-imported image makes a new one),
+memory, vCPUs, disk, user data and the ready port — so a later caller's resources are
+never silently replaced by an older caller's.
+
+No run waits for a template: the first run of a shape boots its own VM cold and leaves
+the template to a background build (boot, wait for the ready port, snapshot, power off),
+which holds the template's lock; a run that finds the lock held boots cold too. A build
+that fails is recorded beside the lock, and runs boot cold at once (saying why) until
+``MEDA_RUN_TEMPLATE_RETRY`` seconds have passed or the image changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from meda_core.backends.roles import DEVICE_LAYOUT
+from meda_core.backends.selection import BackendSelector
+from meda_core.errors import BackendError
+from meda_core.host.locks import remove_held, try_exclusive
+from meda_core.inputs.names import parse_image_ref
+from meda_core.models import (
+    VM,
+    CreateVMRequest,
+    Image,
+    RunInfo,
+    RunRequest,
+    VMState,
+    chosen_port,
+)
+from meda_core.settings import Settings
+from meda_core.state.store import StateStore
+from meda_core.vms import readiness
+from meda_core.vms.capacity import InsufficientCapacity
+from meda_core.vms.service import VMService
+from meda_core.vms.snapshots import SnapshotService
+
+log = logging.getLogger(__name__)
+TEMPLATE_PREFIX = "tpl-"
+
+
+class TemplateJob(BaseModel):
+    """What a background build needs: the template's name and the shape it is keyed by."""
+
+    name: str
+    image: str
+    fingerprint: str
+    memory: str
+    cpus: int
+    disk: str
+    user_data: str | None
+    ready_port: int
+    #: The run's own VM: its guest boots first (the build waits for its ready port).
+    after: str | None = None
+
+
+class TemplateBuild(BaseModel):
+    """What a background build did: ``built``, ``ready`` (already was) or ``skipped``."""
+
+    template: str
+    outcome: Literal["built", "ready", "skipped"]
+    reason: str
+
+
+#: Starts a build without waiting for it (a thread of ``meda serve``, a detached process).
+Background = Callable[[TemplateJob], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a run makes its VM, and the template build it leaves behind, if any."""
+
+    info: RunInfo
+    build: TemplateJob | None = None
+
+
+def image_fingerprint(image: Image) -> str:
+    return hashlib.sha256(image.model_dump_json().encode()).hexdigest()[:16]
+
+
+def template_name(image: Image, request: RunRequest, ready_port: int) -> str:
+    shape = {
+        "image": image_fingerprint(image), "memory": request.memory, "cpus": request.cpus,
+        "disk": request.disk, "user_data": request.user_data, "ready_port": ready_port,
+        "layout": DEVICE_LAYOUT,  # a template of other devices cannot be restored
+    }  # fmt: skip
+    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{TEMPLATE_PREFIX}{key}"
+
+
+def can_clone(backends: BackendSelector) -> bool:
+    """True when the hypervisor snapshots and the network isolates (else: cold runs)."""
+    network = backends.network()
+    return (
+        "snapshot" in backends.hypervisor().capabilities
+        and network is not None
+        and "isolated" in network.capabilities
+    )
+
+
+def _cold(reason: str, template: str | None = None, port: int | None = None) -> RunInfo:
+    return RunInfo(path="cold", reason=reason, template=template, ready_port=port)
+
+
+class WarmRuns:
+    """Templates for ``run``: found, built in the background, retired when their image
+    changes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        vms: VMService,
+        snapshots: SnapshotService,
+        backends: BackendSelector,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._vms = vms
+        self._snapshots = snapshots
+        self._backends = backends
+        self._stop = threading.Event()
+        self._active = 0  # builds under way in this process
+        self._idle = threading.Condition()
+        #: How builds are started; ``Meda`` and the CLI set it (until then: none is).
+        self.background: Background = lambda job: log.info("no builder for %s", job.name)
+
+    # ---- runs ----
+
+    def plan(self, image: Image, request: RunRequest) -> Plan:
+        """Warm (its template is ready) or cold, and why; never waits for a build."""
+        port = chosen_port(request.ready_port, image.ready_port)
+        if request.no_start:
+            return Plan(_cold("no_start: the VM is created, not started"))
+        if request.cold:
+            return Plan(_cold("a cold start was asked for"))
+        if port is None:
+            return Plan(_cold(
+                f"image {image.ref} gives no readiness signal (no ready_port), so no warm "
+                "template is made; set one on import, pull or create-image, or in the run"
+            ))  # fmt: skip
+        if not can_clone(self._backends):
+            return Plan(_cold("the backends cannot clone (snapshots and isolated networks)"))
+        name = template_name(image, request, port)
+        with try_exclusive(self._lock(name)) as free:
+            if not free:
+                return Plan(_cold(f"template {name} is being built; runs do not wait", name, port))
+            template = self._store.get_vm(name)
+            if template is not None and template.snapshot is not None:
+                return Plan(RunInfo(path="warm", reason=f"a clone of template {name}",
+                                    template=name, ready_port=port))  # fmt: skip
+            failed = self._failure(name)
+        if failed is not None:
+            return Plan(_cold(failed, name, port))
+        job = TemplateJob(
+            name=name, image=image.ref, fingerprint=image_fingerprint(image),
+            memory=request.memory, cpus=request.cpus, disk=request.disk,
+            user_data=request.user_data, ready_port=port, after=request.name,
+        )  # fmt: skip
+        reason = (f"first run of this image and shape: template {name} is built in the "
+                  f"background (it waits for port {port}); later runs clone it")  # fmt: skip
+        return Plan(_cold(reason, name, port), job)
+
+    def clone(self, info: RunInfo, name: str) -> VM:
+        assert info.template is not None
+        return self._snapshots.clone(info.template, name)
+
+    # ---- builds ----
+
+    def build(self, job: TemplateJob) -> TemplateBuild:
+        """Build ``job``'s template unless another build holds it, it is ready, its last
+        build failed lately, or its image changed since the run that asked for it."""
+        with self._busy(), try_exclusive(self._lock(job.name)) as free:
+            if not free:
+                return TemplateBuild(template=job.name, outcome="skipped",
+                                     reason="another build holds it")  # fmt: skip
+            template = self._store.get_vm(job.name)
+            if template is not None and template.snapshot is not None:
+                return TemplateBuild(template=job.name, outcome="ready", reason="already built")
+            failed = self._failure(job.name)
+            image = self._store.get_image(*parse_image_ref(job.image))
+            if failed is not None or image is None or image_fingerprint(image) != job.fingerprint:
+                reason = failed or f"image {job.image} changed or is gone"
+                return TemplateBuild(template=job.name, outcome="skipped", reason=reason)
+            if template is not None:  # half-built by a build that failed or died
+                self._discard(job.name)
+            self._retire_outdated(image)
+            self._sweep_marks(keep=job.name)
+            self._let_boot_first(job)
+            started = time.monotonic()
+            try:
+                self._build(job)
+            except (readiness.Interrupted, InsufficientCapacity):
+                raise  # waiting can help: the next run tries again
+            except Exception as error:
+                self._record_failure(job.name, error)
+                raise
+        seconds = time.monotonic() - started
+        reason = f"ready on port {job.ready_port}, built in {seconds:.1f}s"
+        return TemplateBuild(template=job.name, outcome="built", reason=reason)
+
+    def shutdown(self, timeout: float = 60) -> bool:
+        """Call off builds under way and wait until they have deleted their half-built
+        templates (True), at most ``timeout`` seconds; no build starts after."""
+        self._stop.set()
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        with self._idle:
+            if self._stop.is_set():
+                raise readiness.Interrupted("meda is shutting down: no template is built")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def _build(self, job: TemplateJob) -> None:
+        name = job.name
+        log.info("building template %s of %s (ready port %d)", name, job.image, job.ready_port)
+        create = CreateVMRequest(
+            name=name, image=job.image, memory=job.memory, cpus=job.cpus, disk=job.disk,
+            user_data=job.user_data, template=True,
+        )  # fmt: skip
+        self._vms.create(create)
+        try:
+            if self._stop.is_set():
+                raise readiness.Interrupted(f"meda is shutting down: template {name} is not built")
+            vm = self._vms.start(name)
+            assert vm.ip is not None
+            seconds = readiness.wait_until_ready(
+                self._settings.netns, vm.ip, job.ready_port, self._settings.run_ready_timeout,
+                self._stop,
+            )  # fmt: skip
+            log.info("template %s of %s ready after %.1fs", name, job.image, seconds)
+            self._snapshots.snapshot(name)
+            self._vms.stop(name, timeout=0)  # its snapshot is what counts now
+            template = self._store.require_vm(name)
+            template.image_fingerprint = job.fingerprint
+            self._store.save_vm(template)
+        except BaseException as error:
+            called_off = isinstance(error, readiness.Interrupted)  # shutdown: nothing wrong
+            log.log(logging.INFO if called_off else logging.WARNING,
+                    "template %s of %s not built: %s", name, job.image, error)  # fmt: skip
+            self._discard(name)
+            raise
+
+    def _let_boot_first(self, job: TemplateJob) -> None:
+        """Wait until the run's own guest answers (or will not): two guests booting at once
+        on a small host would slow the one its caller waits for."""
+        vm = self._store.get_vm(job.after) if job.after else None
+        if vm is None or vm.ip is None or vm.state != VMState.RUNNING:
+            return
+        try:
+            readiness.wait_until_ready(
+                self._settings.netns, vm.ip, job.ready_port, self._settings.run_ready_timeout,
+                self._stop,
+            )  # fmt: skip
+        except BackendError as error:  # its guest may differ (user data): build anyway
+            log.info("building template %s although VM %s did not answer: %s", job.name,
+                     vm.name, error)  # fmt: skip
+
+    def _discard(self, name: str) -> None:
+        """Delete a template that is not (fully) built, powering it off without waiting."""
+        vm = self._store.get_vm(name)
+        if vm is not None and vm.state == VMState.RUNNING:
+            with contextlib.suppress(Exception):
+                self._vms.stop(name, timeout=0)
+        self._vms.delete(name)
+
+    def _retire_outdated(self, image: Image) -> None:
+        """Delete templates of an earlier version of ``image`` that no clone needs."""
+        current = image_fingerprint(image)
+        for vm in self._vms.list():
+            if (
+                vm.name.startswith(TEMPLATE_PREFIX) and vm.image == image.ref
+                and vm.state == VMState.STOPPED and (
+                    vm.image_fingerprint not in (None, current)
+                    or (vm.snapshot is not None and vm.snapshot.layout != DEVICE_LAYOUT)
+                ) and not any(c.clone_of == vm.name for c in self._store.list_vms())
+            ):  # fmt: skip
+                log.info("retiring template %s: its image or its devices changed", vm.name)
+                self._vms.delete(vm.name)
+
+    def _sweep_marks(self, keep: str) -> None:
+        """Remove the files of builds whose template is gone (deleted, or discarded and no
+        longer remembered as failed); a minute's grace lets a detached builder read its job."""
+        folder = self._settings.home / "templates"
+        names = {p.name.split(".", 1)[0] for p in folder.glob(f"{TEMPLATE_PREFIX}*")}
+        for name in names - {keep}:
+            if self._store.get_vm(name) is not None or self._failure(name) is not None:
+                continue
+            marks = [p for p in folder.glob(f"{name}.*") if p.suffix != ".lock"]
+            if any(time.time() - p.stat().st_mtime < 60 for p in marks):
+                continue
+            with try_exclusive(self._lock(name)) as free:
+                if free:
+                    for mark in marks:
+                        mark.unlink(missing_ok=True)
+                    remove_held(self._lock(name))
+
+    # ---- where builds leave their marks ----
+
+    def _lock(self, name: str) -> Path:
+        return self._settings.home / "templates" / f"{name}.lock"
+
+    def _failed_file(self, name: str) -> Path:
+        return self._settings.home / "templates" / f"{name}.failed"
+
+    def _record_failure(self, name: str, error: BaseException) -> None:
+        record = {"error": str(error)[:500], "at": time.time()}
+        self._failed_file(name).write_text(json.dumps(record))
+
+    def _failure(self, name: str) -> str | None:
+        """Why runs of ``name`` boot cold after its last build failed (None: try again)."""
+        path = self._failed_file(name)
+        try:
+            record = json.loads(path.read_text())
+            at, error = float(record["at"]), str(record["error"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)  # unreadable: as if none was recorded
+            return None
+        left = at + self._settings.run_template_retry - time.time()
+        if left <= 0:
+            path.unlink(missing_ok=True)
+            return None
+        return (f"building template {name} failed ({error}); runs of this image and shape "
+                f"boot cold for {left:.0f}s more (MEDA_RUN_TEMPLATE_RETRY) or until the "
+                "image changes")  # fmt: skip
