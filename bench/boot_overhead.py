@@ -70,9 +70,16 @@ def boot_raw(
     disk = vm_dir / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1G"], check=True)
     launch = LaunchSpec(
-        name=vm_dir.name, uuid=str(uuid.uuid4()), vm_dir=vm_dir, spec=SPEC, disk=disk,
-        console_log=vm_dir / "console.log", kernel=guest_kernel, initrd=initrd, cmdline=cmdline,
-    )  # fmt: skip
+        name=vm_dir.name,
+        uuid=str(uuid.uuid4()),
+        vm_dir=vm_dir,
+        spec=SPEC,
+        disk=disk,
+        console_log=vm_dir / "console.log",
+        kernel=guest_kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+    )
     argv = build_argv("qemu-system-x86_64", launch, accel, "q35", None)
     started = time.monotonic()
     subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
@@ -101,9 +108,18 @@ def main() -> int:
         port = free_port()
         env = {**os.environ, "MEDA_HOME": str(home), "MEDA_DEFAULT_IMAGE": "bench"}
         server = subprocess.Popen(
-            [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(port),
-             "--log-level", "warning"], env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "meda_cli.main",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        )
         try:
             api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=120)
             for _ in range(300):

@@ -84,8 +84,9 @@ def main() -> None:
             namespaces.run_in(ns, "ip", "link", "set", "lo", "up")
             sender = subprocess.Popen(
                 ["ip", "netns", "exec", guest_ns, sys.executable, "-c", SEND, str(args.mib)],
-                stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert sender.stdout is not None
             guest_port = int(sender.stdout.readline())
             host_port = free_port()

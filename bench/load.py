@@ -31,8 +31,9 @@ from results_file import write_result  # beside this script
 from meda_core.testing.host import free_port, self_signed_certificate
 
 
-async def hammer(url: str, token: str, context: ssl.SSLContext, seconds: float, clients: int
-                 ) -> tuple[list[float], int]:  # fmt: skip
+async def hammer(
+    url: str, token: str, context: ssl.SSLContext, seconds: float, clients: int
+) -> tuple[list[float], int]:
     latencies: list[float] = []
     errors = 0
     deadline = time.monotonic() + seconds
@@ -65,13 +66,30 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="meda-load-"))
     cert, key = self_signed_certificate(folder)
     token, port = secrets.token_urlsafe(24), free_port()
-    env = {**os.environ, "MEDA_HOME": str(folder / "home"), "MEDA_API_TOKEN": token,
-           "MEDA_RATE_LIMIT": "5/20", "MEDA_LOG_LEVEL": "warning"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MEDA_HOME": str(folder / "home"),
+        "MEDA_API_TOKEN": token,
+        "MEDA_RATE_LIMIT": "5/20",
+        "MEDA_LOG_LEVEL": "warning",
+    }
     server = subprocess.Popen(
-        [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(port),
-         "--tls-cert", str(cert), "--tls-key", str(key)],
-        env=env, stdout=subprocess.DEVNULL, stderr=(folder / "server.log").open("w"),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "meda_cli.main",
+            "serve",
+            "--port",
+            str(port),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "server.log").open("w"),
+    )
     context = ssl.create_default_context(cafile=str(cert))
     url = f"https://127.0.0.1:{port}/api/v1/vms"
     try:
@@ -90,15 +108,23 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
     ordered = sorted(latencies)
     result = {
-        "endpoint": "GET /api/v1/vms", "tls": True, "token": True, "rate_limit": "5/20",
-        "seconds": round(elapsed, 1), "clients": args.clients, "requests": len(latencies),
-        "errors": errors, "requests_per_second": round(len(latencies) / elapsed, 1),
+        "endpoint": "GET /api/v1/vms",
+        "tls": True,
+        "token": True,
+        "rate_limit": "5/20",
+        "seconds": round(elapsed, 1),
+        "clients": args.clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "requests_per_second": round(len(latencies) / elapsed, 1),
         "p50_ms": round(statistics.median(ordered) * 1000, 1),
         "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 1),
-    }  # fmt: skip
-    print(f"{result['requests']} requests in {result['seconds']} s from {args.clients} clients: "
-          f"{result['requests_per_second']} req/s, p50 {result['p50_ms']} ms, "
-          f"p99 {result['p99_ms']} ms, {errors} errors")  # fmt: skip
+    }
+    print(
+        f"{result['requests']} requests in {result['seconds']} s from {args.clients} clients: "
+        f"{result['requests_per_second']} req/s, p50 {result['p50_ms']} ms, "
+        f"p99 {result['p99_ms']} ms, {errors} errors"
+    )
     write_result(args.json, result)
     return 0 if errors == 0 else 1
 

@@ -38,8 +38,18 @@ def make_disk(path: Path, size_mib: int) -> dict[str, int]:
     kinds = {"random": 0, "text": 0, "zero": 0}
     with path.open("wb") as f:
         for block in range(size_mib // 4):
-            kind = ("random", "random", "text", "zero", "random", "text", "zero", "random",
-                    "text", "zero")[block % 10]  # fmt: skip
+            kind = (
+                "random",
+                "random",
+                "text",
+                "zero",
+                "random",
+                "text",
+                "zero",
+                "random",
+                "text",
+                "zero",
+            )[block % 10]
             kinds[kind] += 4
             if kind == "random":
                 f.write(os.urandom(4 * MiB))
@@ -89,22 +99,42 @@ def oci_layout(disk: Path, layout: Path) -> None:
         }
     ).encode()
     (blobs / hashlib.sha256(config).hexdigest()).write_bytes(config)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": f"sha256:{hashlib.sha256(config).hexdigest()}", "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": f"sha256:{layer}", "size": disk.stat().st_size}],
-    }).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": f"sha256:{hashlib.sha256(config).hexdigest()}",
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": f"sha256:{layer}",
+                    "size": disk.stat().st_size,
+                }
+            ],
+        }
+    ).encode()
     manifest_digest = hashlib.sha256(manifest).hexdigest()
     (blobs / manifest_digest).write_bytes(manifest)
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (layout / "index.json").write_text(json.dumps({
-        "schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": f"sha256:{manifest_digest}", "size": len(manifest),
-            "annotations": {"org.opencontainers.image.ref.name": "bench"}}],
-    }))  # fmt: skip
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": f"sha256:{manifest_digest}",
+                        "size": len(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": "bench"},
+                    }
+                ],
+            }
+        )
+    )
 
 
 def skopeo(*args: str) -> None:
@@ -131,12 +161,20 @@ def main() -> int:
             meda_push = timed(lambda: meda.images.push("bench", target))
             meda.images.remove("bench")
             meda_pull = timed(lambda: meda.images.pull(target))
-            skopeo_push = timed(lambda: skopeo(
-                "--dest-tls-verify=false", f"oci:{work / 'layout'}:bench",
-                f"docker://{registry}/bench/skopeo:v1"))  # fmt: skip
-            skopeo_pull = timed(lambda: skopeo(
-                "--src-tls-verify=false", f"docker://{registry}/bench/skopeo:v1",
-                f"oci:{work / 'pulled'}:bench"))  # fmt: skip
+            skopeo_push = timed(
+                lambda: skopeo(
+                    "--dest-tls-verify=false",
+                    f"oci:{work / 'layout'}:bench",
+                    f"docker://{registry}/bench/skopeo:v1",
+                )
+            )
+            skopeo_pull = timed(
+                lambda: skopeo(
+                    "--src-tls-verify=false",
+                    f"docker://{registry}/bench/skopeo:v1",
+                    f"oci:{work / 'pulled'}:bench",
+                )
+            )
         disk_mbs = write_speed(work, args.size_mib)
     size_mb = args.size_mib * MiB / 1e6
     result = {

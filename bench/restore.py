@@ -72,9 +72,14 @@ def main() -> int:
     meda = Meda(Settings(home=home, netns=ns, stop_timeout=5))
     api = LocalApi(meda)
     try:
-        meda.images.import_files("debian:12", disk=image.disk, kernel=image.kernel,
-                                 initrd=image.initrd, cmdline=image.cmdline,
-                                 ready_port=imagebuild.READY_PORT)  # fmt: skip
+        meda.images.import_files(
+            "debian:12",
+            disk=image.disk,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            cmdline=image.cmdline,
+            ready_port=imagebuild.READY_PORT,
+        )
         started = time.monotonic()
         timed_run(api, ns, "first", cold=False)
         [build] = [o for o in meda.operations.list().operations if o.kind == "template"]
@@ -107,14 +112,20 @@ def main() -> int:
         shutil.rmtree(home, ignore_errors=True)
 
     result = {
-        "image": "debian:12", "shape": SHAPE, "rounds": args.rounds,
+        "image": "debian:12",
+        "shape": SHAPE,
+        "rounds": args.rounds,
         "template_build_seconds": round(template_seconds, 2),
-        "cold_seconds": [round(v, 2) for v in cold], "warm_seconds": [round(v, 2) for v in warm],
-        "cold_median": round(statistics.median(cold), 2), "cold_p95": round(p95(cold), 2),
-        "warm_median": round(statistics.median(warm), 2), "warm_p95": round(p95(warm), 2),
+        "cold_seconds": [round(v, 2) for v in cold],
+        "warm_seconds": [round(v, 2) for v in warm],
+        "cold_median": round(statistics.median(cold), 2),
+        "cold_p95": round(p95(cold), 2),
+        "warm_median": round(statistics.median(warm), 2),
+        "warm_p95": round(p95(warm), 2),
         "ratio_median": round(statistics.median(cold) / statistics.median(warm), 1),
-        "clones_at_once": args.clones, "clones_all_ready_seconds": round(all_ready, 2),
-    }  # fmt: skip
+        "clones_at_once": args.clones,
+        "clones_all_ready_seconds": round(all_ready, 2),
+    }
     print(
         f"cold median {result['cold_median']} s (p95 {result['cold_p95']}), warm median "
         f"{result['warm_median']} s (p95 {result['warm_p95']}): {result['ratio_median']}x"

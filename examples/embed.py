@@ -13,8 +13,10 @@ def main() -> int:
     try:
         meda.vms.create(CreateVMRequest(name="embedded", memory="256M", force=True))
         vm = meda.vms.start("embedded")
-        print(f"started {vm.name}: pid {vm.runtime.pid if vm.runtime else '-'}, "
-              f"accelerator {vm.runtime.accelerator if vm.runtime else '-'}")  # fmt: skip
+        print(
+            f"started {vm.name}: pid {vm.runtime.pid if vm.runtime else '-'}, "
+            f"accelerator {vm.runtime.accelerator if vm.runtime else '-'}"
+        )
         vm = meda.vms.get("embedded")
         print(f"{vm.name} is {vm.state.value}, address {vm.ip or '-'}")
         meda.vms.stop("embedded", timeout=5)

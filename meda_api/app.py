@@ -44,8 +44,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("could not recover the VMs' state: %s", error.message)
     else:
         running = sum(vm.state == VMState.RUNNING for vm in vms)
-        log.info("recovered %d VM(s), %d running, in %.0f ms",
-                 len(vms), running, (time.monotonic() - started) * 1000)  # fmt: skip
+        log.info(
+            "recovered %d VM(s), %d running, in %.0f ms",
+            len(vms),
+            running,
+            (time.monotonic() - started) * 1000,
+        )
     yield
     await run_in_threadpool(meda.close)  # template builds delete what they half made
 
@@ -69,9 +73,11 @@ def _document(app: FastAPI) -> dict[str, Any]:
     with 400 and the seed's error body, which every operation documents."""
     if app.openapi_schema is None:
         schema = get_openapi(
-            title=app.title, version=app.version, description=app.description,
+            title=app.title,
+            version=app.version,
+            description=app.description,
             routes=app.routes,
-        )  # fmt: skip
+        )
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 responses = operation.setdefault("responses", {})
@@ -132,8 +138,9 @@ def create_app(
     if token is not None:
         app.add_middleware(TokenAuth, token=token, local_socket=local_socket)
     if cors_origins:  # outside auth: preflights carry no token, and a 401 is readable
-        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"],
-                           allow_headers=["*"])  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
     app.add_middleware(OriginGuard, allowed=cors_origins or [])
     app.add_middleware(HostGuard, policy=hosts or HostPolicy())
     metrics = Metrics(app.state.meda)

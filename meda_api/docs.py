@@ -40,29 +40,41 @@ def asset_url(name: str) -> str:
 
 def policy(nonce: str, *more: str) -> str:
     """The docs pages' CSP: everything from meda itself, inline code only with the nonce."""
-    return "; ".join((
-        "default-src 'none'", f"script-src 'self' 'nonce-{nonce}'",
-        f"style-src 'self' 'nonce-{nonce}'", "img-src 'self' data:", "connect-src 'self'",
-        "frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'", *more,
-    ))  # fmt: skip
+    return "; ".join(
+        (
+            "default-src 'none'",
+            f"script-src 'self' 'nonce-{nonce}'",
+            f"style-src 'self' 'nonce-{nonce}'",
+            "img-src 'self' data:",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            *more,
+        )
+    )
 
 
 def _page(html: str, csp: str) -> HTMLResponse:
-    headers = {"Content-Security-Policy": csp, "Cache-Control": "no-store",
-               "X-Content-Type-Options": "nosniff"}  # fmt: skip
+    headers = {
+        "Content-Security-Policy": csp,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
     return HTMLResponse(html, headers=headers)
 
 
 def _swagger_ui(openapi_url: str, title: str) -> HTMLResponse:
     nonce = secrets.token_urlsafe(16)
     page = get_swagger_ui_html(
-        openapi_url=openapi_url, title=f"{title} - Swagger UI",
+        openapi_url=openapi_url,
+        title=f"{title} - Swagger UI",
         swagger_js_url=asset_url("swagger-ui-bundle.js"),
         swagger_css_url=asset_url("swagger-ui.css"),
         swagger_favicon_url=asset_url("favicon.png"),
         # Off: the default would show a badge fetched from swagger.io's online validator.
         swagger_ui_parameters={"validatorUrl": None},
-    )  # fmt: skip
+    )
     html = bytes(page.body).decode().replace("<script>", f'<script nonce="{nonce}">')
     return _page(html, policy(nonce))
 

@@ -31,21 +31,27 @@ class Metrics:
     def __init__(self, meda: Meda) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "meda_http_requests", "HTTP requests served", ["method", "route", "status"],
+            "meda_http_requests",
+            "HTTP requests served",
+            ["method", "route", "status"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.latency = Histogram(
-            "meda_http_request_duration_seconds", "Time to answer an HTTP request",
-            ["method", "route"], registry=self.registry,
+            "meda_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-        )  # fmt: skip
+        )
         self.vm_events = Counter(
             "meda_vm_events", "VM lifecycle events", ["kind"], registry=self.registry
         )
         self.errors = Counter(
-            "meda_errors", "Errors answered, by code (INSUFFICIENT_CAPACITY: admission denials)",
-            ["code"], registry=self.registry,
-        )  # fmt: skip
+            "meda_errors",
+            "Errors answered, by code (INSUFFICIENT_CAPACITY: admission denials)",
+            ["code"],
+            registry=self.registry,
+        )
         self.registry.register(_VMStates(meda))
         meda.plugins.add_plugin("api-metrics", _EventCounter(self.vm_events))
 
@@ -129,8 +135,16 @@ class RequestContext:
             self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
             self.metrics.latency.labels(method=method, route=route).observe(seconds)
             access_log.info(
-                "%s %s %d %.1fms", method, route, status, seconds * 1000,
-                extra={"method": method, "route": route, "status": status,
-                       "ms": round(seconds * 1000, 1)},
-            )  # fmt: skip
+                "%s %s %d %.1fms",
+                method,
+                route,
+                status,
+                seconds * 1000,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "ms": round(seconds * 1000, 1),
+                },
+            )
             request_id.reset(token)

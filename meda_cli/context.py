@@ -53,8 +53,11 @@ def local_settings() -> Settings:
         return settings
     if "MEDA_NETNS" in os.environ:
         if settings.netns != written.netns:
-            print(f"warning: MEDA_NETNS is {settings.netns or 'empty'} here, but meda serve "
-                  f"of {settings.home} runs with {written.netns}", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: MEDA_NETNS is {settings.netns or 'empty'} here, but meda serve "
+                f"of {settings.home} runs with {written.netns}",
+                file=sys.stderr,
+            )
         return settings
     create = settings.netns_create or written.netns_create
     return settings.model_copy(update={"netns": written.netns, "netns_create": create})

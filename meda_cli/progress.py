@@ -18,9 +18,12 @@ def transfer(label: str, quiet: bool = False) -> Iterator[ProgressCallback]:
         yield lambda done, total: None
     elif sys.stderr.isatty():
         with Progress(
-            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), transient=True,
-        ) as bar:  # fmt: skip
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            transient=True,
+        ) as bar:
             task = bar.add_task(label, total=None)
             yield lambda done, total: bar.update(task, completed=done, total=total)
     else:

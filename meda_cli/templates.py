@@ -43,8 +43,16 @@ def spawn_build(home: Path, job: TemplateJob) -> None:
         with log_file(home, job.name).open("ab") as out:
             # From "/": it holds no directory of the caller's busy (and MEDA_HOME stays put).
             environment = {**os.environ, "MEDA_HOME": str(home.absolute())}
-            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
-                             env=environment, start_new_session=True, close_fds=True)  # fmt: skip
+            subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                cwd="/",
+                env=environment,
+                start_new_session=True,
+                close_fds=True,
+            )
     except OSError as error:  # the run succeeded; a later one tries again
         log.warning("could not start building template %s: %s", job.name, error)
 

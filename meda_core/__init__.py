@@ -22,24 +22,67 @@ from meda_core.backends.hookspecs import hookimpl
 #: Public name → the module that defines it (imported on first use: ``import meda_core``
 #: stays cheap, and modules that import ``hookimpl`` from here never go in a circle).
 _PUBLIC = {
-    "Meda": "facade", "Settings": "settings", "BackendRegistry": "backends.catalogue",
-    "LocalApi": "interface.calls", "MedaApi": "interface.calls", "RemoteApi": "interface.remote",
-    "VMEvent": "state.events", "VMEventKind": "state.events",
-    **dict.fromkeys((
-        "Backend", "BackendContext", "Availability", "HypervisorBackend", "StorageBackend",
-        "NetworkBackend", "RegistryBackend", "LaunchSpec", "NicSpec", "NetworkAttachment",
-        "DiskInfo", "ImageFiles", "Role",
-    ), "backends.roles"),
-    **dict.fromkeys((
-        "MedaError", "InvalidRequest", "PayloadTooLarge", "Unauthorized", "NotFound",
-        "VMNotFound", "ImageNotFound", "Conflict", "VMExists", "ImageExists", "InvalidState",
-        "BackendUnavailable", "BackendError",
-    ), "errors"),
-    **dict.fromkeys((
-        "VM", "VMState", "VMSpec", "Image", "CreateVMRequest", "RunRequest", "CloneRequest",
-        "PortForward", "Protocol", "RuntimeInfo", "Snapshot",
-    ), "models"),
-}  # fmt: skip
+    "Meda": "facade",
+    "Settings": "settings",
+    "BackendRegistry": "backends.catalogue",
+    "LocalApi": "interface.calls",
+    "MedaApi": "interface.calls",
+    "RemoteApi": "interface.remote",
+    "VMEvent": "state.events",
+    "VMEventKind": "state.events",
+    **dict.fromkeys(
+        (
+            "Backend",
+            "BackendContext",
+            "Availability",
+            "HypervisorBackend",
+            "StorageBackend",
+            "NetworkBackend",
+            "RegistryBackend",
+            "LaunchSpec",
+            "NicSpec",
+            "NetworkAttachment",
+            "DiskInfo",
+            "ImageFiles",
+            "Role",
+        ),
+        "backends.roles",
+    ),
+    **dict.fromkeys(
+        (
+            "MedaError",
+            "InvalidRequest",
+            "PayloadTooLarge",
+            "Unauthorized",
+            "NotFound",
+            "VMNotFound",
+            "ImageNotFound",
+            "Conflict",
+            "VMExists",
+            "ImageExists",
+            "InvalidState",
+            "BackendUnavailable",
+            "BackendError",
+        ),
+        "errors",
+    ),
+    **dict.fromkeys(
+        (
+            "VM",
+            "VMState",
+            "VMSpec",
+            "Image",
+            "CreateVMRequest",
+            "RunRequest",
+            "CloneRequest",
+            "PortForward",
+            "Protocol",
+            "RuntimeInfo",
+            "Snapshot",
+        ),
+        "models",
+    ),
+}
 
 __all__ = ["__version__", "hookimpl", *sorted(_PUBLIC)]
 

@@ -39,9 +39,9 @@ class VMState(StrEnum):
 #: States in which no operation is under way and the VM may be started.
 STARTABLE = frozenset({VMState.STOPPED, VMState.ERROR})
 #: States a crashed operation may leave behind; reconciled when seen.
-TRANSITIONAL = frozenset({
-    VMState.CREATING, VMState.STARTING, VMState.STOPPING, VMState.SNAPSHOTTING, VMState.DELETING
-})  # fmt: skip
+TRANSITIONAL = frozenset(
+    {VMState.CREATING, VMState.STARTING, VMState.STOPPING, VMState.SNAPSHOTTING, VMState.DELETING}
+)
 
 
 # The pattern is published in the schema; the validator checks it with a friendlier message.
@@ -65,11 +65,12 @@ ReadyPort = Annotated[int, Field(ge=1, le=65535)]
 ReadyPortChoice = Annotated[
     StrictInt | None,
     Field(
-        ge=0, le=65535,
+        ge=0,
+        le=65535,
         description="Guest port that answers once the guest is ready (22: SSH); 0: none "
         "(runs of the image boot cold); unset: the image's or its source's",
     ),
-]  # fmt: skip
+]
 
 
 def chosen_port(given: int | None, otherwise: int | None) -> int | None:

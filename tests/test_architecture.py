@@ -9,8 +9,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_MODULES = (
-    "meda_qemu", "meda_qcow2", "meda_usernet", "meda_tapbridge", "meda_oci", "meda_cloudhv",
-)  # fmt: skip
+    "meda_qemu",
+    "meda_qcow2",
+    "meda_usernet",
+    "meda_tapbridge",
+    "meda_oci",
+    "meda_cloudhv",
+)
 #: What a plugin may import from the core: the plugin surface, and the testing kit.
 PLUGIN_SURFACE = {"meda_core.plugin", "meda_core.testing"}
 

@@ -13,18 +13,31 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ci_prints_the_slowest_tests() -> None:
     commands = [
-        shlex.split(line) for line in (ROOT / "scripts" / "test.sh").read_text().splitlines()
+        shlex.split(line)
+        for line in (ROOT / "scripts" / "test.sh").read_text().splitlines()
         if "pytest" in line and line.lstrip().startswith(".venv/bin/python")
-    ]  # fmt: skip
+    ]
     assert commands and all("--durations=25" in argv for argv in commands), commands
 
 
 def test_every_schemathesis_operation_has_its_own_test_id() -> None:
     collected = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         "tests/meda_api/test_schema_fuzz.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/meda_api/test_schema_fuzz.py",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     ids = [line for line in collected.stdout.splitlines() if "::" in line]
     assert len(ids) >= 20, collected.stdout + collected.stderr
     assert len(set(ids)) == len(ids), "schemathesis cases share a test id"

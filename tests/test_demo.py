@@ -19,9 +19,15 @@ def test_the_demo_refuses_a_port_another_server_holds(tmp_path: Path) -> None:
         other.listen()
         port = other.getsockname()[1]
         env = {**os.environ, "MEDA_PORT": str(port), "MEDA_HOME": str(home)}
-        demo = subprocess.Popen(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)  # fmt: skip
+        demo = subprocess.Popen(
+            ["bash", "scripts/demo.sh"],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             out, err = demo.communicate(timeout=30)
         finally:

@@ -25,10 +25,22 @@ from meda_tapbridge.settings import BridgeSettings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: Variables read outside a settings class (the server's token, the CLI's server, ...).
-OTHER_VARIABLES = ("MEDA_API_TOKEN", "MEDA_URL", "MEDA_API_TOKEN_FILE", "MEDA_CORS_ORIGINS",
-                   "MEDA_REGISTRY_USERNAME", "MEDA_REGISTRY_PASSWORD", "MEDA_REGISTRY_TOKEN",
-                   "MEDA_QEMU_IMG", "MEDA_RATE_LIMIT", "MEDA_LOG_LEVEL", "MEDA_LOG",
-                   "MEDA_LOG_FORMAT", "MEDA_CA_FILE", "MEDA_READ_RATE_LIMIT")  # fmt: skip
+OTHER_VARIABLES = (
+    "MEDA_API_TOKEN",
+    "MEDA_URL",
+    "MEDA_API_TOKEN_FILE",
+    "MEDA_CORS_ORIGINS",
+    "MEDA_REGISTRY_USERNAME",
+    "MEDA_REGISTRY_PASSWORD",
+    "MEDA_REGISTRY_TOKEN",
+    "MEDA_QEMU_IMG",
+    "MEDA_RATE_LIMIT",
+    "MEDA_LOG_LEVEL",
+    "MEDA_LOG",
+    "MEDA_LOG_FORMAT",
+    "MEDA_CA_FILE",
+    "MEDA_READ_RATE_LIMIT",
+)
 
 
 def _hooks() -> list[tuple[str, list[str]]]:
@@ -78,9 +90,10 @@ def test_every_setting_is_documented(variable: str) -> None:
 def test_every_backend_method_is_documented(base: type) -> None:
     text = (DOCS / "backends.md").read_text()
     methods = [
-        name for name, member in vars(base).items()
+        name
+        for name, member in vars(base).items()
         if inspect.isfunction(member) and not name.startswith("_")
-    ]  # fmt: skip
+    ]
     for method in methods:
         assert f"`{method}" in text, f"{base.__name__}.{method} is not in docs/backends.md"
 

@@ -78,8 +78,10 @@ class RawStorage(StorageBackend):
     def _copy(source: Path, dest: Path) -> None:
         result = subprocess.run(
             ["cp", "--reflink=auto", "--sparse=always", str(source), str(dest)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise BackendError(f"copying {source} failed: {result.stderr.strip()}")
 

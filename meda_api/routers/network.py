@@ -28,9 +28,11 @@ def get_ip(name: VMName, api: ApiDep) -> VMAddress:
 
 
 @router.post(
-    "/vms/{name}/port-forward", status_code=201, response_model=PortForwardResult,
+    "/vms/{name}/port-forward",
+    status_code=201,
+    response_model=PortForwardResult,
     responses=ERRORS,
-)  # fmt: skip
+)
 def add_port_forward(name: VMName, forward: PortForward, api: ApiDep) -> PortForwardResult:
     return api.add_forward(name, forward)
 

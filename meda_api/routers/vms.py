@@ -61,10 +61,13 @@ Force = Annotated[
 ]
 Timeout = Annotated[
     float | None,
-    Query(ge=0, le=MAX_STOP_TIMEOUT,
-          description="Seconds the guest gets to power off on ACPI before it is killed "
-          "(0: at once, like force)"),
-]  # fmt: skip
+    Query(
+        ge=0,
+        le=MAX_STOP_TIMEOUT,
+        description="Seconds the guest gets to power off on ACPI before it is killed "
+        "(0: at once, like force)",
+    ),
+]
 
 
 @router.post("/{name}/stop", response_model=OperationResult, responses=ERRORS)

@@ -62,10 +62,18 @@ def list_(as_json: bool = JsonOption) -> None:
 
 def _table(result: ImageList) -> None:
     rows = [
-        (i.name, i.tag, i.size, i.registry, (i.digest or "")[:19], i.ready_port, i.cmdline,
-         ", ".join(i.used_by))
+        (
+            i.name,
+            i.tag,
+            i.size,
+            i.registry,
+            (i.digest or "")[:19],
+            i.ready_port,
+            i.cmdline,
+            ", ".join(i.used_by),
+        )
         for i in result.images
-    ]  # fmt: skip
+    ]
     table(("name", "tag", "size", "registry", "digest", "ready port", "cmdline", "used by"), rows)
 
 
@@ -86,8 +94,7 @@ def import_(
     as_json: bool = JsonOption,
 ) -> None:
     """Import local files as an image."""
-    image = meda().images.import_files(ref, disk, kernel, initrd, cmdline,
-                                       ready_port=ready_port)  # fmt: skip
+    image = meda().images.import_files(ref, disk, kernel, initrd, cmdline, ready_port=ready_port)
     _done(image, f"Imported image {image.ref}", as_json)
 
 
@@ -118,8 +125,9 @@ def push(
     as_json: bool = JsonOption,
 ) -> None:
     """Push a local image to a registry."""
-    request = build(PushRequest, name=name, image=target, registry=registry, org=org,
-                    dry_run=dry_run)  # fmt: skip
+    request = build(
+        PushRequest, name=name, image=target, registry=registry, org=org, dry_run=dry_run
+    )
     with transfer(f"push {name}", quiet=as_json) as progress:
         result = api().push_image(request, progress)
     render(result, as_json, _say)
@@ -157,8 +165,15 @@ def create_image(
     as_json: bool = JsonOption,
 ) -> None:
     """Make an image from a stopped VM's disk."""
-    request = build(CreateImageRequest, name=name, tag=tag, registry=registry, org=org,
-                    from_vm=from_vm, ready_port=ready_port)  # fmt: skip
+    request = build(
+        CreateImageRequest,
+        name=name,
+        tag=tag,
+        registry=registry,
+        org=org,
+        from_vm=from_vm,
+        ready_port=ready_port,
+    )
     render(api().create_image(request), as_json, _say)
 
 
@@ -183,9 +198,20 @@ def run(
     The VM is a clone of the image's warm template, or a cold boot. Runs never wait for a
     template: the first run of an image with a ready port boots cold and leaves its
     template to a background build."""
-    request = build(RunRequest, image=image, name=name, registry=registry, org=org,
-                    memory=memory, cpus=cpus, disk=disk, no_start=no_start, cold=cold,
-                    ready_port=ready_port, user_data=read_user_data(user_data))  # fmt: skip
+    request = build(
+        RunRequest,
+        image=image,
+        name=name,
+        registry=registry,
+        org=org,
+        memory=memory,
+        cpus=cpus,
+        disk=disk,
+        no_start=no_start,
+        cold=cold,
+        ready_port=ready_port,
+        user_data=read_user_data(user_data),
+    )
     with transfer(f"pull {image}", quiet=as_json) as progress:
         result = api().run_image(request, progress)
     render(result, as_json, _say)

@@ -112,10 +112,12 @@ def bind(host: str, port: int) -> socket.socket:
             raise Conflict(
                 f"port {port} on {host or '0.0.0.0'} is in use by another program (another "
                 "meda serve?): stop it, or give --port another port",
-                host=host, port=port,
-            ) from None  # fmt: skip
-        raise InvalidRequest(f"cannot listen on {host}:{port}: {exc.strerror}", host=host,
-                             port=port) from None  # fmt: skip
+                host=host,
+                port=port,
+            ) from None
+        raise InvalidRequest(
+            f"cannot listen on {host}:{port}: {exc.strerror}", host=host, port=port
+        ) from None
     return sock
 
 
@@ -189,8 +191,9 @@ def serve(
         private_home(settings.home)  # before the token is written there
     except MedaError as error:
         fail(error, as_json=False)
-    token = api_token(settings.home, host, generate=generate_token, require=require_token,
-                      token_file=token_file)  # fmt: skip
+    token = api_token(
+        settings.home, host, generate=generate_token, require=require_token, token_file=token_file
+    )
     plain_ok = allow_plain_http or settings.allow_plain_http
     if token is not None and tls_cert is None and not is_loopback(host) and not plain_ok:
         _refuse(
@@ -198,8 +201,7 @@ def serve(
             "the network in clear: serve HTTPS with --tls-cert/--tls-key, or pass "
             "--allow-plain-http (MEDA_ALLOW_PLAIN_HTTP=1) if a TLS proxy fronts this server"
         )
-    logs.configure(level=log_level.upper() if log_level else None,
-                   secrets=[token] if token else [])  # fmt: skip
+    logs.configure(level=log_level.upper() if log_level else None, secrets=[token] if token else [])
     client_url = _client_url(host, port, tls_cert is not None)
     log.info("meda %s (pid %d) starting on %s", __version__, os.getpid(), client_url)
     limit, read_limit = rate_limits(host)
@@ -207,17 +209,26 @@ def serve(
     hosts = HostPolicy.serving(host, [*settings.allowed_host_list(), *allowed_host])
     try:  # opening MEDA_HOME: a state from a newer meda, say, is an error, not a traceback
         listening = bind(host, port)  # before recovery touches a VM
-        app = create_app(token=token, cors_origins=origins, rate_limit=limit,
-                         read_rate_limit=read_limit, hosts=hosts,
-                         local_socket=str(unix_socket) if unix_socket else None)  # fmt: skip
+        app = create_app(
+            token=token,
+            cors_origins=origins,
+            rate_limit=limit,
+            read_rate_limit=read_limit,
+            hosts=hosts,
+            local_socket=str(unix_socket) if unix_socket else None,
+        )
     except MedaError as error:
         fail(error, as_json=False)
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False,
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         timeout_graceful_shutdown=int(shutdown_timeout),
-    )  # fmt: skip
+    )
     sockets = [listening]
     listener = None
     if unix_socket is not None:
@@ -229,12 +240,15 @@ def serve(
             _refuse(f"cannot listen on {unix_socket}: {exc.strerror}")
         sockets.append(listener.sock)
     written = serverfile.ServerFile(
-        url=client_url, token=token,
+        url=client_url,
+        token=token,
         ca_file=str(tls_cert.resolve()) if tls_cert else None,
         unix_socket=str(unix_socket.resolve()) if unix_socket else None,
-        netns=settings.netns, netns_create=settings.netns_create,
-        pid=os.getpid(), version=__version__,
-    )  # fmt: skip
+        netns=settings.netns,
+        netns_create=settings.netns_create,
+        pid=os.getpid(),
+        version=__version__,
+    )
     serverfile.write(settings.home, written)
     server = SocketServer(config, listener, lambda: serverfile.remove(settings.home, written))
     try:

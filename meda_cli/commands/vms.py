@@ -30,16 +30,35 @@ def _report(result: OperationResult, as_json: bool) -> None:
 def _show(info: VMInfo) -> None:
     d = info.details
     forwards = [f"{f.host_port} -> {f.guest_port}/{f.protocol.value}" for f in d.port_forwards]
-    fields([
-        ("name", info.name), ("state", info.state.value), ("ip", info.ip), ("image", d.image),
-        ("memory", d.memory), ("cpus", d.cpus), ("disk", d.disk_size),
-        ("network", d.network), ("mac", d.mac), ("gateway", d.gateway), ("subnet", d.subnet),
-        ("tap", d.tap_device), ("forwards", ", ".join(forwards) or None),
-        ("hypervisor", d.hypervisor), ("accelerator", d.accelerator), ("pid", d.pid),
-        ("storage", d.storage), ("created", d.created), ("template", d.template),
-        ("clone of", d.clone_of), ("snapshot", d.snapshot), ("last error", d.last_error),
-        ("vm dir", d.vm_dir), ("console log", d.console_log), ("launch", d.launch),
-    ])  # fmt: skip
+    fields(
+        [
+            ("name", info.name),
+            ("state", info.state.value),
+            ("ip", info.ip),
+            ("image", d.image),
+            ("memory", d.memory),
+            ("cpus", d.cpus),
+            ("disk", d.disk_size),
+            ("network", d.network),
+            ("mac", d.mac),
+            ("gateway", d.gateway),
+            ("subnet", d.subnet),
+            ("tap", d.tap_device),
+            ("forwards", ", ".join(forwards) or None),
+            ("hypervisor", d.hypervisor),
+            ("accelerator", d.accelerator),
+            ("pid", d.pid),
+            ("storage", d.storage),
+            ("created", d.created),
+            ("template", d.template),
+            ("clone of", d.clone_of),
+            ("snapshot", d.snapshot),
+            ("last error", d.last_error),
+            ("vm dir", d.vm_dir),
+            ("console log", d.console_log),
+            ("launch", d.launch),
+        ]
+    )
 
 
 @app.command()
@@ -58,9 +77,17 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a VM (stopped) from an image."""
-    request = build(CreateVMRequest, name=name, memory=memory, cpus=cpus, disk=disk,
-                    image=image, force=force, template=template,
-                    user_data=read_user_data(user_data))  # fmt: skip
+    request = build(
+        CreateVMRequest,
+        name=name,
+        memory=memory,
+        cpus=cpus,
+        disk=disk,
+        image=image,
+        force=force,
+        template=template,
+        user_data=read_user_data(user_data),
+    )
     _report(api().create_vm(request), as_json)
 
 
@@ -102,17 +129,23 @@ ForceOption = typer.Option(
     False, "--force", help="Kill the guest at once, without asking it (ACPI) to power off"
 )
 TimeoutOption = typer.Option(
-    None, "--timeout", min=0, max=MAX_STOP_TIMEOUT, metavar="SECONDS",
+    None,
+    "--timeout",
+    min=0,
+    max=MAX_STOP_TIMEOUT,
+    metavar="SECONDS",
     help="Seconds the guest gets to power off on ACPI before it is killed (0: like --force)",
-)  # fmt: skip
+)
 
 
 @app.command()
 @handles_errors
 def stop(
-    name: str, force: bool = ForceOption, timeout: float | None = TimeoutOption,
+    name: str,
+    force: bool = ForceOption,
+    timeout: float | None = TimeoutOption,
     as_json: bool = JsonOption,
-) -> None:  # fmt: skip
+) -> None:
     """Power a VM off (ACPI, then forced after --timeout, default MEDA_STOP_TIMEOUT seconds)."""
     _report(api().stop_vm(name, force, timeout), as_json)
 
@@ -120,9 +153,11 @@ def stop(
 @app.command()
 @handles_errors
 def delete(
-    name: str, force: bool = ForceOption, timeout: float | None = TimeoutOption,
+    name: str,
+    force: bool = ForceOption,
+    timeout: float | None = TimeoutOption,
     as_json: bool = JsonOption,
-) -> None:  # fmt: skip
+) -> None:
     """Delete a VM and its disk (a running one is killed at once).
 
     --timeout S first gives a running guest S seconds to power off (ACPI)."""
@@ -159,9 +194,15 @@ def templates(as_json: bool = JsonOption) -> None:
 
 def _template_table(result: TemplateList) -> None:
     rows = [
-        (t.name, t.image, t.memory, t.cpus, t.disk,
-         t.snapshot.created.strftime("%Y-%m-%d %H:%M:%S") if t.snapshot else None,
-         ", ".join(t.clones))
+        (
+            t.name,
+            t.image,
+            t.memory,
+            t.cpus,
+            t.disk,
+            t.snapshot.created.strftime("%Y-%m-%d %H:%M:%S") if t.snapshot else None,
+            ", ".join(t.clones),
+        )
         for t in result.templates
-    ]  # fmt: skip
+    ]
     table(("name", "image", "memory", "cpus", "disk", "snapshot", "clones"), rows)

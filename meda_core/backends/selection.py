@@ -117,8 +117,10 @@ class BackendSelector:
             known = sorted(entry.name for entry in self._registry.of_role(role))
             raise InvalidRequest(
                 f"there is no {role} backend '{name}' (installed: {', '.join(known)})",
-                role=role.value, backend=name, installed=known,
-            )  # fmt: skip
+                role=role.value,
+                backend=name,
+                installed=known,
+            )
         return self.by_name(role, name, base)
 
     def describe(self) -> list[BackendInfo]:

@@ -80,8 +80,9 @@ def connect_problem(
 ) -> str | None:
     """Why a TCP connection to ``host:port`` from ``netns`` fails (refused, timed out, the
     server does not speak first with ``greeting``, ...), or None if it gets through."""
-    argv = [*exec_prefix(netns), *procs.python("-c", _CONNECT_PROBE, host, str(port),
-            str(timeout), greeting)]  # fmt: skip
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
-                            check=False)  # fmt: skip
+    argv = [
+        *exec_prefix(netns),
+        *procs.python("-c", _CONNECT_PROBE, host, str(port), str(timeout), greeting),
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30, check=False)
     return None if result.returncode == 0 else (result.stdout.strip() or "cannot connect")

@@ -26,12 +26,24 @@ BUILDER_VERSION = "2"
 #: ``dbus``: systemd-logind, which powers the guest off on the ACPI power button (a stop),
 #: cannot start without the system bus; it is only a Recommends of systemd.
 PACKAGES = (
-    "linux-image-cloud-amd64", "systemd", "systemd-sysv", "udev", "dbus", "cloud-init",
-    "openssh-server", "sudo", "e2fsprogs", "locales", "ifupdown", "isc-dhcp-client",
-    "netbase", "busybox", "ca-certificates",
+    "linux-image-cloud-amd64",
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "cloud-init",
+    "openssh-server",
+    "sudo",
+    "e2fsprogs",
+    "locales",
+    "ifupdown",
+    "isc-dhcp-client",
+    "netbase",
+    "busybox",
+    "ca-certificates",
     # ifupdown hands the name servers of a static network-config (dns-nameservers) to it.
     "resolvconf",
-)  # fmt: skip
+)
 CMDLINE = "console=ttyS0 root=/dev/vda rw"
 #: Its guest runs sshd: runs of the image wait for its banner to build warm templates.
 READY_PORT = 22
@@ -151,8 +163,18 @@ def build(images: ImageService, ref: str, spec: BuildSpec, work: Path, log: Log)
     work.mkdir(parents=True)
     try:
         root, raw, qcow2 = work / "root", work / "disk.raw", work / "disk.qcow2"
-        _run(["mmdebstrap", "--variant=apt", f"--include={','.join(spec.packages)}",
-              "--skip=check/empty", spec.suite, str(root), *_sources(spec)], log)  # fmt: skip
+        _run(
+            [
+                "mmdebstrap",
+                "--variant=apt",
+                f"--include={','.join(spec.packages)}",
+                "--skip=check/empty",
+                spec.suite,
+                str(root),
+                *_sources(spec),
+            ],
+            log,
+        )
         _prepare(root)
         size = _size_mib(root, spec.disk_headroom_mib)
         _run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root), str(raw), f"{size}M"], log)
@@ -162,9 +184,14 @@ def build(images: ImageService, ref: str, spec: BuildSpec, work: Path, log: Log)
         with contextlib.suppress(NotFound):
             images.remove(ref)  # an older build; refused (409) while a VM uses it
         image = images.import_files(
-            ref, disk=qcow2, kernel=kernel, initrd=initrd, cmdline=CMDLINE, source=source,
+            ref,
+            disk=qcow2,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=CMDLINE,
+            source=source,
             ready_port=READY_PORT,
-        )  # fmt: skip
+        )
         log(f"built {ref}: {size} MiB disk")
         return image
     finally:

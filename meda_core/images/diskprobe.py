@@ -202,9 +202,17 @@ def _qemu_img_info(path: Path, limits: ProbeLimits) -> dict[str, Any]:
             "util-linux)"
         )
     argv = [
-        prlimit, f"--cpu={limits.cpu_seconds}", f"--as={limits.address_space}",
-        qemu_img, "info", "-U", "-f", "qcow2", "--output=json", str(path.resolve()),
-    ]  # fmt: skip
+        prlimit,
+        f"--cpu={limits.cpu_seconds}",
+        f"--as={limits.address_space}",
+        qemu_img,
+        "info",
+        "-U",
+        "-f",
+        "qcow2",
+        "--output=json",
+        str(path.resolve()),
+    ]
     try:
         result = subprocess.run(
             argv, capture_output=True, text=True, timeout=limits.cpu_seconds * 2, check=False

@@ -147,11 +147,16 @@ class ImageService:
                 staged = staging / "disk"
                 copy_sparse(disk, staged)
             files = ImageFiles(
-                disk=staged, disk_format=self._probe(staged), kernel=kernel, initrd=initrd,
-                cmdline=cmdline, ready_port=ready_port or None,
-            )  # fmt: skip
-            image = self._record(name, tag, self._adopt(files, copy=True, staged={"disk"}),
-                                 source=source)  # fmt: skip
+                disk=staged,
+                disk_format=self._probe(staged),
+                kernel=kernel,
+                initrd=initrd,
+                cmdline=cmdline,
+                ready_port=ready_port or None,
+            )
+            image = self._record(
+                name, tag, self._adopt(files, copy=True, staged={"disk"}), source=source
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if not self._store.insert_image(image):
@@ -182,30 +187,54 @@ class ImageService:
             else:
                 moved[field] = self.blobs.adopt(path, sha256_file(path))
         return ImageFiles(
-            disk=moved["disk"], disk_format=files.disk_format, kernel=moved["kernel"],
-            initrd=moved["initrd"], cmdline=files.cmdline, defaults=files.defaults,
-            digest=files.digest, ready_port=files.ready_port,
-        )  # fmt: skip
+            disk=moved["disk"],
+            disk_format=files.disk_format,
+            kernel=moved["kernel"],
+            initrd=moved["initrd"],
+            cmdline=files.cmdline,
+            defaults=files.defaults,
+            digest=files.digest,
+            ready_port=files.ready_port,
+        )
 
     def _record(
-        self, name: str, tag: str, files: ImageFiles, registry: str | None = None,
-        org: str | None = None, source: str | None = None,
-    ) -> Image:  # fmt: skip
+        self,
+        name: str,
+        tag: str,
+        files: ImageFiles,
+        registry: str | None = None,
+        org: str | None = None,
+        source: str | None = None,
+    ) -> Image:
         parts = [p for p in (files.disk, files.kernel, files.initrd) if p is not None]
         return Image(
-            name=name, tag=tag, registry=registry, org=org, disk=files.disk,
-            disk_format=files.disk_format, kernel=files.kernel, initrd=files.initrd,
-            cmdline=files.cmdline, size=sum(p.stat().st_size for p in parts),
-            created=datetime.now(UTC), digest=files.digest, source=source,
-            defaults=files.defaults, ready_port=files.ready_port,
-        )  # fmt: skip
+            name=name,
+            tag=tag,
+            registry=registry,
+            org=org,
+            disk=files.disk,
+            disk_format=files.disk_format,
+            kernel=files.kernel,
+            initrd=files.initrd,
+            cmdline=files.cmdline,
+            size=sum(p.stat().st_size for p in parts),
+            created=datetime.now(UTC),
+            digest=files.digest,
+            source=source,
+            defaults=files.defaults,
+            ready_port=files.ready_port,
+        )
 
     # ---- registries ----
 
     def pull(
-        self, image: str, registry: str | None = None, org: str | None = None,
-        progress: Progress = no_progress, ready_port: int | None = None,
-    ) -> Image:  # fmt: skip
+        self,
+        image: str,
+        registry: str | None = None,
+        org: str | None = None,
+        progress: Progress = no_progress,
+        ready_port: int | None = None,
+    ) -> Image:
         """Pull ``image``; a second pull of the same reference waits and does no work.
 
         ``ready_port`` overrides the one the image carries (0: none)."""
@@ -244,9 +273,14 @@ class ImageService:
         return image
 
     def push(
-        self, name: str, target: str, registry: str | None = None, org: str | None = None,
-        dry_run: bool = False, progress: Progress = no_progress,
-    ) -> tuple[Image, str | None]:  # fmt: skip
+        self,
+        name: str,
+        target: str,
+        registry: str | None = None,
+        org: str | None = None,
+        dry_run: bool = False,
+        progress: Progress = no_progress,
+    ) -> tuple[Image, str | None]:
         """Push local image ``name`` to ``target``; the manifest digest (None on a dry run)."""
         image = self.get(name)
         ref = check_allowed(parse_reference(target, registry, org), self._allowed_registries)
@@ -255,10 +289,14 @@ class ImageService:
         if dry_run:
             return image, None
         files = ImageFiles(
-            disk=image.disk, disk_format=disk_format, kernel=image.kernel,
-            initrd=image.initrd, cmdline=image.cmdline, defaults=image.defaults,
+            disk=image.disk,
+            disk_format=disk_format,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            cmdline=image.cmdline,
+            defaults=image.defaults,
             ready_port=image.ready_port,
-        )  # fmt: skip
+        )
         digest = backend.push(files, ref, progress)
         image.digest, image.registry, image.org = digest, ref.registry, ref.org
         self._store.put_image(image)
@@ -286,9 +324,14 @@ class ImageService:
     # ---- from a VM ----
 
     def create_from_vm(
-        self, vm_name: str, name: str, tag: str, registry: str | None, org: str | None,
+        self,
+        vm_name: str,
+        name: str,
+        tag: str,
+        registry: str | None,
+        org: str | None,
         ready_port: int | None = None,
-    ) -> Image:  # fmt: skip
+    ) -> Image:
         """A new image from a stopped VM's disk (flattened), kernel and command line; its
         ready port is the VM's image's unless ``ready_port`` is given (0: none)."""
         parse_image_ref(f"{name}:{tag}")
@@ -311,11 +354,14 @@ class ImageService:
             diskprobe.check_chain(vm.disk_path, self._disk_roots)
             self._storage().flatten(vm.disk_path, flat)
             files = ImageFiles(
-                disk=flat, disk_format=self._probe(flat), kernel=base.kernel if base else None,
-                initrd=base.initrd if base else None, cmdline=base.cmdline if base else None,
+                disk=flat,
+                disk_format=self._probe(flat),
+                kernel=base.kernel if base else None,
+                initrd=base.initrd if base else None,
+                cmdline=base.cmdline if base else None,
                 defaults=vm.spec,
                 ready_port=chosen_port(ready_port, base.ready_port if base else None),
-            )  # fmt: skip
+            )
             image = self._record(name, tag, self._adopt(files, copy=False), registry, org)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -33,8 +33,9 @@ def at_least(minimum: int, what: str) -> Callable[[str], str]:
         if size < minimum:
             raise InvalidRequest(
                 f"{what} {text.strip()} is too small: at least {format_size(minimum)}",
-                value=text, minimum=format_size(minimum),
-            )  # fmt: skip
+                value=text,
+                minimum=format_size(minimum),
+            )
         return format_size(size)
 
     return check

@@ -180,20 +180,28 @@ class LocalApi:
             request.image, request.registry, request.org, progress, request.ready_port
         )
         return ImageResult(
-            success=True, message=f"Pulled {image.source}", image=image_info(image),
+            success=True,
+            message=f"Pulled {image.source}",
+            image=image_info(image),
             digest=image.digest,
-        )  # fmt: skip
+        )
 
     def push_image(self, request: PushRequest, progress: Progress = no_progress) -> ImageResult:
         image, digest = self.meda.images.push(
-            request.name, request.image, request.registry, request.org, request.dry_run,
+            request.name,
+            request.image,
+            request.registry,
+            request.org,
+            request.dry_run,
             progress,
-        )  # fmt: skip
+        )
         verb = "Would push" if request.dry_run else "Pushed"
         return ImageResult(
-            success=True, message=f"{verb} {image.ref} to {request.image}",
-            image=image_info(image), digest=digest,
-        )  # fmt: skip
+            success=True,
+            message=f"{verb} {image.ref} to {request.image}",
+            image=image_info(image),
+            digest=digest,
+        )
 
     def create_image(self, request: CreateImageRequest) -> ImageResult:
         image = self.meda.images.create_from_vm(
@@ -205,9 +213,10 @@ class LocalApi:
             request.ready_port,
         )
         return ImageResult(
-            success=True, message=f"Created image {image.ref} from VM {request.from_vm}",
+            success=True,
+            message=f"Created image {image.ref} from VM {request.from_vm}",
             image=image_info(image),
-        )  # fmt: skip
+        )
 
     def run_image(self, request: RunRequest, progress: Progress = no_progress) -> RunResult:
         meda = self.meda
@@ -227,9 +236,12 @@ class LocalApi:
     def prune_images(self, request: PruneRequest) -> PruneResult:
         images, blobs, freed = self.meda.images.prune(request.all)
         return PruneResult(
-            success=True, message=f"Removed {len(images)} image(s), freed {format_size(freed)}",
-            removed_images=images, removed_blobs=len(blobs), freed=format_size(freed),
-        )  # fmt: skip
+            success=True,
+            message=f"Removed {len(images)} image(s), freed {format_size(freed)}",
+            removed_images=images,
+            removed_blobs=len(blobs),
+            freed=format_size(freed),
+        )
 
     # ---- system ----
 

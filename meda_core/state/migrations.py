@@ -26,8 +26,10 @@ Migration = Callable[[sqlite3.Connection], None]
 
 def _v1_tables(db: sqlite3.Connection) -> None:
     """VMs and images as JSON records; address leases; port forwards."""
-    db.execute("CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, state TEXT NOT NULL,"
-               " data TEXT NOT NULL)")  # fmt: skip
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, state TEXT NOT NULL,"
+        " data TEXT NOT NULL)"
+    )
     db.execute(
         "CREATE TABLE IF NOT EXISTS leases (network TEXT NOT NULL, ip TEXT NOT NULL,"
         " vm TEXT NOT NULL, mac TEXT NOT NULL UNIQUE, PRIMARY KEY (network, ip),"
@@ -38,8 +40,10 @@ def _v1_tables(db: sqlite3.Connection) -> None:
         " protocol TEXT NOT NULL, vm TEXT NOT NULL, guest_port INTEGER NOT NULL,"
         " PRIMARY KEY (host_port, protocol))"
     )
-    db.execute("CREATE TABLE IF NOT EXISTS images (name TEXT NOT NULL, tag TEXT NOT NULL,"
-               " data TEXT NOT NULL, PRIMARY KEY (name, tag))")  # fmt: skip
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS images (name TEXT NOT NULL, tag TEXT NOT NULL,"
+        " data TEXT NOT NULL, PRIMARY KEY (name, tag))"
+    )
 
 
 #: The port runs of a built image wait on: its guest runs sshd (imagebuild.PACKAGES).
@@ -54,8 +58,9 @@ def _v2_image_ready_ports(db: sqlite3.Connection) -> None:
         record = json.loads(data)
         built = str(record.get("source") or "").startswith("build:")
         record["ready_port"] = BUILT_IMAGE_READY_PORT if built else None
-        db.execute("UPDATE images SET data = ? WHERE name = ? AND tag = ?",
-                   (json.dumps(record), name, tag))  # fmt: skip
+        db.execute(
+            "UPDATE images SET data = ? WHERE name = ? AND tag = ?", (json.dumps(record), name, tag)
+        )
 
 
 #: Version N is reached by running ``MIGRATIONS[N - 1]``; the list only ever grows.

@@ -262,9 +262,12 @@ class RegistryConformance(BackendConformance):
         return ImageFiles(disk=disk, disk_format="raw", kernel=kernel, cmdline="console=ttyS0")
 
     def test_push_then_pull_gives_the_same_files_and_digest(
-        self, backend: RegistryBackend, reference: Callable[[str], Reference],
-        image_files: ImageFiles, tmp_path: Path,
-    ) -> None:  # fmt: skip
+        self,
+        backend: RegistryBackend,
+        reference: Callable[[str], Reference],
+        image_files: ImageFiles,
+        tmp_path: Path,
+    ) -> None:
         ref = reference("roundtrip")
         seen: list[tuple[int, int]] = []
         digest = backend.push(image_files, ref, lambda done, total: seen.append((done, total)))

@@ -21,16 +21,35 @@ def qemu_img(*args: str) -> None:
 
 def backed_by(path: Path, target: Path, target_format: str = "raw") -> Path:
     """A qcow2 disk at ``path`` whose backing file is ``target`` (not opened here)."""
-    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(target), "-F", target_format,
-             str(path), str(MiB))  # fmt: skip
+    qemu_img(
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        str(target),
+        "-F",
+        target_format,
+        str(path),
+        str(MiB),
+    )
     return path
 
 
 def with_data_file(path: Path, target: Path) -> Path:
     """A qcow2 disk whose data lives in ``target`` (data-file-raw: ``target`` is the disk)."""
     scratch = path.with_name(path.name + ".data")
-    qemu_img("create", "-q", "-f", "qcow2", "-o",
-             f"data_file={scratch},data_file_raw=on", str(path), str(MiB))  # fmt: skip
+    qemu_img(
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        f"data_file={scratch},data_file_raw=on",
+        str(path),
+        str(MiB),
+    )
     scratch.unlink()
     # The header names the scratch file; point it at ``target`` (same length or padded).
     header = path.read_bytes()

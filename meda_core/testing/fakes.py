@@ -188,9 +188,13 @@ class FakeNetwork(NetworkBackend):
         hosts = [str(ip) for ip in self.subnet.hosts()][1:]
         lease = self.context.state.allocate_lease(self.name, vm, hosts, random_mac)
         return NetworkAttachment(
-            mac=lease.mac, ip=lease.ip, tap=f"fake-{vm}", subnet=str(self.subnet),
-            gateway=str(next(self.subnet.hosts())), netns=f"fake-{vm}" if isolated else None,
-        )  # fmt: skip
+            mac=lease.mac,
+            ip=lease.ip,
+            tap=f"fake-{vm}",
+            subnet=str(self.subnet),
+            gateway=str(next(self.subnet.hosts())),
+            netns=f"fake-{vm}" if isolated else None,
+        )
 
     def release(self, vm: str) -> None:
         self.plugged.discard(vm)
@@ -259,9 +263,10 @@ class FakeRegistry(RegistryBackend):
         root = self._root(reference)
         root.mkdir(parents=True, exist_ok=True)
         meta: dict[str, Any] = {
-            "disk_format": files.disk_format, "cmdline": files.cmdline,
+            "disk_format": files.disk_format,
+            "cmdline": files.cmdline,
             "ready_port": files.ready_port,
-        }  # fmt: skip
+        }
         for field in ("disk", "kernel", "initrd"):
             path = getattr(files, field)
             if path is not None:
@@ -286,10 +291,14 @@ class FakeRegistry(RegistryBackend):
                 paths[field] = workdir / field
         progress(1, 1)
         return ImageFiles(
-            disk=paths.get("disk"), disk_format=meta["disk_format"], kernel=paths.get("kernel"),
-            initrd=paths.get("initrd"), cmdline=meta["cmdline"], digest=digest,
+            disk=paths.get("disk"),
+            disk_format=meta["disk_format"],
+            kernel=paths.get("kernel"),
+            initrd=paths.get("initrd"),
+            cmdline=meta["cmdline"],
+            digest=digest,
             ready_port=meta.get("ready_port"),
-        )  # fmt: skip
+        )
 
 
 class FakePlugin:

@@ -254,8 +254,12 @@ def default_cache() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build meda's test guest")
     parser.add_argument("--cache", type=Path, default=default_cache())
-    parser.add_argument("--import", dest="import_as", metavar="NAME[:TAG]",
-                        help="also import it into meda's image store under this name")  # fmt: skip
+    parser.add_argument(
+        "--import",
+        dest="import_as",
+        metavar="NAME[:TAG]",
+        help="also import it into meda's image store under this name",
+    )
     args = parser.parse_args(argv)
     try:
         guest = build_test_guest(args.cache)

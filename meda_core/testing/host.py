@@ -38,9 +38,10 @@ def unix_sockets_under(directory: Path) -> list[str]:
     prefix = str(directory)
     lines = Path("/proc/net/unix").read_text().splitlines()[1:]
     return sorted(
-        fields[7] for line in lines
+        fields[7]
+        for line in lines
         if len(fields := line.split()) > 7 and fields[7].startswith(prefix)
-    )  # fmt: skip
+    )
 
 
 def free_port() -> int:
@@ -55,9 +56,25 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, made with openssl in ``folder``."""
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key

@@ -40,9 +40,15 @@ def readable_by_nobody(paths: Iterable[Path]) -> list[Path]:
     python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else os.path.realpath(sys.executable)
     result = subprocess.run(
         [python, "-I", "-S", "-c", _PROBE, *map(str, paths)],
-        user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return [Path(p) for p in json.loads(result.stdout)]
 
 

@@ -115,9 +115,9 @@ def another_host(
     remove the link."""
     client = create("meda-c")
     subprocess.run(
-        ["ip", "link", "add", "vc0", "netns", client, "type", "veth", "peer", link,
-         "netns", netns], check=True,
-    )  # fmt: skip
+        ["ip", "link", "add", "vc0", "netns", client, "type", "veth", "peer", link, "netns", netns],
+        check=True,
+    )
     for ns, address, end in ((client, client_ip, "vc0"), (netns, host_ip, link)):
         run_in(ns, "ip", "addr", "add", f"{address}/{prefix}", "dev", end)
         run_in(ns, "ip", "link", "set", end, "up")
@@ -152,10 +152,25 @@ def fake_guest(host_ns: str, port: str, mac: str, address: str, gateway: str) ->
     name = create("meda-g")
     run_in(host_ns, "ip", "link", "del", port, check=False)
     subprocess.run(
-        ["ip", "link", "add", port, "netns", host_ns, "type", "veth",
-         "peer", "name", "eth0", "netns", name, "address", mac],
+        [
+            "ip",
+            "link",
+            "add",
+            port,
+            "netns",
+            host_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            name,
+            "address",
+            mac,
+        ],
         check=True,
-    )  # fmt: skip
+    )
     run_in(name, "ip", "addr", "add", address, "dev", "eth0")
     run_in(name, "ip", "link", "set", "eth0", "up")
     run_in(name, "ip", "route", "add", "default", "via", gateway)
@@ -193,9 +208,12 @@ def resolve(name: str, server: str, host: str, tcp: bool = False, timeout: float
     (nothing when it does not answer)."""
     argv = [sys.executable, "-c", _DNS_QUERY, server, host, "tcp" if tcp else "udp", str(timeout)]
     result = subprocess.run(
-        ["ip", "netns", "exec", name, *argv], capture_output=True, text=True, timeout=30,
+        ["ip", "netns", "exec", name, *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
         check=False,
-    )  # fmt: skip
+    )
     return result.stdout.split() if result.returncode == 0 else []
 
 
@@ -209,16 +227,27 @@ def outside_world(host_ns: str, host_ip: str, outside_ip: str) -> Iterator[str]:
     servers = []
     try:
         for argv in (
-            ["dnsmasq", "--conf-file=/dev/null", "--keep-in-foreground", "--no-resolv",
-             "--no-hosts", f"--listen-address={outside_ip}", "--bind-interfaces",
-             f"--address=/{OUTSIDE_NAME}/{outside_ip}", "--address=/#/", "--user=root",
-             "--group=root", "--pid-file="],
+            [
+                "dnsmasq",
+                "--conf-file=/dev/null",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                f"--listen-address={outside_ip}",
+                "--bind-interfaces",
+                f"--address=/{OUTSIDE_NAME}/{outside_ip}",
+                "--address=/#/",
+                "--user=root",
+                "--group=root",
+                "--pid-file=",
+            ],
             [sys.executable, "-c", _SERVE_PAGE, outside_ip, OUTSIDE_PAGE],
-        ):  # fmt: skip
+        ):
             servers.append(subprocess.Popen(["ip", "netns", "exec", name, *argv]))
         deadline = time.monotonic() + 10
-        while not (resolve(name, outside_ip, OUTSIDE_NAME, timeout=0.5)
-                   and connects(name, outside_ip, 80)):  # fmt: skip
+        while not (
+            resolve(name, outside_ip, OUTSIDE_NAME, timeout=0.5) and connects(name, outside_ip, 80)
+        ):
             assert time.monotonic() < deadline, "the outside world's servers did not start"
         yield name
     finally:

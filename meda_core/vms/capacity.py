@@ -79,16 +79,22 @@ def measure(settings: Settings, vms: list[VM]) -> Capacity:
     disk = shutil.disk_usage(settings.home)
     capacity = Capacity(
         memory=Resource(
-            physical=memory, total=memory,
+            physical=memory,
+            total=memory,
             reserved=parse_size(settings.reserve_memory),
             committed=sum(vm.spec.memory_bytes for vm in running),
         ),
-        cpus=Resource(physical=cores, total=cores * settings.cpu_overcommit,
-                      reserved=settings.reserve_cpus,
-                      committed=sum(vm.spec.cpus for vm in running)),
-        disk_size=disk.total, disk_free=disk.free, disk_reserved=parse_size(settings.reserve_disk),
+        cpus=Resource(
+            physical=cores,
+            total=cores * settings.cpu_overcommit,
+            reserved=settings.reserve_cpus,
+            committed=sum(vm.spec.cpus for vm in running),
+        ),
+        disk_size=disk.total,
+        disk_free=disk.free,
+        disk_reserved=parse_size(settings.reserve_disk),
         notes=[],
-    )  # fmt: skip
+    )
     capacity.notes = _notes(settings, capacity)
     return capacity
 
@@ -119,16 +125,19 @@ def _check_possible(capacity: Capacity, spec: VMSpec, disk: bool) -> None:
         ("vCPUs", spec.cpus, capacity.cpus.allowed, str),
     ]
     if disk:
-        asks.append(("disk", spec.disk_bytes, capacity.disk_size - capacity.disk_reserved,
-                     format_size))  # fmt: skip
+        asks.append(
+            ("disk", spec.disk_bytes, capacity.disk_size - capacity.disk_reserved, format_size)
+        )
     for what, asked, most, show in asks:
         if asked > most:
             raise ExceedsHost(
                 f"{what} {show(asked)} is more than this host can ever give a VM "
                 f"(at most {show(most)}); ask for less",
-                resource=what, requested=show(asked), allowed=show(most),
+                resource=what,
+                requested=show(asked),
+                allowed=show(most),
                 capacity=capacity.model_dump(),
-            )  # fmt: skip
+            )
 
 
 def admit_start(settings: Settings, vms: list[VM], vm: VM) -> None:

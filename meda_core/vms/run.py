@@ -44,10 +44,14 @@ def run_image(
         return warm.clone(plan.info, request.name), plan.info
     vm = vms.create(
         CreateVMRequest(
-            name=request.name, user_data=request.user_data, memory=request.memory,
-            cpus=request.cpus, disk=request.disk, image=image.ref,
+            name=request.name,
+            user_data=request.user_data,
+            memory=request.memory,
+            cpus=request.cpus,
+            disk=request.disk,
+            image=image.ref,
         )
-    )  # fmt: skip
+    )
     if request.no_start:
         return vm, plan.info
     try:

@@ -46,8 +46,9 @@ def write_seed(dest: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         data = text.encode()
         iso_name = name.upper().replace("-", "_")[:8] + ".;1"
-        iso.add_fp(io.BytesIO(data), len(data), f"/{iso_name}", rr_name=name,
-                   joliet_path=f"/{name}")  # fmt: skip
+        iso.add_fp(
+            io.BytesIO(data), len(data), f"/{iso_name}", rr_name=name, joliet_path=f"/{name}"
+        )
     tmp = dest.with_name(dest.name + ".tmp")
     with os.fdopen(create_private(tmp), "wb") as out:  # user-data may hold secrets
         iso.write_fp(out)

@@ -58,9 +58,13 @@ T = TypeVar("T")
 def attachment_of(vm: VM) -> NetworkAttachment:
     """The network attachment recorded in a VM."""
     return NetworkAttachment(
-        mac=vm.mac or "", ip=vm.ip, tap=vm.tap_device, subnet=vm.subnet, gateway=vm.gateway,
+        mac=vm.mac or "",
+        ip=vm.ip,
+        tap=vm.tap_device,
+        subnet=vm.subnet,
+        gateway=vm.gateway,
         netns=vm.netns,
-    )  # fmt: skip
+    )
 
 
 def _record_attachment(vm: VM, attachment: NetworkAttachment) -> None:
@@ -102,8 +106,9 @@ def power_off_timeout(force: bool, timeout: float | None, default: float) -> flo
     if force and timeout:
         raise InvalidRequest(
             "force kills the guest at once: give force or a timeout, not both",
-            force=force, timeout=timeout,
-        )  # fmt: skip
+            force=force,
+            timeout=timeout,
+        )
     if force:
         return 0.0
     return default if timeout is None else timeout
@@ -213,9 +218,12 @@ class VMService:
         (``reset_disk``: its disk first goes back to the snapshot's)."""
         self.get(name)  # reconcile first: a VM whose guest powered off is startable
         vm = self._store.transition(
-            name, STARTABLE, VMState.STARTING, owner=self._me,
+            name,
+            STARTABLE,
+            VMState.STARTING,
+            owner=self._me,
             admit=lambda vms, vm: capacity.admit_start(self._settings, vms, vm),
-        )  # fmt: skip
+        )
         try:
             hypervisor = self._hypervisor(vm)
             if restore is not None and reset_disk:
@@ -268,8 +276,9 @@ class VMService:
         if clones:  # their disks are overlays on this VM's snapshot
             raise Conflict(
                 f"VM '{name}' is the template of {', '.join(clones)}: delete those first",
-                name=name, clones=clones,
-            )  # fmt: skip
+                name=name,
+                clones=clones,
+            )
         if vm.state == VMState.RUNNING:
             vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
             self._power_off(vm, timeout)
@@ -309,11 +318,20 @@ class VMService:
         image = self._images.get(vm.image)
         own_netns = next((nic.netns for nic in nics if nic.netns), None)
         return LaunchSpec(
-            name=vm.name, uuid=vm.uuid, vm_dir=vm.vm_dir, spec=vm.spec, disk=vm.disk_path,
-            console_log=vm.console_log, kernel=image.kernel, initrd=image.initrd,
-            cmdline=image.cmdline, nics=nics, netns=own_netns or self._settings.netns,
-            extra_disks=(seed_iso,), restore_state=restore_state,
-        )  # fmt: skip
+            name=vm.name,
+            uuid=vm.uuid,
+            vm_dir=vm.vm_dir,
+            spec=vm.spec,
+            disk=vm.disk_path,
+            console_log=vm.console_log,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            cmdline=image.cmdline,
+            nics=nics,
+            netns=own_netns or self._settings.netns,
+            extra_disks=(seed_iso,),
+            restore_state=restore_state,
+        )
 
     def _write_seed(self, vm: VM) -> Path:
         """The VM's cloud-init seed, rebuilt at each start (the VM is not running)."""
@@ -412,8 +430,11 @@ class VMService:
             failures.attempt("update the forwarding rules", network.apply_forwards)
         storage = failures.attempt(
             "find its storage",
-            self._backends.by_name, Role.STORAGE, vm.storage, StorageBackend,
-        )  # fmt: skip
+            self._backends.by_name,
+            Role.STORAGE,
+            vm.storage,
+            StorageBackend,
+        )
         if storage is not None:
             failures.attempt("delete its disk", storage.delete_disk, vm.disk_path)
         if failures:
@@ -474,9 +495,12 @@ class VMService:
     def _finish_discard(self, vm: VM) -> VM | None:
         try:  # take the operation over, so one process alone finishes it
             taken = self._store.transition(
-                vm.name, {vm.state}, VMState.DELETING, owner=self._me,
+                vm.name,
+                {vm.state},
+                VMState.DELETING,
+                owner=self._me,
                 taking_over=vm.operation_owner,
-            )  # fmt: skip
+            )
         except MedaError:
             return self._store.get_vm(vm.name)
         runtime = self._hypervisor(vm).recover(vm.vm_dir, vm.uuid)

@@ -32,8 +32,9 @@ class SnapshotService:
     def snapshot(self, name: str) -> VM:
         """Pause a running VM, save its state with its disk frozen beside it, resume it."""
         self._vms.get(name)
-        vm = self._store.transition(name, {VMState.RUNNING}, VMState.SNAPSHOTTING,
-                                    owner=self._vms.me)  # fmt: skip
+        vm = self._store.transition(
+            name, {VMState.RUNNING}, VMState.SNAPSHOTTING, owner=self._vms.me
+        )
         assert vm.runtime is not None
         hypervisor = self._backends.by_name(Role.HYPERVISOR, vm.hypervisor, HypervisorBackend)
         storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
@@ -58,11 +59,21 @@ class SnapshotService:
             self._vms.finish(vm, VMState.RUNNING)
             raise
         vm.snapshot = Snapshot(
-            id=snapshot_id, created=datetime.now(UTC), state_file=state, disk=frozen,
-            state_bytes=_size(state), seconds=seconds, layout=DEVICE_LAYOUT,
-        )  # fmt: skip
-        log.info("snapshot %s of %s: %d bytes in %.2fs", snapshot_id, name,
-                 vm.snapshot.state_bytes, seconds)  # fmt: skip
+            id=snapshot_id,
+            created=datetime.now(UTC),
+            state_file=state,
+            disk=frozen,
+            state_bytes=_size(state),
+            seconds=seconds,
+            layout=DEVICE_LAYOUT,
+        )
+        log.info(
+            "snapshot %s of %s: %d bytes in %.2fs",
+            snapshot_id,
+            name,
+            vm.snapshot.state_bytes,
+            seconds,
+        )
         return self._vms.finish(vm, VMState.RUNNING)
 
     @staticmethod
@@ -119,8 +130,10 @@ def _check_layout(vm: VM) -> Snapshot:
             f"the snapshot of VM '{vm.name}' was saved by an older meda with other devices "
             "(its seed was a disk, now a CD-ROM) and cannot be restored: start the VM and "
             "take a new snapshot",
-            name=vm.name, layout=vm.snapshot.layout, current=DEVICE_LAYOUT,
-        )  # fmt: skip
+            name=vm.name,
+            layout=vm.snapshot.layout,
+            current=DEVICE_LAYOUT,
+        )
     return vm.snapshot
 
 

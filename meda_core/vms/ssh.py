@@ -21,12 +21,25 @@ def ssh_argv(vm: VM, home: Path, command: list[str], ns: str | None) -> list[str
     host, port = endpoint(vm)
     key, _ = managed_key(home)
     return [
-        *netns.exec_prefix(ns), "ssh", "-i", str(key), "-p", str(port),
-        "-o", f"UserKnownHostsFile={vm.vm_dir / 'known_hosts'}",
-        "-o", "StrictHostKeyChecking=accept-new", "-o", "IdentitiesOnly=yes",
-        "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
-        "-o", "LogLevel=ERROR", f"{MEDA_USER}@{host}", *command,
-    ]  # fmt: skip
+        *netns.exec_prefix(ns),
+        "ssh",
+        "-i",
+        str(key),
+        "-p",
+        str(port),
+        "-o",
+        f"UserKnownHostsFile={vm.vm_dir / 'known_hosts'}",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"ConnectTimeout={CONNECT_TIMEOUT}",
+        "-o",
+        "LogLevel=ERROR",
+        f"{MEDA_USER}@{host}",
+        *command,
+    ]
 
 
 def check_reachable(
@@ -52,8 +65,11 @@ def check_reachable(
         where = f"in network namespace '{ns}' (from {origin}); is the guest's SSH server up?"
     raise BackendUnavailable(
         f"VM '{vm.name}' does not answer at {host}:{port} ({problem}) {where}",
-        name=vm.name, address=host, port=port, netns=ns,
-    )  # fmt: skip
+        name=vm.name,
+        address=host,
+        port=port,
+        netns=ns,
+    )
 
 
 def endpoint(vm: VM) -> tuple[str, int]:

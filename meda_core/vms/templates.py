@@ -95,10 +95,14 @@ def image_fingerprint(image: Image) -> str:
 
 def template_name(image: Image, request: RunRequest, ready_port: int) -> str:
     shape = {
-        "image": image_fingerprint(image), "memory": request.memory, "cpus": request.cpus,
-        "disk": request.disk, "user_data": request.user_data, "ready_port": ready_port,
+        "image": image_fingerprint(image),
+        "memory": request.memory,
+        "cpus": request.cpus,
+        "disk": request.disk,
+        "user_data": request.user_data,
+        "ready_port": ready_port,
         "layout": DEVICE_LAYOUT,  # a template of other devices cannot be restored
-    }  # fmt: skip
+    }
     key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
     return f"{TEMPLATE_PREFIX}{key}"
 
@@ -150,10 +154,12 @@ class WarmRuns:
         if request.cold:
             return Plan(_cold("a cold start was asked for"))
         if port is None:
-            return Plan(_cold(
-                f"image {image.ref} gives no readiness signal (no ready_port), so no warm "
-                "template is made; set one on import, pull or create-image, or in the run"
-            ))  # fmt: skip
+            return Plan(
+                _cold(
+                    f"image {image.ref} gives no readiness signal (no ready_port), so no warm "
+                    "template is made; set one on import, pull or create-image, or in the run"
+                )
+            )
         if not can_clone(self._backends):
             return Plan(_cold("the backends cannot clone (snapshots and isolated networks)"))
         name = template_name(image, request, port)
@@ -162,18 +168,32 @@ class WarmRuns:
                 return Plan(_cold(f"template {name} is being built; runs do not wait", name, port))
             template = self._store.get_vm(name)
             if template is not None and template.snapshot is not None:
-                return Plan(RunInfo(path="warm", reason=f"a clone of template {name}",
-                                    template=name, ready_port=port))  # fmt: skip
+                return Plan(
+                    RunInfo(
+                        path="warm",
+                        reason=f"a clone of template {name}",
+                        template=name,
+                        ready_port=port,
+                    )
+                )
             failed = self._failure(name)
         if failed is not None:
             return Plan(_cold(failed, name, port))
         job = TemplateJob(
-            name=name, image=image.ref, fingerprint=image_fingerprint(image),
-            memory=request.memory, cpus=request.cpus, disk=request.disk,
-            user_data=request.user_data, ready_port=port, after=request.name,
-        )  # fmt: skip
-        reason = (f"first run of this image and shape: template {name} is built in the "
-                  f"background (it waits for port {port}); later runs clone it")  # fmt: skip
+            name=name,
+            image=image.ref,
+            fingerprint=image_fingerprint(image),
+            memory=request.memory,
+            cpus=request.cpus,
+            disk=request.disk,
+            user_data=request.user_data,
+            ready_port=port,
+            after=request.name,
+        )
+        reason = (
+            f"first run of this image and shape: template {name} is built in the "
+            f"background (it waits for port {port}); later runs clone it"
+        )
         return Plan(_cold(reason, name, port), job)
 
     def clone(self, info: RunInfo, name: str) -> VM:
@@ -187,8 +207,9 @@ class WarmRuns:
         build failed lately, or its image changed since the run that asked for it."""
         with self._busy(), try_exclusive(self._lock(job.name)) as free:
             if not free:
-                return TemplateBuild(template=job.name, outcome="skipped",
-                                     reason="another build holds it")  # fmt: skip
+                return TemplateBuild(
+                    template=job.name, outcome="skipped", reason="another build holds it"
+                )
             template = self._store.get_vm(job.name)
             if template is not None and template.snapshot is not None:
                 return TemplateBuild(template=job.name, outcome="ready", reason="already built")
@@ -238,9 +259,14 @@ class WarmRuns:
         name = job.name
         log.info("building template %s of %s (ready port %d)", name, job.image, job.ready_port)
         create = CreateVMRequest(
-            name=name, image=job.image, memory=job.memory, cpus=job.cpus, disk=job.disk,
-            user_data=job.user_data, template=True,
-        )  # fmt: skip
+            name=name,
+            image=job.image,
+            memory=job.memory,
+            cpus=job.cpus,
+            disk=job.disk,
+            user_data=job.user_data,
+            template=True,
+        )
         self._vms.create(create)
         try:
             if self._stop.is_set():
@@ -248,9 +274,12 @@ class WarmRuns:
             vm = self._vms.start(name)
             assert vm.ip is not None
             seconds = readiness.wait_until_ready(
-                self._settings.netns, vm.ip, job.ready_port, self._settings.run_ready_timeout,
+                self._settings.netns,
+                vm.ip,
+                job.ready_port,
+                self._settings.run_ready_timeout,
                 self._stop,
-            )  # fmt: skip
+            )
             log.info("template %s of %s ready after %.1fs", name, job.image, seconds)
             self._snapshots.snapshot(name)
             self._vms.stop(name, timeout=0)  # its snapshot is what counts now
@@ -259,8 +288,13 @@ class WarmRuns:
             self._store.save_vm(template)
         except BaseException as error:
             called_off = isinstance(error, readiness.Interrupted)  # shutdown: nothing wrong
-            log.log(logging.INFO if called_off else logging.WARNING,
-                    "template %s of %s not built: %s", name, job.image, error)  # fmt: skip
+            log.log(
+                logging.INFO if called_off else logging.WARNING,
+                "template %s of %s not built: %s",
+                name,
+                job.image,
+                error,
+            )
             self._discard(name)
             raise
 
@@ -272,12 +306,16 @@ class WarmRuns:
             return
         try:
             readiness.wait_until_ready(
-                self._settings.netns, vm.ip, job.ready_port, self._settings.run_ready_timeout,
+                self._settings.netns,
+                vm.ip,
+                job.ready_port,
+                self._settings.run_ready_timeout,
                 self._stop,
-            )  # fmt: skip
+            )
         except BackendError as error:  # its guest may differ (user data): build anyway
-            log.info("building template %s although VM %s did not answer: %s", job.name,
-                     vm.name, error)  # fmt: skip
+            log.info(
+                "building template %s although VM %s did not answer: %s", job.name, vm.name, error
+            )
 
     def _discard(self, name: str) -> None:
         """Delete a template that is not (fully) built, powering it off without waiting."""
@@ -292,12 +330,15 @@ class WarmRuns:
         current = image_fingerprint(image)
         for vm in self._vms.list():
             if (
-                vm.name.startswith(TEMPLATE_PREFIX) and vm.image == image.ref
-                and vm.state == VMState.STOPPED and (
+                vm.name.startswith(TEMPLATE_PREFIX)
+                and vm.image == image.ref
+                and vm.state == VMState.STOPPED
+                and (
                     vm.image_fingerprint not in (None, current)
                     or (vm.snapshot is not None and vm.snapshot.layout != DEVICE_LAYOUT)
-                ) and not any(c.clone_of == vm.name for c in self._store.list_vms())
-            ):  # fmt: skip
+                )
+                and not any(c.clone_of == vm.name for c in self._store.list_vms())
+            ):
                 log.info("retiring template %s: its image or its devices changed", vm.name)
                 self._vms.delete(vm.name)
 
@@ -345,6 +386,8 @@ class WarmRuns:
         if left <= 0:
             path.unlink(missing_ok=True)
             return None
-        return (f"building template {name} failed ({error}); runs of this image and shape "
-                f"boot cold for {left:.0f}s more (MEDA_RUN_TEMPLATE_RETRY) or until the "
-                "image changes")  # fmt: skip
+        return (
+            f"building template {name} failed ({error}); runs of this image and shape "
+            f"boot cold for {left:.0f}s more (MEDA_RUN_TEMPLATE_RETRY) or until the "
+            "image changes"
+        )

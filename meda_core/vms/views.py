@@ -72,9 +72,11 @@ def snapshot_info(snapshot: Snapshot | None) -> SnapshotInfo | None:
     if snapshot is None:
         return None
     return SnapshotInfo(
-        id=snapshot.id, created=snapshot.created, state_size=format_size(snapshot.state_bytes),
+        id=snapshot.id,
+        created=snapshot.created,
+        state_size=format_size(snapshot.state_bytes),
         save_seconds=round(snapshot.seconds, 3),
-    )  # fmt: skip
+    )
 
 
 def template_list(vms: list[VM]) -> TemplateList:

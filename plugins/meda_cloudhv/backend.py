@@ -69,9 +69,13 @@ class CloudHypervisor(HypervisorBackend):
         socket = launch.vm_dir / chconfig.SOCKET
         # setsid --fork: the VMM is nobody's child here and outlives meda.
         subprocess.run(
-            ["setsid", "--fork", *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, check=True, timeout=10,
-        )  # fmt: skip
+            ["setsid", "--fork", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+            timeout=10,
+        )
         runtime = self._await_vmm(socket, launch, settings.start_timeout)
         try:
             with VmmApi(socket) as api:

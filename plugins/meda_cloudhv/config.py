@@ -41,10 +41,13 @@ def socket_option(value: str) -> str | None:
 def argv(binary: str, launch: LaunchSpec) -> list[str]:
     """The VMM process: only its API socket and logs; the VM comes through vm.create."""
     return [
-        *netns.exec_prefix(launch.netns), binary,
-        "--api-socket", f"path={option_value(str(launch.vm_dir / SOCKET))}",
-        "--log-file", str(launch.vm_dir / LOG),
-    ]  # fmt: skip
+        *netns.exec_prefix(launch.netns),
+        binary,
+        "--api-socket",
+        f"path={option_value(str(launch.vm_dir / SOCKET))}",
+        "--log-file",
+        str(launch.vm_dir / LOG),
+    ]
 
 
 def vm_config(launch: LaunchSpec, firmware: Path | None) -> dict[str, Any]:

@@ -80,13 +80,18 @@ class OciRegistry(RegistryBackend):
     def push(self, files: ImageFiles, reference: Reference, progress: Progress) -> str:
         config = self.config
         with Deadline(config.deadline) as deadline:
-            return self._push(files, reference, self._clients(reference, deadline), config,
-                              progress)  # fmt: skip
+            return self._push(
+                files, reference, self._clients(reference, deadline), config, progress
+            )
 
     def _push(
-        self, files: ImageFiles, reference: Reference, client: Callable[[], RegistryClient],
-        config: OciSettings, progress: Progress,
-    ) -> str:  # fmt: skip
+        self,
+        files: ImageFiles,
+        reference: Reference,
+        client: Callable[[], RegistryClient],
+        config: OciSettings,
+        progress: Progress,
+    ) -> str:
         parts = [p for p in (files.disk, files.kernel, files.initrd) if p is not None]
         meter = _Meter(sum(p.stat().st_size for p in parts), progress)
         layers: list[dict[str, Any]] = []
@@ -95,9 +100,11 @@ class OciRegistry(RegistryBackend):
             chunks, zero = self._push_disk(files.disk, client, config, meter)
             layers += [formats.chunk_layer(c) for c in chunks]
             disk_meta = {
-                "format": files.disk_format, "size": files.disk.stat().st_size,
-                "chunk_size": config.chunk_size, "zero_chunks": zero,
-            }  # fmt: skip
+                "format": files.disk_format,
+                "size": files.disk.stat().st_size,
+                "chunk_size": config.chunk_size,
+                "zero_chunks": zero,
+            }
         for path, media_type, title in (
             (files.kernel, formats.KERNEL_TYPE, "vmlinuz"),
             (files.initrd, formats.INITRD_TYPE, "initrd"),
@@ -105,9 +112,10 @@ class OciRegistry(RegistryBackend):
             if path is not None:
                 layers.append(self._push_file(path, media_type, title, client(), meter))
         meta: dict[str, Any] = {
-            "disk": disk_meta, "cmdline": files.cmdline,
+            "disk": disk_meta,
+            "cmdline": files.cmdline,
             "defaults": files.defaults.model_dump() if files.defaults else None,
-        }  # fmt: skip
+        }
         if files.ready_port is not None:  # absent, not null: older pushes keep their bytes
             meta["ready_port"] = files.ready_port
         config_blob = json.dumps(meta, sort_keys=True).encode()
@@ -138,8 +146,9 @@ class OciRegistry(RegistryBackend):
             packed = zstandard.ZstdCompressor(level=config.zstd_level).compress(data)
             blob = sha256_digest(packed)
             client().upload(packed, blob, len(packed))
-            return formats.Chunk(index, index * step, len(data), sha256_digest(data), blob,
-                                 len(packed))  # fmt: skip
+            return formats.Chunk(
+                index, index * step, len(data), sha256_digest(data), blob, len(packed)
+            )
 
         with ThreadPoolExecutor(config.concurrency) as pool:
             results = list(pool.map(one, range(count)))
@@ -178,9 +187,13 @@ class OciRegistry(RegistryBackend):
         return ImageFiles(**{**files.__dict__, "digest": digest})
 
     def _pull_meda(
-        self, manifest: dict[str, Any], workdir: Path, client: Callable[[], RegistryClient],
-        settings: OciSettings, progress: Progress,
-    ) -> ImageFiles:  # fmt: skip
+        self,
+        manifest: dict[str, Any],
+        workdir: Path,
+        client: Callable[[], RegistryClient],
+        settings: OciSettings,
+        progress: Progress,
+    ) -> ImageFiles:
         layer = manifest["config"]
         path = client().download(layer["digest"], layer["size"], workdir / CONFIG_FILE, _ignore)
         try:
@@ -205,16 +218,23 @@ class OciRegistry(RegistryBackend):
         if cmdline is not None and not isinstance(cmdline, str):
             raise formats.invalid("kernel command line", cmdline)
         return ImageFiles(
-            disk=disk_path, disk_format=disk.format if disk else None,
-            kernel=paths.get("vmlinuz"), initrd=paths.get("initrd"), cmdline=cmdline,
+            disk=disk_path,
+            disk_format=disk.format if disk else None,
+            kernel=paths.get("vmlinuz"),
+            initrd=paths.get("initrd"),
+            cmdline=cmdline,
             defaults=VMSpec.model_validate(defaults) if defaults else None,
             ready_port=ready_port,
-        )  # fmt: skip
+        )
 
     def _pull_disk(
-        self, disk: formats.Disk, chunks: list[formats.Chunk], workdir: Path,
-        client: Callable[[], RegistryClient], meter: _Meter,
-    ) -> Path:  # fmt: skip
+        self,
+        disk: formats.Disk,
+        chunks: list[formats.Chunk],
+        workdir: Path,
+        client: Callable[[], RegistryClient],
+        meter: _Meter,
+    ) -> Path:
         """Chunks land in a sparse file at their offsets; a marker per chunk makes it
         resumable; zero chunks stay holes."""
         final = workdir / "disk"
@@ -246,9 +266,12 @@ class OciRegistry(RegistryBackend):
         return final
 
     def _pull_rust(
-        self, manifest: dict[str, Any], workdir: Path, client: Callable[[], RegistryClient],
+        self,
+        manifest: dict[str, Any],
+        workdir: Path,
+        client: Callable[[], RegistryClient],
         progress: Progress,
-    ) -> ImageFiles:  # fmt: skip
+    ) -> ImageFiles:
         """Rust-meda artifacts: one layer per file, big files in chunk layers to concatenate.
 
         Only the base image is used (and fetched); its parts land under names meda picks.
@@ -263,10 +286,12 @@ class OciRegistry(RegistryBackend):
         meter = _Meter(total, progress)
         parts = workdir / "layers"
         with ThreadPoolExecutor(self.config.concurrency) as pool:
-            fetched = list(pool.map(
-                lambda pair: _fetch(client, pair[1], parts / str(pair[0]), meter),
-                enumerate(layers),
-            ))  # fmt: skip
+            fetched = list(
+                pool.map(
+                    lambda pair: _fetch(client, pair[1], parts / str(pair[0]), meter),
+                    enumerate(layers),
+                )
+            )
         dest = workdir / "disk"
         with dest.open("wb") as out:
             for path in fetched:

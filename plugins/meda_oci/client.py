@@ -62,9 +62,12 @@ class RegistryClient:
     # ---- requests ----
 
     def do_request(
-        self, url: str, method: str = "GET", data: Any = None,
+        self,
+        url: str,
+        method: str = "GET",
+        data: Any = None,
         headers: dict[str, str] | None = None,
-    ) -> requests.Response:  # fmt: skip
+    ) -> requests.Response:
         """One request with its credentials, following redirects; the body is not read yet.
 
         A Bearer challenge is answered once with a token from the registry's realm.
@@ -72,10 +75,12 @@ class RegistryClient:
         if self._needs_login:
             host = self._credentials.host
             hint = (
-                "" if not self.login.elsewhere
+                ""
+                if not self.login.elsewhere
                 else " (MEDA_REGISTRY_* credentials are set, but MEDA_REGISTRY_HOST is not set)"
-                if host is None else f" (MEDA_REGISTRY_* credentials are set, for {host} only)"
-            )  # fmt: skip
+                if host is None
+                else f" (MEDA_REGISTRY_* credentials are set, for {host} only)"
+            )
             raise BackendError(
                 f"registry {self.ref.registry} requires a login: set MEDA_REGISTRY_HOST, "
                 f"MEDA_REGISTRY_USERNAME and MEDA_REGISTRY_PASSWORD, or log in with docker{hint}",
@@ -136,18 +141,28 @@ class RegistryClient:
         return {}
 
     def _send(
-        self, method: str, url: str, data: Any, headers: dict[str, str],
+        self,
+        method: str,
+        url: str,
+        data: Any,
+        headers: dict[str, str],
         params: dict[str, str] | None = None,
-    ) -> requests.Response:  # fmt: skip
+    ) -> requests.Response:
         """One request, retried briefly on connection errors and 5xx only; never a redirect."""
         headers = {"Accept-Encoding": "identity", **headers}
         for attempt in range(RETRIES):
             self.deadline.check()
             try:
                 response: requests.Response = self.session.request(
-                    method, url, data=data, headers=headers, params=params, stream=True,
-                    allow_redirects=False, timeout=self.deadline.timeouts(),
-                )  # fmt: skip
+                    method,
+                    url,
+                    data=data,
+                    headers=headers,
+                    params=params,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=self.deadline.timeouts(),
+                )
             except requests.RequestException as exc:
                 if self.deadline.expired:
                     raise self.deadline.error() from None
@@ -302,10 +317,11 @@ class RegistryClient:
         separator = "&" if "?" in location else "?"
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         self._check(
-            self.do_request(f"{location}{separator}digest={digest}", "PUT", data=data,
-                            headers=headers),
+            self.do_request(
+                f"{location}{separator}digest={digest}", "PUT", data=data, headers=headers
+            ),
             f"uploading blob {digest[:19]}",
-        ).close()  # fmt: skip
+        ).close()
 
     def _upload_location(self, start: requests.Response) -> str:
         location = start.headers.get("Location")

@@ -146,10 +146,16 @@ def descriptor(media_type: str, digest: str, size: int, **annotations: str) -> d
 
 def chunk_layer(chunk: Chunk) -> dict[str, Any]:
     return descriptor(
-        CHUNK_TYPE, chunk.blob, chunk.blob_size,
-        **{TITLE: f"disk.chunk.{chunk.index:05d}", CHUNK_INDEX: str(chunk.index),
-           CHUNK_SIZE: str(chunk.size), CHUNK_DIGEST: chunk.digest},
-    )  # fmt: skip
+        CHUNK_TYPE,
+        chunk.blob,
+        chunk.blob_size,
+        **{
+            TITLE: f"disk.chunk.{chunk.index:05d}",
+            CHUNK_INDEX: str(chunk.index),
+            CHUNK_SIZE: str(chunk.size),
+            CHUNK_DIGEST: chunk.digest,
+        },
+    )
 
 
 def chunks_of(manifest: dict[str, Any], disk: Disk) -> list[Chunk]:
@@ -162,8 +168,9 @@ def chunks_of(manifest: dict[str, Any], disk: Disk) -> list[Chunk]:
             size = _number(notes.get(CHUNK_SIZE), "chunk size")
             offset = index * disk.chunk_size
             if index in found or not 0 < size <= disk.chunk_size or offset + size > disk.size:
-                raise invalid(f"disk chunk {index} (size {size}) for a {disk.size}-byte disk",
-                              notes)  # fmt: skip
+                raise invalid(
+                    f"disk chunk {index} (size {size}) for a {disk.size}-byte disk", notes
+                )
             digest = checked_digest(notes.get(CHUNK_DIGEST), "chunk digest")
             found[index] = Chunk(index, offset, size, digest, layer["digest"], layer["size"])
     return [found[i] for i in sorted(found)]

@@ -80,8 +80,19 @@ class Qcow2Storage(StorageBackend):
         diskprobe.check_chain(base, diskprobe.roots(self.context.settings))
         tmp = dest.with_name(dest.name + ".tmp")
         try:
-            _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(base.resolve()),
-                      "-F", _format(base), str(tmp), str(size))  # fmt: skip
+            _qemu_img(
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-u",
+                "-b",
+                str(base.resolve()),
+                "-F",
+                _format(base),
+                str(tmp),
+                str(size),
+            )
             tmp.rename(dest)
         finally:
             tmp.unlink(missing_ok=True)
@@ -90,8 +101,7 @@ class Qcow2Storage(StorageBackend):
     def flatten(self, source: Path, dest: Path) -> DiskInfo:
         tmp = dest.with_name(dest.name + ".tmp")
         try:
-            _qemu_img("convert", "-q", "-f", _format(source), "-O", "qcow2",
-                      str(source), str(tmp))  # fmt: skip
+            _qemu_img("convert", "-q", "-f", _format(source), "-O", "qcow2", str(source), str(tmp))
             diskprobe.check_standalone(tmp)
             tmp.rename(dest)
         finally:

@@ -58,12 +58,31 @@ def boot_test(binary: str, kernel: Path, timeout: float) -> str | None:
     with tempfile.TemporaryDirectory(prefix="meda-kvm-probe-") as tmp:
         serial, errors = Path(tmp) / "serial.log", Path(tmp) / "stderr.log"
         argv = [
-            binary, "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "256",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-sandbox", SANDBOX, "-chardev", f"file,id=serial,path={path_opt(serial)}",
-            "-serial", "chardev:serial", "-kernel", str(kernel),
-            "-append", "console=ttyS0 panic=-1 earlyprintk=serial,ttyS0",
-        ]  # fmt: skip
+            binary,
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-sandbox",
+            SANDBOX,
+            "-chardev",
+            f"file,id=serial,path={path_opt(serial)}",
+            "-serial",
+            "chardev:serial",
+            "-kernel",
+            str(kernel),
+            "-append",
+            "console=ttyS0 panic=-1 earlyprintk=serial,ttyS0",
+        ]
         with errors.open("wb") as stderr:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
         try:

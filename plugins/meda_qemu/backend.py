@@ -125,8 +125,9 @@ class QemuHypervisor(HypervisorBackend):
         qmp_socket, _ = runtime_paths(launch.vm_dir)
         try:
             for index in range(1, len(launch.extra_disks) + 1):
-                qmp.execute(qmp_socket, "blockdev-open-tray", {"id": cdrom_id(index),
-                                                                "force": True})  # fmt: skip
+                qmp.execute(
+                    qmp_socket, "blockdev-open-tray", {"id": cdrom_id(index), "force": True}
+                )
                 qmp.execute(qmp_socket, "blockdev-close-tray", {"id": cdrom_id(index)})
         except Exception as exc:
             procs.kill(runtime)
@@ -165,10 +166,19 @@ class QemuHypervisor(HypervisorBackend):
         node = f"overlay-{secrets.token_hex(6)}"
         with _opened(overlay) as fd:
             # As the VM's disk (build_argv): a file meda opened, never reopened read-only.
-            qmp.execute_on_fdset(qmp_socket, fd, lambda path: ("blockdev-add", {
-                "driver": "qcow2", "node-name": node, "backing": None,
-                "file": {"driver": "file", "filename": path, "auto-read-only": False},
-            }))  # fmt: skip
+            qmp.execute_on_fdset(
+                qmp_socket,
+                fd,
+                lambda path: (
+                    "blockdev-add",
+                    {
+                        "driver": "qcow2",
+                        "node-name": node,
+                        "backing": None,
+                        "file": {"driver": "file", "filename": path, "auto-read-only": False},
+                    },
+                ),
+            )
         qmp.execute(qmp_socket, "blockdev-snapshot", {"node": "disk0", "overlay": node})
 
     def resume(self, runtime: RuntimeInfo, vm_dir: Path) -> None:
@@ -262,9 +272,14 @@ def _launch(argv: list[str], launch: LaunchSpec, pass_fds: tuple[int, ...]) -> N
         if launch.restore_state is not None:
             state = files.enter_context(launch.restore_state.open("rb"))  # -incoming fd:0
         process = subprocess.Popen(
-            argv, stdin=state, stdout=log, stderr=log, start_new_session=True, umask=UMASK,
+            argv,
+            stdin=state,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            umask=UMASK,
             pass_fds=pass_fds,
-        )  # fmt: skip
+        )
     # meda may live long (the server): reap QEMU when it ends, so it leaves no zombie.
     threading.Thread(target=process.wait, name=f"reap-qemu-{process.pid}", daemon=True).start()
     qmp_socket, _ = runtime_paths(launch.vm_dir)

@@ -135,10 +135,16 @@ class TapBridgeNetwork(NetworkBackend):
         assert attachment.ip is not None and attachment.gateway is not None
         config = self.config
         isolated.setup(
-            self.ns, attachment.netns, attachment.tap, config.bridge, attachment.mac,
-            attachment.ip, config.network.prefixlen, attachment.gateway,
+            self.ns,
+            attachment.netns,
+            attachment.tap,
+            config.bridge,
+            attachment.mac,
+            attachment.ip,
+            config.network.prefixlen,
+            attachment.gateway,
             self._vm_state_dir(attachment.netns),
-        )  # fmt: skip
+        )
         return NicSpec(kind="tap", mac=attachment.mac, tap=isolated.TAP, netns=attachment.netns)
 
     def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
@@ -177,8 +183,11 @@ class TapBridgeNetwork(NetworkBackend):
     def forward_listeners(self, forward: PortForward) -> list[ForwardListener]:
         port = forward.host_port
         if self.ns is None:
-            return [ForwardListener(address=f"{self._forward_address}:{port}", netns=None,
-                                    by="nftables")]  # fmt: skip
+            return [
+                ForwardListener(
+                    address=f"{self._forward_address}:{port}", netns=None, by="nftables"
+                )
+            ]
         return [
             ForwardListener(address=f"{self._forward_address}:{port}", netns=None, by="proxy"),
             ForwardListener(address=f"{EVERY_ADDRESS}:{port}", netns=self.ns, by="nftables"),
@@ -196,11 +205,16 @@ class TapBridgeNetwork(NetworkBackend):
         ips = {lease.vm: lease.ip for lease in self.context.state.leases(self.config.bridge)}
         address, allow_local = self._forward_address, self.config.guest_to_guest
         return [
-            ProxySpec(protocol=f.protocol.value, host_port=f.host_port, address=address,
-                      target=f"{ips[vm]}:{f.guest_port}", allow_local=allow_local)
+            ProxySpec(
+                protocol=f.protocol.value,
+                host_port=f.host_port,
+                address=address,
+                target=f"{ips[vm]}:{f.guest_port}",
+                allow_local=allow_local,
+            )
             for vm, f in self.context.state.forwards()
             if vm in ips
-        ]  # fmt: skip
+        ]
 
     def _sync_proxies(self) -> None:
         self.proxies.sync(self._wanted_proxies())
@@ -214,8 +228,14 @@ class TapBridgeNetwork(NetworkBackend):
             for vm in self.context.state.list_vms():
                 lease = by_vm.get(vm.name)
                 if vm.netns and lease and Path("/run/netns", vm.netns).exists():
-                    isolated.refresh(self.ns, vm.netns, self.config.bridge, lease.mac, lease.ip,
-                                     self.config.gateway_ip)  # fmt: skip
+                    isolated.refresh(
+                        self.ns,
+                        vm.netns,
+                        self.config.bridge,
+                        lease.mac,
+                        lease.ip,
+                        self.config.gateway_ip,
+                    )
             try:
                 self._sync_proxies()
             except MedaError as exc:  # the server still starts; the forward says why later
@@ -244,15 +264,18 @@ class TapBridgeNetwork(NetworkBackend):
         found: list[tuple[str, Callable[[], object]]] = []
         for lease in state.leases(config.bridge):
             if lease.vm not in vms:
-                found.append((
-                    f"lease {lease.ip} of missing VM '{lease.vm}'",
-                    partial(state.release_lease, config.bridge, lease.vm),
-                ))  # fmt: skip
+                found.append(
+                    (
+                        f"lease {lease.ip} of missing VM '{lease.vm}'",
+                        partial(state.release_lease, config.bridge, lease.vm),
+                    )
+                )
         live_taps = {
-            vm.tap_device for vm in vms.values()
-            if vm.state in (VMState.RUNNING, VMState.STARTING, VMState.STOPPING,
-                            VMState.SNAPSHOTTING)
-        }  # fmt: skip
+            vm.tap_device
+            for vm in vms.values()
+            if vm.state
+            in (VMState.RUNNING, VMState.STARTING, VMState.STOPPING, VMState.SNAPSHOTTING)
+        }
         for link in links.link_names(self.ns):
             if link.startswith(("mtap", "mveth")) and link not in live_taps:
                 found.append((f"link {link}", partial(links.remove_link, self.ns, link)))
@@ -261,19 +284,26 @@ class TapBridgeNetwork(NetworkBackend):
         mine = self._vm_namespace("")
         for path in sorted(Path("/run/netns").glob(f"{mine}*")):
             if path.name not in live_namespaces:
-                found.append((f"network namespace {path.name}", partial(
-                    isolated.teardown, self.ns, path.name, "", self._vm_state_dir(path.name)
-                )))  # fmt: skip
+                found.append(
+                    (
+                        f"network namespace {path.name}",
+                        partial(
+                            isolated.teardown, self.ns, path.name, "", self._vm_state_dir(path.name)
+                        ),
+                    )
+                )
         if not any(lease.vm in vms for lease in state.leases(config.bridge)):
             if self.dhcp.running() is not None:
                 found.append((f"dnsmasq for {config.bridge}", self.dhcp.stop))
             if nft.exists(self.ns):
                 found.append((f"nftables tables {nft.TABLE}", lambda: nft.replace(self.ns, None)))
             if config.bridge in links.link_names(self.ns):
-                found.append((
-                    f"bridge {config.bridge}",
-                    lambda: links.remove_link(self.ns, config.bridge),
-                ))  # fmt: skip
+                found.append(
+                    (
+                        f"bridge {config.bridge}",
+                        lambda: links.remove_link(self.ns, config.bridge),
+                    )
+                )
             if self.ns is not None and (described := uplink.present(self.ns)):
                 found.append((", ".join(described), partial(uplink.remove, self.ns)))
         return found
@@ -301,13 +331,15 @@ class TapBridgeNetwork(NetworkBackend):
         self._ensure_namespace()
         config = self.config
         if self.ns is not None and config.netns_uplink:
-            uplink.ensure(self.ns, config.uplink_network, config.blocked_networks,
-                          config.uplink_interfaces)  # fmt: skip
+            uplink.ensure(
+                self.ns, config.uplink_network, config.blocked_networks, config.uplink_interfaces
+            )
         elif self.ns is not None and not netns.run(self.ns, ["ip", "route", "show", "default"]):
             log.warning(
                 "MEDA_NETNS %s has no route out (MEDA_NETNS_UPLINK=0): its guests get no "
-                "answers from DNS and reach nothing beyond the host", self.ns,
-            )  # fmt: skip
+                "answers from DNS and reach nothing beyond the host",
+                self.ns,
+            )
         links.ensure_bridge(self.ns, config.bridge, config.gateway_ip, config.network.prefixlen)
         netns.set_sysctl(self.ns, "net.ipv4.ip_forward", "1")
         # Forwards reached from 127.0.0.1 are routed out of the bridge: allow it there only.
@@ -343,10 +375,15 @@ class TapBridgeNetwork(NetworkBackend):
         ]
         address = None if self.ns is not None else self._forward_address
         ruleset = nft.render(
-            config.subnet, config.bridge, forwards, ports, config.guest_to_guest,
-            config.gateway_ip, forward_address=None if address == EVERY_ADDRESS else address,
+            config.subnet,
+            config.bridge,
+            forwards,
+            ports,
+            config.guest_to_guest,
+            config.gateway_ip,
+            forward_address=None if address == EVERY_ADDRESS else address,
             blocked=config.blocked_networks,
-        )  # fmt: skip
+        )
         nft.replace(self.ns, ruleset)
 
     def _teardown(self) -> None:

@@ -80,24 +80,33 @@ class DhcpServer:
 
     def argv(self, gateway: str, netmask: str, network: str) -> list[str]:
         return [
-            "dnsmasq", "--conf-file=/dev/null", f"--pid-file={self.pidfile}",
-            f"--interface={self.bridge}", "--bind-interfaces", "--except-interface=lo",
+            "dnsmasq",
+            "--conf-file=/dev/null",
+            f"--pid-file={self.pidfile}",
+            f"--interface={self.bridge}",
+            "--bind-interfaces",
+            "--except-interface=lo",
             f"--dhcp-range={network},static,{netmask},12h",
             f"--dhcp-hostsfile={self.hostsfile}",
             f"--dhcp-leasefile={self.state_dir / 'dnsmasq.leases'}",
             f"--dhcp-option=option:router,{gateway}",
-            f"--dhcp-option=option:dns-server,{gateway}", "--dhcp-authoritative",
+            f"--dhcp-option=option:dns-server,{gateway}",
+            "--dhcp-authoritative",
             # DNS: only the upstream servers (no resolv.conf, no /etc/hosts of the host),
             # and no private reverse lookups or plain names sent out.
-            "--no-resolv", "--no-hosts", f"--servers-file={self.serversfile}",
-            "--domain-needed", "--bogus-priv",
+            "--no-resolv",
+            "--no-hosts",
+            f"--servers-file={self.serversfile}",
+            "--domain-needed",
+            "--bogus-priv",
             # Nor the names guests send in DHCP: one could take another's name in DNS.
             "--dhcp-ignore-names",
-            "--user=root", "--group=root",
+            "--user=root",
+            "--group=root",
             # Not --log-dhcp into a file: guests choose what dnsmasq would log, and how
             # often. Problems still go to syslog, which rate-limits.
             "--quiet-dhcp",
-        ]  # fmt: skip
+        ]
 
     def ensure(
         self, leases: list[Lease], gateway: str, netmask: str, network: str, servers: list[str]

@@ -62,15 +62,23 @@ table inet {TABLE} {{
 
 
 def setup(
-    meda_ns: str | None, vm_ns: str, veth: str, bridge: str, mac: str, address: str,
-    prefix: int, gateway: str, state_dir: Path,
-) -> None:  # fmt: skip
+    meda_ns: str | None,
+    vm_ns: str,
+    veth: str,
+    bridge: str,
+    mac: str,
+    address: str,
+    prefix: int,
+    gateway: str,
+    state_dir: Path,
+) -> None:
     """Make ``vm_ns`` with the guest's tap, DHCP and NAT, joined to ``bridge`` by ``veth``
     (its inner end has the lease's ``mac`` and ``address``)."""
     teardown(meda_ns, vm_ns, veth, state_dir)  # a stale one from a crash: start afresh
     subprocess.run(["ip", "netns", "add", vm_ns], check=True, capture_output=True)
-    netns.run(meda_ns, ["ip", "link", "add", veth, "type", "veth", "peer", "name", UPLINK,
-                        "netns", vm_ns])  # fmt: skip
+    netns.run(
+        meda_ns, ["ip", "link", "add", veth, "type", "veth", "peer", "name", UPLINK, "netns", vm_ns]
+    )
     netns.run(meda_ns, ["ip", "link", "set", veth, "master", bridge, "up"])
     script = [
         ["ip", "link", "set", "lo", "up"],
@@ -95,15 +103,26 @@ def _start_dhcp(vm_ns: str, state_dir: Path) -> None:
     """The namespace's dnsmasq: DHCP only, on the guest's tap (a DNS query to the gateway
     is DNATed past it)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    netns.run(vm_ns, [
-        "dnsmasq", "--conf-file=/dev/null", f"--pid-file={state_dir / 'dnsmasq.pid'}",
-        f"--interface={TAP}", "--bind-interfaces", "--except-interface=lo", "--port=0",
-        f"--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.252,12h",
-        f"--dhcp-option=option:router,{GATEWAY_IP}",
-        f"--dhcp-option=option:dns-server,{GATEWAY_IP}", "--dhcp-authoritative",
-        f"--dhcp-leasefile={state_dir / 'dnsmasq.leases'}", "--user=root", "--group=root",
-        "--quiet-dhcp",
-    ])  # fmt: skip
+    netns.run(
+        vm_ns,
+        [
+            "dnsmasq",
+            "--conf-file=/dev/null",
+            f"--pid-file={state_dir / 'dnsmasq.pid'}",
+            f"--interface={TAP}",
+            "--bind-interfaces",
+            "--except-interface=lo",
+            "--port=0",
+            f"--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.252,12h",
+            f"--dhcp-option=option:router,{GATEWAY_IP}",
+            f"--dhcp-option=option:dns-server,{GATEWAY_IP}",
+            "--dhcp-authoritative",
+            f"--dhcp-leasefile={state_dir / 'dnsmasq.leases'}",
+            "--user=root",
+            "--group=root",
+            "--quiet-dhcp",
+        ],
+    )
 
 
 def _stop_dhcp(state_dir: Path) -> None:

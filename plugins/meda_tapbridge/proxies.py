@@ -124,16 +124,29 @@ class Proxies:
         prefix = netns.exec_prefix(self.ns)  # BackendUnavailable if the namespace is gone
         with _bound(spec) as sock:
             argv = [
-                *prefix, sys.executable, "-I", str(PROXY), "--fd", str(sock.fileno()),
-                "--target", spec.target, "--user", USER,
-                "--forward", f"{spec.protocol}/{spec.host_port}",
+                *prefix,
+                sys.executable,
+                "-I",
+                str(PROXY),
+                "--fd",
+                str(sock.fileno()),
+                "--target",
+                spec.target,
+                "--user",
+                USER,
+                "--forward",
+                f"{spec.protocol}/{spec.host_port}",
                 *(["--allow-local"] if spec.allow_local else []),
-            ]  # fmt: skip
+            ]
             with os.fdopen(create_private(self._log(spec.key)), "wb") as log:
                 process = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                    pass_fds=(sock.fileno(),), start_new_session=True,
-                )  # fmt: skip
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    pass_fds=(sock.fileno(),),
+                    start_new_session=True,
+                )
         # meda may live long (the server): reap the proxy when it ends, leave no zombie.
         threading.Thread(target=process.wait, name=f"reap-proxy-{process.pid}", daemon=True).start()
         runtime = procs.identify(process.pid)

@@ -237,9 +237,12 @@ def serve_udp(listening: socket.socket, target: tuple[str, int], refuse: Refuse)
 
 
 def _from_client(
-    listening: socket.socket, target: tuple[str, int], refuse: Refuse,
-    clients: dict[tuple[str, int], _Client], selector: selectors.BaseSelector,
-) -> None:  # fmt: skip
+    listening: socket.socket,
+    target: tuple[str, int],
+    refuse: Refuse,
+    clients: dict[tuple[str, int], _Client],
+    selector: selectors.BaseSelector,
+) -> None:
     try:
         data, address = listening.recvfrom(DATAGRAM)
     except OSError:
@@ -262,9 +265,10 @@ def _from_client(
 
 
 def _room(
-    clients: dict[tuple[str, int], _Client], selector: selectors.BaseSelector,
+    clients: dict[tuple[str, int], _Client],
+    selector: selectors.BaseSelector,
     address: tuple[str, int],
-) -> bool:  # fmt: skip
+) -> bool:
     """Whether a new client at ``address`` gets a place: its source IP has fewer than
     MAX_UDP_PER_SOURCE, and the table has room or a client idle for UDP_EVICT_IDLE gives way."""
     if sum(1 for known in clients if known[0] == address[0]) >= MAX_UDP_PER_SOURCE:

@@ -93,8 +93,9 @@ def ensure(
     prefix = subnet.prefixlen
     if outer not in links.link_names(None):
         links.remove_link(ns, INNER)  # a stale end whose peer went
-        netns.run(None, ["ip", "link", "add", outer, "type", "veth", "peer", "name", INNER,
-                         "netns", ns])  # fmt: skip
+        netns.run(
+            None, ["ip", "link", "add", outer, "type", "veth", "peer", "name", INNER, "netns", ns]
+        )
     for where, link, address in ((None, outer, first), (ns, INNER, second)):
         netns.run(where, ["ip", "addr", "flush", "dev", link])
         netns.run(where, ["ip", "addr", "add", f"{address}/{prefix}", "dev", link])

@@ -46,8 +46,15 @@ class Server:
         return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(self.port),
-                *self.args]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "meda_cli.main",
+            "serve",
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
         log = (self.home / "server.log").open("ab")
         self.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log, cwd=self.cwd)
         deadline = time.monotonic() + 30
@@ -87,10 +94,13 @@ def start_server(
     """Start ``meda serve`` with its network in a test-made namespace (extra env allowed)."""
     home = tmp_path / "home"
     base_env = {
-        **os.environ, "MEDA_HOME": str(home), "MEDA_DEFAULT_IMAGE": "guest", "MEDA_NETNS": netns,
+        **os.environ,
+        "MEDA_HOME": str(home),
+        "MEDA_DEFAULT_IMAGE": "guest",
+        "MEDA_NETNS": netns,
         # Forwards also answer in the namespace meda runs in (the host's): on loopback only.
         "MEDA_FORWARD_ADDRESS": "127.0.0.1",
-    }  # fmt: skip
+    }
     Meda(Settings(home=home)).images.import_files("guest", **guest_image)  # type: ignore[arg-type]
     servers: list[Server] = []
 
@@ -133,8 +143,12 @@ def run_meda(tmp_path: Path) -> RunMeda:
         full_env = {**os.environ, "MEDA_HOME": str(tmp_path / "cli-home"), **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "meda_cli.main", *args],
-            env=full_env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     return run
 

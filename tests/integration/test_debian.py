@@ -49,16 +49,28 @@ def test_debian_guest_user_data_ssh_forward_and_the_outside(
     server = start_server(MEDA_DNS_SERVERS=WORLD)
     meda = Meda(Settings(home=server.home, netns=netns))
     meda.images.import_files(
-        "debian:12", disk=debian_image.disk, kernel=debian_image.kernel,
-        initrd=debian_image.initrd, cmdline=debian_image.cmdline,
-    )  # fmt: skip
+        "debian:12",
+        disk=debian_image.disk,
+        kernel=debian_image.kernel,
+        initrd=debian_image.initrd,
+        cmdline=debian_image.cmdline,
+    )
     with server.client() as api:
         started = time.monotonic()
         # cold: cloud-init runs for this VM (a clone of a warm template keeps the
         # template's first boot, hostname included).
-        run = api.post("/images/run", json={"image": "debian:12", "name": "deb-e2e",
-                                            "memory": "1G", "cpus": 2, "disk": "4G",
-                                            "user_data": USER_DATA, "cold": True})  # fmt: skip
+        run = api.post(
+            "/images/run",
+            json={
+                "image": "debian:12",
+                "name": "deb-e2e",
+                "memory": "1G",
+                "cpus": 2,
+                "disk": "4G",
+                "user_data": USER_DATA,
+                "cold": True,
+            },
+        )
         assert run.status_code == 201, run.text
         console = Path(run.json()["vm"]["details"]["console_log"])
         wait_for_text(console, "finished at", timeout=600)

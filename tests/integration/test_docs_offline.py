@@ -50,8 +50,18 @@ def offline_server(netns: str, tmp_path: Path) -> Iterator[str]:
         assert all(" dev lo " in f"{route} " for route in routes.splitlines()), routes
     env = {**os.environ, "MEDA_HOME": str(tmp_path / "home")}
     log_path = tmp_path / "server.log"
-    argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "meda_cli.main", "serve",
-            "--port", str(PORT)]  # fmt: skip
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        sys.executable,
+        "-m",
+        "meda_cli.main",
+        "serve",
+        "--port",
+        str(PORT),
+    ]
     with log_path.open("wb") as log:
         server = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
     try:
@@ -70,13 +80,26 @@ def render(chromium: str, netns: str, url: str, folder: Path) -> Render:
     """Open ``url`` in headless Chromium inside ``netns``: the DOM once rendered."""
     netlog = folder / "net.json"
     argv = [
-        "ip", "netns", "exec", netns, chromium, "--headless", "--no-sandbox",
-        "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-default-apps",
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
         "--disable-features=SpellCheck,AutofillServerCommunication",
-        f"--user-data-dir={folder / 'profile'}", f"--log-net-log={netlog}",
-        "--virtual-time-budget=30000", "--dump-dom", url,
-    ]  # fmt: skip
+        f"--user-data-dir={folder / 'profile'}",
+        f"--log-net-log={netlog}",
+        "--virtual-time-budget=30000",
+        "--dump-dom",
+        url,
+    ]
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
     seconds = time.monotonic() - started

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.vm
 
 def test_pull_run_create_push_rmi_pull(server: Server, oci_registry: str) -> None:
     with server.client() as api:
-        pushed = api.post("/images/push", json={"name": "guest", "image": "guest:v1",
-                                                "registry": oci_registry})  # fmt: skip
+        pushed = api.post(
+            "/images/push", json={"name": "guest", "image": "guest:v1", "registry": oci_registry}
+        )
         assert pushed.status_code == 200, pushed.text
 
         # The seed's image workflow: pull → run → create an image from the VM.
@@ -25,16 +26,26 @@ def test_pull_run_create_push_rmi_pull(server: Server, oci_registry: str) -> Non
         assert pulled.status_code == 200, pulled.text
         assert pulled.json()["digest"] == pushed.json()["digest"]
         # cold: the test reads the boot on the console (a clone's console starts later).
-        run = api.post("/images/run", json={"image": "guest:v1", "name": "ubuntu-vm",
-                                            "memory": "256M", "cpus": 1, "cold": True})  # fmt: skip
+        run = api.post(
+            "/images/run",
+            json={
+                "image": "guest:v1",
+                "name": "ubuntu-vm",
+                "memory": "256M",
+                "cpus": 1,
+                "cold": True,
+            },
+        )
         assert run.status_code == 201, run.text
         wait_for_text(Path(run.json()["vm"]["details"]["console_log"]), BOOT_MARKER, 60)
-        busy = api.post("/images", json={"name": "my-ubuntu", "tag": "v1.0",
-                                         "from_vm": "ubuntu-vm"})  # fmt: skip
+        busy = api.post(
+            "/images", json={"name": "my-ubuntu", "tag": "v1.0", "from_vm": "ubuntu-vm"}
+        )
         assert busy.status_code == 409  # running: its disk is not read
         assert api.post("/vms/ubuntu-vm/stop").status_code == 200
-        created = api.post("/images", json={"name": "my-ubuntu", "tag": "v1.0",
-                                            "from_vm": "ubuntu-vm"})  # fmt: skip
+        created = api.post(
+            "/images", json={"name": "my-ubuntu", "tag": "v1.0", "from_vm": "ubuntu-vm"}
+        )
         assert created.status_code == 201, created.text
         assert api.delete("/images/guest:v1").status_code == 409  # ubuntu-vm uses it
 
@@ -47,8 +58,10 @@ def test_pull_run_create_push_rmi_pull(server: Server, oci_registry: str) -> Non
         assert again.json()["digest"] == first.json()["digest"]
         names = {(i["name"], i["tag"]) for i in api.get("/images").json()["images"]}
         assert ("my-ubuntu", "v1.0") in names
-        reborn = api.post("/images/run", json={"image": "my-ubuntu:v1.0", "name": "reborn",
-                                               "memory": "256M", "cold": True})  # fmt: skip
+        reborn = api.post(
+            "/images/run",
+            json={"image": "my-ubuntu:v1.0", "name": "reborn", "memory": "256M", "cold": True},
+        )
         assert reborn.status_code == 201, reborn.text
         wait_for_text(Path(reborn.json()["vm"]["details"]["console_log"]), BOOT_MARKER, 60)
         assert api.delete("/vms/reborn").status_code == 200
@@ -73,13 +86,29 @@ def test_an_import_without_cmdline_boots_or_is_refused_naming_the_flag(
     env = {"MEDA_NETWORK": "user", "MEDA_HYPERVISOR": "qemu", "MEDA_STORAGE": "qcow2"}
     disk = tmp_path / "root.raw"
     disk.write_bytes(b"\0" * (1 << 20))
-    refused = run_meda("images", "import", "withdisk", "--kernel", str(test_guest.kernel),
-                       "--disk", str(disk), env=env)  # fmt: skip
+    refused = run_meda(
+        "images",
+        "import",
+        "withdisk",
+        "--kernel",
+        str(test_guest.kernel),
+        "--disk",
+        str(disk),
+        env=env,
+    )
     assert refused.returncode == 2 and "--cmdline" in refused.stderr, refused.stderr
     assert "root=/dev/vda" in refused.stderr
 
-    imported = run_meda("images", "import", "plain", "--kernel", str(test_guest.kernel),
-                        "--initrd", str(test_guest.initrd), env=env)  # fmt: skip
+    imported = run_meda(
+        "images",
+        "import",
+        "plain",
+        "--kernel",
+        str(test_guest.kernel),
+        "--initrd",
+        str(test_guest.initrd),
+        env=env,
+    )
     assert imported.returncode == 0, imported.stderr
     listed = run_meda("images", "list", env=env)
     assert "withdisk" not in listed.stdout

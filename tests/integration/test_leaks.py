@@ -23,9 +23,10 @@ CYCLES = 100
 def _files(home: Path) -> set[str]:
     ignored = ("state.db", "server.log", "api-token")
     return {
-        str(p.relative_to(home)) for p in home.rglob("*")
+        str(p.relative_to(home))
+        for p in home.rglob("*")
         if not p.is_dir() and not p.name.startswith(ignored)
-    }  # fmt: skip
+    }
 
 
 def _cycle(api, name: str, kill_vm: bool) -> None:  # type: ignore[no-untyped-def]

@@ -190,8 +190,9 @@ def loopback_secret(netns: str) -> Iterator[int]:
     run_in(netns, "ip", "link", "set", "lo", "up")
     server = subprocess.Popen(
         ["ip", "netns", "exec", netns, sys.executable, "-c", SERVE_SECRET, SECRET],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert server.stdout is not None
     yield int(server.stdout.readline())
     server.kill()
@@ -214,9 +215,12 @@ def probing_guest(test_guest: BootableGuest, dest: Path, host: str, port: int) -
 
 
 def test_a_user_mode_guest_cannot_reach_the_hosts_loopback(
-    start_server: StartServer, netns: str, test_guest: BootableGuest, loopback_secret: int,
+    start_server: StartServer,
+    netns: str,
+    test_guest: BootableGuest,
+    loopback_secret: int,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     server = start_server(MEDA_NETWORK="user")
     initrd = probing_guest(test_guest, tmp_path / "probe.img", "10.0.2.2", loopback_secret)
     Meda(Settings(home=server.home)).images.import_files(
@@ -278,8 +282,10 @@ def meda_inside(ns: str, home: Path, **env: str) -> Iterator[httpx.Client]:
     with (home / "server.log").open("ab") as log:
         server = subprocess.Popen(
             [*nsenter, "-m", "meda_cli.main", "serve", "--unix-socket", str(socket)],
-            env=full_env, stdout=log, stderr=log,
-        )  # fmt: skip
+            env=full_env,
+            stdout=log,
+            stderr=log,
+        )
     transport = httpx.HTTPTransport(uds=str(socket))
     api = httpx.Client(transport=transport, base_url="http://localhost/api/v1", timeout=120)
     try:
@@ -294,8 +300,12 @@ def meda_inside(ns: str, home: Path, **env: str) -> Iterator[httpx.Client]:
         server.wait(30)
         # Whatever the test left, meda removes (there, in its namespace).
         cleanup = "from meda_core.facade import Meda; Meda().vms.delete_all()"
-        subprocess.run([*nsenter, "-c", cleanup], env={**full_env, "MEDA_STOP_TIMEOUT": "3"},
-                       check=True, timeout=120)  # fmt: skip
+        subprocess.run(
+            [*nsenter, "-c", cleanup],
+            env={**full_env, "MEDA_STOP_TIMEOUT": "3"},
+            check=True,
+            timeout=120,
+        )
 
 
 @pytest.mark.parametrize("mode", ["default", "netns-uplink", "own-namespace"])

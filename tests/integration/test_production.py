@@ -25,8 +25,11 @@ def test_https_only(start_server: StartServer, run_meda: RunMeda, tmp_path: Path
     with server.client() as api:
         assert api.get("/health").status_code == 200
         assert api.post("/vms", json={"name": "secure", "memory": "128M"}).status_code == 201
-    listed = run_meda("list", "--json", env={"MEDA_URL": f"https://127.0.0.1:{server.port}",
-                                            "MEDA_CA_FILE": str(cert)})  # fmt: skip
+    listed = run_meda(
+        "list",
+        "--json",
+        env={"MEDA_URL": f"https://127.0.0.1:{server.port}", "MEDA_CA_FILE": str(cert)},
+    )
     assert listed.returncode == 0, listed.stderr
     assert "secure" in listed.stdout
     unverified = run_meda("list", env={"MEDA_URL": f"https://127.0.0.1:{server.port}"})

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.vm
 
 def _recovery_ms(server: Server) -> float:
     """How long the last start's recovery took, from the server's log."""
-    found = re.findall(r"recovered \d+ VM\(s\), \d+ running, in (\d+) ms",
-                       (server.home / "server.log").read_text())  # fmt: skip
+    found = re.findall(
+        r"recovered \d+ VM\(s\), \d+ running, in (\d+) ms", (server.home / "server.log").read_text()
+    )
     assert found, (server.home / "server.log").read_text()[-2000:]
     return float(found[-1])
 

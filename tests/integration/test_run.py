@@ -23,8 +23,15 @@ from tests.integration.test_network import guest_ip, http_get
 pytestmark = pytest.mark.vm
 
 #: The seed's ``POST /images/run`` body, unchanged but for registry and org (no internet).
-SEED_RUN = {"image": "guest", "name": "seed-vm", "user_data": None, "no_start": False,
-            "memory": "256M", "cpus": 2, "disk": "1G"}  # fmt: skip
+SEED_RUN = {
+    "image": "guest",
+    "name": "seed-vm",
+    "user_data": None,
+    "no_start": False,
+    "memory": "256M",
+    "cpus": 2,
+    "disk": "1G",
+}
 #: A run that waited for a port would take minutes under TCG; an answer takes seconds.
 ANSWER_WITHIN = 30
 
@@ -63,8 +70,11 @@ def template_ops(api: httpx.Client, timeout: float = 300) -> list[dict[str, Any]
 
 
 def built(ops: list[dict[str, Any]]) -> list[str]:
-    return [o["result"]["template"] for o in ops
-            if o["state"] == "succeeded" and o["result"]["outcome"] == "built"]  # fmt: skip
+    return [
+        o["result"]["template"]
+        for o in ops
+        if o["state"] == "succeeded" and o["result"]["outcome"] == "built"
+    ]
 
 
 def test_the_seeds_body_answers_within_seconds_for_an_image_without_ssh(
@@ -102,8 +112,12 @@ def test_first_run_of_a_ready_image_answers_at_start_and_later_runs_clone(
             answers(netns, api.get(f"/vms/{name}/ip").json()["ip"])  # untouched by the build
 
         clone, seconds = post_run(api, {**base, "name": "r3"})
-        assert clone["run"] == {"path": "warm", "reason": f"a clone of template {template}",
-                                "template": template, "ready_port": 80}  # fmt: skip
+        assert clone["run"] == {
+            "path": "warm",
+            "reason": f"a clone of template {template}",
+            "template": template,
+            "ready_port": 80,
+        }
         assert clone["vm"]["details"]["clone_of"] == template
         answers(netns, clone["vm"]["ip"])
         # Other resources: another template, never the first one's; cold: no clone.

@@ -84,8 +84,10 @@ def test_two_clones_of_a_template_are_distinct_machines(server: Server, netns: s
         assert api.delete("/vms/tpl").status_code == 409  # clones depend on it
 
         time.sleep(2)  # both guests write their counter to their disk every second
-        disks = [Path(api.get(f"/vms/{n}").json()["details"]["vm_dir"]) / "disk.qcow2"
-                 for n in ("c1", "c2")]  # fmt: skip
+        disks = [
+            Path(api.get(f"/vms/{n}").json()["details"]["vm_dir"]) / "disk.qcow2"
+            for n in ("c1", "c2")
+        ]
         for disk in disks:
             assert disk.stat().st_size > 256 * 1024  # written to: clusters allocated
         assert _sha256(frozen_disk) == frozen_sum  # the shared base is never written

@@ -38,8 +38,14 @@ def home(tmp_path: Path) -> Iterator[Path]:
 
 
 def _settings(home: Path) -> Settings:
-    return Settings(home=home, hypervisor="qemu", storage="qcow2", network="user",
-                    default_image="deaf", stop_timeout=STOP_TIMEOUT)  # fmt: skip
+    return Settings(
+        home=home,
+        hypervisor="qemu",
+        storage="qcow2",
+        network="user",
+        default_image="deaf",
+        stop_timeout=STOP_TIMEOUT,
+    )
 
 
 def _running(home: Path, name: str) -> Meda:
@@ -53,12 +59,24 @@ def _running(home: Path, name: str) -> Meda:
 
 
 def _meda_cli(home: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    env = {**os.environ, "MEDA_HOME": str(home), "MEDA_HYPERVISOR": "qemu",
-           "MEDA_STORAGE": "qcow2", "MEDA_NETWORK": "user", "MEDA_DEFAULT_IMAGE": "deaf",
-           "MEDA_STOP_TIMEOUT": str(STOP_TIMEOUT)}  # fmt: skip
+    env = {
+        **os.environ,
+        "MEDA_HOME": str(home),
+        "MEDA_HYPERVISOR": "qemu",
+        "MEDA_STORAGE": "qcow2",
+        "MEDA_NETWORK": "user",
+        "MEDA_DEFAULT_IMAGE": "deaf",
+        "MEDA_STOP_TIMEOUT": str(STOP_TIMEOUT),
+    }
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "meda_cli.main", *args], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "meda_cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     return done, time.monotonic() - started
 
 
@@ -99,8 +117,12 @@ def test_delete_of_a_running_vm_kills_it_at_once_unless_given_a_timeout(home: Pa
 def test_api_stop_and_delete_take_force_and_timeout(home: Path) -> None:
     meda = _running(home, "deaf3")
     with TestClient(create_app(meda), base_url="http://localhost") as api:
-        params = {p["name"] for p in api.get("/api/v1/openapi.json").json()["paths"]
-                  ["/api/v1/vms/{name}/stop"]["post"]["parameters"]}  # fmt: skip
+        params = {
+            p["name"]
+            for p in api.get("/api/v1/openapi.json").json()["paths"]["/api/v1/vms/{name}/stop"][
+                "post"
+            ]["parameters"]
+        }
         assert {"force", "timeout"} <= params
         for bad in ({"force": "true", "timeout": "3"}, {"timeout": "-1"}, {"timeout": "1e9"}):
             refused = api.post("/api/v1/vms/deaf3/stop", params=bad)

@@ -38,15 +38,20 @@ def baseline_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     tree = tmp_path_factory.mktemp("baseline") / "meda"
     added = subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), BASELINE],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if added.returncode != 0:
         pytest.fail(f"cannot check out the baseline {BASELINE[:12]}: {added.stderr}")
     try:
         yield tree
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-                       capture_output=True, check=False)  # fmt: skip
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+            capture_output=True,
+            check=False,
+        )
 
 
 def _old_env(tree: Path, env: dict[str, str]) -> dict[str, str]:
@@ -55,8 +60,15 @@ def _old_env(tree: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def _old_python(tree: Path, env: dict[str, str], code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], cwd=tree, env=_old_env(tree, env),
-                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tree,
+        env=_old_env(tree, env),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     return done.stdout.strip()
 
 
@@ -69,13 +81,21 @@ def _vm(api: httpx.Client, name: str) -> dict[str, Any]:
 def _make_old_home(api: httpx.Client, netns: str) -> dict[str, dict[str, Any]]:
     """Running and stopped VMs with forwards, a template with a clone."""
     guest_ip(start_vm(api, "web"))
-    assert api.post("/vms/web/port-forward", json={"host_port": WEB_PORT, "guest_port": 80}
-                    ).status_code == 201  # fmt: skip
+    assert (
+        api.post(
+            "/vms/web/port-forward", json={"host_port": WEB_PORT, "guest_port": 80}
+        ).status_code
+        == 201
+    )
     assert http_get(netns, f"http://127.0.0.1:{WEB_PORT}/") == HTTP_PAGE
     guest_ip(start_vm(api, "idle"))
     assert api.post("/vms/idle/stop").status_code == 200
-    assert api.post("/vms/idle/port-forward", json={"host_port": IDLE_PORT, "guest_port": 80}
-                    ).status_code == 201  # fmt: skip
+    assert (
+        api.post(
+            "/vms/idle/port-forward", json={"host_port": IDLE_PORT, "guest_port": 80}
+        ).status_code
+        == 201
+    )
     created = api.post("/vms", json={"name": "tpl", "memory": "256M", "template": True})
     assert created.status_code == 201, created.text
     guest_ip(api.post("/vms/tpl/start").json()["vm"])
@@ -94,18 +114,21 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
     baseline_tree: Path, tmp_path: Path, netns: str, guest_image: dict[str, object]
 ) -> None:
     home = tmp_path / "home"
-    env = {**os.environ, "MEDA_HOME": str(home), "MEDA_DEFAULT_IMAGE": "guest",
-           "MEDA_NETNS": netns}  # fmt: skip
+    env = {**os.environ, "MEDA_HOME": str(home), "MEDA_DEFAULT_IMAGE": "guest", "MEDA_NETNS": netns}
     kernel, initrd = (str(guest_image[key]) for key in ("kernel", "initrd"))
-    imported_by = _old_python(baseline_tree, env, (
-        "import meda_core; from pathlib import Path; from meda_core.facade import Meda;"
-        f" Meda().images.import_files('guest', kernel=Path({kernel!r}),"
-        f" initrd=Path({initrd!r}), cmdline={guest_image['cmdline']!r});"
-        # As `meda images build` records what it made (its guest runs sshd).
-        f" Meda().images.import_files('built', kernel=Path({kernel!r}),"
-        " source='build:0123456789abcdef');"
-        " print(meda_core.__file__)"
-    ))  # fmt: skip
+    imported_by = _old_python(
+        baseline_tree,
+        env,
+        (
+            "import meda_core; from pathlib import Path; from meda_core.facade import Meda;"
+            f" Meda().images.import_files('guest', kernel=Path({kernel!r}),"
+            f" initrd=Path({initrd!r}), cmdline={guest_image['cmdline']!r});"
+            # As `meda images build` records what it made (its guest runs sshd).
+            f" Meda().images.import_files('built', kernel=Path({kernel!r}),"
+            " source='build:0123456789abcdef');"
+            " print(meda_core.__file__)"
+        ),
+    )
     assert imported_by.startswith(str(baseline_tree))  # the old code wrote this home
     old = Server(home=home, env=_old_env(baseline_tree, env), cwd=baseline_tree)
     new = Server(home=home, env=env)
@@ -129,12 +152,12 @@ def test_a_home_from_the_baseline_upgrades_intact_and_usable(
             images = api.get("/images").json()["images"]
             # Readiness is the image's now: a built image keeps the port 22 every run waited
             # on before; the others have none (their runs boot cold).
-            assert {i["name"]: i.pop("ready_port") for i in images} == {"guest": None,
-                                                                         "built": 22}  # fmt: skip
+            assert {i["name"]: i.pop("ready_port") for i in images} == {"guest": None, "built": 22}
             # Answers show the cmdline now: the one each image was imported with.
             assert {i["name"]: i.pop("cmdline") for i in images} == {
-                "guest": guest_image["cmdline"], "built": None
-            }  # fmt: skip
+                "guest": guest_image["cmdline"],
+                "built": None,
+            }
             assert images == images_before
             ran = api.post("/images/run", json={"image": "guest", "name": "ran"})
             assert ran.status_code == 201 and ran.json()["run"]["path"] == "cold"

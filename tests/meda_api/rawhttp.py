@@ -34,13 +34,15 @@ def send_head(sock: socket.socket, method: str, path: str, *headers: str) -> Non
     sock.sendall("\r\n".join(lines).encode())
 
 
-def send_chunked(url: str, method: str, path: str, chunks: Iterable[bytes],
-                 delay: float = 0.0) -> Answer:  # fmt: skip
+def send_chunked(
+    url: str, method: str, path: str, chunks: Iterable[bytes], delay: float = 0.0
+) -> Answer:
     """Stream ``chunks`` with ``Transfer-Encoding: chunked``, ``delay`` seconds apart,
     until the server answers; its answer, and how much of the body went out before."""
     with connect(url) as sock:
-        send_head(sock, method, path, "Content-Type: application/json",
-                  "Transfer-Encoding: chunked")  # fmt: skip
+        send_head(
+            sock, method, path, "Content-Type: application/json", "Transfer-Encoding: chunked"
+        )
         sent = 0
         for chunk in chunks:
             if answered(sock):

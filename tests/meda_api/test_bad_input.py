@@ -78,13 +78,29 @@ def test_bad_names_in_a_path(
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("memory", "-1G"), ("memory", "1e9T"), ("memory", "0"), ("memory", "16M"),
-        ("memory", "1.5G"), ("memory", "9" * 40), ("memory", "2X"), ("memory", 2048),
-        ("disk", "-1G"), ("disk", "1e9T"), ("disk", "0"), ("disk", ""),
-        ("cpus", 0), ("cpus", -1), ("cpus", 1000), ("cpus", "2"), ("cpus", 1.5),
-        ("force", 0), ("force", "yes"), ("image", "../../etc/passwd"), ("image", "/abs"),
+        ("memory", "-1G"),
+        ("memory", "1e9T"),
+        ("memory", "0"),
+        ("memory", "16M"),
+        ("memory", "1.5G"),
+        ("memory", "9" * 40),
+        ("memory", "2X"),
+        ("memory", 2048),
+        ("disk", "-1G"),
+        ("disk", "1e9T"),
+        ("disk", "0"),
+        ("disk", ""),
+        ("cpus", 0),
+        ("cpus", -1),
+        ("cpus", 1000),
+        ("cpus", "2"),
+        ("cpus", 1.5),
+        ("force", 0),
+        ("force", "yes"),
+        ("image", "../../etc/passwd"),
+        ("image", "/abs"),
     ],
-)  # fmt: skip
+)
 def test_bad_values(client: TestClient, fake_meda: Meda, field: str, value: object) -> None:
     before = host_state(fake_meda)
     response = client.post("/api/v1/vms", json={"name": "ok", field: value})

@@ -49,8 +49,13 @@ def test_a_declared_body_over_the_limit_is_413_at_once(
     serve_api: ServeApi, fake_meda: Meda, fake_image: str
 ) -> None:
     with connect(serve_api(fake_meda), timeout=10) as sock:
-        send_head(sock, "POST", "/api/v1/vms", "Content-Type: application/json",
-                  f"Content-Length: {MAX_BODY + 1}")  # fmt: skip
+        send_head(
+            sock,
+            "POST",
+            "/api/v1/vms",
+            "Content-Type: application/json",
+            f"Content-Length: {MAX_BODY + 1}",
+        )
         answer = read_answer(sock)  # not a byte of the body was sent
     assert answer.status == 413 and b'"PAYLOAD_TOO_LARGE"' in answer.body
     assert fake_meda.vms.list() == []

@@ -58,8 +58,9 @@ def test_a_rebound_name_is_421_and_stops_nothing(
     refused(client.get("/api/v1/vms", headers={"Host": host}), 421, "MISDIRECTED_REQUEST")
     stop = client.post(f"/api/v1/vms/{victim}/stop", headers={"Host": host})
     refused(stop, 421, "MISDIRECTED_REQUEST")
-    refused(client.delete(f"/api/v1/vms/{victim}", headers={"Host": host}), 421,
-            "MISDIRECTED_REQUEST")  # fmt: skip
+    refused(
+        client.delete(f"/api/v1/vms/{victim}", headers={"Host": host}), 421, "MISDIRECTED_REQUEST"
+    )
     assert state(fake_meda) == before == [("victim", "running")]
 
 
@@ -68,8 +69,9 @@ def test_a_rebound_fetch_against_a_running_server(
 ) -> None:
     """Over real HTTP: what the browser sends once attacker.example resolves to 127.0.0.1."""
     url = serve_api(fake_meda)
-    created = httpx.post(f"{url}/api/v1/vms", json={"name": "rebound"},
-                         headers={"Host": "attacker.example:7777"})  # fmt: skip
+    created = httpx.post(
+        f"{url}/api/v1/vms", json={"name": "rebound"}, headers={"Host": "attacker.example:7777"}
+    )
     refused(created, 421, "MISDIRECTED_REQUEST")
     assert fake_meda.vms.list() == []
 
@@ -91,8 +93,11 @@ def test_beyond_loopback_the_bind_address_and_configured_names(
     every = TestClient(create_app(fake_meda, hosts=HostPolicy.serving("0.0.0.0")))
     assert every.get("/api/v1/vms", headers={"Host": "10.1.2.3:7777"}).status_code == 200
     assert every.get("/api/v1/vms", headers={"Host": "[fd00::5]:7777"}).status_code == 200
-    refused(every.get("/api/v1/vms", headers={"Host": "attacker.example:7777"}), 421,
-            "MISDIRECTED_REQUEST")  # fmt: skip
+    refused(
+        every.get("/api/v1/vms", headers={"Host": "attacker.example:7777"}),
+        421,
+        "MISDIRECTED_REQUEST",
+    )
 
 
 # ---- cross-site requests: a page on another origin posting to localhost ----
@@ -152,20 +157,24 @@ def test_cors_preflights_need_no_token_but_requests_do(fake_meda: Meda, fake_ima
     ops = "https://ops.example"
     app = create_app(fake_meda, token="t" * 32, cors_origins=[ops])
     client = TestClient(app, base_url="http://localhost")
-    preflight = {"Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization, content-type"}  # fmt: skip
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
     answered = client.options("/api/v1/vms", headers={"Origin": ops, **preflight})
     assert answered.status_code == 200, answered.text
     assert answered.headers["access-control-allow-origin"] == ops
-    refused(client.options("/api/v1/vms", headers={"Origin": EVIL, **preflight}), 403,
-            "FORBIDDEN")  # fmt: skip
+    refused(client.options("/api/v1/vms", headers={"Origin": EVIL, **preflight}), 403, "FORBIDDEN")
     without = client.post("/api/v1/vms", json={"name": "cors"}, headers={"Origin": ops})
     refused(without, 401, "UNAUTHORIZED")
     assert without.headers["access-control-allow-origin"] == ops  # the page can read why
     auth = {"Origin": ops, "Authorization": f"Bearer {'t' * 32}"}
     assert client.post("/api/v1/vms", json={"name": "cors"}, headers=auth).status_code == 201
-    refused(client.post("/api/v1/vms", json={"name": "x"}, headers={**auth, "Origin": EVIL}),
-            403, "FORBIDDEN")  # fmt: skip
+    refused(
+        client.post("/api/v1/vms", json={"name": "x"}, headers={**auth, "Origin": EVIL}),
+        403,
+        "FORBIDDEN",
+    )
 
 
 def test_the_document_lists_the_new_answers(client: TestClient) -> None:

@@ -17,8 +17,11 @@ from tests.conftest import ServeApi
 from tests.meda_api import rawhttp
 
 PAGES = ("/swagger-ui", "/redoc")
-TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-         ".png": "image/png"}  # fmt: skip
+TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+}
 
 
 @pytest.fixture
@@ -84,13 +87,23 @@ def test_other_answers_keep_their_one_policy(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/static/docs/", "/static/docs", "/static/docs/core.py", "/static/docs/__init__.py",
-     "/static/docs/..%2fcore.py", "/static/docs/%2e%2e/core.py", "/static/docs/%2e%2e%2fcore.py",
-     "/static/docs/..%2f..%2fmeda_api%2fapp.py", "/static/docs/swagger-ui.css%00.py",
-     "/static/docs/SWAGGER-UI.CSS", "/static/docs/swagger-ui.css.map"],
-)  # fmt: skip
-def test_only_the_bundled_assets_are_served(serve_api: ServeApi, fake_meda: Meda,
-                                            path: str) -> None:  # fmt: skip
+    [
+        "/static/docs/",
+        "/static/docs",
+        "/static/docs/core.py",
+        "/static/docs/__init__.py",
+        "/static/docs/..%2fcore.py",
+        "/static/docs/%2e%2e/core.py",
+        "/static/docs/%2e%2e%2fcore.py",
+        "/static/docs/..%2f..%2fmeda_api%2fapp.py",
+        "/static/docs/swagger-ui.css%00.py",
+        "/static/docs/SWAGGER-UI.CSS",
+        "/static/docs/swagger-ui.css.map",
+    ],
+)
+def test_only_the_bundled_assets_are_served(
+    serve_api: ServeApi, fake_meda: Meda, path: str
+) -> None:
     """No listing, no other file of the package, no way out of it: sent as raw bytes, so
     no client tidies the path first."""
     url = serve_api(fake_meda)

@@ -34,10 +34,20 @@ def generated(
         json.dumps(httpx.get(f"{url}/api/v1/openapi.json").json())
     )
     subprocess.run(
-        [GENERATOR, "generate", "--path", "openapi.json", "--meta", "none",
-         "--output-path", "medaclient"],
-        cwd=tmp_path, check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            GENERATOR,
+            "generate",
+            "--path",
+            "openapi.json",
+            "--meta",
+            "none",
+            "--output-path",
+            "medaclient",
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
     sys.path.insert(0, str(tmp_path))
     try:
         yield importlib.import_module("medaclient"), url

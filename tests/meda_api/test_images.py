@@ -32,8 +32,9 @@ def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
 
 
 def test_push_pull_run_and_the_list(client: TestClient) -> None:
-    dry = client.post("/api/v1/images/push", json={"name": "default", "image": REMOTE,
-                                                   "dry_run": True})  # fmt: skip
+    dry = client.post(
+        "/api/v1/images/push", json={"name": "default", "image": REMOTE, "dry_run": True}
+    )
     assert dry.status_code == 200 and dry.json()["digest"] is None
     pushed = client.post("/api/v1/images/push", json={"name": "default", "image": REMOTE})
     assert pushed.status_code == 200 and pushed.json()["digest"].startswith("sha256:")
@@ -42,8 +43,10 @@ def test_push_pull_run_and_the_list(client: TestClient) -> None:
     )
     assert pulled.status_code == 200, pulled.text
     assert pulled.json()["digest"] == pushed.json()["digest"]
-    run = client.post("/api/v1/images/run", json={"image": "default:v1", "name": "r1",
-                                                  "memory": "512M", "cpus": 2})  # fmt: skip
+    run = client.post(
+        "/api/v1/images/run",
+        json={"image": "default:v1", "name": "r1", "memory": "512M", "cpus": 2},
+    )
     assert run.status_code == 201, run.text
     assert run.json()["vm"]["state"] == "running"
     listed = client.get("/api/v1/images").json()
@@ -166,9 +169,10 @@ def test_a_full_operations_queue_is_503_and_starts_nothing(
 
 def test_failed_background_operation_reports_the_error(client: TestClient) -> None:
     accepted = client.post(
-        "/api/v1/images/pull", json={"image": "127.0.0.1:1/x/none:v1"},
+        "/api/v1/images/pull",
+        json={"image": "127.0.0.1:1/x/none:v1"},
         headers={"Prefer": "respond-async"},
-    )  # fmt: skip
+    )
     done = client.get(accepted.headers["Location"], params={"wait": 10}).json()
     assert done["state"] == "failed" and done["error"]["code"] == "IMAGE_NOT_FOUND"
 
@@ -187,8 +191,15 @@ def test_a_pulled_disk_that_names_a_host_file_is_a_400(
 
 
 #: The seed's ``POST /images/run`` body, unchanged but for registry and org (no internet).
-SEED_RUN = {"image": "default", "name": "seed", "user_data": None, "no_start": False,
-            "memory": "512M", "cpus": 2, "disk": "10G"}  # fmt: skip
+SEED_RUN = {
+    "image": "default",
+    "name": "seed",
+    "user_data": None,
+    "no_start": False,
+    "memory": "512M",
+    "cpus": 2,
+    "disk": "10G",
+}
 
 
 def test_the_seeds_run_body_answers_and_says_how(client: TestClient) -> None:
@@ -205,8 +216,9 @@ def test_readiness_shows_in_the_image_answers(client: TestClient) -> None:
     listed = client.get("/api/v1/images").json()["images"]
     assert [i["ready_port"] for i in listed] == [None]
     client.post("/api/v1/vms", json={"name": "src"})
-    created = client.post("/api/v1/images", json={"name": "web", "from_vm": "src",
-                                                  "ready_port": 80})  # fmt: skip
+    created = client.post(
+        "/api/v1/images", json={"name": "web", "from_vm": "src", "ready_port": 80}
+    )
     assert created.status_code == 201, created.text
     assert created.json()["image"]["ready_port"] == 80
     pushed = client.post("/api/v1/images/push", json={"name": "web", "image": REMOTE})

@@ -34,11 +34,14 @@ def test_port_forward_lifecycle(client: TestClient) -> None:
     added = client.post("/api/v1/vms/web/port-forward", json={"host_port": 18080, "guest_port": 80})
     assert added.status_code == 201, added.text
     forward = {
-        "host_port": 18080, "guest_port": 80, "protocol": "tcp",
+        "host_port": 18080,
+        "guest_port": 80,
+        "protocol": "tcp",
         # Where to connect, and everywhere the port answers (the fake backend: everywhere).
-        "address": "127.0.0.1:18080", "netns": None,
+        "address": "127.0.0.1:18080",
+        "netns": None,
         "listeners": [{"address": "0.0.0.0:18080", "netns": None, "by": "fake"}],
-    }  # fmt: skip
+    }
     assert added.json()["forward"] == forward
     assert "connect to 127.0.0.1:18080" in added.json()["message"]
     listed = client.get("/api/v1/vms/web/port-forward").json()

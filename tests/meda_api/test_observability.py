@@ -50,13 +50,20 @@ def test_a_lifecycle_moves_the_metrics_by_what_happened(client: TestClient) -> N
 
     for kind in ("created", "started", "stopped", "deleted"):
         assert moved("meda_vm_events_total", kind=kind) == 1, kind
-    assert moved("meda_http_requests_total", method="POST", route="/api/v1/vms",
-                 status="201") == 1  # fmt: skip
-    assert moved("meda_http_requests_total", method="GET", route="/api/v1/vms/{name}",
-                 status="404") == 1  # fmt: skip
+    assert moved("meda_http_requests_total", method="POST", route="/api/v1/vms", status="201") == 1
+    assert (
+        moved("meda_http_requests_total", method="GET", route="/api/v1/vms/{name}", status="404")
+        == 1
+    )
     assert moved("meda_errors_total", code="VM_NOT_FOUND") == 1
-    assert moved("meda_http_request_duration_seconds_count", method="POST",
-                 route="/api/v1/vms/{name}/start") == 1  # fmt: skip
+    assert (
+        moved(
+            "meda_http_request_duration_seconds_count",
+            method="POST",
+            route="/api/v1/vms/{name}/start",
+        )
+        == 1
+    )
     assert value(after, "meda_vms", state="running") == 0
 
 

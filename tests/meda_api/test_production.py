@@ -68,8 +68,7 @@ def test_logs_are_json_with_the_request_id_and_without_secrets(
         base_url="http://localhost",
     ) as client:
         auth = {"Authorization": f"Bearer {TOKEN}"}
-        made = client.post("/api/v1/vms", json={"name": "l1", "user_data": user_data},
-                           headers=auth)  # fmt: skip
+        made = client.post("/api/v1/vms", json={"name": "l1", "user_data": user_data}, headers=auth)
         assert made.status_code == 201
         client.get("/api/v1/vms", headers={"Authorization": f"Bearer {TOKEN}x"})  # 401
         logging.getLogger("meda_core").error("a plugin logged %s by mistake", TOKEN)
@@ -96,9 +95,15 @@ def test_log_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.mark.parametrize(
     ("rust_log", "level"),
-    [("info", "INFO"), ("debug", "DEBUG"), ("hyper=warn,meda=trace", "DEBUG"),
-     ("warn,tower=debug", "WARNING"), ("tower=debug", "INFO"), ("verbose", "INFO")],
-)  # fmt: skip
+    [
+        ("info", "INFO"),
+        ("debug", "DEBUG"),
+        ("hyper=warn,meda=trace", "DEBUG"),
+        ("warn,tower=debug", "WARNING"),
+        ("tower=debug", "INFO"),
+        ("verbose", "INFO"),
+    ],
+)
 def test_the_seeds_rust_log_is_honoured(
     monkeypatch: pytest.MonkeyPatch, rust_log: str, level: str
 ) -> None:
@@ -112,8 +117,10 @@ def test_the_seeds_rust_log_is_honoured(
 def test_reads_have_a_bucket_of_their_own(fake_meda: Meda, fake_image: str) -> None:
     app = create_app(fake_meda, read_rate_limit=Limit(rate=0.5, burst=3))
     with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:
-        reads = [client.get(path) for path in ("/api/v1/vms", "/api/v1/health",
-                                               "/api/v1/operations", "/metrics")]  # fmt: skip
+        reads = [
+            client.get(path)
+            for path in ("/api/v1/vms", "/api/v1/health", "/api/v1/operations", "/metrics")
+        ]
         assert [r.status_code for r in reads] == [200, 200, 200, 429]
         refused = reads[3]
         assert refused.json()["code"] == "RATE_LIMITED" and "reads" in refused.json()["error"]

@@ -34,9 +34,12 @@ def test_twenty_creates_of_one_name_give_one_201(client: TestClient, fake_meda: 
 
 def test_twenty_distinct_creates_give_twenty_addresses(client: TestClient, fake_meda: Meda) -> None:
     with ThreadPoolExecutor(20) as pool:
-        codes = list(pool.map(
-            lambda i: client.post("/api/v1/vms", json={"name": f"vm-{i}"}).status_code, range(20)
-        ))  # fmt: skip
+        codes = list(
+            pool.map(
+                lambda i: client.post("/api/v1/vms", json={"name": f"vm-{i}"}).status_code,
+                range(20),
+            )
+        )
     assert codes == [201] * 20
     assert len({vm.ip for vm in fake_meda.vms.list()}) == 20
 

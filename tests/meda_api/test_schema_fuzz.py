@@ -72,8 +72,7 @@ def test_every_operation_keeps_to_the_document(case: schemathesis.Case) -> None:
     # in the schema (a size's minimum, user_data paths, a name already taken), and the seed
     # answers them with 400.
     response = case.call()
-    case.validate_response(response, excluded_checks=[positive_data_acceptance,
-                                                       not_a_server_error])  # fmt: skip
+    case.validate_response(response, excluded_checks=[positive_data_acceptance, not_a_server_error])
     # The one 5xx meda means to send: no room on this host for that VM now (admission).
     if response.status_code >= 500:
         assert response.status_code == 503, response.text

@@ -40,8 +40,11 @@ def test_seed_sequence(client: TestClient) -> None:
     assert listed["count"] == 1
     assert listed["vms"][0]["ip"] == "10.99.0.2"
     assert {k: listed["vms"][0][k] for k in ("name", "state", "memory", "disk")} == {
-        "name": "api-test", "state": "stopped", "memory": "2G", "disk": "20G",
-    }  # fmt: skip
+        "name": "api-test",
+        "state": "stopped",
+        "memory": "2G",
+        "disk": "20G",
+    }
 
     assert client.post("/api/v1/vms/api-test/start").status_code == 200
     got = client.get("/api/v1/vms/api-test").json()

@@ -217,8 +217,10 @@ def test_the_cli_and_the_api_say_the_same(
 
 def test_a_bad_name_reads_the_same_wherever_it_is_given(fake_image: str) -> None:
     """In a body (create, clone) as in a path (get): the rule in words, not a regex."""
-    messages = {meda(*args)[2] for args in (("create", "Bad_Name"), ("clone", "tpl", "Bad_Name"),
-                                            ("get", "Bad_Name"))}  # fmt: skip
+    messages = {
+        meda(*args)[2]
+        for args in (("create", "Bad_Name"), ("clone", "tpl", "Bad_Name"), ("get", "Bad_Name"))
+    }
     assert len(messages) == 1, messages
     assert messages.pop().startswith("error: invalid VM name 'Bad_Name': use 1-63 lowercase")
 
@@ -229,10 +231,19 @@ def test_cleanup_before_the_namespace_exists(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the tap-bridge network needs root")
     absent = f"meda-absent-{secrets.token_hex(3)}"
-    env = {**os.environ, "MEDA_HOME": str(tmp_path / "home"), "MEDA_NETNS": absent,
-           "MEDA_NETNS_CREATE": "1"}  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "meda_cli.main", "cleanup", "--dry-run"],
-                            env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    env = {
+        **os.environ,
+        "MEDA_HOME": str(tmp_path / "home"),
+        "MEDA_NETNS": absent,
+        "MEDA_NETNS_CREATE": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "meda_cli.main", "cleanup", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert f"'{absent}' (MEDA_NETNS) does not exist" in result.stdout
     assert "0 orphan(s) found" in result.stdout

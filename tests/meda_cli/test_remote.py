@@ -76,9 +76,10 @@ def test_a_wrong_or_missing_token_is_refused(server_url: str, tmp_path: Path) ->
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     result = runner.invoke(
-        app, ["--url", server_url, "--token-file", str(token_file), "list", "--json"],
+        app,
+        ["--url", server_url, "--token-file", str(token_file), "list", "--json"],
         env={"MEDA_API_TOKEN": ""},
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.stderr
 
 
@@ -120,14 +121,28 @@ def test_a_server_that_never_answers_is_given_up_on(netns: str) -> None:
     try:
         started = time.monotonic()
         result = subprocess.run(
-            ["ip", "netns", "exec", netns, sys.executable, "-m", "meda_cli.main", "--url",
-             "http://127.0.0.1:7", "list"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                sys.executable,
+                "-m",
+                "meda_cli.main",
+                "--url",
+                "http://127.0.0.1:7",
+                "list",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         seconds = time.monotonic() - started
     finally:
-        subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", "ip", "meda-test"],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "nft", "delete", "table", "ip", "meda-test"], check=True
+        )
     assert result.returncode == 5, result.stderr
     assert "cannot reach the meda server at http://127.0.0.1:7" in result.stderr
     assert seconds < 20  # the connect timeout is 10 s

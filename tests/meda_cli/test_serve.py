@@ -90,8 +90,12 @@ def _serve(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[st
     environment = {**os.environ, "MEDA_HOME": str(home), **env}
     return subprocess.run(
         [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(free_port()), *args],
-        env=environment, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_no_token_over_plain_http_beyond_loopback(tmp_path: Path) -> None:
@@ -99,8 +103,9 @@ def test_no_token_over_plain_http_beyond_loopback(tmp_path: Path) -> None:
     refused = _serve("--host", "192.0.2.1", home=tmp_path, MEDA_API_TOKEN=STRONG)
     assert refused.returncode == 2
     assert "plain HTTP" in refused.stderr and "--allow-plain-http" in refused.stderr
-    allowed = _serve("--host", "192.0.2.1", "--allow-plain-http", home=tmp_path,
-                     MEDA_API_TOKEN=STRONG)  # fmt: skip
+    allowed = _serve(
+        "--host", "192.0.2.1", "--allow-plain-http", home=tmp_path, MEDA_API_TOKEN=STRONG
+    )
     assert "plain HTTP" not in allowed.stderr  # past the check: the bind itself fails
     assert allowed.returncode != 0 and "192.0.2.1" in allowed.stderr
 
@@ -131,8 +136,9 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         log = (tmp_path / "serve.log").open("ab")
         argv = [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(port), *args]
         scheme = "https" if "--tls-cert" in args else "http"
-        served = Served(subprocess.Popen(argv, env=environment, stdout=log, stderr=log), home,
-                        port, scheme)  # fmt: skip
+        served = Served(
+            subprocess.Popen(argv, env=environment, stdout=log, stderr=log), home, port, scheme
+        )
         started.append(served)
         deadline = time.monotonic() + 30
         while not (home / "server.json").exists() or not _answers(served.url):
@@ -227,8 +233,18 @@ def _as_nobody(socket_path: Path, *groups: int) -> subprocess.CompletedProcess[s
         "print(s.recv(200).decode().split('\\r\\n')[0])\n"
     )
     group_args = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
-    argv = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", *group_args,
-            sys.executable, "-I", "-c", client]  # fmt: skip
+    argv = [
+        "setpriv",
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        *group_args,
+        sys.executable,
+        "-I",
+        "-c",
+        client,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
@@ -236,8 +252,14 @@ def test_the_unix_socket_is_for_its_group_only(
     serve: Callable[..., Served], socket_dir: Path
 ) -> None:
     path, group = socket_dir / "meda.sock", grp.getgrnam("adm")
-    served = serve("--unix-socket", str(path), "--socket-group", "adm", "--require-token",
-                   MEDA_API_TOKEN=STRONG)  # fmt: skip
+    served = serve(
+        "--unix-socket",
+        str(path),
+        "--socket-group",
+        "adm",
+        "--require-token",
+        MEDA_API_TOKEN=STRONG,
+    )
     status = path.stat()
     assert status.st_mode & 0o777 == 0o660 and status.st_gid == group.gr_gid
     stranger = _as_nobody(path)
@@ -246,8 +268,9 @@ def test_the_unix_socket_is_for_its_group_only(
     assert member.returncode == 0 and "200 OK" in member.stdout, member.stdout + member.stderr
     # Over the socket its mode decides, not a token; the CLI and RemoteApi speak unix://.
     assert httpx.get(f"{served.url}/api/v1/vms").status_code == 401
-    listed = runner.invoke(app, ["--url", f"unix://{path}", "list", "--json"],
-                           env={"MEDA_API_TOKEN": ""})  # fmt: skip
+    listed = runner.invoke(
+        app, ["--url", f"unix://{path}", "list", "--json"], env={"MEDA_API_TOKEN": ""}
+    )
     assert listed.exit_code == 0, listed.stderr
     assert RemoteApi(f"unix://{path}").list_vms().count == 0
     served.process.terminate()
@@ -261,8 +284,13 @@ def test_the_socket_never_replaces_another_file(tmp_path: Path) -> None:
     refused = _serve("--unix-socket", str(victim), home=tmp_path / "home")
     assert refused.returncode == 2 and "not a socket" in refused.stderr
     assert victim.read_text() == "keep me"
-    unknown = _serve("--unix-socket", str(tmp_path / "s"), "--socket-group", "no-such-group",
-                     home=tmp_path / "home")  # fmt: skip
+    unknown = _serve(
+        "--unix-socket",
+        str(tmp_path / "s"),
+        "--socket-group",
+        "no-such-group",
+        home=tmp_path / "home",
+    )
     assert unknown.returncode == 2 and "no-such-group" in unknown.stderr
 
 
@@ -301,12 +329,20 @@ def test_a_taken_port_stops_the_server_before_it_touches_anything(tmp_path: Path
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        environment = {**os.environ, "MEDA_HOME": str(tmp_path), "MEDA_NETWORK": "user",
-                       "MEDA_LOG_LEVEL": "info"}  # fmt: skip
+        environment = {
+            **os.environ,
+            "MEDA_HOME": str(tmp_path),
+            "MEDA_NETWORK": "user",
+            "MEDA_LOG_LEVEL": "info",
+        }
         result = subprocess.run(
             [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(port)],
-            env=environment, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert result.returncode == 4, result.stderr
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr
     assert "recovered" not in result.stderr

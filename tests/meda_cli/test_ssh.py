@@ -63,16 +63,32 @@ def running_vm(fake_meda: Meda, fake_image: str, tmp_path: Path) -> tuple[str, d
         "meda_register_backends = FakePlugin().meda_register_backends\n"
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("MEDA_")}
-    env.update(PYTHONPATH=str(site), MEDA_HOME=str(fake_meda.settings.home),
-               MEDA_HYPERVISOR="fake", MEDA_STORAGE="fake", MEDA_NETWORK="fake",
-               MEDA_REGISTRY="fake")  # fmt: skip
+    env.update(
+        PYTHONPATH=str(site),
+        MEDA_HOME=str(fake_meda.settings.home),
+        MEDA_HYPERVISOR="fake",
+        MEDA_STORAGE="fake",
+        MEDA_NETWORK="fake",
+        MEDA_REGISTRY="fake",
+    )
     return vm.ip, env
 
 
 def _meda_ssh(host_ns: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    argv = ["ip", "netns", "exec", host_ns, sys.executable, "-m", "meda_cli.main",
-            "ssh", "vm1", "--", "true"]  # fmt: skip
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        host_ns,
+        sys.executable,
+        "-m",
+        "meda_cli.main",
+        "ssh",
+        "vm1",
+        "--",
+        "true",
+    ]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     return result, time.monotonic() - started
 
@@ -94,8 +110,11 @@ def test_ssh_enters_the_namespace_named_in_server_json(
     ip, env = running_vm
     _address(netns, ip)
     _write_server_file(fake_meda.settings.home, netns)
-    sshd = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _SSHD, ip,
-                             "22"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    sshd = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", _SSHD, ip, "22"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert sshd.stdout is not None and sshd.stdout.readline().strip() == "ready"
         result, _ = _meda_ssh(host_ns, env)
@@ -158,12 +177,28 @@ def test_ssh_waits_for_a_booting_guest_when_asked(
     ip, env = running_vm
     _address(netns, ip)
     _write_server_file(fake_meda.settings.home, netns)
-    argv = ["ip", "netns", "exec", host_ns, sys.executable, "-m", "meda_cli.main",
-            "ssh", "vm1", "--wait", "60", "--", "true"]  # fmt: skip
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        host_ns,
+        sys.executable,
+        "-m",
+        "meda_cli.main",
+        "ssh",
+        "vm1",
+        "--wait",
+        "60",
+        "--",
+        "true",
+    ]
     client = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     time.sleep(3)  # the guest is still booting: nothing on port 22 yet
-    sshd = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _SSHD, ip,
-                             "22"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    sshd = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", _SSHD, ip, "22"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert sshd.stdout is not None
         assert select.select([sshd.stdout], [], [], 30)[0], "ssh never came"

@@ -37,9 +37,13 @@ class TestFakeHypervisor(HypervisorConformance):
             vm_dir.mkdir()
             (vm_dir / "disk").write_bytes(b"")
             return LaunchSpec(
-                name=name, uuid=str(uuid.uuid4()), vm_dir=vm_dir, spec=VMSpec(),
-                disk=vm_dir / "disk", console_log=vm_dir / "console.log",
-            )  # fmt: skip
+                name=name,
+                uuid=str(uuid.uuid4()),
+                vm_dir=vm_dir,
+                spec=VMSpec(),
+                disk=vm_dir / "disk",
+                console_log=vm_dir / "console.log",
+            )
 
         return make
 

@@ -138,8 +138,7 @@ def test_import_sets_readiness_and_refuses_an_impossible_port(
     for bad in (-1, 65536):
         with pytest.raises(InvalidRequest, match="ready port"):
             fake_meda.images.import_files(f"bad{bad}", kernel=kernel, ready_port=bad)
-    assert {i.ref for i in fake_meda.images.list()} == {"plain:latest", "ssh:latest",
-                                                       "none:latest"}  # fmt: skip
+    assert {i.ref for i in fake_meda.images.list()} == {"plain:latest", "ssh:latest", "none:latest"}
 
 
 def test_pull_carries_readiness_from_the_push_unless_the_request_says(

@@ -120,8 +120,14 @@ def test_the_cli_and_the_server_refuse_a_newer_home(tmp_path: Path, command: lis
     with sqlite3.connect(home / "state.db") as db:
         db.execute(f"PRAGMA user_version={migrations.latest() + 1}")
     env = {**os.environ, "MEDA_HOME": str(home)}
-    done = subprocess.run([sys.executable, "-m", "meda_cli.main", *command], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "meda_cli.main", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == StateVersionError.exit_code, done.stderr
     last = done.stderr.strip().splitlines()[-1]  # (serve logs its version first)
     assert last.startswith("error: ") and "newer meda" in last
@@ -133,10 +139,18 @@ def test_version_2_gives_built_images_port_22_and_others_none(tmp_path: Path) ->
     with sqlite3.connect(path) as db:  # as meda at version 1 left it
         migrations.MIGRATIONS[0](db)
         db.execute("PRAGMA user_version=1")
-        for name, source in (("debian", "build:0123456789abcdef"), ("guest", None),
-                             ("pulled", "ghcr.io/cirunlabs/x:v1")):  # fmt: skip
-            record = {"name": name, "tag": "latest", "created": "2026-01-01T00:00:00Z",
-                      "source": source, "size": 0}  # fmt: skip
+        for name, source in (
+            ("debian", "build:0123456789abcdef"),
+            ("guest", None),
+            ("pulled", "ghcr.io/cirunlabs/x:v1"),
+        ):
+            record = {
+                "name": name,
+                "tag": "latest",
+                "created": "2026-01-01T00:00:00Z",
+                "source": source,
+                "size": 0,
+            }
             db.execute("INSERT INTO images VALUES (?, 'latest', ?)", (name, json.dumps(record)))
     store = StateStore(path)
     assert store.upgraded_from == 1 and _version(path) == migrations.latest()

@@ -57,9 +57,15 @@ def _everything(home: Path) -> list[Path]:
 def _sensitive(home: Path) -> list[Path]:
     vm_dir = home / "vms" / "vm1"
     [state] = vm_dir.glob("snapshots/*/state")
-    return [home / "state.db", vm_dir / "disk.qcow2",
-            vm_dir / "seed.iso", vm_dir / "console.log", state, home / "ssh" / "id_ed25519",
-            home / "api-token"]  # fmt: skip
+    return [
+        home / "state.db",
+        vm_dir / "disk.qcow2",
+        vm_dir / "seed.iso",
+        vm_dir / "console.log",
+        state,
+        home / "ssh" / "id_ed25519",
+        home / "api-token",
+    ]
 
 
 def test_a_local_user_reads_nothing_meda_made(reachable: Path) -> None:

@@ -50,8 +50,16 @@ def test_the_template_builder_starts_from_root_and_ignores_the_working_directory
     def popen(argv: list[str], **options: Any) -> None:
         started.append({"argv": argv, **options})
 
-    job = TemplateJob(name="tpl-0123456789abcdef", image="default:latest", fingerprint="f",
-                      memory="256M", cpus=1, disk="1G", user_data=None, ready_port=22)  # fmt: skip
+    job = TemplateJob(
+        name="tpl-0123456789abcdef",
+        image="default:latest",
+        fingerprint="f",
+        memory="256M",
+        cpus=1,
+        disk="1G",
+        user_data=None,
+        ready_port=22,
+    )
     with monkeypatch.context() as patched:
         patched.setattr(subprocess, "Popen", popen)
         templates.spawn_build(tmp_path / "home", job)

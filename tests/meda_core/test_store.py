@@ -14,9 +14,16 @@ from meda_core.state.store import StateStore
 
 def _vm(name: str, state: VMState = VMState.STOPPED) -> VM:
     return VM(
-        name=name, state=state, spec=VMSpec(), image="i:latest", vm_dir=Path("/x") / name,
-        hypervisor="fake", storage="fake", created=datetime.now(UTC), uuid=str(uuid.uuid4()),
-    )  # fmt: skip
+        name=name,
+        state=state,
+        spec=VMSpec(),
+        image="i:latest",
+        vm_dir=Path("/x") / name,
+        hypervisor="fake",
+        storage="fake",
+        created=datetime.now(UTC),
+        uuid=str(uuid.uuid4()),
+    )
 
 
 @pytest.fixture

@@ -23,8 +23,15 @@ from meda_core.vms import templates as warmrun
 from meda_core.vms.templates import TemplateJob
 
 #: The seed's ``POST /images/run`` body (less registry and org: no internet here).
-SEED_BODY = {"image": "default", "name": "r1", "user_data": None, "no_start": False,
-             "memory": "512M", "cpus": 2, "disk": "10G"}  # fmt: skip
+SEED_BODY = {
+    "image": "default",
+    "name": "r1",
+    "user_data": None,
+    "no_start": False,
+    "memory": "512M",
+    "cpus": 2,
+    "disk": "10G",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -153,9 +160,11 @@ def test_a_run_never_waits_for_a_template_being_built(
 
 
 def test_a_failed_build_is_remembered_and_tried_again_later(
-    fake_meda: Meda, fake_image: str, builds: list[TemplateJob],
+    fake_meda: Meda,
+    fake_image: str,
+    builds: list[TemplateJob],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     def never(ns: str | None, ip: str, port: int, *args: object) -> float:
         raise BackendError(f"the guest at {ip} did not answer on port {port} in 1s")
 
@@ -194,9 +203,11 @@ def test_an_unreadable_failure_record_does_not_stop_runs(
 
 
 def test_a_build_called_off_at_shutdown_leaves_nothing_and_no_failure(
-    fake_meda: Meda, fake_image: str, builds: list[TemplateJob],
+    fake_meda: Meda,
+    fake_image: str,
+    builds: list[TemplateJob],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setattr(readiness, "answers", lambda *args: False)  # a port never opened
     ready_image(fake_meda)
     first = run(fake_meda, "a")
@@ -259,9 +270,11 @@ def test_a_changed_image_retires_unused_templates(
 
 
 def test_a_template_of_older_devices_is_retired(
-    fake_meda: Meda, fake_image: str, builds: list[TemplateJob],
+    fake_meda: Meda,
+    fake_image: str,
+    builds: list[TemplateJob],
     ready_at_once: list[tuple[str, int]],
-) -> None:  # fmt: skip
+) -> None:
     """A template an older meda snapshotted with other devices cannot be restored: the next
     build of its image deletes it when no clone rests on it."""
     ready_image(fake_meda)
@@ -280,9 +293,11 @@ def test_a_template_of_older_devices_is_retired(
 
 
 def test_the_files_of_a_gone_template_go_at_the_next_build(
-    fake_meda: Meda, fake_image: str, builds: list[TemplateJob],
+    fake_meda: Meda,
+    fake_image: str,
+    builds: list[TemplateJob],
     ready_at_once: list[tuple[str, int]],
-) -> None:  # fmt: skip
+) -> None:
     ready_image(fake_meda)
     run(fake_meda, "a")
     fake_meda.warm_runs.build(builds[-1])
@@ -294,8 +309,10 @@ def test_the_files_of_a_gone_template_go_at_the_next_build(
     for mark in folder.glob(f"{gone}.*"):
         os.utime(mark, (time.time() - 120, time.time() - 120))
     assert sorted(p.name for p in folder.glob(f"{gone}.*")) == [
-        f"{gone}.job.json", f"{gone}.lock", f"{gone}.log"
-    ]  # fmt: skip
+        f"{gone}.job.json",
+        f"{gone}.lock",
+        f"{gone}.log",
+    ]
     run(fake_meda, "b", memory="256M")
     fake_meda.warm_runs.build(builds[-1])
     assert list(folder.glob(f"{gone}.*")) == []

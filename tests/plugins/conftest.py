@@ -43,9 +43,14 @@ class HostileRegistry:
         self.routes[(method, path)] = handler
 
     def reply(
-        self, method: str, path: str, body: bytes | Iterable[bytes] = b"", status: int = 200,
-        headers: dict[str, str] | None = None, length: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterable[bytes] = b"",
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        length: int | None = None,
+    ) -> None:
         """Answer ``method path`` with ``body`` (bytes or pieces, written as they come)."""
 
         def handle(request: BaseHTTPRequestHandler) -> None:
@@ -90,8 +95,9 @@ class HostileRegistry:
             self.route(method, f"/v2/{repo}/blobs/{digest}", handle)
         return digest
 
-    def manifest(self, manifest: dict[str, Any] | bytes, repo: str = "meda/evil",
-                 tag: str = "v1") -> str:  # fmt: skip
+    def manifest(
+        self, manifest: dict[str, Any] | bytes, repo: str = "meda/evil", tag: str = "v1"
+    ) -> str:
         raw = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest}

@@ -91,8 +91,9 @@ def test_readiness_travels_in_the_config_meda_writes(
     def config_of(target: str) -> dict[str, Any]:
         client = RegistryClient(parse_reference(target))
         config = json.loads(client.manifest("v1")[0])["config"]
-        path = client.download(config["digest"], config["size"], tmp_path / "config",
-                               lambda n: None)  # fmt: skip
+        path = client.download(
+            config["digest"], config["size"], tmp_path / "config", lambda n: None
+        )
         return json.loads(path.read_bytes())  # type: ignore[no-any-return]
 
     meda.images.import_files("ssh", disk=disk, ready_port=22)
@@ -167,24 +168,38 @@ def test_rust_meda_artifact_pulls_and_reassembles(
     for index, part in reversed(list(enumerate(parts))):  # out of order on purpose
         digest = sha256_digest(part)
         client.upload(part, digest, len(part))
-        layers.append(formats.descriptor(
-            "application/vnd.cirunlabs.meda.base-image-chunk.v1", digest, len(part),
-            **{formats.TITLE: f"base.raw.chunk.{index:03d}"},
-        ))  # fmt: skip
+        layers.append(
+            formats.descriptor(
+                "application/vnd.cirunlabs.meda.base-image-chunk.v1",
+                digest,
+                len(part),
+                **{formats.TITLE: f"base.raw.chunk.{index:03d}"},
+            )
+        )
     user_data = b"#cloud-config\n"
     client.upload(user_data, sha256_digest(user_data), len(user_data))
-    layers.append(formats.descriptor(
-        "application/vnd.cirunlabs.meda.user-data.v1", sha256_digest(user_data),
-        len(user_data), **{formats.TITLE: "user-data"},
-    ))  # fmt: skip
+    layers.append(
+        formats.descriptor(
+            "application/vnd.cirunlabs.meda.user-data.v1",
+            sha256_digest(user_data),
+            len(user_data),
+            **{formats.TITLE: "user-data"},
+        )
+    )
     empty = b"{}"
     client.upload(empty, sha256_digest(empty), 2)
-    client.put_manifest({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": formats.RUST_ARTIFACT_TYPE,
-        "config": formats.descriptor("application/vnd.oci.empty.v1+json", sha256_digest(empty), 2),
-        "layers": layers,
-    }, "v1")  # fmt: skip
+    client.put_manifest(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": formats.RUST_ARTIFACT_TYPE,
+            "config": formats.descriptor(
+                "application/vnd.oci.empty.v1+json", sha256_digest(empty), 2
+            ),
+            "layers": layers,
+        },
+        "v1",
+    )
     pulled = meda.images.pull(str(ref))
     assert pulled.disk is not None and pulled.disk_format == "raw"
     assert sha256_file(pulled.disk) == sha256_digest(original)
@@ -195,12 +210,17 @@ def test_not_a_meda_image_is_refused(meda: Meda, oci_registry: str) -> None:
     client = RegistryClient(ref)
     empty = b"{}"
     client.upload(empty, sha256_digest(empty), 2)
-    client.put_manifest({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": formats.descriptor("application/vnd.oci.image.config.v1+json",
-                                     sha256_digest(empty), 2),
-        "layers": [],
-    }, "v1")  # fmt: skip
+    client.put_manifest(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": formats.descriptor(
+                "application/vnd.oci.image.config.v1+json", sha256_digest(empty), 2
+            ),
+            "layers": [],
+        },
+        "v1",
+    )
     with pytest.raises(BackendError, match="not a meda image"):
         meda.images.pull(str(ref))
 
@@ -258,12 +278,18 @@ def test_pull_killed_half_way_leaves_no_image_and_the_next_resumes(
     disk = tmp_path / "many-chunks.raw"
     disk.write_bytes(os.urandom(48 * MiB))
     target = published(meda, disk, f"{oci_registry}/meda/killed:v1")
-    env = {**os.environ, "MEDA_HOME": str(meda.settings.home), "MEDA_OCI_CONCURRENCY": "1",
-           "MEDA_OCI_CHUNK_SIZE": str(MiB)}  # fmt: skip
+    env = {
+        **os.environ,
+        "MEDA_HOME": str(meda.settings.home),
+        "MEDA_OCI_CONCURRENCY": "1",
+        "MEDA_OCI_CHUNK_SIZE": str(MiB),
+    }
     puller = subprocess.Popen(
-        [sys.executable, "-m", "meda_cli.main", "pull", target], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-m", "meda_cli.main", "pull", target],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     done_dir = meda.settings.home / "pulls"
     deadline = time.monotonic() + 60
     while len(list(done_dir.glob("*/*/chunks-done/*"))) < 8:

@@ -50,27 +50,32 @@ def ref(registry: HostileRegistry, tag: str = "v1") -> str:
 
 
 def meda_image(
-    registry: HostileRegistry, disk: bytes = b"", kernel: bytes | None = None,
-    chunk_size: int = MiB, tag: str = "v1",
-) -> dict[str, Any]:  # fmt: skip
+    registry: HostileRegistry,
+    disk: bytes = b"",
+    kernel: bytes | None = None,
+    chunk_size: int = MiB,
+    tag: str = "v1",
+) -> dict[str, Any]:
     """Serve a well-formed meda image under ``tag``; its manifest, for tests to spoil."""
     layers = []
     for index, start in enumerate(range(0, len(disk), chunk_size)):
         data = disk[start : start + chunk_size]
         packed = zstandard.ZstdCompressor().compress(data)
-        chunk = formats.Chunk(index, start, len(data), sha256_digest(data),
-                              registry.blob(packed), len(packed))  # fmt: skip
+        chunk = formats.Chunk(
+            index, start, len(data), sha256_digest(data), registry.blob(packed), len(packed)
+        )
         layers.append(formats.chunk_layer(chunk))
     if kernel is not None:
         layers.append(formats.descriptor(formats.KERNEL_TYPE, registry.blob(kernel), len(kernel)))
     meta = {"format": "raw", "size": len(disk), "chunk_size": chunk_size, "zero_chunks": []}
     config = json.dumps({"disk": meta if disk else None, "cmdline": None}).encode()
     manifest = {
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
         "artifactType": formats.ARTIFACT_TYPE,
         "config": formats.descriptor(formats.CONFIG_TYPE, registry.blob(config), len(config)),
         "layers": layers,
-    }  # fmt: skip
+    }
     registry.manifest(manifest, tag=tag)
     return manifest
 
@@ -111,13 +116,20 @@ def test_a_layer_digest_naming_a_host_file_never_brings_that_file_in(
     secret.write_bytes(b"root-only secret\n" * 100)
     digest = "sha256:" + "../" * 30 + str(secret).lstrip("/")
     empty = b"{}"
-    registry.manifest({
-        "schemaVersion": 2, "artifactType": formats.RUST_ARTIFACT_TYPE,
-        "config": formats.descriptor("application/vnd.oci.empty.v1+json",
-                                     registry.blob(empty), 2),
-        "layers": [formats.descriptor(RUST_DISK, digest, secret.stat().st_size,
-                                      **{formats.TITLE: "base.raw"})],
-    })  # fmt: skip
+    registry.manifest(
+        {
+            "schemaVersion": 2,
+            "artifactType": formats.RUST_ARTIFACT_TYPE,
+            "config": formats.descriptor(
+                "application/vnd.oci.empty.v1+json", registry.blob(empty), 2
+            ),
+            "layers": [
+                formats.descriptor(
+                    RUST_DISK, digest, secret.stat().st_size, **{formats.TITLE: "base.raw"}
+                )
+            ],
+        }
+    )
     with pytest.raises(BackendError, match="invalid layer digest"):
         meda.images.pull(ref(registry))
     assert pulled_nothing(meda)
@@ -233,12 +245,16 @@ def test_a_blob_longer_than_its_descriptor_is_cut_off_and_refused(
         (lambda m: m["layers"][-1].update(size=2**50), "invalid layer size"),
         (lambda m: m["layers"][-1].update(size="12"), "invalid layer size"),
         (lambda m: m["config"].update(size=64 * MiB), "invalid config size"),
-        (lambda m: m["layers"][0]["annotations"].update({formats.CHUNK_SIZE: str(2 * MiB)}),
-         "invalid disk chunk 0"),
-        (lambda m: m["layers"][0]["annotations"].update({formats.CHUNK_INDEX: "-1"}),
-         "invalid chunk index"),
+        (
+            lambda m: m["layers"][0]["annotations"].update({formats.CHUNK_SIZE: str(2 * MiB)}),
+            "invalid disk chunk 0",
+        ),
+        (
+            lambda m: m["layers"][0]["annotations"].update({formats.CHUNK_INDEX: "-1"}),
+            "invalid chunk index",
+        ),
     ],
-)  # fmt: skip
+)
 def test_sizes_a_manifest_declares_are_bounded(
     meda: Meda, hostile: Start, spoil: Callable[[dict[str, Any]], None], message: str
 ) -> None:
@@ -262,8 +278,10 @@ def test_the_disk_a_config_describes_is_bounded(
 ) -> None:
     registry = hostile()
     manifest = meda_image(registry, os.urandom(MiB))
-    config = {"disk": {"format": "raw", "size": MiB, "chunk_size": MiB, "zero_chunks": [],
-                       **meta}, "cmdline": None}  # fmt: skip
+    config = {
+        "disk": {"format": "raw", "size": MiB, "chunk_size": MiB, "zero_chunks": [], **meta},
+        "cmdline": None,
+    }
     raw = json.dumps(config).encode()
     manifest["config"] = formats.descriptor(formats.CONFIG_TYPE, registry.blob(raw), len(raw))
     assert_refused(meda, registry, manifest, message)
@@ -306,16 +324,24 @@ def test_a_rust_base_image_is_bounded_by_the_largest_disk(
     registry = hostile()
     parts = [os.urandom(MiB // 2 + 1) for _ in range(2)]
     empty = b"{}"
-    registry.manifest({
-        "schemaVersion": 2, "artifactType": formats.RUST_ARTIFACT_TYPE,
-        "config": formats.descriptor("application/vnd.oci.empty.v1+json",
-                                     registry.blob(empty), 2),
-        "layers": [
-            formats.descriptor(RUST_DISK.replace("image", "image-chunk"), registry.blob(part),
-                               len(part), **{formats.TITLE: f"base.raw.chunk.{i:03d}"})
-            for i, part in enumerate(parts)
-        ],
-    })  # fmt: skip
+    registry.manifest(
+        {
+            "schemaVersion": 2,
+            "artifactType": formats.RUST_ARTIFACT_TYPE,
+            "config": formats.descriptor(
+                "application/vnd.oci.empty.v1+json", registry.blob(empty), 2
+            ),
+            "layers": [
+                formats.descriptor(
+                    RUST_DISK.replace("image", "image-chunk"),
+                    registry.blob(part),
+                    len(part),
+                    **{formats.TITLE: f"base.raw.chunk.{i:03d}"},
+                )
+                for i, part in enumerate(parts)
+            ],
+        }
+    )
     with pytest.raises(BackendError, match="invalid base image size"):
         meda.images.pull(ref(registry))
     assert pulled_nothing(meda)
@@ -336,8 +362,9 @@ def test_an_error_body_is_not_read_whole(meda: Meda, hostile: Start) -> None:
     manifest = meda_image(registry, kernel=b"kernel")
     kernel = manifest["layers"][-1]
     huge = (b"e" * MiB for _ in range(512))
-    registry.reply("GET", f"/v2/meda/evil/blobs/{kernel['digest']}", huge, status=400,
-                   length=512 * MiB)  # fmt: skip
+    registry.reply(
+        "GET", f"/v2/meda/evil/blobs/{kernel['digest']}", huge, status=400, length=512 * MiB
+    )
     with pytest.raises(BackendError, match="registry answered 400: eee") as refused:
         meda.images.pull(ref(registry))
     assert len(refused.value.message) < 1000
@@ -373,8 +400,11 @@ def peak_pull(reference: str, home: Path) -> tuple[str, int]:
     ru_maxrss would count the parent's memory at the fork)."""
     done = subprocess.run(
         [sys.executable, "-c", PEAK, str(home), reference],
-        capture_output=True, text=True, timeout=120, env={**os.environ},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ},
+    )
     assert done.returncode == 0, done.stderr
     outcome, peak = done.stdout.strip().rsplit("\n", 1)
     return outcome, int(peak.split()[1])
@@ -422,7 +452,7 @@ def test_a_trickling_blob_cannot_extend_the_deadline(
     kernel = manifest["layers"][-1]
     registry.reply(
         "GET", f"/v2/meda/evil/blobs/{kernel['digest']}", trickle(b"k" * 200, 0.1), length=200
-    )  # fmt: skip  (20 s in all, a byte every 0.1 s)
+    )  # 20 s in all, a byte every 0.1 s
     started = time.monotonic()
     with pytest.raises(BackendError, match="MEDA_OCI_DEADLINE"):
         meda.images.pull(ref(registry))
@@ -454,8 +484,12 @@ def test_a_registry_that_never_answers_an_upload_cannot_hold_a_push(
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(os.urandom(4096))
     meda.images.import_files("local", kernel=kernel)
-    registry.reply("POST", "/v2/meda/evil/blobs/uploads/", status=202,
-                   headers={"Location": "/v2/meda/evil/blobs/uploads/1"})  # fmt: skip
+    registry.reply(
+        "POST",
+        "/v2/meda/evil/blobs/uploads/",
+        status=202,
+        headers={"Location": "/v2/meda/evil/blobs/uploads/1"},
+    )
 
     def silent(request: BaseHTTPRequestHandler) -> None:
         request.rfile.read(int(request.headers["Content-Length"]))
@@ -516,8 +550,12 @@ def test_an_upload_location_on_another_host_gets_no_credentials(
     kernel.write_bytes(os.urandom(4096))
     meda.images.import_files("local", kernel=kernel)
     port = elsewhere.address.rsplit(":", 1)[1]
-    registry.reply("POST", "/v2/meda/evil/blobs/uploads/", status=202,
-                   headers={"Location": f"http://localhost:{port}/upload"})  # fmt: skip
+    registry.reply(
+        "POST",
+        "/v2/meda/evil/blobs/uploads/",
+        status=202,
+        headers={"Location": f"http://localhost:{port}/upload"},
+    )
     elsewhere.reply("PUT", "/upload", status=201)
     registry.reply("PUT", "/v2/meda/evil/manifests/v1", status=201)
     meda.images.push("local", ref(registry))
@@ -535,8 +573,12 @@ def test_a_redirect_to_another_host_gets_no_credentials(
     manifest = meda_image(registry, kernel=b"kernel")
     kernel = manifest["layers"][-1]["digest"]
     port = elsewhere.address.rsplit(":", 1)[1]
-    registry.reply("GET", f"/v2/meda/evil/blobs/{kernel}", status=307,
-                   headers={"Location": f"http://localhost:{port}/cdn/kernel"})  # fmt: skip
+    registry.reply(
+        "GET",
+        f"/v2/meda/evil/blobs/{kernel}",
+        status=307,
+        headers={"Location": f"http://localhost:{port}/cdn/kernel"},
+    )
     elsewhere.reply("GET", "/cdn/kernel", b"kernel")
     image = meda.images.pull(ref(registry))
     assert image.kernel is not None and image.kernel.read_bytes() == b"kernel"
@@ -564,8 +606,9 @@ def _wants_bearer(registry: HostileRegistry, realm: str) -> None:
 
 # The second realm is one that URL parsers read two ways: Python's sees the registry, the
 # HTTP library connects to the other host.
-@pytest.mark.parametrize("realm_url", ["http://localhost:{port}/token",
-                                       "http://localhost:{port}\\@{registry}/token"])  # fmt: skip
+@pytest.mark.parametrize(
+    "realm_url", ["http://localhost:{port}/token", "http://localhost:{port}\\@{registry}/token"]
+)
 def test_a_token_realm_on_another_host_is_never_contacted(
     meda: Meda, hostile: Start, credentials: Callable[[str], None], realm_url: str
 ) -> None:
@@ -582,9 +625,11 @@ def test_a_token_realm_on_another_host_is_never_contacted(
 
 
 def test_a_token_realm_the_operator_allows_gets_the_credentials(
-    meda: Meda, hostile: Start, credentials: Callable[[str], None],
+    meda: Meda,
+    hostile: Start,
+    credentials: Callable[[str], None],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     registry, realm = hostile(), hostile()
     meda_image(registry, kernel=b"kernel")
     port = realm.address.rsplit(":", 1)[1]
@@ -622,8 +667,9 @@ def test_a_redirect_that_urls_read_two_ways_is_not_followed(
     kernel = manifest["layers"][-1]["digest"]
     port = elsewhere.address.rsplit(":", 1)[1]
     two_ways = f"http://localhost:{port}\\@{registry.address}/k"
-    registry.reply("GET", f"/v2/meda/evil/blobs/{kernel}", status=307,
-                   headers={"Location": two_ways})  # fmt: skip
+    registry.reply(
+        "GET", f"/v2/meda/evil/blobs/{kernel}", status=307, headers={"Location": two_ways}
+    )
     with pytest.raises(BackendError, match="does not follow"):
         meda.images.pull(ref(registry))
     assert elsewhere.seen == []
@@ -649,10 +695,17 @@ def test_what_a_redirect_target_answers_is_not_repeated(meda: Meda, hostile: Sta
     """A registry redirecting meda to an internal page learns nothing of that page."""
     registry, internal = hostile(), hostile()
     port = internal.address.rsplit(":", 1)[1]
-    registry.reply("HEAD", "/v2/meda/evil/manifests/v1",
-                   headers={"Docker-Content-Digest": "sha256:" + "0" * 64})  # fmt: skip
-    registry.reply("GET", "/v2/meda/evil/manifests/v1", status=302,
-                   headers={"Location": f"http://localhost:{port}/admin"})  # fmt: skip
+    registry.reply(
+        "HEAD",
+        "/v2/meda/evil/manifests/v1",
+        headers={"Docker-Content-Digest": "sha256:" + "0" * 64},
+    )
+    registry.reply(
+        "GET",
+        "/v2/meda/evil/manifests/v1",
+        status=302,
+        headers={"Location": f"http://localhost:{port}/admin"},
+    )
     internal.reply("GET", "/admin", b"INTERNAL-ONLY: db_password=swordfish", status=500)
     with pytest.raises(BackendError) as refused:
         meda.images.pull(ref(registry))

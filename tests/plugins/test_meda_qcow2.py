@@ -91,8 +91,11 @@ def test_an_image_from_a_vm_holds_what_the_guest_wrote_and_no_host_file(
     vm = qcow2_meda.vms.create(CreateVMRequest(name="guest", image="base", disk="1G"))
     # The guest writes a qcow2 header naming the host file at the start of its disk.
     header = guest_written(tmp_path / "header.raw", host_secret)
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -s {header} 0 {disks.MiB}",
-                    str(vm.disk_path)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -s {header} 0 {disks.MiB}", str(vm.disk_path)],
+        check=True,
+        capture_output=True,
+    )
     image = qcow2_meda.images.create_from_vm("guest", "made", "v1", None, None)
     assert image.disk is not None and image.disk_format == "qcow2"
     content = disks.virtual_content(image.disk, "qcow2")

@@ -42,11 +42,16 @@ from meda_qemu.settings import DEFAULT_USER, QemuSettings
 
 def _launch(vm_dir: Path, guest: BootableGuest | None = None) -> LaunchSpec:
     return LaunchSpec(
-        name="t", uuid=str(uuid.uuid4()), vm_dir=vm_dir, spec=VMSpec(memory="512M", cpus=2),
-        disk=vm_dir / "disk.qcow2", console_log=vm_dir / "console.log",
-        kernel=guest.kernel if guest else None, initrd=guest.initrd if guest else None,
+        name="t",
+        uuid=str(uuid.uuid4()),
+        vm_dir=vm_dir,
+        spec=VMSpec(memory="512M", cpus=2),
+        disk=vm_dir / "disk.qcow2",
+        console_log=vm_dir / "console.log",
+        kernel=guest.kernel if guest else None,
+        initrd=guest.initrd if guest else None,
         cmdline=guest.cmdline if guest else None,
-    )  # fmt: skip
+    )
 
 
 def test_argv_direct_kernel_boot(tmp_path: Path) -> None:
@@ -199,8 +204,9 @@ def test_a_home_whose_path_carries_options_runs_a_vm_through_its_lifecycle(
     options (``readonly=on``, ``snapshot=on``): QEMU must open exactly meda's files, and
     what it writes there (console, saved state) no local user reads."""
     home = reachable / "m,h" / "x,readonly=on,snapshot=on"
-    settings = Settings(home=home, hypervisor="qemu", storage="qcow2", network="user",
-                        stop_timeout=5)  # fmt: skip
+    settings = Settings(
+        home=home, hypervisor="qemu", storage="qcow2", network="user", stop_timeout=5
+    )
     meda = Meda(settings)
     meda.images.import_files("guest", **guest_image)  # type: ignore[arg-type]
     vm = meda.vms.create(CreateVMRequest(name="commas", image="guest", memory="256M"))
@@ -291,8 +297,9 @@ def test_qemu_as_an_unprivileged_user_runs_the_whole_lifecycle(
     if os.geteuid() != 0:
         pytest.skip("-runas needs root")
     monkeypatch.setenv("MEDA_QEMU_USER", "nobody")
-    settings = Settings(home=tmp_path / "home", hypervisor="qemu", storage="qcow2",
-                        network="user", stop_timeout=5)  # fmt: skip
+    settings = Settings(
+        home=tmp_path / "home", hypervisor="qemu", storage="qcow2", network="user", stop_timeout=5
+    )
     meda = Meda(settings)
     meda.images.import_files("guest", **guest_image)  # type: ignore[arg-type]
     meda.vms.create(CreateVMRequest(name="tpl", image="guest", memory="256M", template=True))
@@ -321,8 +328,9 @@ def test_a_clone_takes_its_own_hostname_from_its_seed_medium_and_deletes_at_once
     """A clone is the template's memory: cloud-init does not run again. Its seed CD-ROM's
     medium changes after the restore; the guest sees a media change and takes the
     hostname in the new seed, with no agent in it."""
-    settings = Settings(home=tmp_path / "home", hypervisor="qemu", storage="qcow2",
-                        network="user", stop_timeout=30)  # fmt: skip
+    settings = Settings(
+        home=tmp_path / "home", hypervisor="qemu", storage="qcow2", network="user", stop_timeout=30
+    )
     meda = Meda(settings)
     meda.images.import_files("guest", **guest_image)  # type: ignore[arg-type]
     meda.vms.create(CreateVMRequest(name="tpl", image="guest", memory="256M", template=True))
@@ -372,18 +380,24 @@ def test_a_qemu_told_to_run_a_program_cannot(
 
 @pytest.mark.parametrize(
     ("setting", "account_exists", "expected"),
-    [("auto", True, DEFAULT_USER), ("auto", False, None), ("root", True, None),
-     ("nobody", True, "nobody")],
-)  # fmt: skip
+    [
+        ("auto", True, DEFAULT_USER),
+        ("auto", False, None),
+        ("root", True, None),
+        ("nobody", True, "nobody"),
+    ],
+)
 def test_which_account_qemu_runs_as(
     setting: str, account_exists: bool, expected: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("only root can hand QEMU to another account")
     real = pwd.getpwnam
-    monkeypatch.setattr(pwd, "getpwnam", lambda name: (
-        real("nobody") if account_exists else (_ for _ in ()).throw(KeyError(name))
-    ))  # fmt: skip
+    monkeypatch.setattr(
+        pwd,
+        "getpwnam",
+        lambda name: real("nobody") if account_exists else (_ for _ in ()).throw(KeyError(name)),
+    )
     assert QemuSettings(user=setting).qemu_user() == expected
 
 
@@ -406,8 +420,9 @@ def test_by_default_qemu_runs_as_its_own_account(
     if os.geteuid() != 0:
         pytest.skip("only root can hand QEMU to another account")
     monkeypatch.delenv("MEDA_QEMU_USER", raising=False)
-    settings = Settings(home=tmp_path / "home", hypervisor="qemu", storage="qcow2",
-                        network="user", stop_timeout=5)  # fmt: skip
+    settings = Settings(
+        home=tmp_path / "home", hypervisor="qemu", storage="qcow2", network="user", stop_timeout=5
+    )
     meda = Meda(settings)
     meda.images.import_files("guest", **guest_image)  # type: ignore[arg-type]
     meda.vms.create(CreateVMRequest(name="own", image="guest", memory="256M"))

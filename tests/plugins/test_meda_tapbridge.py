@@ -202,8 +202,9 @@ def guests(tapbridge: TapBridgeNetwork, netns: str) -> Iterator[Callable[[str], 
         tapbridge.plug(vm, attachment)
         assert attachment.tap and attachment.ip and attachment.gateway
         prefix = tapbridge.config.network.prefixlen
-        ns = fake_guest(netns, attachment.tap, attachment.mac, f"{attachment.ip}/{prefix}",
-                        attachment.gateway)  # fmt: skip
+        ns = fake_guest(
+            netns, attachment.tap, attachment.mac, f"{attachment.ip}/{prefix}", attachment.gateway
+        )
         guest = Guest(vm, ns, attachment.ip, attachment.mac, attachment.gateway)
         made.append(guest)
         run_in(netns, "ip", "link", "set", attachment.tap, "master", tapbridge.config.bridge, "up")
@@ -271,9 +272,28 @@ def test_a_guest_reaches_no_host_service_but_dhcp(
     assert not connects(guest.ns, f"{link_local(netns, 'meda0')}%eth0", port)
     # meda's DHCP still answers, and the guest still gets out (NAT) to other machines.
     dhcp = subprocess.run(
-        ["ip", "netns", "exec", guest.ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q",
-         "-t", "3", "-T", "1", "-s", "/bin/true"], capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            "ip",
+            "netns",
+            "exec",
+            guest.ns,
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert f"lease of {guest.ip} obtained" in dhcp.stderr, dhcp.stderr
     assert connects(guest.ns, OUTSIDE_CLIENT, listen(outside, OUTSIDE_CLIENT))
 
@@ -365,8 +385,9 @@ def isolated_guest(tapbridge: TapBridgeNetwork) -> Iterator[tuple[NetworkAttachm
     tapbridge.plug("tmpl", attachment)
     vm_ns = attachment.netns
     assert vm_ns is not None
-    guest_ns = fake_guest(vm_ns, isolated.TAP, random_mac(), f"{isolated.GUEST_IP}/30",
-                          isolated.GATEWAY_IP)  # fmt: skip
+    guest_ns = fake_guest(
+        vm_ns, isolated.TAP, random_mac(), f"{isolated.GUEST_IP}/30", isolated.GATEWAY_IP
+    )
     try:
         run_in(vm_ns, "ip", "link", "set", isolated.TAP, "address", isolated.GATEWAY_MAC)
         run_in(vm_ns, "ip", "addr", "add", f"{isolated.GATEWAY_IP}/30", "dev", isolated.TAP)
@@ -397,8 +418,12 @@ def test_a_guest_in_its_own_namespace_reaches_neither_it_nor_the_host(
 def udp_arriving(netns: str, guest: Guest, port: int, size: int, source_port: int = 0) -> int:
     """Of 1000 UDP packets of ``size`` bytes the guest sends at once to its gateway's
     ``port``, how many pass meda's input chain (counted by a hook after it)."""
-    run_in(netns, "nft", "table ip probe { chain input { type filter hook input priority 10;"
-                         f" udp dport {port} counter; }}; }}")  # fmt: skip
+    run_in(
+        netns,
+        "nft",
+        "table ip probe { chain input { type filter hook input priority 10;"
+        f" udp dport {port} counter; }}; }}",
+    )
     try:
         flood = (
             "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
@@ -520,8 +545,9 @@ def test_a_netns_forward_answers_in_the_namespace_meda_runs_in(
     assert talk(None, "127.0.0.1", port, protocol) == "web:ping"  # here, through the proxy
     assert talk(netns, "127.0.0.1", port, protocol) == "web:ping"  # there, by the DNAT
     assert [(x.address, x.netns, x.by) for x in on_loopback.forward_listeners(forward)] == [
-        (f"127.0.0.1:{port}", None, "proxy"), (f"0.0.0.0:{port}", netns, "nftables"),
-    ]  # fmt: skip
+        (f"127.0.0.1:{port}", None, "proxy"),
+        (f"0.0.0.0:{port}", netns, "nftables"),
+    ]
     # The proxy lives in meda's network namespace as nobody, known by its pid file.
     pid = proxy_pid(on_loopback, forward)
     status = Path(f"/proc/{pid}/status").read_text()
@@ -646,9 +672,29 @@ def dhcp_offer(ns: str, tmp_path: Path) -> str:
     script.write_text('#!/bin/sh\n[ "$1" = bound ] && echo "router=$router dns=$dns"\n')
     script.chmod(0o755)
     result = subprocess.run(
-        ["ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "3",
-         "-T", "1", "-s", str(script)], capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     return result.stdout.strip()
 
 
@@ -676,9 +722,11 @@ def test_a_guest_in_its_own_namespace_gets_dns_at_its_own_gateway(
 
 
 def test_the_upstream_name_servers_follow_the_setting(
-    tapbridge: TapBridgeNetwork, guests: Callable[[str], Guest], world: str,
+    tapbridge: TapBridgeNetwork,
+    guests: Callable[[str], Guest],
+    world: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     guest = guests("vm1")
     assert resolve(guest.ns, guest.gateway, OUTSIDE_NAME) == [OUTSIDE_CLIENT]
     monkeypatch.setenv("MEDA_DNS_SERVERS", "192.0.2.53")  # nobody there
@@ -687,13 +735,17 @@ def test_the_upstream_name_servers_follow_the_setting(
 
 
 @pytest.mark.parametrize(
-    "metadata", ["169.254.169.254", "100.100.100.200", "168.63.129.16"],
+    "metadata",
+    ["169.254.169.254", "100.100.100.200", "168.63.129.16"],
     ids=["link-local", "alibaba", "azure-wireserver"],
-)  # fmt: skip
+)
 def test_a_guest_cannot_reach_clouds_metadata_services_beyond_the_host(
-    guests: Callable[[str], Guest], listen: Callable[[str, str], int], netns: str, outside: str,
+    guests: Callable[[str], Guest],
+    listen: Callable[[str, str], int],
+    netns: str,
+    outside: str,
     metadata: str,
-) -> None:  # fmt: skip
+) -> None:
     """A cloud's metadata service answers whoever the host routes to it: link-local
     addresses (never to be routed, RFC 3927) and the other clouds' are blocked."""
     run_in(outside, "ip", "addr", "add", f"{metadata}/32", "dev", "vc0")
@@ -706,9 +758,11 @@ def test_a_guest_cannot_reach_clouds_metadata_services_beyond_the_host(
 
 
 def test_blocked_destinations_follow_the_setting(
-    guests: Callable[[str], Guest], listen: Callable[[str, str], int], outside: str,
+    guests: Callable[[str], Guest],
+    listen: Callable[[str, str], int],
+    outside: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setenv("MEDA_BLOCKED_DESTINATIONS", f"{OUTSIDE_CLIENT}/32")
     port = listen(outside, "0.0.0.0")
     assert not connects(guests("vm1").ns, OUTSIDE_CLIENT, port)
@@ -760,8 +814,23 @@ def test_guests_learn_no_names_of_other_vms_from_dns(
     script = tmp_path / "bound"
     script.write_text('#!/bin/sh\n[ "$1" = bound ] && echo "ip=$ip"\n')
     script.chmod(0o755)
-    offer = run_in(b.ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "3", "-T", "1",
-                   "-x", "hostname:tenant-a", "-s", str(script))  # fmt: skip
+    offer = run_in(
+        b.ns,
+        "busybox",
+        "udhcpc",
+        "-i",
+        "eth0",
+        "-n",
+        "-q",
+        "-t",
+        "3",
+        "-T",
+        "1",
+        "-x",
+        "hostname:tenant-a",
+        "-s",
+        str(script),
+    )
     assert f"ip={b.ip}" in offer
     assert resolve(a.ns, a.gateway, "secret-project-b", timeout=1) == []
     assert resolve(b.ns, b.gateway, "tenant-a", timeout=1) == []
@@ -811,8 +880,13 @@ def test_the_uplink_leads_out_not_in_and_cleanup_finds_it(netns: str, tmp_path: 
     """meda runs inside the test's namespace, as on a host of its own, with a MEDA_NETNS it
     makes; a NIC no VM owns (its state lost) leaves the network, uplink and all, behind."""
     inner = f"meda-n-{secrets.token_hex(3)}"
-    env = {**os.environ, "MEDA_HOME": str(tmp_path / "home"), "MEDA_NETNS": inner,
-           "MEDA_NETNS_CREATE": "1", "MEDA_NETNS_UPLINK": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MEDA_HOME": str(tmp_path / "home"),
+        "MEDA_NETNS": inner,
+        "MEDA_NETNS_CREATE": "1",
+        "MEDA_NETNS_UPLINK": "1",
+    }
     inside = ["nsenter", f"--net=/run/netns/{netns}", sys.executable]
     run_in(netns, "ip", "link", "set", "lo", "up")
     try:
@@ -824,8 +898,9 @@ def test_the_uplink_leads_out_not_in_and_cleanup_finds_it(netns: str, tmp_path: 
             assert connects(netns, "10.213.255.1", port)
             assert not connects(inner, "10.213.255.1", port, timeout=1)  # meda's namespace
         cleanup = [*inside, "-m", "meda_cli.main", "cleanup"]
-        listed = subprocess.run([*cleanup, "--dry-run"], env=env, capture_output=True,
-                                text=True, timeout=60, check=True).stdout  # fmt: skip
+        listed = subprocess.run(
+            [*cleanup, "--dry-run"], env=env, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
         assert f"would remove: uplink {outer} of network namespace '{inner}'" in listed, listed
         assert f"nftables table inet {uplink.table_name(inner)}" in listed, listed
         subprocess.run(cleanup, env=env, capture_output=True, timeout=60, check=True)
@@ -849,8 +924,13 @@ def test_the_uplink_leads_out_by_the_default_route_not_into_the_hosts_other_netw
     """meda's namespace (the test's) has a way out (its default route) and a network of
     containers or other VMs on a bridge; a guest behind the uplink reaches only the former."""
     inner = f"meda-n-{secrets.token_hex(3)}"
-    env = {**os.environ, "MEDA_HOME": str(tmp_path / "home"), "MEDA_NETNS": inner,
-           "MEDA_NETNS_CREATE": "1", "MEDA_NETNS_UPLINK": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MEDA_HOME": str(tmp_path / "home"),
+        "MEDA_NETNS": inner,
+        "MEDA_NETNS_CREATE": "1",
+        "MEDA_NETNS_UPLINK": "1",
+    }
     inside = ["nsenter", f"--net=/run/netns/{netns}", sys.executable]
     run_in(netns, "ip", "link", "set", "lo", "up")
     world = another_host(netns, OUTSIDE_HOST, OUTSIDE_CLIENT)
@@ -858,8 +938,14 @@ def test_the_uplink_leads_out_by_the_default_route_not_into_the_hosts_other_netw
     run_in(netns, "ip", "route", "add", "default", "via", OUTSIDE_CLIENT)
     guest = None
     try:
-        out = subprocess.run([*inside, "-c", PLUG_A_GUEST], env=env, check=True, timeout=60,
-                             capture_output=True, text=True).stdout  # fmt: skip
+        out = subprocess.run(
+            [*inside, "-c", PLUG_A_GUEST],
+            env=env,
+            check=True,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        ).stdout
         tap, mac, ip, gateway, bridge, prefix = json.loads(out.strip().splitlines()[-1])
         guest = fake_guest(inner, tap, mac, f"{ip}/{prefix}", gateway)
         run_in(inner, "ip", "link", "set", tap, "master", bridge, "up")
@@ -870,8 +956,9 @@ def test_the_uplink_leads_out_by_the_default_route_not_into_the_hosts_other_netw
     finally:
         if guest:
             destroy(guest)
-        subprocess.run([*inside, "-m", "meda_cli.main", "cleanup"], env=env,
-                       capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            [*inside, "-m", "meda_cli.main", "cleanup"], env=env, capture_output=True, timeout=60
+        )
         for link in ("vh0", "vh1"):  # now: a deleted namespace's links go some time later
             run_in(netns, "ip", "link", "del", link, check=False)
         destroy(internal)

@@ -59,15 +59,31 @@ def start_proxy() -> Iterator[Start]:
 
     def start(protocol: str, nofile: int) -> tuple[subprocess.Popen[bytes], int, Guest]:
         guest = Guest(protocol)
-        spec = proxies.ProxySpec(protocol=protocol, host_port=0, address="127.0.0.1",
-                                 target=f"127.0.0.1:{guest.port}", allow_local=True)  # fmt: skip
+        spec = proxies.ProxySpec(
+            protocol=protocol,
+            host_port=0,
+            address="127.0.0.1",
+            target=f"127.0.0.1:{guest.port}",
+            allow_local=True,
+        )
         with proxies._bound(spec) as sock:
             process = subprocess.Popen(
-                [sys.executable, "-I", str(proxies.PROXY), "--fd", str(sock.fileno()),
-                 "--target", spec.target, "--user", proxies.USER, "--allow-local"],
-                stdout=subprocess.PIPE, pass_fds=(sock.fileno(),),
+                [
+                    sys.executable,
+                    "-I",
+                    str(proxies.PROXY),
+                    "--fd",
+                    str(sock.fileno()),
+                    "--target",
+                    spec.target,
+                    "--user",
+                    proxies.USER,
+                    "--allow-local",
+                ],
+                stdout=subprocess.PIPE,
+                pass_fds=(sock.fileno(),),
                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
-            )  # fmt: skip
+            )
             port = sock.getsockname()[1]
         started.append(process)
         assert process.stdout is not None and process.stdout.readline() == b"ready\n"

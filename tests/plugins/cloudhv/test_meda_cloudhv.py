@@ -61,12 +61,18 @@ def _launch(vm_dir: Path, nics: tuple[NicSpec, ...] = ()) -> LaunchSpec:
     for name in ("disk.qcow2", "vmlinuz", "initrd", "seed.iso"):
         (vm_dir / name).write_bytes(b"")
     return LaunchSpec(
-        name=vm_dir.name, uuid=str(uuid.uuid4()), vm_dir=vm_dir,
-        spec=VMSpec(memory="512M", cpus=2), disk=vm_dir / "disk.qcow2",
-        console_log=vm_dir / "console.log", kernel=vm_dir / "vmlinuz",
-        initrd=vm_dir / "initrd", cmdline="console=ttyS0", nics=nics,
+        name=vm_dir.name,
+        uuid=str(uuid.uuid4()),
+        vm_dir=vm_dir,
+        spec=VMSpec(memory="512M", cpus=2),
+        disk=vm_dir / "disk.qcow2",
+        console_log=vm_dir / "console.log",
+        kernel=vm_dir / "vmlinuz",
+        initrd=vm_dir / "initrd",
+        cmdline="console=ttyS0",
+        nics=nics,
         extra_disks=(vm_dir / "seed.iso",),
-    )  # fmt: skip
+    )
 
 
 class TestCloudHypervisorConformance(HypervisorConformance):
@@ -103,8 +109,10 @@ def test_vm_config_follows_the_spec_and_the_rules(tmp_path: Path) -> None:
     config = vm_config(_launch(tmp_path / "vm", (nic,)), None)
     spec.validate("PUT", "/api/v1/vm.create", config)
     assert config["disks"][0] == {
-        "path": str(tmp_path / "vm/disk.qcow2"), "image_type": "Qcow2", "backing_files": True,
-    }  # fmt: skip
+        "path": str(tmp_path / "vm/disk.qcow2"),
+        "image_type": "Qcow2",
+        "backing_files": True,
+    }
     assert config["disks"][1]["readonly"] is True
     assert config["memory"]["size"] == 512 << 20 and config["cpus"]["boot_vcpus"] == 2
     with pytest.raises(jsonschema.ValidationError):  # the strict check has teeth
@@ -154,9 +162,15 @@ def test_real_binary_boots_the_test_guest(
     if not available.ok:
         pytest.skip(f"needs cloud-hypervisor and a KVM that runs guests: {available.reason}")
     launch = _launch(tmp_path / "real")
-    launch = LaunchSpec(**{**launch.__dict__, "kernel": test_guest.kernel,
-                           "initrd": test_guest.initrd, "cmdline": test_guest.cmdline,
-                           "extra_disks": ()})  # fmt: skip
+    launch = LaunchSpec(
+        **{
+            **launch.__dict__,
+            "kernel": test_guest.kernel,
+            "initrd": test_guest.initrd,
+            "cmdline": test_guest.cmdline,
+            "extra_disks": (),
+        }
+    )
     Qcow2Storage(backend_context).create_disk(launch.disk, 64 << 20)
     runtime = backend.start(launch)
     try:
