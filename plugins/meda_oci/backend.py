@@ -94,6 +94,22 @@ class OciRegistry(RegistryBackend):
     ) -> str:
         parts = [p for p in (files.disk, files.kernel, files.initrd) if p is not None]
         meter = _Meter(sum(p.stat().st_size for p in parts), progress)
+        layers, disk_meta = self._push_layers(files, client, config, meter)
+        config_blob = _config_blob(files, disk_meta)
+        config_digest = sha256_digest(config_blob)
+        client().upload(config_blob, config_digest, len(config_blob))
+        described = formats.descriptor(formats.CONFIG_TYPE, config_digest, len(config_blob))
+        return client().put_manifest(_manifest(described, layers), reference.tag)
+
+    def _push_layers(
+        self,
+        files: ImageFiles,
+        client: Callable[[], RegistryClient],
+        config: OciSettings,
+        meter: _Meter,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """Upload the disk's chunks, the kernel and the initrd; their layers, and the
+        disk's description for the config (None: no disk)."""
         layers: list[dict[str, Any]] = []
         disk_meta: dict[str, Any] | None = None
         if files.disk is not None:
@@ -111,25 +127,7 @@ class OciRegistry(RegistryBackend):
         ):
             if path is not None:
                 layers.append(self._push_file(path, media_type, title, client(), meter))
-        meta: dict[str, Any] = {
-            "disk": disk_meta,
-            "cmdline": files.cmdline,
-            "defaults": files.defaults.model_dump() if files.defaults else None,
-        }
-        if files.ready_port is not None:  # absent, not null: older pushes keep their bytes
-            meta["ready_port"] = files.ready_port
-        config_blob = json.dumps(meta, sort_keys=True).encode()
-        config_digest = sha256_digest(config_blob)
-        client().upload(config_blob, config_digest, len(config_blob))
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": formats.ARTIFACT_TYPE,
-            "config": formats.descriptor(formats.CONFIG_TYPE, config_digest, len(config_blob)),
-            "layers": layers,
-            "annotations": {"org.opencontainers.image.created": datetime.now(UTC).isoformat()},
-        }
-        return client().put_manifest(manifest, reference.tag)
+        return layers, disk_meta
 
     def _push_disk(
         self, disk: Path, client: Callable[[], RegistryClient], config: OciSettings, meter: _Meter
@@ -299,6 +297,29 @@ class OciRegistry(RegistryBackend):
                     shutil.copyfileobj(part, out, 4 * 1024 * 1024)
         shutil.rmtree(parts, ignore_errors=True)
         return ImageFiles(disk=dest, disk_format="raw")
+
+
+def _config_blob(files: ImageFiles, disk_meta: dict[str, Any] | None) -> bytes:
+    """The image config: the disk's description, command line, defaults, ready port."""
+    meta: dict[str, Any] = {
+        "disk": disk_meta,
+        "cmdline": files.cmdline,
+        "defaults": files.defaults.model_dump() if files.defaults else None,
+    }
+    if files.ready_port is not None:  # absent, not null: older pushes keep their bytes
+        meta["ready_port"] = files.ready_port
+    return json.dumps(meta, sort_keys=True).encode()
+
+
+def _manifest(config: dict[str, Any], layers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": formats.ARTIFACT_TYPE,
+        "config": config,
+        "layers": layers,
+        "annotations": {"org.opencontainers.image.created": datetime.now(UTC).isoformat()},
+    }
 
 
 def _ignore(count: int) -> None:
