@@ -14,10 +14,13 @@ from typing import ClassVar
 
 from meda_core.plugin import (
     Availability,
+    Capability,
     ForwardListener,
+    GuestAddressing,
     MedaError,
     NetworkAttachment,
     NetworkBackend,
+    NicKind,
     NicSpec,
     PortForward,
     VMState,
@@ -45,7 +48,9 @@ def vm_namespace_prefix(home: Path) -> str:
 
 class TapBridgeNetwork(NetworkBackend):
     name = "tap-bridge"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"dhcp", "nat", "port-forward", "isolated"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.DHCP, Capability.NAT, Capability.PORT_FORWARD, Capability.ISOLATED}
+    )
     priority = 10
 
     @property
@@ -131,7 +136,7 @@ class TapBridgeNetwork(NetworkBackend):
             self._ensure_network()
             if attachment.netns is None:
                 links.add_tap(self.ns, attachment.tap, self.config.bridge)
-                return NicSpec(kind="tap", mac=attachment.mac, tap=attachment.tap)
+                return self.nic(attachment)
         assert attachment.ip is not None and attachment.gateway is not None
         config = self.config
         isolated.setup(
@@ -145,7 +150,21 @@ class TapBridgeNetwork(NetworkBackend):
             attachment.gateway,
             self._vm_state_dir(attachment.netns),
         )
-        return NicSpec(kind="tap", mac=attachment.mac, tap=isolated.TAP, netns=attachment.netns)
+        return self.nic(attachment)
+
+    def nic(self, attachment: NetworkAttachment) -> NicSpec:
+        # In a VM's own namespace its tap has the one fixed name (the veth pair carries it out).
+        tap = isolated.TAP if attachment.netns is not None else attachment.tap
+        return NicSpec(kind=NicKind.TAP, mac=attachment.mac, tap=tap, netns=attachment.netns)
+
+    def guest_addressing(self, attachment: NetworkAttachment) -> GuestAddressing:
+        """The leased address, static, on the bridge; DHCP in a VM's own namespace, where
+        the guest's address is not the one leased (NAT is in front of it)."""
+        ip, subnet, gateway = attachment.ip, attachment.subnet, attachment.gateway
+        if attachment.netns is not None or not (ip and subnet and gateway):
+            return GuestAddressing.dhcp()
+        address = f"{ip}/{subnet.split('/')[1]}"
+        return GuestAddressing.static(address, gateway, nameservers=(gateway,))  # dnsmasq
 
     def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
         if attachment.netns is not None and attachment.tap is not None:
