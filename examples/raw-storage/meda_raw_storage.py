@@ -17,6 +17,7 @@ from meda_core.plugin import (
     Availability,
     BackendError,
     BackendRegistry,
+    Capability,
     DiskInfo,
     InvalidRequest,
     StorageBackend,
@@ -26,7 +27,7 @@ from meda_core.plugin import (
 
 class RawStorage(StorageBackend):
     name = "raw"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"reflink"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.REFLINK})
     priority = 1  # below qcow2: chosen only when asked for (or when qcow2 is missing)
 
     def check_available(self) -> Availability:

@@ -7,7 +7,7 @@ import os
 import typer
 
 from meda_cli.context import handles_errors, meda, netns_origin
-from meda_core.vms.ssh import check_reachable, ssh_argv
+from meda_core.vms.ssh import SSH_PORT, check_reachable, ssh_argv
 
 app = typer.Typer()
 
@@ -24,6 +24,7 @@ def ssh(
     """Open a shell in a VM as user meda, or run CMD (after --) there."""
     instance = meda()
     vm, settings = instance.vms.get(name), instance.settings
-    argv = ssh_argv(vm, settings.home, ctx.args, settings.netns)
-    check_reachable(vm, settings.netns, netns_origin(settings), wait)
+    endpoint = instance.network.guest_endpoint(vm.name, SSH_PORT)
+    argv = ssh_argv(vm, endpoint, settings.home, ctx.args, settings.netns)
+    check_reachable(vm, endpoint, settings.netns, netns_origin(settings), wait)
     os.execvp(argv[0], argv)

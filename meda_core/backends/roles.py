@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from meda_core.errors import BackendUnavailable
+from meda_core.errors import BackendUnavailable, Conflict
 from meda_core.images.references import Reference
 from meda_core.models import ForwardListener, PortForward, RuntimeInfo, VMSpec
 from meda_core.settings import Settings
@@ -25,6 +25,37 @@ class Role(StrEnum):
     NETWORK = "network"
     STORAGE = "storage"
     REGISTRY = "registry"
+
+
+class Capability(StrEnum):
+    """What a backend can do beyond its role's minimum; the core asks by member, never by
+    a backend's name. The values are the words stored and shown."""
+
+    # Hypervisor
+    DIRECT_KERNEL_BOOT = "direct-kernel-boot"  #: boots a kernel and initrd given apart
+    FIRMWARE_BOOT = "firmware-boot"  #: boots a whole disk through firmware
+    TAP = "tap"  #: attaches NICs of kind tap
+    USER_NET = "user-net"  #: makes NICs of kind user (its own user-mode network)
+    SNAPSHOT = "snapshot"  #: save_state, resume and restore_state work
+    DISK_SWITCH = "disk-switch"  #: switch_disk moves a paused VM to an overlay
+    #: Hypervisor: add_hostfwd/remove_hostfwd work. Network: the hypervisor forwards the
+    #: ports (the forwards go into the NicSpec), not the host.
+    HOSTFWD = "hostfwd"
+    # Storage
+    COPY_ON_WRITE = "copy-on-write"  #: a disk over a base records the base, not a copy
+    RESIZE = "resize"  #: a disk may be larger than its base
+    REFLINK = "reflink"  #: copies share blocks where the file system can
+    # Network
+    DHCP = "dhcp"  #: every VM gets an address of its own, served by DHCP
+    NAT = "nat"  #: guests reach outside through NAT
+    PORT_FORWARD = "port-forward"  #: host ports are forwarded by the host (apply_forwards)
+    ISOLATED = "isolated"  #: allocate(isolated=True) gives a VM a network of its own
+    ROOTLESS = "rootless"  #: works without root
+    # Registry
+    RESUME = "resume"  #: an interrupted pull resumes where it stopped
+    VERIFY = "verify"  #: every blob is checked against its digest
+    ZSTD_CHUNKS = "zstd-chunks"  #: disks travel as zstd-compressed chunks
+    READ_RUST_MEDA = "read-rust-meda"  #: pulls images pushed by the Rust meda
 
 
 @dataclass(frozen=True)
@@ -56,11 +87,14 @@ class BackendContext:
 
 
 class Backend(ABC):
-    """Common shape of a backend: a name, a role, capabilities and an availability check."""
+    """Common shape of a backend: a name, a role, capabilities and an availability check.
+
+    ``capabilities`` are :class:`Capability` members, each documented there.
+    """
 
     role: ClassVar[Role]
     name: ClassVar[str]
-    capabilities: ClassVar[frozenset[str]] = frozenset()
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
     #: Higher wins when the role is configured as ``auto`` and several are available.
     priority: ClassVar[int] = 0
 
@@ -72,11 +106,18 @@ class Backend(ABC):
         """Say whether this backend can work on this host, and what is missing if not."""
 
 
+class NicKind(StrEnum):
+    """How a hypervisor makes a guest NIC."""
+
+    TAP = "tap"  #: attach to an existing tap device (``NicSpec.tap``)
+    USER = "user"  #: the hypervisor's own user-mode network
+
+
 @dataclass(frozen=True)
 class NicSpec:
     """A guest NIC as the hypervisor must create it."""
 
-    kind: str  # "tap": attach to an existing tap device; "user": hypervisor user-mode net
+    kind: NicKind
     mac: str
     tap: str | None = None
     hostfwds: tuple[PortForward, ...] = ()
@@ -209,11 +250,38 @@ class NetworkAttachment:
     netns: str | None = None
 
 
+@dataclass(frozen=True)
+class GuestAddressing:
+    """How a guest sets up its NIC at boot (the seed's network-config): DHCP, or a static
+    address with its default route and DNS servers."""
+
+    #: ``ip/prefix``; None: the guest asks DHCP.
+    address: str | None = None
+    gateway: str | None = None
+    nameservers: tuple[str, ...] = ()
+
+    @classmethod
+    def dhcp(cls) -> GuestAddressing:
+        return cls()
+
+    @classmethod
+    def static(
+        cls, address: str, gateway: str | None = None, nameservers: tuple[str, ...] = ()
+    ) -> GuestAddressing:
+        return cls(address, gateway, nameservers)
+
+
 class NetworkBackend(Backend):
     """Gives VMs their NICs, addresses and port forwards, and takes them all away again.
 
-    A backend with the capability ``hostfwd`` has the hypervisor forward ports (the
-    forwards go into :class:`NicSpec`); others apply forwards on the host themselves.
+    Capabilities: ``hostfwd`` (the hypervisor forwards ports: the forwards go into
+    :class:`NicSpec`; without it the backend applies them on the host), ``port-forward``,
+    ``dhcp``, ``nat``, ``isolated``, ``rootless`` (see :class:`Capability`).
+
+    Besides the abstract methods, a backend answers what the core must not guess: how
+    the guest is addressed (:meth:`guest_addressing`), where a guest port is reached
+    (:meth:`guest_endpoint`) and what its NIC is (:meth:`nic`). The defaults fit a
+    backend that gives each guest a reachable address and a tap device.
     """
 
     role = Role.NETWORK
@@ -262,6 +330,28 @@ class NetworkBackend(Backend):
     @abstractmethod
     def remove_orphans(self) -> list[str]:
         """Remove what :meth:`orphans` finds; returns what was removed."""
+
+    def nic(self, attachment: NetworkAttachment) -> NicSpec:
+        """The NIC :meth:`plug` gives for ``attachment``, without touching the host (the
+        dry run shows it). Default: its tap device if it has one, else user-mode."""
+        kind = NicKind.TAP if attachment.tap else NicKind.USER
+        return NicSpec(kind=kind, mac=attachment.mac, tap=attachment.tap, netns=attachment.netns)
+
+    def guest_addressing(self, attachment: NetworkAttachment) -> GuestAddressing | None:
+        """How the guest configures its NIC (written into its seed). Default: DHCP.
+
+        None: the seed says nothing of the network (the guest keeps its own defaults).
+        """
+        return GuestAddressing.dhcp()
+
+    def guest_endpoint(
+        self, vm: str, attachment: NetworkAttachment, forwards: Sequence[PortForward], port: int
+    ) -> tuple[str, int]:
+        """Host and port where the running guest's TCP ``port`` answers from the namespace
+        meda runs in (``meda ssh``). Default: the guest's own address."""
+        if attachment.ip is None:
+            raise Conflict(f"VM '{vm}' has no address", name=vm)
+        return attachment.ip, port
 
 
 #: Progress of a transfer: (bytes done, bytes in all).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meda_core.backends.roles import HypervisorBackend, NetworkBackend, Role
+from meda_core.backends.roles import Capability, HypervisorBackend, NetworkBackend, Role
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import Conflict, InvalidRequest, NotFound
 from meda_core.host import namespaces as netns
@@ -16,7 +16,7 @@ from meda_core.models import (
 )
 from meda_core.settings import Settings
 from meda_core.state.store import StateStore
-from meda_core.vms.service import VMService
+from meda_core.vms.service import VMService, attachment_of
 
 PRIVILEGED_PORTS = 1024
 
@@ -35,6 +35,17 @@ class NetworkService:
     def address(self, name: str) -> VMAddress:
         vm = self._vms.get(name)
         return VMAddress(vm=vm.name, ip=vm.ip)
+
+    def guest_endpoint(self, name: str, port: int) -> tuple[str, int]:
+        """Host and port where the running VM's TCP ``port`` answers from the namespace
+        meda runs in (``meda ssh``), as its network backend says."""
+        vm = self._vms.get(name)
+        if vm.state != VMState.RUNNING:
+            raise Conflict(f"VM '{vm.name}' is {vm.state.value}, not running", name=vm.name)
+        if vm.network is None:
+            raise Conflict(f"VM '{vm.name}' has no address", name=vm.name)
+        network = self._network_of(vm.name, vm.network)
+        return network.guest_endpoint(vm.name, attachment_of(vm), vm.port_forwards, port)
 
     def forwards(self, name: str) -> list[PortForwardInfo]:
         vm = self._vms.get(name)
@@ -95,7 +106,7 @@ class NetworkService:
         return self.describe(vm.name, vm.network, match[0])
 
     def _apply(self, network: NetworkBackend, name: str, forward: PortForward, add: bool) -> None:
-        if "hostfwd" not in network.capabilities:
+        if Capability.HOSTFWD not in network.capabilities:
             network.apply_forwards()
             return
         vm = self._vms.get(name)

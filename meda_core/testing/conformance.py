@@ -14,6 +14,7 @@ boots) and may override ``stop_timeout``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -26,14 +27,18 @@ import pytest
 from meda_core.backends.roles import (
     Availability,
     Backend,
+    Capability,
+    GuestAddressing,
     HypervisorBackend,
     ImageFiles,
     LaunchSpec,
+    NetworkAttachment,
     NetworkBackend,
+    NicKind,
     RegistryBackend,
     StorageBackend,
 )
-from meda_core.errors import MedaError
+from meda_core.errors import Conflict, MedaError
 from meda_core.host import processes as procs
 from meda_core.images.references import Reference
 from meda_core.models import PortForward, RuntimeInfo
@@ -49,6 +54,12 @@ class BackendConformance:
         assert isinstance(backend.name, str) and backend.name
         assert backend.role.value in {"hypervisor", "network", "storage", "registry"}
         assert isinstance(backend.capabilities, frozenset)
+
+    def test_capabilities_are_known(self, backend: Backend) -> None:
+        """Each capability is a :class:`Capability`: the core asks for nothing else."""
+        known = {capability.value for capability in Capability}
+        unknown = sorted(str(c) for c in backend.capabilities if c not in known)
+        assert not unknown, f"unknown capabilities {unknown}; known are {sorted(known)}"
 
     def test_check_available_explains_itself(self, backend: Backend) -> None:
         available = backend.check_available()
@@ -68,7 +79,7 @@ class StorageConformance(BackendConformance):
         backend.create_disk(base, 32 * MiB)
         info = backend.create_disk(tmp_path / "overlay", 128 * MiB, base)
         assert info.virtual_size == 128 * MiB
-        if "copy-on-write" in backend.capabilities:
+        if Capability.COPY_ON_WRITE in backend.capabilities:
             assert info.backing_file is not None
             assert info.backing_file.resolve() == base.resolve()
         else:
@@ -158,7 +169,7 @@ class HypervisorConformance(BackendConformance):
         stop_timeout: float,
         tmp_path: Path,
     ) -> None:
-        if "snapshot" not in backend.capabilities:
+        if Capability.SNAPSHOT not in backend.capabilities:
             pytest.skip(f"{backend.name} has no 'snapshot' capability")
         spec, runtime = running
         state = tmp_path / "saved-state"
@@ -201,7 +212,7 @@ class NetworkConformance(BackendConformance):
         assert second.mac != first.mac
         assert re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", first.mac)
         assert int(first.mac.split(":")[0], 16) & 1 == 0, "a MAC must be unicast"
-        if "dhcp" in backend.capabilities:
+        if Capability.DHCP in backend.capabilities:
             assert first.ip and second.ip and first.ip != second.ip
         backend.release("net-a")
         backend.release("net-b")
@@ -213,7 +224,7 @@ class NetworkConformance(BackendConformance):
             attachments = list(pool.map(backend.allocate, names))
         try:
             assert len({a.mac for a in attachments}) == 10
-            if "dhcp" in backend.capabilities:
+            if Capability.DHCP in backend.capabilities:
                 assert len({a.ip for a in attachments}) == 10
         finally:
             for name in names:
@@ -224,12 +235,55 @@ class NetworkConformance(BackendConformance):
         try:
             nic = backend.plug("net-plug", attachment)
             assert nic.mac == attachment.mac
-            assert nic.kind in {"tap", "user"}
-            assert nic.kind != "tap" or nic.tap
+            assert nic.kind in set(NicKind)
+            assert nic.kind != NicKind.TAP or nic.tap
+            assert backend.nic(attachment) == nic, "nic() must say what plug() gives"
             backend.unplug("net-plug", attachment)
             backend.unplug("net-plug", attachment)
         finally:
             backend.release("net-plug")
+
+    def test_an_isolated_nic_is_in_the_vms_namespace(self, backend: NetworkBackend) -> None:
+        """``nic`` only says (nothing is made): the dry run shows what a start would plug."""
+        if Capability.ISOLATED not in backend.capabilities:
+            pytest.skip("the backend does not isolate VMs")
+        attachment = backend.allocate("net-iso", isolated=True)
+        try:
+            assert attachment.netns is not None
+            nic = backend.nic(attachment)
+            assert nic.mac == attachment.mac and nic.netns == attachment.netns
+            assert nic.kind != NicKind.TAP or nic.tap
+        finally:
+            backend.release("net-iso")
+
+    def test_guest_addressing(self, backend: NetworkBackend) -> None:
+        """What the seed tells the guest: nothing, DHCP, or a static address that parses."""
+        attachment = backend.allocate("net-addr")
+        try:
+            addressing = backend.guest_addressing(attachment)
+            assert addressing is None or isinstance(addressing, GuestAddressing)
+            if addressing is not None and addressing.address is not None:
+                interface = ipaddress.ip_interface(addressing.address)
+                assert "/" in addressing.address and interface.network.prefixlen > 0
+                for server in (addressing.gateway, *addressing.nameservers):
+                    assert server is None or ipaddress.ip_address(server)
+        finally:
+            backend.release("net-addr")
+
+    def test_guest_endpoint(self, backend: NetworkBackend) -> None:
+        """Where ``meda ssh`` connects, given a forward of the guest's port 22."""
+        attachment = backend.allocate("net-ep")
+        try:
+            forward = PortForward(host_port=2222, guest_port=22)
+            host, port = backend.guest_endpoint("net-ep", attachment, [forward], 22)
+            assert ipaddress.ip_address(host) and 0 < port < 65536
+        finally:
+            backend.release("net-ep")
+
+    def test_guest_endpoint_without_an_address_is_a_conflict(self, backend: NetworkBackend) -> None:
+        bare = NetworkAttachment(mac="52:54:00:00:00:01")
+        with pytest.raises(Conflict):
+            backend.guest_endpoint("net-bare", bare, [], 22)
 
     def test_host_port_check(self, backend: NetworkBackend, busy_port: int) -> None:
         assert backend.check_host_port(PortForward(host_port=busy_port, guest_port=80))

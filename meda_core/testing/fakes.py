@@ -20,12 +20,14 @@ from meda_core import hookimpl
 from meda_core.backends.catalogue import BackendRegistry
 from meda_core.backends.roles import (
     Availability,
+    Capability,
     DiskInfo,
     HypervisorBackend,
     ImageFiles,
     LaunchSpec,
     NetworkAttachment,
     NetworkBackend,
+    NicKind,
     NicSpec,
     Progress,
     RegistryBackend,
@@ -52,7 +54,9 @@ class FakeHypervisor(HypervisorBackend):
     """
 
     name = "fake"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"fake", "snapshot", "disk-switch"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.SNAPSHOT, Capability.DISK_SWITCH}
+    )
     priority = 100
     fail_start: ClassVar[bool] = False
     _children: ClassVar[dict[int, subprocess.Popen[bytes]]] = {}
@@ -131,7 +135,7 @@ class FakeStorage(StorageBackend):
     """A disk is a one-line file: ``fake <size> <base>``; ``fail_create`` for errors."""
 
     name = "fake"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"copy-on-write"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.COPY_ON_WRITE})
     priority = 100
     fail_create: ClassVar[bool] = False
 
@@ -202,7 +206,11 @@ class FakeNetwork(NetworkBackend):
 
     def plug(self, vm: str, attachment: NetworkAttachment) -> NicSpec:
         self.plugged.add(vm)
-        return NicSpec(kind="tap", mac=attachment.mac, tap=attachment.tap)
+        return self.nic(attachment)
+
+    def nic(self, attachment: NetworkAttachment) -> NicSpec:
+        # No namespace even for an isolated VM: the fake's namespaces are names only.
+        return NicSpec(kind=NicKind.TAP, mac=attachment.mac, tap=attachment.tap)
 
     def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
         self.plugged.discard(vm)

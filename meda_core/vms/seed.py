@@ -9,6 +9,7 @@ from pathlib import Path
 import pycdlib
 import yaml
 
+from meda_core.backends.roles import GuestAddressing
 from meda_core.host.private import create_private
 from meda_core.models import VM
 
@@ -17,23 +18,24 @@ def meta_data(vm: VM) -> str:
     return str(yaml.safe_dump({"instance-id": vm.uuid, "local-hostname": vm.name}, sort_keys=False))
 
 
-def network_config(vm: VM) -> str | None:
+def network_config(vm: VM, addressing: GuestAddressing | None) -> str | None:
     """network-config v2 for the VM's NIC, matched by MAC (Debian's ifupdown renderer
-    mangles name globs); a static address where meda leased one, DHCP otherwise (also in
-    a VM's own namespace, where the guest's address is not the one meda leased).
+    mangles name globs), addressed as its network backend says; None for no NIC, or when
+    the backend leaves the guest to its own defaults.
 
     The static default route is ``gateway4``: ifupdown renders it as ``gateway`` (``ip
     route``), where a route's ``via`` becomes ``post-up route add``, which needs net-tools.
-    The gateway also answers DNS (``dns-nameservers``, applied by resolvconf).
+    The name servers are applied by resolvconf (``dns-nameservers``).
     """
-    if vm.mac is None:
+    if vm.mac is None or addressing is None:
         return None
     nic: dict[str, object] = {"match": {"macaddress": vm.mac}, "set-name": "eth0"}
-    if vm.network == "tap-bridge" and vm.ip and vm.subnet and vm.gateway and vm.netns is None:
-        prefix = vm.subnet.split("/")[1]
-        nic["addresses"] = [f"{vm.ip}/{prefix}"]
-        nic["gateway4"] = vm.gateway
-        nic["nameservers"] = {"addresses": [vm.gateway]}
+    if addressing.address is not None:
+        nic["addresses"] = [addressing.address]
+        if addressing.gateway is not None:
+            nic["gateway4"] = addressing.gateway
+        if addressing.nameservers:
+            nic["nameservers"] = {"addresses": list(addressing.nameservers)}
     else:
         nic["dhcp4"] = True
     return str(yaml.safe_dump({"version": 2, "ethernets": {"eth0": nic}}, sort_keys=False))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meda_core.backends.roles import (
+    Capability,
     HypervisorBackend,
     LaunchSpec,
     NetworkAttachment,
@@ -225,37 +226,47 @@ class VMService:
             admit=lambda vms, vm: capacity.admit_start(self._settings, vms, vm),
         )
         try:
-            hypervisor = self._hypervisor(vm)
-            if restore is not None and reset_disk:
-                storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
-                storage.delete_disk(vm.disk_path)
-                storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, restore.disk)
-            # The whole chain, every start: a disk made by an older meda may rest on an
-            # image that names a host file.
-            diskprobe.check_chain(vm.disk_path, diskprobe.roots(self._settings))
-            network = self._network(vm)
-            nics = () if network is None else (self._plug(vm, network),)
-            state = restore.state_file if restore is not None else None
-            runtime = hypervisor.start(self._launch_spec(vm, nics, self._write_seed(vm), state))
+            runtime = self._launch(vm, restore, reset_disk)
         except Exception as exc:
-            error = _as_meda_error(exc, f"starting VM '{name}' failed")
-            undo = _Failures()
-            undo.attempt(
-                "clean up after the hypervisor", lambda: self._hypervisor(vm).cleanup(vm.vm_dir)
-            )
-            undo.attempt("unplug its NIC", self._unplug, vm)
-            if undo:
-                message = f"{error.message}; then could not {undo}"
-                self._finish(vm, VMState.ERROR, last_error=message)
-            else:
-                self._finish(vm, VMState.STOPPED, last_error=error.message)
-            self._emit(
-                VMEvent(kind=VMEventKind.FAILED, vm=name, state=vm.state, message=error.message)
-            )
-            raise error from exc
+            raise self._start_failed(vm, exc) from exc
         vm = self._finish(vm, VMState.RUNNING, runtime=runtime)
         self._emit(VMEvent(kind=VMEventKind.STARTED, vm=name, state=vm.state))
         return vm
+
+    def _launch(self, vm: VM, restore: Snapshot | None, reset_disk: bool) -> RuntimeInfo:
+        """Disk, NIC and seed ready, then the hypervisor's start (the body of :meth:`start`)."""
+        hypervisor = self._hypervisor(vm)
+        if restore is not None and reset_disk:
+            storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
+            storage.delete_disk(vm.disk_path)
+            storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, restore.disk)
+        # The whole chain, every start: a disk made by an older meda may rest on an
+        # image that names a host file.
+        diskprobe.check_chain(vm.disk_path, diskprobe.roots(self._settings))
+        network = self._network(vm)
+        nics = () if network is None else (self._plug(vm, network),)
+        state = restore.state_file if restore is not None else None
+        seed_iso = self._write_seed(vm, network)
+        return hypervisor.start(self._launch_spec(vm, nics, seed_iso, state))
+
+    def _start_failed(self, vm: VM, exc: Exception) -> MedaError:
+        """Undo a start that failed with ``exc``: the VM ends stopped, or in error if the
+        undoing failed too; returns the error to raise."""
+        error = _as_meda_error(exc, f"starting VM '{vm.name}' failed")
+        undo = _Failures()
+        undo.attempt(
+            "clean up after the hypervisor", lambda: self._hypervisor(vm).cleanup(vm.vm_dir)
+        )
+        undo.attempt("unplug its NIC", self._unplug, vm)
+        if undo:
+            message = f"{error.message}; then could not {undo}"
+            self._finish(vm, VMState.ERROR, last_error=message)
+        else:
+            self._finish(vm, VMState.STOPPED, last_error=error.message)
+        self._emit(
+            VMEvent(kind=VMEventKind.FAILED, vm=vm.name, state=vm.state, message=error.message)
+        )
+        return error
 
     def stop(self, name: str, timeout: float | None = None) -> VM:
         """Power the VM off: ACPI, then forced after ``timeout`` seconds (None:
@@ -304,11 +315,10 @@ class VMService:
             backend = self._backends.named(Role.HYPERVISOR, hypervisor, HypervisorBackend)
         else:
             backend = self._hypervisor(vm)
+        network = self._network(vm)
         nics: tuple[NicSpec, ...] = ()
-        if vm.network is not None and vm.mac is not None:
-            kind = "tap" if vm.tap_device else "user"
-            tap = "tap0" if vm.netns else vm.tap_device
-            nics = (NicSpec(kind=kind, mac=vm.mac, tap=tap, netns=vm.netns),)
+        if network is not None and vm.mac is not None:
+            nics = (network.nic(attachment_of(vm)),)
         launch = self._launch_spec(vm, nics, vm.vm_dir / "seed.iso")
         return {"hypervisor": backend.name, **backend.plan(launch)}
 
@@ -333,16 +343,17 @@ class VMService:
             restore_state=restore_state,
         )
 
-    def _write_seed(self, vm: VM) -> Path:
+    def _write_seed(self, vm: VM, network: NetworkBackend | None) -> Path:
         """The VM's cloud-init seed, rebuilt at each start (the VM is not running)."""
         _, public_key = managed_key(self._settings.home)
         files = {
             "meta-data": seed.meta_data(vm),
             "user-data": userdata.render(vm.user_data, public_key),
         }
-        network = seed.network_config(vm)
-        if network is not None:
-            files["network-config"] = network
+        addressing = None if network is None else network.guest_addressing(attachment_of(vm))
+        network_config = seed.network_config(vm, addressing)
+        if network_config is not None:
+            files["network-config"] = network_config
         path = vm.vm_dir / "seed.iso"
         seed.write_seed(path, files)
         return path
@@ -354,7 +365,7 @@ class VMService:
 
     def _plug(self, vm: VM, network: NetworkBackend) -> NicSpec:
         nic = network.plug(vm.name, attachment_of(vm))
-        if "hostfwd" in network.capabilities:
+        if Capability.HOSTFWD in network.capabilities:
             forwards = tuple(f for _, f in self._store.forwards(vm.name))
             nic = dataclasses.replace(nic, hostfwds=forwards)
         return nic

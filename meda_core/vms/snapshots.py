@@ -10,7 +10,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from meda_core.backends.roles import DEVICE_LAYOUT, HypervisorBackend, Role, StorageBackend
+from meda_core.backends.roles import (
+    DEVICE_LAYOUT,
+    Capability,
+    HypervisorBackend,
+    Role,
+    StorageBackend,
+)
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import Conflict, InvalidRequest
 from meda_core.host.files import copy_sparse
@@ -48,7 +54,7 @@ class SnapshotService:
                 hypervisor.save_state(vm.runtime, vm.vm_dir, state)
                 seconds = time.monotonic() - started
                 # Paused: the disk is as the state expects; freeze it beside the state.
-                if "disk-switch" in hypervisor.capabilities:
+                if Capability.DISK_SWITCH in hypervisor.capabilities:
                     self._freeze_and_switch(vm, hypervisor, storage, frozen)
                 else:  # the VM keeps its disk file: freeze a copy (an overlay is small)
                     copy_sparse(vm.disk_path, frozen)

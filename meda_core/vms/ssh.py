@@ -5,20 +5,26 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from meda_core.errors import BackendUnavailable, Conflict
+from meda_core.errors import BackendUnavailable
 from meda_core.host import namespaces as netns
-from meda_core.models import VM, VMState
+from meda_core.models import VM
 from meda_core.vms.sshkeys import managed_key
 from meda_core.vms.userdata import MEDA_USER
 
+#: The guest port of its SSH server.
+SSH_PORT = 22
 #: Seconds ssh, and the check before it, wait for the guest's SSH port to answer.
 CONNECT_TIMEOUT = 10
 
 
-def ssh_argv(vm: VM, home: Path, command: list[str], ns: str | None) -> list[str]:
-    """argv for the system ssh client: managed key, a known-hosts file of this VM's own
-    (it goes with the VM, so a re-created VM never trips it), through ``ns``."""
-    host, port = endpoint(vm)
+def ssh_argv(
+    vm: VM, endpoint: tuple[str, int], home: Path, command: list[str], ns: str | None
+) -> list[str]:
+    """argv for the system ssh client to ``endpoint`` (see
+    :meth:`~meda_core.network.service.NetworkService.guest_endpoint`): managed key, a
+    known-hosts file of this VM's own (it goes with the VM, so a re-created VM never trips
+    it), through ``ns``."""
+    host, port = endpoint
     key, _ = managed_key(home)
     return [
         *netns.exec_prefix(ns),
@@ -43,11 +49,17 @@ def ssh_argv(vm: VM, home: Path, command: list[str], ns: str | None) -> list[str
 
 
 def check_reachable(
-    vm: VM, ns: str | None, origin: str, wait: float = 0, timeout: float = CONNECT_TIMEOUT
+    vm: VM,
+    endpoint: tuple[str, int],
+    ns: str | None,
+    origin: str,
+    wait: float = 0,
+    timeout: float = CONNECT_TIMEOUT,
 ) -> None:
-    """Fail with a message saying where meda looked unless the VM's SSH port answers from
-    ``ns`` (named by ``origin``: MEDA_NETNS, server.json), within ``wait`` seconds."""
-    host, port = endpoint(vm)
+    """Fail with a message saying where meda looked unless the VM's SSH ``endpoint``
+    answers from ``ns`` (named by ``origin``: MEDA_NETNS, server.json), within ``wait``
+    seconds."""
+    host, port = endpoint
     deadline = time.monotonic() + wait
     while (problem := netns.connect_problem(ns, host, port, timeout)) is not None:
         if time.monotonic() >= deadline:
@@ -70,22 +82,3 @@ def check_reachable(
         port=port,
         netns=ns,
     )
-
-
-def endpoint(vm: VM) -> tuple[str, int]:
-    """Where the VM's SSH server is reached: its address, or a user-mode forward."""
-    if vm.state != VMState.RUNNING:
-        raise Conflict(f"VM '{vm.name}' is {vm.state.value}, not running", name=vm.name)
-    host, port = vm.ip, 22
-    if vm.network == "user":
-        forward = next((f for f in vm.port_forwards if f.guest_port == 22), None)
-        if forward is None:
-            raise Conflict(
-                f"VM '{vm.name}' uses user-mode networking: forward a host port to its port 22 "
-                "first (meda port-forward NAME 2222 22)",
-                name=vm.name,
-            )
-        host, port = "127.0.0.1", forward.host_port
-    if host is None:
-        raise Conflict(f"VM '{vm.name}' has no address", name=vm.name)
-    return host, port

@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from meda_core.backends.roles import DEVICE_LAYOUT
+from meda_core.backends.roles import DEVICE_LAYOUT, Capability
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import BackendError
 from meda_core.host.locks import remove_held, try_exclusive
@@ -111,9 +111,9 @@ def can_clone(backends: BackendSelector) -> bool:
     """True when the hypervisor snapshots and the network isolates (else: cold runs)."""
     network = backends.network()
     return (
-        "snapshot" in backends.hypervisor().capabilities
+        Capability.SNAPSHOT in backends.hypervisor().capabilities
         and network is not None
-        and "isolated" in network.capabilities
+        and Capability.ISOLATED in network.capabilities
     )
 
 

@@ -12,7 +12,14 @@ from typing import Any, ClassVar
 from meda_cloudhv import config as chconfig
 from meda_cloudhv.api import VmmApi
 from meda_cloudhv.settings import CloudHypervisorSettings
-from meda_core.plugin import Availability, BackendError, HypervisorBackend, LaunchSpec, RuntimeInfo
+from meda_core.plugin import (
+    Availability,
+    BackendError,
+    Capability,
+    HypervisorBackend,
+    LaunchSpec,
+    RuntimeInfo,
+)
 from meda_core.plugin import processes as procs
 
 GONE = {"Shutdown", None}
@@ -27,8 +34,13 @@ NO_NEW_HOSTNAME = (
 
 class CloudHypervisor(HypervisorBackend):
     name = "cloud-hypervisor"
-    capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"direct-kernel-boot", "firmware-boot", "tap", "snapshot"}
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.DIRECT_KERNEL_BOOT,
+            Capability.FIRMWARE_BOOT,
+            Capability.TAP,
+            Capability.SNAPSHOT,
+        }
     )
     priority = 20  # preferred over QEMU where it can run
 

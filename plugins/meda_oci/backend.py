@@ -17,6 +17,7 @@ import zstandard
 from meda_core.plugin import (
     Availability,
     BackendError,
+    Capability,
     ImageFiles,
     Progress,
     Reference,
@@ -48,8 +49,8 @@ class _Meter:
 
 class OciRegistry(RegistryBackend):
     name = "oci"
-    capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"resume", "verify", "zstd-chunks", "read-rust-meda"}
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.RESUME, Capability.VERIFY, Capability.ZSTD_CHUNKS, Capability.READ_RUST_MEDA}
     )
 
     @property

@@ -17,6 +17,7 @@ from typing import ClassVar
 from meda_core.plugin import (
     Availability,
     BackendError,
+    Capability,
     DiskInfo,
     InvalidRequest,
     StorageBackend,
@@ -49,7 +50,9 @@ def _format(path: Path, probe: Callable[[Path], str] = diskprobe.detect) -> str:
 
 class Qcow2Storage(StorageBackend):
     name = "qcow2"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"copy-on-write", "resize"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.COPY_ON_WRITE, Capability.RESIZE}
+    )
 
     def check_available(self) -> Availability:
         if shutil.which(QEMU_IMG) is None:

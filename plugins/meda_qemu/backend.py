@@ -18,6 +18,7 @@ from meda_core.plugin import (
     UMASK,
     Availability,
     BackendError,
+    Capability,
     HypervisorBackend,
     LaunchSpec,
     PortForward,
@@ -37,15 +38,15 @@ MAX_BANDWIDTH = 1 << 40  # bytes/s: unlimited, in effect
 
 class QemuHypervisor(HypervisorBackend):
     name = "qemu"
-    capabilities: ClassVar[frozenset[str]] = frozenset(
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
-            "direct-kernel-boot",
-            "firmware-boot",
-            "tap",
-            "user-net",
-            "hostfwd",
-            "snapshot",
-            "disk-switch",
+            Capability.DIRECT_KERNEL_BOOT,
+            Capability.FIRMWARE_BOOT,
+            Capability.TAP,
+            Capability.USER_NET,
+            Capability.HOSTFWD,
+            Capability.SNAPSHOT,
+            Capability.DISK_SWITCH,
         }
     )
     priority = 10

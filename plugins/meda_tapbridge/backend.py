@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
@@ -14,10 +14,13 @@ from typing import ClassVar
 
 from meda_core.plugin import (
     Availability,
+    Capability,
     ForwardListener,
+    GuestAddressing,
     MedaError,
     NetworkAttachment,
     NetworkBackend,
+    NicKind,
     NicSpec,
     PortForward,
     VMState,
@@ -34,6 +37,12 @@ NAMESPACE_PREFIX = "meda-vm-"
 REQUIRED_TOOLS = {"nft": "nftables", "dnsmasq": "dnsmasq-base", "nsenter": "util-linux"}
 EVERY_ADDRESS = "0.0.0.0"
 
+#: A VM in these states has its NIC plugged: its tap and namespace are not orphans.
+HOLDS_A_NIC = (VMState.RUNNING, VMState.STARTING, VMState.STOPPING, VMState.SNAPSHOTTING)
+
+#: An orphan: what it is, in words, and how to remove it.
+Orphan = tuple[str, Callable[[], object]]
+
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +54,9 @@ def vm_namespace_prefix(home: Path) -> str:
 
 class TapBridgeNetwork(NetworkBackend):
     name = "tap-bridge"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"dhcp", "nat", "port-forward", "isolated"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.DHCP, Capability.NAT, Capability.PORT_FORWARD, Capability.ISOLATED}
+    )
     priority = 10
 
     @property
@@ -131,7 +142,7 @@ class TapBridgeNetwork(NetworkBackend):
             self._ensure_network()
             if attachment.netns is None:
                 links.add_tap(self.ns, attachment.tap, self.config.bridge)
-                return NicSpec(kind="tap", mac=attachment.mac, tap=attachment.tap)
+                return self.nic(attachment)
         assert attachment.ip is not None and attachment.gateway is not None
         config = self.config
         isolated.setup(
@@ -145,7 +156,21 @@ class TapBridgeNetwork(NetworkBackend):
             attachment.gateway,
             self._vm_state_dir(attachment.netns),
         )
-        return NicSpec(kind="tap", mac=attachment.mac, tap=isolated.TAP, netns=attachment.netns)
+        return self.nic(attachment)
+
+    def nic(self, attachment: NetworkAttachment) -> NicSpec:
+        # In a VM's own namespace its tap has the one fixed name (the veth pair carries it out).
+        tap = isolated.TAP if attachment.netns is not None else attachment.tap
+        return NicSpec(kind=NicKind.TAP, mac=attachment.mac, tap=tap, netns=attachment.netns)
+
+    def guest_addressing(self, attachment: NetworkAttachment) -> GuestAddressing:
+        """The leased address, static, on the bridge; DHCP in a VM's own namespace, where
+        the guest's address is not the one leased (NAT is in front of it)."""
+        ip, subnet, gateway = attachment.ip, attachment.subnet, attachment.gateway
+        if attachment.netns is not None or not (ip and subnet and gateway):
+            return GuestAddressing.dhcp()
+        address = f"{ip}/{subnet.split('/')[1]}"
+        return GuestAddressing.static(address, gateway, nameservers=(gateway,))  # dnsmasq
 
     def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
         if attachment.netns is not None and attachment.tap is not None:
@@ -258,54 +283,63 @@ class TapBridgeNetwork(NetworkBackend):
                 self._teardown()
         return [description for description, _ in found]
 
-    def _find_orphans(self) -> list[tuple[str, Callable[[], object]]]:
+    def _find_orphans(self) -> list[Orphan]:
         config, state = self.config, self.context.state
         vms = {vm.name: vm for vm in state.list_vms()}
-        found: list[tuple[str, Callable[[], object]]] = []
-        for lease in state.leases(config.bridge):
-            if lease.vm not in vms:
-                found.append(
-                    (
-                        f"lease {lease.ip} of missing VM '{lease.vm}'",
-                        partial(state.release_lease, config.bridge, lease.vm),
-                    )
-                )
-        live_taps = {
-            vm.tap_device
-            for vm in vms.values()
-            if vm.state
-            in (VMState.RUNNING, VMState.STARTING, VMState.STOPPING, VMState.SNAPSHOTTING)
-        }
-        for link in links.link_names(self.ns):
-            if link.startswith(("mtap", "mveth")) and link not in live_taps:
-                found.append((f"link {link}", partial(links.remove_link, self.ns, link)))
+        live_taps = {vm.tap_device for vm in vms.values() if vm.state in HOLDS_A_NIC}
+        found = self._orphan_leases(vms)
+        found += self._orphan_links(live_taps)
         found += self.proxies.orphans(self._wanted_proxies())
-        live_namespaces = {vm.netns for vm in vms.values() if vm.tap_device in live_taps}
-        mine = self._vm_namespace("")
-        for path in sorted(Path("/run/netns").glob(f"{mine}*")):
-            if path.name not in live_namespaces:
-                found.append(
-                    (
-                        f"network namespace {path.name}",
-                        partial(
-                            isolated.teardown, self.ns, path.name, "", self._vm_state_dir(path.name)
-                        ),
-                    )
-                )
+        found += self._orphan_namespaces(
+            {vm.netns for vm in vms.values() if vm.tap_device in live_taps}
+        )
         if not any(lease.vm in vms for lease in state.leases(config.bridge)):
-            if self.dhcp.running() is not None:
-                found.append((f"dnsmasq for {config.bridge}", self.dhcp.stop))
-            if nft.exists(self.ns):
-                found.append((f"nftables tables {nft.TABLE}", lambda: nft.replace(self.ns, None)))
-            if config.bridge in links.link_names(self.ns):
-                found.append(
-                    (
-                        f"bridge {config.bridge}",
-                        lambda: links.remove_link(self.ns, config.bridge),
-                    )
-                )
-            if self.ns is not None and (described := uplink.present(self.ns)):
-                found.append((", ".join(described), partial(uplink.remove, self.ns)))
+            found += self._orphan_shared_network()
+        return found
+
+    def _orphan_leases(self, vms: Mapping[str, object]) -> list[Orphan]:
+        config, state = self.config, self.context.state
+        return [
+            (
+                f"lease {lease.ip} of missing VM '{lease.vm}'",
+                partial(state.release_lease, config.bridge, lease.vm),
+            )
+            for lease in state.leases(config.bridge)
+            if lease.vm not in vms
+        ]
+
+    def _orphan_links(self, live_taps: set[str | None]) -> list[Orphan]:
+        return [
+            (f"link {link}", partial(links.remove_link, self.ns, link))
+            for link in links.link_names(self.ns)
+            if link.startswith(("mtap", "mveth")) and link not in live_taps
+        ]
+
+    def _orphan_namespaces(self, live_namespaces: set[str | None]) -> list[Orphan]:
+        mine = self._vm_namespace("")
+        return [
+            (
+                f"network namespace {path.name}",
+                partial(isolated.teardown, self.ns, path.name, "", self._vm_state_dir(path.name)),
+            )
+            for path in sorted(Path("/run/netns").glob(f"{mine}*"))
+            if path.name not in live_namespaces
+        ]
+
+    def _orphan_shared_network(self) -> list[Orphan]:
+        """The bridge, DHCP server, rules and uplink, once no stored VM holds a lease."""
+        config = self.config
+        found: list[Orphan] = []
+        if self.dhcp.running() is not None:
+            found.append((f"dnsmasq for {config.bridge}", self.dhcp.stop))
+        if nft.exists(self.ns):
+            found.append((f"nftables tables {nft.TABLE}", lambda: nft.replace(self.ns, None)))
+        if config.bridge in links.link_names(self.ns):
+            found.append(
+                (f"bridge {config.bridge}", lambda: links.remove_link(self.ns, config.bridge))
+            )
+        if self.ns is not None and (described := uplink.present(self.ns)):
+            found.append((", ".join(described), partial(uplink.remove, self.ns)))
         return found
 
     # ---- the shared network: bridge, sysctls, DHCP, rules ----

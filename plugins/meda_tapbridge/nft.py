@@ -88,52 +88,65 @@ def _render_ip(
     blocked: Sequence[str],
 ) -> str:
     dnat = "\n        ".join(_dnat(forwards, forward_address))
+    chains = (
+        _chain(
+            "guard",
+            "type filter hook prerouting priority raw",
+            f'iifname "{bridge}" ip daddr 127.0.0.0/8 drop',
+            f'iifname "{bridge}" ip saddr 127.0.0.0/8 drop',
+        ),
+        _chain("prerouting", "type nat hook prerouting priority dstnat", dnat),
+        _input_chain(bridge, gateway),
+        _forward_chain(bridge, guest_to_guest, blocked),
+        _chain("output", "type nat hook output priority -100", dnat),
+        _chain(
+            "postrouting",
+            "type nat hook postrouting priority srcnat",
+            f"ip saddr {subnet} ip daddr != {subnet} masquerade",
+            f'oifname "{bridge}" ip saddr 127.0.0.0/8 masquerade',
+            f'oifname "{bridge}" ip saddr {subnet} ct status dnat masquerade',
+        ),
+    )
+    return f"\ntable ip {TABLE} {{\n{''.join(chains)}}}\n"
+
+
+def _chain(name: str, hook: str, *rules: str) -> str:
+    """A base chain of ``hook`` (policy accept) with ``rules``, one a line."""
+    body = "".join(f"        {rule}\n" for rule in rules)
+    return f"    chain {name} {{\n        {hook}; policy accept;\n{body}    }}\n"
+
+
+def _input_chain(bridge: str, gateway: str) -> str:
+    """What guests may send the host: DHCP and DNS (rate-limited) at the gateway."""
+    guest = f'iifname "{bridge}"'
+    # Before "established": a guest's UDP queries from one port would be established.
+    dns_limit = f"{{ ip saddr limit rate over {DNS_RATE} }}"
+    dns_held = f"{{ ip saddr ct count over {DNS_TCP_PER_GUEST} }}"
+    return _chain(
+        "input",
+        "type filter hook input priority filter",
+        f"{guest} udp dport 53 meter dns_queries size 4096 {dns_limit} drop",
+        f"{guest} tcp dport 53 ct state new meter dns_conns size 4096 {dns_limit} drop",
+        f"{guest} tcp dport 53 ct state new meter dns_held size 4096 {dns_held} drop",
+        f"{guest} ct state established,related accept",
+        f"{guest} udp sport 68 udp dport 67 accept",
+        f"{guest} ip daddr {gateway} udp dport 53 accept",
+        f"{guest} ip daddr {gateway} tcp dport 53 accept",
+        f"{guest} drop",
+    )
+
+
+def _forward_chain(bridge: str, guest_to_guest: bool, blocked: Sequence[str]) -> str:
     # Guest-to-guest traffic routed through the host (the gateway as next hop, or a forward
     # to another guest) is dropped unless allowed: with br_netfilter loaded the latter is
     # bridged straight across, where the bridge table drops it, so both ways agree.
     routed = "" if guest_to_guest else f'iifname "{bridge}" oifname "{bridge}" drop'
-    # Before "established": a guest's UDP queries from one port would be established.
-    dns_limit = f"{{ ip saddr limit rate over {DNS_RATE} }}"
-    dns_held = f"{{ ip saddr ct count over {DNS_TCP_PER_GUEST} }}"
-    return f"""
-table ip {TABLE} {{
-    chain guard {{
-        type filter hook prerouting priority raw; policy accept;
-        iifname "{bridge}" ip daddr 127.0.0.0/8 drop
-        iifname "{bridge}" ip saddr 127.0.0.0/8 drop
-    }}
-    chain prerouting {{
-        type nat hook prerouting priority dstnat; policy accept;
-        {dnat}
-    }}
-    chain input {{
-        type filter hook input priority filter; policy accept;
-        iifname "{bridge}" udp dport 53 meter dns_queries size 4096 {dns_limit} drop
-        iifname "{bridge}" tcp dport 53 ct state new meter dns_conns size 4096 {dns_limit} drop
-        iifname "{bridge}" tcp dport 53 ct state new meter dns_held size 4096 {dns_held} drop
-        iifname "{bridge}" ct state established,related accept
-        iifname "{bridge}" udp sport 68 udp dport 67 accept
-        iifname "{bridge}" ip daddr {gateway} udp dport 53 accept
-        iifname "{bridge}" ip daddr {gateway} tcp dport 53 accept
-        iifname "{bridge}" drop
-    }}
-    chain forward {{
-        type filter hook forward priority filter; policy accept;
-        {drop_blocked(f'iifname "{bridge}"', blocked)}
-        {routed}
-    }}
-    chain output {{
-        type nat hook output priority -100; policy accept;
-        {dnat}
-    }}
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        ip saddr {subnet} ip daddr != {subnet} masquerade
-        oifname "{bridge}" ip saddr 127.0.0.0/8 masquerade
-        oifname "{bridge}" ip saddr {subnet} ct status dnat masquerade
-    }}
-}}
-"""
+    return _chain(
+        "forward",
+        "type filter hook forward priority filter",
+        drop_blocked(f'iifname "{bridge}"', blocked),
+        routed,
+    )
 
 
 def _render_bridge(ports: Sequence[Port], guest_to_guest: bool) -> str:

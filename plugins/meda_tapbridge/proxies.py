@@ -123,37 +123,10 @@ class Proxies:
         self.directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         prefix = netns.exec_prefix(self.ns)  # BackendUnavailable if the namespace is gone
         with _bound(spec) as sock:
-            argv = [
-                *prefix,
-                sys.executable,
-                "-I",
-                str(PROXY),
-                "--fd",
-                str(sock.fileno()),
-                "--target",
-                spec.target,
-                "--user",
-                USER,
-                "--forward",
-                f"{spec.protocol}/{spec.host_port}",
-                *(["--allow-local"] if spec.allow_local else []),
-            ]
-            with os.fdopen(create_private(self._log(spec.key)), "wb") as log:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    pass_fds=(sock.fileno(),),
-                    start_new_session=True,
-                )
+            process = self._spawn([*prefix, *_proxy_argv(spec, sock.fileno())], spec, sock)
         # meda may live long (the server): reap the proxy when it ends, leave no zombie.
         threading.Thread(target=process.wait, name=f"reap-proxy-{process.pid}", daemon=True).start()
-        runtime = procs.identify(process.pid)
-        if runtime is not None:
-            record = ProxyRecord(runtime=runtime, spec=spec)
-            with os.fdopen(create_private(self._pidfile(spec.key)), "w") as out:
-                out.write(record.model_dump_json())
+        self._write_pidfile(spec, process.pid)
         if not _ready(process):
             process.kill()
             message = self._log(spec.key).read_text(errors="replace").strip()[-1000:]
@@ -163,6 +136,27 @@ class Proxies:
                 f"{message or 'no error output'}",
                 host_port=spec.host_port,
             )
+
+    def _spawn(
+        self, argv: list[str], spec: ProxySpec, sock: socket.socket
+    ) -> subprocess.Popen[bytes]:
+        """The proxy process, handed ``sock``; its errors go to its log file."""
+        with os.fdopen(create_private(self._log(spec.key)), "wb") as log:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                pass_fds=(sock.fileno(),),
+                start_new_session=True,
+            )
+
+    def _write_pidfile(self, spec: ProxySpec, pid: int) -> None:
+        runtime = procs.identify(pid)
+        if runtime is not None:
+            record = ProxyRecord(runtime=runtime, spec=spec)
+            with os.fdopen(create_private(self._pidfile(spec.key)), "w") as out:
+                out.write(record.model_dump_json())
 
     def stop(self, key: str) -> None:
         """Stop the proxy of ``key`` if it runs, and remove its files."""
@@ -174,6 +168,24 @@ class Proxies:
                 procs.kill(record.runtime)
         self._pidfile(key).unlink(missing_ok=True)
         self._log(key).unlink(missing_ok=True)
+
+
+def _proxy_argv(spec: ProxySpec, fd: int) -> list[str]:
+    """proxy.py's command line: relay the socket ``fd`` to the spec's target."""
+    return [
+        sys.executable,
+        "-I",
+        str(PROXY),
+        "--fd",
+        str(fd),
+        "--target",
+        spec.target,
+        "--user",
+        USER,
+        "--forward",
+        f"{spec.protocol}/{spec.host_port}",
+        *(["--allow-local"] if spec.allow_local else []),
+    ]
 
 
 @contextlib.contextmanager

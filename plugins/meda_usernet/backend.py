@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import ClassVar
 
 from meda_core.plugin import (
     Availability,
+    Capability,
+    Conflict,
     ForwardListener,
     NetworkAttachment,
     NetworkBackend,
+    NicKind,
     NicSpec,
     PortForward,
 )
@@ -23,7 +27,9 @@ GATEWAY = "10.0.2.2"
 
 class UserNetwork(NetworkBackend):
     name = "user"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"hostfwd", "rootless"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.HOSTFWD, Capability.ROOTLESS}
+    )
     priority = 0
 
     def check_available(self) -> Availability:
@@ -39,7 +45,23 @@ class UserNetwork(NetworkBackend):
         pass  # nothing lives on the host outside the VM's own QEMU process
 
     def plug(self, vm: str, attachment: NetworkAttachment) -> NicSpec:
-        return NicSpec(kind="user", mac=attachment.mac)
+        return self.nic(attachment)
+
+    def nic(self, attachment: NetworkAttachment) -> NicSpec:
+        return NicSpec(kind=NicKind.USER, mac=attachment.mac)
+
+    def guest_endpoint(
+        self, vm: str, attachment: NetworkAttachment, forwards: Sequence[PortForward], port: int
+    ) -> tuple[str, int]:
+        # The guest's address exists only inside its QEMU: it is reached at a forward.
+        forward = next((f for f in forwards if f.guest_port == port), None)
+        if forward is None:
+            raise Conflict(
+                f"VM '{vm}' uses user-mode networking: forward a host port to its port {port} "
+                f"first (meda port-forward NAME 2222 {port})",
+                name=vm,
+            )
+        return "127.0.0.1", forward.host_port
 
     def unplug(self, vm: str, attachment: NetworkAttachment) -> None:
         pass

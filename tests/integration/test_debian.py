@@ -15,7 +15,7 @@ from meda_core.settings import Settings
 from meda_core.testing.host import free_port
 from meda_core.testing.namespaces import OUTSIDE_NAME, OUTSIDE_PAGE, outside_world, run_in
 from meda_core.testing.pytest_plugin import wait_for_text
-from meda_core.vms.ssh import ssh_argv
+from meda_core.vms.ssh import SSH_PORT, ssh_argv
 from tests.integration.conftest import StartServer
 
 WEB_PORT = free_port()  # forwards also listen on the host's loopback
@@ -77,7 +77,8 @@ def test_debian_guest_user_data_ssh_forward_and_the_outside(
         print(f"Debian guest ready (cloud-init final) {time.monotonic() - started:.0f}s after run")
 
         def ssh(*command: str) -> str:
-            argv = ssh_argv(meda.vms.get("deb-e2e"), server.home, list(command), netns)
+            endpoint = meda.network.guest_endpoint("deb-e2e", SSH_PORT)
+            argv = ssh_argv(meda.vms.get("deb-e2e"), endpoint, server.home, list(command), netns)
             result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, result.stderr
             return result.stdout.strip()

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from meda_core.backends.roles import BackendContext
 from meda_core.facade import Meda
 from meda_core.models import CreateVMRequest, PortForward
 from meda_core.state import serverfile
 from meda_core.testing import namespaces
 from meda_core.testing.installs import install_entry_points
-from meda_core.vms.ssh import ssh_argv
+from meda_core.vms.service import attachment_of
+from meda_core.vms.ssh import SSH_PORT, ssh_argv
+from meda_usernet import UserNetwork
 
 #: Answers SSH clients with a banner until one sends its own (meda's check before ssh
 #: only connects), and prints that client's banner line.
@@ -153,21 +156,22 @@ def test_without_server_json_the_message_names_meda_netns(
 
 
 def test_a_user_network_vm_is_reached_through_its_forward(
-    fake_meda: Meda, fake_image: str, netns: str
+    fake_meda: Meda, fake_image: str, netns: str, backend_context: BackendContext
 ) -> None:
     """User-mode VMs keep being reached on loopback, at the forward of their port 22."""
     from meda_core.vms.ssh import check_reachable  # (new: kept here so the rest runs on older code)
 
     fake_meda.vms.create(CreateVMRequest(name="vm1"))
     vm = fake_meda.vms.start("vm1")
+    user_network = UserNetwork(backend_context)
     namespaces.run_in(netns, "ip", "link", "set", "lo", "up")
     with namespaces.listener(netns, "127.0.0.1") as port:
         forward = PortForward(host_port=port, guest_port=22)
-        user_vm = vm.model_copy(update={"network": "user", "port_forwards": [forward]})
-        argv = ssh_argv(user_vm, fake_meda.settings.home, [], netns)
+        endpoint = user_network.guest_endpoint("vm1", attachment_of(vm), [forward], SSH_PORT)
+        argv = ssh_argv(vm, endpoint, fake_meda.settings.home, [], netns)
         assert argv[-1] == "meda@127.0.0.1" and argv[argv.index("-p") + 1] == str(port)
         assert "ConnectTimeout=10" in argv
-        check_reachable(user_vm, netns, "MEDA_NETNS")  # answers: no error
+        check_reachable(vm, endpoint, netns, "MEDA_NETNS")  # answers: no error
 
 
 def test_ssh_waits_for_a_booting_guest_when_asked(

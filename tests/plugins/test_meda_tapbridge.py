@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -15,11 +16,18 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+import yaml
 
-from meda_core.backends.roles import BackendContext, NetworkAttachment
+from meda_core.backends.roles import (
+    BackendContext,
+    GuestAddressing,
+    NetworkAttachment,
+    NicKind,
+    NicSpec,
+)
 from meda_core.errors import Conflict
 from meda_core.host import processes as procs
-from meda_core.models import PortForward
+from meda_core.models import VM, PortForward
 from meda_core.network.macs import random_mac
 from meda_core.testing.conformance import NetworkConformance
 from meda_core.testing.host import free_port
@@ -34,6 +42,7 @@ from meda_core.testing.namespaces import (
     resolve,
     run_in,
 )
+from meda_core.vms import seed
 from meda_tapbridge import TapBridgeNetwork, dns, isolated, nft, uplink
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings
@@ -973,3 +982,48 @@ def test_a_namespace_with_no_way_out_is_said(
     own, the namespace's guests can resolve and reach nothing beyond it: meda says so."""
     tapbridge.plug("vm1", tapbridge.allocate("vm1"))
     assert "has no route out (MEDA_NETNS_UPLINK=0)" in caplog.text
+
+
+def test_the_guest_is_addressed_statically_on_the_bridge_by_dhcp_in_its_own_namespace(
+    backend_context: BackendContext,
+) -> None:
+    """What the seed's network-config says comes from the backend, as meda wrote it when
+    the core named tap-bridge itself."""
+    network = TapBridgeNetwork(backend_context)
+    attachment = NetworkAttachment(
+        mac="52:54:00:12:34:56",
+        ip="10.0.0.5",
+        tap="mtap5",
+        subnet="10.0.0.0/24",
+        gateway="10.0.0.1",
+    )
+    addressing = network.guest_addressing(attachment)
+    assert addressing == GuestAddressing.static("10.0.0.5/24", "10.0.0.1", ("10.0.0.1",))
+    vm = VM.model_construct(mac=attachment.mac)
+    assert yaml.safe_load(seed.network_config(vm, addressing) or "") == {
+        "version": 2,
+        "ethernets": {
+            "eth0": {
+                "match": {"macaddress": "52:54:00:12:34:56"},
+                "set-name": "eth0",
+                "addresses": ["10.0.0.5/24"],
+                "gateway4": "10.0.0.1",
+                "nameservers": {"addresses": ["10.0.0.1"]},
+            }
+        },
+    }
+    own = dataclasses.replace(attachment, tap="mveth5", netns="meda-vm-x-5")
+    assert network.guest_addressing(own) == GuestAddressing.dhcp()
+
+
+def test_a_nic_in_the_vms_own_namespace_is_its_fixed_tap(backend_context: BackendContext) -> None:
+    """The dry run shows the tap the VM's process opens: in its own namespace, the one
+    name isolated.py gives it (the core used to copy that name)."""
+    network = TapBridgeNetwork(backend_context)
+    shared = NetworkAttachment(mac="52:54:00:12:34:56", ip="10.0.0.5", tap="mtap5")
+    assert network.nic(shared) == NicSpec(kind=NicKind.TAP, mac=shared.mac, tap="mtap5")
+    own = dataclasses.replace(shared, tap="mveth5", netns="meda-vm-x-5")
+    assert network.nic(own) == NicSpec(
+        kind=NicKind.TAP, mac=own.mac, tap=isolated.TAP, netns="meda-vm-x-5"
+    )
+    assert network.guest_endpoint("vm", own, [], 22) == ("10.0.0.5", 22)
