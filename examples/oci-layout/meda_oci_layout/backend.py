@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from meda_core.plugin import (
     Availability,
     BackendError,
+    Capability,
     ImageFiles,
     MedaError,
     NotFound,
@@ -50,7 +51,7 @@ _DISK_FORMAT = re.compile(r"[a-z0-9]{1,16}")
 
 class LayoutRegistry(RegistryBackend):
     name = "oci-layout"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"verify"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.VERIFY})
 
     @property
     def config(self) -> LayoutSettings:
