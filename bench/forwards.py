@@ -24,9 +24,9 @@ from pathlib import Path
 
 from results_file import write_result  # beside this script
 
-from meda_core.backends.roles import BackendContext
 from meda_core.models import PortForward
 from meda_core.settings import Settings
+from meda_core.state.backend_views import backend_context
 from meda_core.state.store import StateStore
 from meda_core.testing import namespaces
 from meda_core.testing.host import free_port
@@ -71,7 +71,7 @@ def main() -> None:
     guest_ns, sender = None, None
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home), netns=ns, forward_address=IPv4Address("127.0.0.1"))
-        network = TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path)))
+        network = TapBridgeNetwork(backend_context(settings, StateStore(settings.db_path)))
         try:
             attachment = network.allocate("bench")
             network.plug("bench", attachment)

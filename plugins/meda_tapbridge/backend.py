@@ -92,7 +92,7 @@ class TapBridgeNetwork(NetworkBackend):
 
     def allocate(self, vm: str, isolated: bool = False) -> NetworkAttachment:
         config = self.config
-        lease = self.context.state.allocate_lease(
+        lease = self.context.leases.allocate(
             config.bridge, vm, config.guest_addresses(), random_mac
         )
         number = config.tap_name(lease.ip).removeprefix("mtap")
@@ -111,12 +111,12 @@ class TapBridgeNetwork(NetworkBackend):
     def release(self, vm: str) -> None:
         config = self.config
         with self._locked():
-            lease = self.context.state.lease_for(config.bridge, vm)
+            lease = self.context.leases.find(config.bridge, vm)
             if lease is not None:
                 links.remove_link(self.ns, config.tap_name(lease.ip))
-            self.context.state.release_lease(config.bridge, vm)
+            self.context.leases.release(config.bridge, vm)
             self._sync_proxies()
-            leases = self.context.state.leases(config.bridge)
+            leases = self.context.leases.all(config.bridge)
             if leases:
                 self.dhcp.refresh(leases)
                 self._sync_rules()
@@ -195,14 +195,14 @@ class TapBridgeNetwork(NetworkBackend):
 
     def apply_forwards(self) -> None:
         with self._locked():
-            if self.context.state.leases(self.config.bridge):
+            if self.context.leases.all(self.config.bridge):
                 self._sync_rules()
             self._sync_proxies()
 
     def _wanted_proxies(self) -> list[ProxySpec]:
         if self.ns is None:
             return []
-        ips = {lease.vm: lease.ip for lease in self.context.state.leases(self.config.bridge)}
+        ips = {lease.vm: lease.ip for lease in self.context.leases.all(self.config.bridge)}
         address, allow_local = self._forward_address, self.config.guest_to_guest
         return [
             ProxySpec(
@@ -212,7 +212,7 @@ class TapBridgeNetwork(NetworkBackend):
                 target=f"{ips[vm]}:{f.guest_port}",
                 allow_local=allow_local,
             )
-            for vm, f in self.context.state.forwards()
+            for vm, f in self.context.vms.forwards()
             if vm in ips
         ]
 
@@ -221,11 +221,11 @@ class TapBridgeNetwork(NetworkBackend):
 
     def restore(self) -> None:
         with self._locked():
-            leases = self.context.state.leases(self.config.bridge)
+            leases = self.context.leases.all(self.config.bridge)
             if leases:
                 self._ensure_network()
             by_vm = {lease.vm: lease for lease in leases}
-            for vm in self.context.state.list_vms():
+            for vm in self.context.vms.list_vms():
                 lease = by_vm.get(vm.name)
                 if vm.netns and lease and Path("/run/netns", vm.netns).exists():
                     isolated.refresh(
@@ -251,7 +251,7 @@ class TapBridgeNetwork(NetworkBackend):
             found = self._find_orphans()
             for _, remove in found:
                 remove()
-            leases = self.context.state.leases(self.config.bridge)
+            leases = self.context.leases.all(self.config.bridge)
             if leases:
                 self.dhcp.refresh(leases)
             else:
@@ -259,15 +259,15 @@ class TapBridgeNetwork(NetworkBackend):
         return [description for description, _ in found]
 
     def _find_orphans(self) -> list[tuple[str, Callable[[], object]]]:
-        config, state = self.config, self.context.state
-        vms = {vm.name: vm for vm in state.list_vms()}
+        config, leases = self.config, self.context.leases
+        vms = {vm.name: vm for vm in self.context.vms.list_vms()}
         found: list[tuple[str, Callable[[], object]]] = []
-        for lease in state.leases(config.bridge):
+        for lease in leases.all(config.bridge):
             if lease.vm not in vms:
                 found.append(
                     (
                         f"lease {lease.ip} of missing VM '{lease.vm}'",
-                        partial(state.release_lease, config.bridge, lease.vm),
+                        partial(leases.release, config.bridge, lease.vm),
                     )
                 )
         live_taps = {
@@ -292,7 +292,7 @@ class TapBridgeNetwork(NetworkBackend):
                         ),
                     )
                 )
-        if not any(lease.vm in vms for lease in state.leases(config.bridge)):
+        if not any(lease.vm in vms for lease in leases.all(config.bridge)):
             if self.dhcp.running() is not None:
                 found.append((f"dnsmasq for {config.bridge}", self.dhcp.stop))
             if nft.exists(self.ns):
@@ -350,7 +350,7 @@ class TapBridgeNetwork(NetworkBackend):
     def _sync_dhcp(self) -> None:
         config = self.config
         self.dhcp.ensure(
-            self.context.state.leases(config.bridge),
+            self.context.leases.all(config.bridge),
             config.gateway_ip,
             str(config.network.netmask),
             str(config.network.network_address),
@@ -358,12 +358,12 @@ class TapBridgeNetwork(NetworkBackend):
         )
 
     def _sync_rules(self) -> None:
-        config, state = self.config, self.context.state
-        leases = state.leases(config.bridge)
+        config = self.config
+        leases = self.context.leases.all(config.bridge)
         ips = {lease.vm: lease.ip for lease in leases}
         forwards = [
             (ips[vm], f.host_port, f.guest_port, f.protocol.value)
-            for vm, f in state.forwards()
+            for vm, f in self.context.vms.forwards()
             if vm in ips
         ]
         # A lease's port is its VM's tap, or the veth when the VM has its own namespace.

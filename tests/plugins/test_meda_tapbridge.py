@@ -617,12 +617,12 @@ def meda_side(tapbridge: TapBridgeNetwork, netns: str) -> Iterator[str]:
 APPLY = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from meda_core.backends.roles import BackendContext\n"
     "from meda_core.settings import Settings\n"
+    "from meda_core.state.backend_views import backend_context\n"
     "from meda_core.state.store import StateStore\n"
     "from meda_tapbridge import TapBridgeNetwork\n"
     "settings = Settings(home=Path(sys.argv[1]), netns=sys.argv[2])\n"
-    "TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path))).apply_forwards()\n"
+    "TapBridgeNetwork(backend_context(settings, StateStore(settings.db_path))).apply_forwards()\n"
 )
 
 
@@ -865,13 +865,13 @@ def test_no_upstream_name_server_is_said(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 PLUG_A_GHOST = (
-    "from meda_core.backends.roles import BackendContext\n"
     "from meda_core.settings import Settings\n"
+    "from meda_core.state.backend_views import backend_context\n"
     "from meda_core.state.store import StateStore\n"
     "from meda_tapbridge import TapBridgeNetwork\n"
     "settings = Settings()\n"
     "settings.home.mkdir(parents=True, exist_ok=True)\n"
-    "backend = TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path)))\n"
+    "backend = TapBridgeNetwork(backend_context(settings, StateStore(settings.db_path)))\n"
     "backend.plug('ghost', backend.allocate('ghost'))\n"
 )
 
