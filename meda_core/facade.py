@@ -64,7 +64,7 @@ class Meda:
         self.operations = Operations(self.events, max_active=self.settings.max_operations)
         self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
-        self.snapshots = SnapshotService(self.store, self.backends, self.vms)
+        self.snapshots = SnapshotService(self.backends, self.vms)
         self.warm_runs = WarmRuns(
             self.settings, self.store, self.vms, self.snapshots, self.backends
         )
