@@ -24,9 +24,9 @@ from pathlib import Path
 
 from results_file import write_result  # beside this script
 
-from meda_core.backends.roles import BackendContext
 from meda_core.models import PortForward
 from meda_core.settings import Settings
+from meda_core.state.backend_views import backend_context
 from meda_core.state.store import StateStore
 from meda_core.testing import namespaces
 from meda_core.testing.host import free_port
@@ -71,7 +71,8 @@ def main() -> None:
     guest_ns, sender = None, None
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home), netns=ns, forward_address=IPv4Address("127.0.0.1"))
-        network = TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path)))
+        store = StateStore(settings.db_path)
+        network = TapBridgeNetwork(backend_context(settings, store))
         try:
             attachment = network.allocate("bench")
             network.plug("bench", attachment)
@@ -94,7 +95,7 @@ def main() -> None:
             started = time.monotonic()
             assert network.check_host_port(forward) is None  # both namespaces, as an add does
             checked = time.monotonic()
-            network.context.state.add_forward("bench", forward)
+            store.add_forward("bench", forward)
             network.apply_forwards()  # rules and the proxy, ready
             added = {
                 "check_seconds": checked - started,
@@ -115,8 +116,8 @@ def main() -> None:
                 sender.wait()
             if guest_ns is not None:
                 namespaces.destroy(guest_ns)
-            for lease in network.context.state.leases(network.config.bridge):
-                network.context.state.remove_forwards(lease.vm)
+            for lease in network.context.leases.all(network.config.bridge):
+                store.remove_forwards(lease.vm)
                 network.release(lease.vm)
             namespaces.destroy(ns)
     result = {

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from meda_core import __version__
 from meda_core.backends.manager import PluginManager
-from meda_core.backends.roles import BackendContext, Progress
+from meda_core.backends.roles import Progress
 from meda_core.backends.selection import BackendSelector
 from meda_core.host.private import private_home
 from meda_core.images import diskprobe
@@ -15,6 +15,7 @@ from meda_core.images.service import ImageService
 from meda_core.models import VM, Health, PluginReport
 from meda_core.network.service import NetworkService
 from meda_core.settings import Settings
+from meda_core.state.backend_views import backend_context
 from meda_core.state.eventbus import EventBus
 from meda_core.state.events import VMEvent
 from meda_core.state.operations import Operations
@@ -46,7 +47,9 @@ class Meda:
         self.plugins = plugins
         private_home(self.settings.home)
         self.store = StateStore(self.settings.db_path)
-        self.backends = BackendSelector(plugins.registry, BackendContext(self.settings, self.store))
+        self.backends = BackendSelector(
+            plugins.registry, backend_context(self.settings, self.store)
+        )
         self.images = ImageService(
             self.store,
             self.settings.home,
@@ -61,7 +64,7 @@ class Meda:
         self.operations = Operations(self.events, max_active=self.settings.max_operations)
         self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
-        self.snapshots = SnapshotService(self.store, self.backends, self.vms)
+        self.snapshots = SnapshotService(self.backends, self.vms)
         self.warm_runs = WarmRuns(
             self.settings, self.store, self.vms, self.snapshots, self.backends
         )

@@ -25,6 +25,7 @@ from meda_core.backends.roles import (
     HypervisorBackend,
     ImageFiles,
     LaunchSpec,
+    LeaseBook,
     NetworkAttachment,
     NetworkBackend,
     NicKind,
@@ -33,6 +34,7 @@ from meda_core.backends.roles import (
     RegistryBackend,
     Role,
     StorageBackend,
+    VMView,
     no_progress,
 )
 from meda_core.errors import (
@@ -49,7 +51,7 @@ from meda_core.host.private import DIR_MODE, UMASK, create_private
 from meda_core.images import diskprobe
 from meda_core.images.blobs import sha256_file
 from meda_core.images.references import Reference, is_loopback
-from meda_core.models import ForwardListener, PortForward, RuntimeInfo, VMSpec, VMState
+from meda_core.models import VM, ForwardListener, PortForward, RuntimeInfo, VMSpec, VMState
 from meda_core.network.macs import random_mac
 from meda_core.settings import Settings
 from meda_core.state.events import VMEvent, VMEventKind
@@ -59,6 +61,7 @@ __all__ = [
     "DEVICE_LAYOUT",
     "DIR_MODE",
     "UMASK",
+    "VM",
     "Availability",
     "Backend",
     "BackendContext",
@@ -75,6 +78,7 @@ __all__ = [
     "InvalidRequest",
     "LaunchSpec",
     "Lease",
+    "LeaseBook",
     "MedaError",
     "NetworkAttachment",
     "NetworkBackend",
@@ -93,6 +97,7 @@ __all__ = [
     "VMEventKind",
     "VMSpec",
     "VMState",
+    "VMView",
     "create_private",
     "diskprobe",
     "exclusive",

@@ -70,6 +70,29 @@ def broken_plugin_dir(tmp_path: Path) -> Path:
     return root
 
 
+#: A plugin whose hook is misspelled (``meda_register_backend``, one ``s`` short): pluggy
+#: alone would register it and never call the hook.
+MISSPELLED_PLUGIN = """\
+from meda_core.plugin import hookimpl
+from meda_core.testing.fakes import FakeStorage
+
+
+@hookimpl
+def meda_register_backend(registry):
+    registry.add(FakeStorage)
+"""
+
+
+@pytest.fixture
+def misspelled_plugin_dir(tmp_path: Path) -> Path:
+    """Like :func:`broken_plugin_dir`, with a plugin whose hook name is misspelled."""
+    root = install_entry_points(
+        tmp_path / "site-typo", "meda-typo-plugin", {"typo": "meda_typo_plugin"}
+    )
+    (root / "meda_typo_plugin.py").write_text(MISSPELLED_PLUGIN)
+    return root
+
+
 ServeApi = Callable[..., str]
 
 

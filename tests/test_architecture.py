@@ -203,3 +203,33 @@ def test_the_scan_finds_what_it_looks_for() -> None:
     assert plugin_knowledge(code, "meda_core/images/diskprobe.py", names, constants)[-1:] == [
         "meda_core/images/diskprobe.py:7 names the backend 'user'"
     ]
+
+
+#: The state store's methods that write a VM record.
+VM_RECORD_WRITES = {"insert_vm", "save_vm", "transition", "delete_vm"}
+#: The one module that calls them (the store itself defines them).
+VM_RECORD_WRITER = ROOT / "meda_core" / "vms" / "service.py"
+
+
+def _record_writes(source: Path) -> list[str]:
+    tree = ast.parse(source.read_text())
+    return [
+        f"{source.relative_to(ROOT)}:{node.lineno}: {node.func.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in VM_RECORD_WRITES
+    ]
+
+
+def test_only_the_vm_service_writes_vm_records() -> None:
+    sources = [*(ROOT / "meda_core").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]
+    store = ROOT / "meda_core" / "state" / "store.py"
+    writes = [
+        write
+        for source in sources
+        if source not in (VM_RECORD_WRITER, store)
+        for write in _record_writes(source)
+    ]
+    assert not writes, "VM records written outside VMService:\n" + "\n".join(writes)
+    assert _record_writes(VM_RECORD_WRITER)  # the check sees the writes it looks for

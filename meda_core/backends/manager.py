@@ -3,8 +3,8 @@
 Plugins are found through the ``meda`` entry-point group with
 :mod:`importlib.metadata` (the standard library: no extra dependency, and it
 gives us the distribution name and version to report). Loading is tolerant: a
-plugin that fails to import or to register is recorded with its error and
-skipped, and meda goes on with the rest.
+plugin that fails to import or to register, or that implements a hook meda does
+not have, is recorded with its error and skipped, and meda goes on with the rest.
 """
 
 from __future__ import annotations
@@ -94,10 +94,7 @@ class PluginManager:
         self._register(record, plugin)
 
     def _register(self, record: LoadedPlugin, plugin: object) -> None:
-        try:
-            self._pm.register(plugin, name=record.name)
-        except Exception as exc:
-            record.error = _short_error(exc)
+        if not self._validate(record, plugin):
             return
         others = [p for p in self._pm.get_plugins() if p is not plugin]
         caller = self._pm.subset_hook_caller("meda_register_backends", remove_plugins=others)
@@ -115,6 +112,31 @@ class PluginManager:
         if record.error is None:
             callers = self._pm.get_hookcallers(plugin) or []
             record.hooks = sorted(caller.name for caller in callers)
+
+    def _validate(self, record: LoadedPlugin, plugin: object) -> bool:
+        """Register ``plugin`` if its hook implementations match meda's hook specs.
+
+        ``check_pending`` finds implementations of hooks meda does not have (a misspelled
+        ``meda_register_backend``, say). Every plugin registered before passed it, so what
+        it finds is this plugin's: the plugin is recorded with the error and left out.
+        """
+        try:
+            self._pm.register(plugin, name=record.name)
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            record.error = f"{exc} (meda's hooks: {', '.join(self._hook_names())})"
+        except Exception as exc:
+            record.error = _short_error(exc)
+        if record.error is None:
+            return True
+        log.warning("plugin %s failed to register: %s", record.name, record.error)
+        if self._pm.is_registered(plugin):
+            self._pm.unregister(plugin)
+        return False
+
+    def _hook_names(self) -> list[str]:
+        callers = vars(self._pm.hook).values()
+        return sorted(caller.name for caller in callers if caller.has_spec())
 
     def emit(self, event: VMEvent) -> None:
         """Broadcast ``event``; an observer that raises is logged and ignored."""

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from meda_core.errors import BackendUnavailable, Conflict
 from meda_core.images.references import Reference
-from meda_core.models import ForwardListener, PortForward, RuntimeInfo, VMSpec
+from meda_core.models import VM, ForwardListener, PortForward, RuntimeInfo, VMSpec
 from meda_core.settings import Settings
-from meda_core.state.store import StateStore
+from meda_core.state.store import Lease
 
 #: The devices meda gives a guest, numbered: a snapshot restores only into the layout it
 #: was saved with. 2: the cloud-init seed is a CD-ROM (it was a virtio disk).
@@ -74,12 +74,61 @@ class Availability:
         return cls(False, reason)
 
 
+class LeaseBook(Protocol):
+    """The address leases meda keeps for network backends, one network at a time.
+
+    A lease ties a VM to an address and a MAC on a network (named by its backend, say
+    its bridge) and outlives meda's restarts. Each change is atomic: two VMs never get
+    one address, and no two leases, of any network, share a MAC.
+    """
+
+    def allocate(
+        self, network: str, vm: str, candidates: Iterable[str], new_mac: Callable[[], str]
+    ) -> Lease:
+        """``vm``'s lease on ``network``, or a new one on the first free candidate
+        address with a MAC from ``new_mac``; :class:`Conflict` when none is free."""
+        ...
+
+    def find(self, network: str, vm: str) -> Lease | None:
+        """``vm``'s lease on ``network``, if it has one."""
+        ...
+
+    def release(self, network: str, vm: str) -> None:
+        """Give ``vm``'s lease on ``network`` back; no error if it has none."""
+        ...
+
+    def all(self, network: str) -> list[Lease]:
+        """Every lease on ``network``, by VM name."""
+        ...
+
+
+class VMView(Protocol):
+    """What a backend may read of meda's records: VMs and port forwards, never written.
+
+    The records returned are copies: changing one changes nothing that meda keeps.
+    """
+
+    def list_vms(self) -> list[VM]:
+        """Every VM meda knows, by name."""
+        ...
+
+    def get_vm(self, name: str) -> VM | None:
+        """The VM named ``name``, if there is one."""
+        ...
+
+    def forwards(self) -> list[tuple[str, PortForward]]:
+        """Every stored port forward, as ``(vm, forward)``."""
+        ...
+
+
 @dataclass(frozen=True)
 class BackendContext:
-    """What every backend is constructed with."""
+    """What every backend is constructed with: settings, and narrow views of meda's state
+    (a backend never changes a VM's record; only the VM service does)."""
 
     settings: Settings
-    state: StateStore
+    leases: LeaseBook
+    vms: VMView
 
     @property
     def cache_dir(self) -> Path:

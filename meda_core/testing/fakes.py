@@ -190,7 +190,7 @@ class FakeNetwork(NetworkBackend):
 
     def allocate(self, vm: str, isolated: bool = False) -> NetworkAttachment:
         hosts = [str(ip) for ip in self.subnet.hosts()][1:]
-        lease = self.context.state.allocate_lease(self.name, vm, hosts, random_mac)
+        lease = self.context.leases.allocate(self.name, vm, hosts, random_mac)
         return NetworkAttachment(
             mac=lease.mac,
             ip=lease.ip,
@@ -202,7 +202,7 @@ class FakeNetwork(NetworkBackend):
 
     def release(self, vm: str) -> None:
         self.plugged.discard(vm)
-        self.context.state.release_lease(self.name, vm)
+        self.context.leases.release(self.name, vm)
 
     def plug(self, vm: str, attachment: NetworkAttachment) -> NicSpec:
         self.plugged.add(vm)
@@ -223,26 +223,26 @@ class FakeNetwork(NetworkBackend):
 
     def apply_forwards(self) -> None:
         type(self).forwards_applied += 1
-        forwards = self.context.state.forwards()
+        forwards = self.context.vms.forwards()
         type(self).applied = {(vm, f.host_port, f.protocol.value) for vm, f in forwards}
 
     def restore(self) -> None:
         pass
 
     def orphans(self) -> list[str]:
-        vms = {vm.name for vm in self.context.state.list_vms()}
+        vms = {vm.name for vm in self.context.vms.list_vms()}
         return [
             f"lease {lease.ip} of missing VM '{lease.vm}'"
-            for lease in self.context.state.leases(self.name)
+            for lease in self.context.leases.all(self.name)
             if lease.vm not in vms
         ]
 
     def remove_orphans(self) -> list[str]:
         found = self.orphans()
-        vms = {vm.name for vm in self.context.state.list_vms()}
-        for lease in self.context.state.leases(self.name):
+        vms = {vm.name for vm in self.context.vms.list_vms()}
+        for lease in self.context.leases.all(self.name):
             if lease.vm not in vms:
-                self.context.state.release_lease(self.name, lease.vm)
+                self.context.leases.release(self.name, lease.vm)
         return found
 
 

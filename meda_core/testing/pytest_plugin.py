@@ -15,6 +15,7 @@ from meda_core.backends.manager import PluginManager
 from meda_core.backends.roles import BackendContext
 from meda_core.facade import Meda
 from meda_core.settings import Settings
+from meda_core.state import backend_views
 from meda_core.state.store import StateStore
 from meda_core.testing import namespaces, registry
 from meda_core.testing.fakes import FakePlugin
@@ -43,7 +44,7 @@ def meda_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
 @pytest.fixture
 def backend_context(meda_settings: Settings) -> BackendContext:
     meda_settings.home.mkdir(parents=True, exist_ok=True)
-    return BackendContext(meda_settings, StateStore(meda_settings.db_path))
+    return backend_views.backend_context(meda_settings, StateStore(meda_settings.db_path))
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from meda_core.models import (
     CreateVMRequest,
     RuntimeInfo,
     Snapshot,
+    VMSpec,
     VMState,
 )
 from meda_core.settings import Settings
@@ -142,6 +143,25 @@ class VMService:
         """End an operation another service ran on ``vm``: save it in ``state``."""
         return self._finish(vm, state, runtime=vm.runtime)
 
+    def begin_snapshot(self, name: str) -> VM:
+        """Mark a running VM as being snapshotted by this process (it stays running)."""
+        self.get(name)
+        return self._begin(name, {VMState.RUNNING}, VMState.SNAPSHOTTING)
+
+    def end_snapshot(self, vm: VM, snapshot: Snapshot | None) -> VM:
+        """End :meth:`begin_snapshot`: ``vm`` runs again with ``snapshot`` as its own, or,
+        with None (it failed), with the snapshot it had."""
+        if snapshot is not None:
+            vm.snapshot = snapshot
+        return self._finish(vm, VMState.RUNNING, runtime=vm.runtime)
+
+    def record_image_fingerprint(self, name: str, fingerprint: str) -> VM:
+        """Remember which version of its image a template was built from."""
+        vm = self._store.require_vm(name)
+        vm.image_fingerprint = fingerprint
+        self._store.save_vm(vm)
+        return vm
+
     # ---- queries ----
 
     def get(self, name: str) -> VM:
@@ -160,58 +180,101 @@ class VMService:
 
     # ---- operations ----
 
-    def create(self, request: CreateVMRequest, clone_of: VM | None = None) -> VM:
-        """Create a VM from an image; or, with ``clone_of``, a clone of that template: its
-        disk an overlay on the template's snapshot, its network its own."""
+    def create(self, request: CreateVMRequest) -> VM:
+        """Create a VM from an image."""
         name = check_vm_name(request.name)
         user_data = None
         if request.user_data is not None:
             user_data = userdata.resolve(request.user_data, self._settings.user_data_dir_list())
-        image = self._images.resolve(request.image if clone_of is None else clone_of.image)
-        spec = request.spec() if clone_of is None else clone_of.spec
+        image = self._images.resolve(request.image)
+        spec = request.spec()
         capacity.check_possible(self._settings, spec)  # before anything, --force included
         hypervisor = self._backends.hypervisor()
         storage = self._backends.storage()
         network = self._backends.network()
         if request.force and self._store.get_vm(name) is not None:
             self.delete(name)
-        vm = VM(
+        vm = self._new_record(name, spec, image.ref, hypervisor.name, storage.name, network)
+        vm.user_data, vm.template = user_data, request.template
+
+        def make_disk() -> None:
+            self._create_disk(vm, storage, self._images.checked_base(image))
+
+        return self._build(vm, make_disk, network, isolated=vm.template)
+
+    def clone(self, name: str, template: VM) -> VM:
+        """Create ``name``, a stopped clone of ``template``: its disk an overlay on the
+        template's snapshot, its spec, image and user data the template's, its network
+        its own."""
+        name = check_vm_name(name)
+        snapshot = template.snapshot
+        if snapshot is None:
+            raise Conflict(f"template '{template.name}' has no snapshot yet", name=template.name)
+        image = self._images.resolve(template.image)
+        capacity.check_possible(self._settings, template.spec)
+        self._backends.hypervisor()  # the configured one must work, as for a create
+        storage = self._backends.storage()
+        network = self._backends.network()
+        vm = self._new_record(
+            name, template.spec, image.ref, template.hypervisor, template.storage, network
+        )
+        vm.user_data, vm.clone_of = template.user_data, template.name
+
+        def make_disk() -> None:
+            storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, snapshot.disk)
+
+        return self._build(vm, make_disk, network, isolated=True)
+
+    def _new_record(
+        self,
+        name: str,
+        spec: VMSpec,
+        image: str,
+        hypervisor: str,
+        storage: str,
+        network: NetworkBackend | None,
+    ) -> VM:
+        """The record of a VM about to be made, owned by this process until it is."""
+        return VM(
             name=name,
             state=VMState.CREATING,
             spec=spec,
-            image=image.ref,
+            image=image,
             vm_dir=self._settings.vms_dir / name,
-            hypervisor=hypervisor.name if clone_of is None else clone_of.hypervisor,
-            storage=storage.name if clone_of is None else clone_of.storage,
+            hypervisor=hypervisor,
+            storage=storage,
             created=datetime.now(UTC),
             uuid=str(uuid.uuid4()),
             operation_owner=self._me,
             network=network.name if network else None,
-            user_data=user_data if clone_of is None else clone_of.user_data,
-            template=request.template,
-            clone_of=clone_of.name if clone_of is not None else None,
         )
+
+    def _build(
+        self,
+        vm: VM,
+        make_disk: Callable[[], None],
+        network: NetworkBackend | None,
+        isolated: bool,
+    ) -> VM:
+        """Insert ``vm``'s record, then make its directory, disk and network place; undo
+        all of it if a step fails. The VM ends stopped."""
         self._store.insert_vm(vm, admit=lambda: capacity.admit_create(self._settings))
         try:
             # A directory without a record is debris of a crash: it is ours to clear.
             shutil.rmtree(vm.vm_dir, ignore_errors=True)
             vm.vm_dir.mkdir(parents=True, mode=0o700)
-            if clone_of is not None and clone_of.snapshot is not None:
-                storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, clone_of.snapshot.disk)
-            else:
-                self._create_disk(vm, storage, self._images.checked_base(image))
+            make_disk()
             if network is not None:
-                isolated = vm.template or clone_of is not None
-                _record_attachment(vm, network.allocate(name, isolated=isolated))
+                _record_attachment(vm, network.allocate(vm.name, isolated=isolated))
                 self._store.save_vm(vm)
         except BaseException as exc:
             with contextlib.suppress(MedaError):  # if it fails, the VM stays in error saying why
                 self._discard(vm)
             if isinstance(exc, Exception):
-                raise _as_meda_error(exc, f"creating VM '{name}' failed") from exc
+                raise _as_meda_error(exc, f"creating VM '{vm.name}' failed") from exc
             raise
-        vm = self._store.transition(name, {VMState.CREATING}, VMState.STOPPED)
-        self._emit(VMEvent(kind=VMEventKind.CREATED, vm=name, state=vm.state))
+        vm = self._store.transition(vm.name, {VMState.CREATING}, VMState.STOPPED)
+        self._emit(VMEvent(kind=VMEventKind.CREATED, vm=vm.name, state=vm.state))
         return vm
 
     def start(self, name: str, restore: Snapshot | None = None, reset_disk: bool = False) -> VM:

@@ -20,8 +20,7 @@ from meda_core.backends.roles import (
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import Conflict, InvalidRequest
 from meda_core.host.files import copy_sparse
-from meda_core.models import VM, CreateVMRequest, Snapshot, VMState
-from meda_core.state.store import StateStore
+from meda_core.models import VM, Snapshot
 from meda_core.vms.service import VMService
 
 log = logging.getLogger(__name__)
@@ -30,41 +29,24 @@ log = logging.getLogger(__name__)
 class SnapshotService:
     """``snapshot``, ``restore``, ``clone`` and ``templates``."""
 
-    def __init__(self, store: StateStore, backends: BackendSelector, vms: VMService) -> None:
-        self._store = store
+    def __init__(self, backends: BackendSelector, vms: VMService) -> None:
         self._backends = backends
         self._vms = vms
 
     def snapshot(self, name: str) -> VM:
         """Pause a running VM, save its state with its disk frozen beside it, resume it."""
-        self._vms.get(name)
-        vm = self._store.transition(
-            name, {VMState.RUNNING}, VMState.SNAPSHOTTING, owner=self._vms.me
-        )
-        assert vm.runtime is not None
-        hypervisor = self._backends.by_name(Role.HYPERVISOR, vm.hypervisor, HypervisorBackend)
-        storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
+        vm = self._vms.begin_snapshot(name)
         snapshot_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S-") + secrets.token_hex(3)
         folder = vm.vm_dir / "snapshots" / snapshot_id
         folder.mkdir(parents=True)
         state, frozen = folder / "state", folder / "disk.qcow2"
-        started = time.monotonic()
         try:
-            try:
-                hypervisor.save_state(vm.runtime, vm.vm_dir, state)
-                seconds = time.monotonic() - started
-                # Paused: the disk is as the state expects; freeze it beside the state.
-                if Capability.DISK_SWITCH in hypervisor.capabilities:
-                    self._freeze_and_switch(vm, hypervisor, storage, frozen)
-                else:  # the VM keeps its disk file: freeze a copy (an overlay is small)
-                    copy_sparse(vm.disk_path, frozen)
-            finally:
-                hypervisor.resume(vm.runtime, vm.vm_dir)
+            seconds = self._save(vm, state, frozen)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
-            self._vms.finish(vm, VMState.RUNNING)
+            self._vms.end_snapshot(vm, None)
             raise
-        vm.snapshot = Snapshot(
+        snapshot = Snapshot(
             id=snapshot_id,
             created=datetime.now(UTC),
             state_file=state,
@@ -74,13 +56,28 @@ class SnapshotService:
             layout=DEVICE_LAYOUT,
         )
         log.info(
-            "snapshot %s of %s: %d bytes in %.2fs",
-            snapshot_id,
-            name,
-            vm.snapshot.state_bytes,
-            seconds,
+            "snapshot %s of %s: %d bytes in %.2fs", snapshot_id, name, snapshot.state_bytes, seconds
         )
-        return self._vms.finish(vm, VMState.RUNNING)
+        return self._vms.end_snapshot(vm, snapshot)
+
+    def _save(self, vm: VM, state: Path, frozen: Path) -> float:
+        """Save ``vm``'s state to ``state`` and freeze its disk at ``frozen``, the VM paused
+        meanwhile; the seconds the state took."""
+        assert vm.runtime is not None
+        hypervisor = self._backends.by_name(Role.HYPERVISOR, vm.hypervisor, HypervisorBackend)
+        storage = self._backends.by_name(Role.STORAGE, vm.storage, StorageBackend)
+        started = time.monotonic()
+        try:
+            hypervisor.save_state(vm.runtime, vm.vm_dir, state)
+            seconds = time.monotonic() - started
+            # Paused: the disk is as the state expects; freeze it beside the state.
+            if Capability.DISK_SWITCH in hypervisor.capabilities:
+                self._freeze_and_switch(vm, hypervisor, storage, frozen)
+            else:  # the VM keeps its disk file: freeze a copy (an overlay is small)
+                copy_sparse(vm.disk_path, frozen)
+        finally:
+            hypervisor.resume(vm.runtime, vm.vm_dir)
+        return seconds
 
     @staticmethod
     def _freeze_and_switch(
@@ -117,7 +114,7 @@ class SnapshotService:
         if template.snapshot is None:
             raise Conflict(f"template '{source}' has no snapshot yet", name=source)
         snapshot = _check_layout(template)
-        self._vms.create(CreateVMRequest(name=name), clone_of=template)
+        self._vms.clone(name, template)
         try:
             return self._vms.start(name, restore=snapshot)
         except BaseException:

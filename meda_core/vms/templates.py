@@ -117,6 +117,21 @@ def can_clone(backends: BackendSelector) -> bool:
     )
 
 
+def _job(name: str, image: Image, request: RunRequest, port: int) -> TemplateJob:
+    """The background build of template ``name`` that ``request``'s run leaves behind."""
+    return TemplateJob(
+        name=name,
+        image=image.ref,
+        fingerprint=image_fingerprint(image),
+        memory=request.memory,
+        cpus=request.cpus,
+        disk=request.disk,
+        user_data=request.user_data,
+        ready_port=port,
+        after=request.name,
+    )
+
+
 def _cold(reason: str, template: str | None = None, port: int | None = None) -> RunInfo:
     return RunInfo(path="cold", reason=reason, template=template, ready_port=port)
 
@@ -149,52 +164,41 @@ class WarmRuns:
     def plan(self, image: Image, request: RunRequest) -> Plan:
         """Warm (its template is ready) or cold, and why; never waits for a build."""
         port = chosen_port(request.ready_port, image.ready_port)
-        if request.no_start:
-            return Plan(_cold("no_start: the VM is created, not started"))
-        if request.cold:
-            return Plan(_cold("a cold start was asked for"))
-        if port is None:
-            return Plan(
-                _cold(
-                    f"image {image.ref} gives no readiness signal (no ready_port), so no warm "
-                    "template is made; set one on import, pull or create-image, or in the run"
-                )
-            )
-        if not can_clone(self._backends):
-            return Plan(_cold("the backends cannot clone (snapshots and isolated networks)"))
+        reason = self._why_cold(image, request, port)
+        if reason is not None:
+            return Plan(_cold(reason))
+        assert port is not None
         name = template_name(image, request, port)
         with try_exclusive(self._lock(name)) as free:
             if not free:
                 return Plan(_cold(f"template {name} is being built; runs do not wait", name, port))
             template = self._store.get_vm(name)
             if template is not None and template.snapshot is not None:
-                return Plan(
-                    RunInfo(
-                        path="warm",
-                        reason=f"a clone of template {name}",
-                        template=name,
-                        ready_port=port,
-                    )
-                )
+                reason = f"a clone of template {name}"
+                return Plan(RunInfo(path="warm", reason=reason, template=name, ready_port=port))
             failed = self._failure(name)
         if failed is not None:
             return Plan(_cold(failed, name, port))
-        job = TemplateJob(
-            name=name,
-            image=image.ref,
-            fingerprint=image_fingerprint(image),
-            memory=request.memory,
-            cpus=request.cpus,
-            disk=request.disk,
-            user_data=request.user_data,
-            ready_port=port,
-            after=request.name,
-        )
         reason = (
             f"first run of this image and shape: template {name} is built in the "
             f"background (it waits for port {port}); later runs clone it"
         )
-        return Plan(_cold(reason, name, port), job)
+        return Plan(_cold(reason, name, port), _job(name, image, request, port))
+
+    def _why_cold(self, image: Image, request: RunRequest, port: int | None) -> str | None:
+        """Why this run boots cold whatever templates there are (None: it may be warm)."""
+        if request.no_start:
+            return "no_start: the VM is created, not started"
+        if request.cold:
+            return "a cold start was asked for"
+        if port is None:
+            return (
+                f"image {image.ref} gives no readiness signal (no ready_port), so no warm "
+                "template is made; set one on import, pull or create-image, or in the run"
+            )
+        if not can_clone(self._backends):
+            return "the backends cannot clone (snapshots and isolated networks)"
+        return None
 
     def clone(self, info: RunInfo, name: str) -> VM:
         assert info.template is not None
@@ -256,6 +260,7 @@ class WarmRuns:
                 self._idle.notify_all()
 
     def _build(self, job: TemplateJob) -> None:
+        """Create, boot and snapshot ``job``'s template; discard it if any step fails."""
         name = job.name
         log.info("building template %s of %s (ready port %d)", name, job.image, job.ready_port)
         create = CreateVMRequest(
@@ -269,23 +274,7 @@ class WarmRuns:
         )
         self._vms.create(create)
         try:
-            if self._stop.is_set():
-                raise readiness.Interrupted(f"meda is shutting down: template {name} is not built")
-            vm = self._vms.start(name)
-            assert vm.ip is not None
-            seconds = readiness.wait_until_ready(
-                self._settings.netns,
-                vm.ip,
-                job.ready_port,
-                self._settings.run_ready_timeout,
-                self._stop,
-            )
-            log.info("template %s of %s ready after %.1fs", name, job.image, seconds)
-            self._snapshots.snapshot(name)
-            self._vms.stop(name, timeout=0)  # its snapshot is what counts now
-            template = self._store.require_vm(name)
-            template.image_fingerprint = job.fingerprint
-            self._store.save_vm(template)
+            self._boot_and_snapshot(job)
         except BaseException as error:
             called_off = isinstance(error, readiness.Interrupted)  # shutdown: nothing wrong
             log.log(
@@ -297,6 +286,25 @@ class WarmRuns:
             )
             self._discard(name)
             raise
+
+    def _boot_and_snapshot(self, job: TemplateJob) -> None:
+        """Boot the created template, wait for its ready port, snapshot it, power it off."""
+        name = job.name
+        if self._stop.is_set():
+            raise readiness.Interrupted(f"meda is shutting down: template {name} is not built")
+        vm = self._vms.start(name)
+        assert vm.ip is not None
+        seconds = readiness.wait_until_ready(
+            self._settings.netns,
+            vm.ip,
+            job.ready_port,
+            self._settings.run_ready_timeout,
+            self._stop,
+        )
+        log.info("template %s of %s ready after %.1fs", name, job.image, seconds)
+        self._snapshots.snapshot(name)
+        self._vms.stop(name, timeout=0)  # its snapshot is what counts now
+        self._vms.record_image_fingerprint(name, job.fingerprint)
 
     def _let_boot_first(self, job: TemplateJob) -> None:
         """Wait until the run's own guest answers (or will not): two guests booting at once

@@ -103,7 +103,7 @@ class TapBridgeNetwork(NetworkBackend):
 
     def allocate(self, vm: str, isolated: bool = False) -> NetworkAttachment:
         config = self.config
-        lease = self.context.state.allocate_lease(
+        lease = self.context.leases.allocate(
             config.bridge, vm, config.guest_addresses(), random_mac
         )
         number = config.tap_name(lease.ip).removeprefix("mtap")
@@ -122,12 +122,12 @@ class TapBridgeNetwork(NetworkBackend):
     def release(self, vm: str) -> None:
         config = self.config
         with self._locked():
-            lease = self.context.state.lease_for(config.bridge, vm)
+            lease = self.context.leases.find(config.bridge, vm)
             if lease is not None:
                 links.remove_link(self.ns, config.tap_name(lease.ip))
-            self.context.state.release_lease(config.bridge, vm)
+            self.context.leases.release(config.bridge, vm)
             self._sync_proxies()
-            leases = self.context.state.leases(config.bridge)
+            leases = self.context.leases.all(config.bridge)
             if leases:
                 self.dhcp.refresh(leases)
                 self._sync_rules()
@@ -220,14 +220,14 @@ class TapBridgeNetwork(NetworkBackend):
 
     def apply_forwards(self) -> None:
         with self._locked():
-            if self.context.state.leases(self.config.bridge):
+            if self.context.leases.all(self.config.bridge):
                 self._sync_rules()
             self._sync_proxies()
 
     def _wanted_proxies(self) -> list[ProxySpec]:
         if self.ns is None:
             return []
-        ips = {lease.vm: lease.ip for lease in self.context.state.leases(self.config.bridge)}
+        ips = {lease.vm: lease.ip for lease in self.context.leases.all(self.config.bridge)}
         address, allow_local = self._forward_address, self.config.guest_to_guest
         return [
             ProxySpec(
@@ -237,7 +237,7 @@ class TapBridgeNetwork(NetworkBackend):
                 target=f"{ips[vm]}:{f.guest_port}",
                 allow_local=allow_local,
             )
-            for vm, f in self.context.state.forwards()
+            for vm, f in self.context.vms.forwards()
             if vm in ips
         ]
 
@@ -246,11 +246,11 @@ class TapBridgeNetwork(NetworkBackend):
 
     def restore(self) -> None:
         with self._locked():
-            leases = self.context.state.leases(self.config.bridge)
+            leases = self.context.leases.all(self.config.bridge)
             if leases:
                 self._ensure_network()
             by_vm = {lease.vm: lease for lease in leases}
-            for vm in self.context.state.list_vms():
+            for vm in self.context.vms.list_vms():
                 lease = by_vm.get(vm.name)
                 if vm.netns and lease and Path("/run/netns", vm.netns).exists():
                     isolated.refresh(
@@ -276,7 +276,7 @@ class TapBridgeNetwork(NetworkBackend):
             found = self._find_orphans()
             for _, remove in found:
                 remove()
-            leases = self.context.state.leases(self.config.bridge)
+            leases = self.context.leases.all(self.config.bridge)
             if leases:
                 self.dhcp.refresh(leases)
             else:
@@ -284,8 +284,8 @@ class TapBridgeNetwork(NetworkBackend):
         return [description for description, _ in found]
 
     def _find_orphans(self) -> list[Orphan]:
-        config, state = self.config, self.context.state
-        vms = {vm.name: vm for vm in state.list_vms()}
+        config, leases = self.config, self.context.leases
+        vms = {vm.name: vm for vm in self.context.vms.list_vms()}
         live_taps = {vm.tap_device for vm in vms.values() if vm.state in HOLDS_A_NIC}
         found = self._orphan_leases(vms)
         found += self._orphan_links(live_taps)
@@ -293,18 +293,18 @@ class TapBridgeNetwork(NetworkBackend):
         found += self._orphan_namespaces(
             {vm.netns for vm in vms.values() if vm.tap_device in live_taps}
         )
-        if not any(lease.vm in vms for lease in state.leases(config.bridge)):
+        if not any(lease.vm in vms for lease in leases.all(config.bridge)):
             found += self._orphan_shared_network()
         return found
 
     def _orphan_leases(self, vms: Mapping[str, object]) -> list[Orphan]:
-        config, state = self.config, self.context.state
+        config, leases = self.config, self.context.leases
         return [
             (
                 f"lease {lease.ip} of missing VM '{lease.vm}'",
-                partial(state.release_lease, config.bridge, lease.vm),
+                partial(leases.release, config.bridge, lease.vm),
             )
-            for lease in state.leases(config.bridge)
+            for lease in leases.all(config.bridge)
             if lease.vm not in vms
         ]
 
@@ -384,7 +384,7 @@ class TapBridgeNetwork(NetworkBackend):
     def _sync_dhcp(self) -> None:
         config = self.config
         self.dhcp.ensure(
-            self.context.state.leases(config.bridge),
+            self.context.leases.all(config.bridge),
             config.gateway_ip,
             str(config.network.netmask),
             str(config.network.network_address),
@@ -392,12 +392,12 @@ class TapBridgeNetwork(NetworkBackend):
         )
 
     def _sync_rules(self) -> None:
-        config, state = self.config, self.context.state
-        leases = state.leases(config.bridge)
+        config = self.config
+        leases = self.context.leases.all(config.bridge)
         ips = {lease.vm: lease.ip for lease in leases}
         forwards = [
             (ips[vm], f.host_port, f.guest_port, f.protocol.value)
-            for vm, f in state.forwards()
+            for vm, f in self.context.vms.forwards()
             if vm in ips
         ]
         # A lease's port is its VM's tap, or the veth when the VM has its own namespace.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -113,6 +114,19 @@ def test_plugins_json() -> None:
     code, out, _ = meda("plugins", "--json")
     assert code == 0
     assert {b["name"] for b in json.loads(out)["backends"]} == {"fake"}
+
+
+def test_plugins_lists_a_misspelled_plugin_with_its_error(
+    cli_meda: Meda, misspelled_plugin_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(misspelled_plugin_dir))
+    cli_meda.plugins.add_plugin("typo", importlib.import_module("meda_typo_plugin"))
+    code, out, _ = meda("plugins", "--json")
+    listed = {p["name"]: p for p in json.loads(out)["plugins"]}
+    assert code == 0 and "unknown hook 'meda_register_backend'" in listed["typo"]["error"]
+    code, out, _ = meda("plugins")
+    assert code == 0 and "unknown hook" in out
+    assert meda("list")[0] == 0
 
 
 def test_ip_and_port_forward_commands(fake_image: str) -> None:

@@ -33,6 +33,43 @@ def test_broken_plugin_is_reported_not_fatal(
     assert report["qemu"].error is None
 
 
+def test_a_misspelled_hook_is_reported_not_fatal(
+    misspelled_plugin_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.syspath_prepend(str(misspelled_plugin_dir))
+    plugins = PluginManager()
+    plugins.load_entry_points()
+    report = {p.name: p for p in plugins.report()}
+    error = report["typo"].error or ""
+    assert "unknown hook 'meda_register_backend'" in error
+    assert "meda_register_backends" in error.split("meda's hooks:")[1]  # the likely fix
+    assert report["typo"].backends == [] and report["typo"].hooks == []
+    assert report["typo"].distribution == "meda-typo-plugin"
+    assert "plugin typo failed to register" in caplog.text
+    assert report["qemu"].error is None and report["qemu"].backends == ["hypervisor:qemu"]
+    assert {b.plugin for b in plugins.registry.all()} >= {"qemu", "qcow2"}
+    assert "typo" not in {b.plugin for b in plugins.registry.all()}
+
+
+class _Misspelled:
+    @hookimpl
+    def meda_vm_events(self, event: VMEvent) -> None:
+        raise AssertionError("a hook meda does not have is never called")
+
+
+def test_a_misspelled_plugin_is_left_out_and_later_plugins_still_load() -> None:
+    """Every plugin is checked as it registers: one with a bad hook spoils no other."""
+    plugins = PluginManager()
+    plugins.add_plugin("typo", _Misspelled())
+    plugins.add_plugin("fake", FakePlugin())
+    report = {p.name: p for p in plugins.report()}
+    assert "unknown hook 'meda_vm_events'" in (report["typo"].error or "")
+    assert report["fake"].error is None and report["fake"].backends
+    assert "meda_vm_events" not in {
+        caller.name for caller in vars(plugins._pm.hook).values() if caller.get_hookimpls()
+    }
+
+
 def test_disabled_plugins_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDA_DISABLE_PLUGINS", "qemu, user")
     plugins = PluginManager()

@@ -5,10 +5,11 @@ import pytest
 from meda_core import hookimpl
 from meda_core.backends.catalogue import BackendRegistry
 from meda_core.backends.manager import PluginManager
-from meda_core.backends.roles import Availability, BackendContext, Role
+from meda_core.backends.roles import Availability, Role
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import BackendUnavailable
 from meda_core.settings import Settings
+from meda_core.state.backend_views import backend_context
 from meda_core.state.store import StateStore
 from meda_core.testing.fakes import FakePlugin, FakeStorage
 
@@ -32,7 +33,9 @@ def _selector(settings: Settings) -> BackendSelector:
     plugins = PluginManager()
     plugins.add_plugin("fake", FakePlugin())
     plugins.add_plugin("unavailable", UnavailablePlugin())
-    return BackendSelector(plugins.registry, BackendContext(settings, StateStore(settings.db_path)))
+    return BackendSelector(
+        plugins.registry, backend_context(settings, StateStore(settings.db_path))
+    )
 
 
 def test_auto_skips_unavailable_backends(meda_settings: Settings) -> None:
@@ -60,6 +63,6 @@ def test_describe_marks_selected_and_reasons(meda_settings: Settings) -> None:
 
 def test_role_without_backends_is_optional(meda_settings: Settings) -> None:
     meda_settings.home.mkdir(parents=True, exist_ok=True)
-    context = BackendContext(meda_settings, StateStore(meda_settings.db_path))
+    context = backend_context(meda_settings, StateStore(meda_settings.db_path))
     selector = BackendSelector(PluginManager().registry, context)
     assert selector.optional(Role.NETWORK) is None

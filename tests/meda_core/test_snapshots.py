@@ -90,3 +90,43 @@ def test_a_snapshot_saved_with_other_devices_is_refused_not_restored(
     with pytest.raises(Conflict, match="take a new snapshot"):
         fake_meda.snapshots.restore("tpl")
     assert fake_meda.vms.get("tpl").state == VMState.STOPPED
+
+
+def test_a_clone_is_made_from_the_templates_record(fake_meda: Meda, fake_image: str) -> None:
+    """Spec, image, user data and backends come from the template; the network place is
+    the clone's own; the clone is no template itself."""
+    user_data = "#cloud-config\nhostname: tpl\n"
+    request = CreateVMRequest(name="tpl", memory="256M", cpus=2, template=True, user_data=user_data)
+    template = fake_meda.vms.create(request)
+    with pytest.raises(Conflict, match="no snapshot"):
+        fake_meda.vms.clone("early", template)
+    assert fake_meda.store.get_vm("early") is None
+    fake_meda.vms.start("tpl")
+    template = fake_meda.snapshots.snapshot("tpl")
+    fake_meda.vms.stop("tpl")
+    clone = fake_meda.vms.clone("c1", template)
+    assert clone.state == VMState.STOPPED and clone.clone_of == "tpl" and not clone.template
+    assert (clone.spec, clone.image, clone.user_data) == (template.spec, template.image, user_data)
+    assert (clone.hypervisor, clone.storage) == (template.hypervisor, template.storage)
+    assert clone.netns is not None and clone.ip != template.ip
+    fake_meda.vms.delete("c1")
+
+
+def test_a_failed_snapshot_leaves_the_vm_running_with_the_one_it_had(
+    fake_meda: Meda, make_vm: MakeVM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_vm("vm1")
+    fake_meda.vms.start("vm1")
+    first = fake_meda.snapshots.snapshot("vm1").snapshot
+    assert first is not None
+    hypervisor = fake_meda.backends.hypervisor()
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("the guest would not pause")
+
+    monkeypatch.setattr(hypervisor, "save_state", fail)
+    with pytest.raises(RuntimeError, match="would not pause"):
+        fake_meda.snapshots.snapshot("vm1")
+    vm = fake_meda.vms.get("vm1")
+    assert vm.state == VMState.RUNNING and vm.snapshot == first and vm.operation_owner is None
+    assert [p.name for p in (vm.vm_dir / "snapshots").iterdir()] == [first.id]

@@ -29,6 +29,7 @@ from meda_core.errors import Conflict
 from meda_core.host import processes as procs
 from meda_core.models import VM, PortForward
 from meda_core.network.macs import random_mac
+from meda_core.state.store import StateStore
 from meda_core.testing.conformance import NetworkConformance
 from meda_core.testing.host import free_port
 from meda_core.testing.namespaces import (
@@ -192,12 +193,17 @@ class Guest:
     gateway: str
 
 
+def _store(backend: TapBridgeNetwork) -> StateStore:
+    """The store meda keeps forwards in, as the core changes it (backends only read it)."""
+    return StateStore(backend.context.settings.db_path)
+
+
 @pytest.fixture
 def tapbridge(in_netns: BackendContext) -> Iterator[TapBridgeNetwork]:
     """The backend; whatever VMs a test leaves are released (taps, DHCP, rules, bridge)."""
     backend = TapBridgeNetwork(in_netns)
     yield backend
-    for lease in in_netns.state.leases(backend.config.bridge):
+    for lease in in_netns.leases.all(backend.config.bridge):
         backend.release(lease.vm)
 
 
@@ -260,7 +266,7 @@ def test_forwards_still_answer_on_loopback_and_on_the_gateway(
 ) -> None:
     guest = guests("web")
     guest_port = listen(guest.ns, "0.0.0.0")
-    tapbridge.context.state.add_forward("web", PortForward(host_port=8080, guest_port=guest_port))
+    _store(tapbridge).add_forward("web", PortForward(host_port=8080, guest_port=guest_port))
     tapbridge.apply_forwards()
     assert connects(netns, "127.0.0.1", 8080)
     assert connects(netns, guest.gateway, 8080)
@@ -345,7 +351,7 @@ def test_guests_reach_each_other_only_when_allowed(
     a, b = guests("a"), guests("b")
     port = listen(b.ns, "0.0.0.0")
     assert connects(a.ns, b.ip, port) is allowed  # on the bridge
-    tapbridge.context.state.add_forward("b", PortForward(host_port=8080, guest_port=port))
+    _store(tapbridge).add_forward("b", PortForward(host_port=8080, guest_port=port))
     tapbridge.apply_forwards()
     assert connects(a.ns, a.gateway, 8080) is allowed  # through b's forward
     run_in(a.ns, "ip", "route", "add", f"{b.ip}/32", "via", a.gateway)
@@ -548,7 +554,7 @@ def test_a_netns_forward_answers_in_the_namespace_meda_runs_in(
         host_port=free_port(), guest_port=echo(guest.ns, protocol, "web:"), protocol=protocol
     )
     assert on_loopback.check_host_port(forward) is None
-    on_loopback.context.state.add_forward("web", forward)
+    _store(on_loopback).add_forward("web", forward)
     on_loopback.apply_forwards()
     port = forward.host_port
     assert talk(None, "127.0.0.1", port, protocol) == "web:ping"  # here, through the proxy
@@ -564,7 +570,7 @@ def test_a_netns_forward_answers_in_the_namespace_meda_runs_in(
     assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{netns}").st_ino
     assert not port_is_free(port, protocol) and on_loopback.check_host_port(forward)
 
-    on_loopback.context.state.remove_forwards("web", forward)
+    _store(on_loopback).remove_forwards("web", forward)
     on_loopback.apply_forwards()
     assert port_is_free(port, protocol) and talk(None, "127.0.0.1", port, protocol) == ""
     assert procs.start_ticks(pid) is None
@@ -578,7 +584,7 @@ def test_a_proxy_comes_back_at_restore_and_cleanup_stops_a_stray_one(
 ) -> None:
     guest = guests("web")
     forward = PortForward(host_port=free_port(), guest_port=echo(guest.ns, "tcp", "web:"))
-    on_loopback.context.state.add_forward("web", forward)
+    _store(on_loopback).add_forward("web", forward)
     on_loopback.apply_forwards()
     os.kill(proxy_pid(on_loopback, forward), signal.SIGKILL)  # as after a host reboot
     time.sleep(0.2)
@@ -588,7 +594,7 @@ def test_a_proxy_comes_back_at_restore_and_cleanup_stops_a_stray_one(
     on_loopback.restore()
     assert talk(None, "127.0.0.1", forward.host_port) == "web:ping"
 
-    on_loopback.context.state.remove_forwards("web", forward)  # as a crash half-way would
+    _store(on_loopback).remove_forwards("web", forward)  # as a crash half-way would
     pid = proxy_pid(on_loopback, forward)
     found = on_loopback.orphans()
     assert f"forward proxy tcp-{forward.host_port} (pid {pid})" in found
@@ -606,7 +612,7 @@ def test_a_port_taken_in_meda_s_namespace_is_refused_and_starts_no_proxy(
         forward = PortForward(host_port=busy.getsockname()[1], guest_port=80)
         problem = on_loopback.check_host_port(forward)
         assert problem and "meda's own namespace" in problem
-        on_loopback.context.state.add_forward("web", forward)  # as if it was taken just now
+        _store(on_loopback).add_forward("web", forward)  # as if it was taken just now
         with pytest.raises(Conflict, match="in use"):
             on_loopback.apply_forwards()
     assert list(on_loopback.proxies.directory.iterdir()) == []
@@ -626,12 +632,12 @@ def meda_side(tapbridge: TapBridgeNetwork, netns: str) -> Iterator[str]:
 APPLY = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from meda_core.backends.roles import BackendContext\n"
     "from meda_core.settings import Settings\n"
+    "from meda_core.state.backend_views import backend_context\n"
     "from meda_core.state.store import StateStore\n"
     "from meda_tapbridge import TapBridgeNetwork\n"
     "settings = Settings(home=Path(sys.argv[1]), netns=sys.argv[2])\n"
-    "TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path))).apply_forwards()\n"
+    "TapBridgeNetwork(backend_context(settings, StateStore(settings.db_path))).apply_forwards()\n"
 )
 
 
@@ -654,7 +660,7 @@ def test_a_guest_cannot_reach_another_guest_through_its_proxy(
     monkeypatch.setenv("MEDA_FORWARD_ADDRESS", "0.0.0.0")  # in meda_side, a test namespace
     a, b = guests("a"), guests("b")
     forward = PortForward(host_port=8080, guest_port=echo(b.ns, "tcp", "b:"))
-    tapbridge.context.state.add_forward("b", forward)
+    _store(tapbridge).add_forward("b", forward)
     home = str(tapbridge.context.settings.home)
     ip_netns_exec = ["ip", "netns", "exec", meda_side, sys.executable, "-c", APPLY]
     subprocess.run([*ip_netns_exec, home, netns], check=True, timeout=60)
@@ -874,13 +880,13 @@ def test_no_upstream_name_server_is_said(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 PLUG_A_GHOST = (
-    "from meda_core.backends.roles import BackendContext\n"
     "from meda_core.settings import Settings\n"
+    "from meda_core.state.backend_views import backend_context\n"
     "from meda_core.state.store import StateStore\n"
     "from meda_tapbridge import TapBridgeNetwork\n"
     "settings = Settings()\n"
     "settings.home.mkdir(parents=True, exist_ok=True)\n"
-    "backend = TapBridgeNetwork(BackendContext(settings, StateStore(settings.db_path)))\n"
+    "backend = TapBridgeNetwork(backend_context(settings, StateStore(settings.db_path)))\n"
     "backend.plug('ghost', backend.allocate('ghost'))\n"
 )
 
