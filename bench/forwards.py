@@ -24,9 +24,9 @@ from pathlib import Path
 
 from results_file import write_result  # beside this script
 
+from meda_core.backends.context import backend_context
 from meda_core.models import PortForward
 from meda_core.settings import Settings
-from meda_core.state.backend_views import backend_context
 from meda_core.state.store import StateStore
 from meda_core.testing import namespaces
 from meda_core.testing.host import free_port

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from meda_core.backends.roles import Progress as ProgressCallback
+from meda_core.state.operations import Progress as ProgressCallback
 
 
 @contextmanager

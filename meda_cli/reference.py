@@ -9,7 +9,6 @@ import typer
 from typer.testing import CliRunner
 
 from meda_cli.main import app
-from meda_core.backends import catalogue as registry  # noqa: F401  (their error classes)
 from meda_core.errors import MedaError
 
 HEADER = """# CLI reference

@@ -8,6 +8,7 @@ CLI map errors in exactly one place each, by reading these attributes.
     ├── InvalidRequest             400  exit 2   INVALID_REQUEST
     │   ├── PayloadTooLarge        413           PAYLOAD_TOO_LARGE
     │   ├── UnsafeDisk                           UNSAFE_DISK
+    │   ├── ExceedsHost                          EXCEEDS_HOST
     │   ├── UnsupportedMediaType   415           UNSUPPORTED_MEDIA_TYPE
     │   └── MisdirectedRequest     421           MISDIRECTED_REQUEST
     ├── Unauthorized               401  exit 7   UNAUTHORIZED
@@ -19,9 +20,12 @@ CLI map errors in exactly one place each, by reading these attributes.
     ├── Conflict                   409  exit 4   CONFLICT
     │   ├── VMExists                             VM_EXISTS
     │   ├── ImageExists                          IMAGE_EXISTS
-    │   └── InvalidState                         INVALID_STATE
+    │   ├── InvalidState                         INVALID_STATE
+    │   └── Cancelled                            CANCELLED
     ├── BackendUnavailable         503  exit 5   BACKEND_UNAVAILABLE
+    │   └── InsufficientCapacity                 INSUFFICIENT_CAPACITY
     ├── BackendError               500  exit 6   BACKEND_ERROR
+    ├── RegistrationError          500  exit 1   INTERNAL_ERROR
     └── StateVersionError          500  exit 9   STATE_VERSION
 """
 
@@ -91,6 +95,12 @@ class UnsafeDisk(InvalidRequest):
     """A disk in a format meda does not keep, or one that names files outside itself."""
 
     code = "UNSAFE_DISK"
+
+
+class ExceedsHost(InvalidRequest):
+    """400: the VM asks for more than this host can ever give one VM."""
+
+    code = "EXCEEDS_HOST"
 
 
 class UnsupportedMediaType(InvalidRequest):
@@ -178,6 +188,12 @@ class InvalidState(Conflict):
     code = "INVALID_STATE"
 
 
+class Cancelled(Conflict):
+    """409: the operation was cancelled before it finished."""
+
+    code = "CANCELLED"
+
+
 class BackendUnavailable(MedaError):
     """No backend can serve a role here, or the chosen one lacks something."""
 
@@ -186,12 +202,22 @@ class BackendUnavailable(MedaError):
     exit_code = 5
 
 
+class InsufficientCapacity(BackendUnavailable):
+    """503 with Retry-After: the host has no room for this now (other VMs hold it)."""
+
+    code = "INSUFFICIENT_CAPACITY"
+
+
 class BackendError(MedaError):
     """A backend tried and failed (a hypervisor that would not start, a tool that erred)."""
 
     code = "BACKEND_ERROR"
     http_status = 500
     exit_code = 6
+
+
+class RegistrationError(MedaError):
+    """A plugin tried to register something that is not a proper backend."""
 
 
 class StateVersionError(MedaError):

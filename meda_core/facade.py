@@ -6,21 +6,20 @@ import logging
 from datetime import UTC, datetime
 
 from meda_core import __version__
+from meda_core.backends.context import backend_context
 from meda_core.backends.manager import PluginManager
-from meda_core.backends.roles import Progress
 from meda_core.backends.selection import BackendSelector
+from meda_core.errors import InsufficientCapacity
 from meda_core.host.private import private_home
 from meda_core.images import diskprobe
 from meda_core.images.service import ImageService
 from meda_core.models import VM, Health, PluginReport
 from meda_core.network.service import NetworkService
 from meda_core.settings import Settings
-from meda_core.state.backend_views import backend_context
 from meda_core.state.eventbus import EventBus
 from meda_core.state.events import VMEvent
-from meda_core.state.operations import Operations
+from meda_core.state.operations import Operations, Progress
 from meda_core.state.store import StateStore
-from meda_core.vms.capacity import InsufficientCapacity
 from meda_core.vms.service import VMService
 from meda_core.vms.snapshots import SnapshotService
 from meda_core.vms.templates import TemplateBuild, TemplateJob, WarmRuns

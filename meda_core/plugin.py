@@ -30,12 +30,10 @@ from meda_core.backends.roles import (
     NetworkBackend,
     NicKind,
     NicSpec,
-    Progress,
     RegistryBackend,
     Role,
     StorageBackend,
     VMView,
-    no_progress,
 )
 from meda_core.errors import (
     BackendError,
@@ -50,11 +48,12 @@ from meda_core.host.locks import exclusive
 from meda_core.host.private import DIR_MODE, UMASK, create_private
 from meda_core.images import diskprobe
 from meda_core.images.blobs import sha256_file
-from meda_core.images.references import Reference, is_loopback
+from meda_core.inputs.references import Reference, is_loopback
 from meda_core.models import VM, ForwardListener, PortForward, RuntimeInfo, VMSpec, VMState
 from meda_core.network.macs import random_mac
 from meda_core.settings import Settings
 from meda_core.state.events import VMEvent, VMEventKind
+from meda_core.state.operations import Progress, no_progress
 from meda_core.state.store import Lease
 
 __all__ = [

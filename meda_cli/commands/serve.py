@@ -17,7 +17,7 @@ from meda_cli.output import fail
 from meda_core import __version__
 from meda_core.errors import Conflict, InvalidRequest, MedaError
 from meda_core.host.private import private_home
-from meda_core.images.references import is_loopback
+from meda_core.inputs.references import is_loopback
 from meda_core.settings import Settings
 from meda_core.state import serverfile
 

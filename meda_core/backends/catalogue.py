@@ -5,11 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meda_core.backends.roles import ROLE_BASES, Backend, Role
-from meda_core.errors import MedaError
-
-
-class RegistrationError(MedaError):
-    """A plugin tried to register something that is not a proper backend."""
+from meda_core.errors import RegistrationError
 
 
 @dataclass(frozen=True)

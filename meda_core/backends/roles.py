@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from meda_core.errors import BackendUnavailable, Conflict
-from meda_core.images.references import Reference
+from meda_core.inputs.references import Reference
 from meda_core.models import VM, ForwardListener, PortForward, RuntimeInfo, VMSpec
 from meda_core.settings import Settings
+from meda_core.state.operations import Progress
 from meda_core.state.store import Lease
 
 #: The devices meda gives a guest, numbered: a snapshot restores only into the layout it
@@ -401,14 +402,6 @@ class NetworkBackend(Backend):
         if attachment.ip is None:
             raise Conflict(f"VM '{vm}' has no address", name=vm)
         return attachment.ip, port
-
-
-#: Progress of a transfer: (bytes done, bytes in all).
-Progress = Callable[[int, int], None]
-
-
-def no_progress(done: int, total: int) -> None:
-    """A :data:`Progress` for callers that do not follow the bytes."""
 
 
 @dataclass(frozen=True)

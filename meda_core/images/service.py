@@ -10,13 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from meda_core.backends.roles import (
-    ImageFiles,
-    Progress,
-    RegistryBackend,
-    StorageBackend,
-    no_progress,
-)
+from meda_core.backends.roles import ImageFiles, RegistryBackend, StorageBackend
 from meda_core.errors import (
     Conflict,
     ImageExists,
@@ -29,9 +23,10 @@ from meda_core.host.files import copy_sparse
 from meda_core.host.locks import exclusive
 from meda_core.images import diskprobe
 from meda_core.images.blobs import BlobStore, sha256_file
-from meda_core.images.references import check_allowed, parse_reference
 from meda_core.inputs.names import parse_image_ref
+from meda_core.inputs.references import check_allowed, parse_reference
 from meda_core.models import Image, VMState, chosen_port
+from meda_core.state.operations import Progress, no_progress
 from meda_core.state.store import StateStore
 
 NO_IMAGE_HINT = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from meda_core.backends.roles import Progress, no_progress
 from meda_core.facade import Meda
 from meda_core.inputs.sizes import format_size
 from meda_core.models import (
@@ -39,6 +38,7 @@ from meda_core.models import (
 from meda_core.models import (
     Protocol as PortProtocol,
 )
+from meda_core.state.operations import Progress, no_progress
 from meda_core.vms.run import run_image
 from meda_core.vms.service import power_off_timeout
 from meda_core.vms.views import image_info, image_list, template_list, vm_info, vm_list

@@ -16,7 +16,6 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from meda_core.backends.roles import Progress, no_progress
 from meda_core.errors import BackendUnavailable, MedaError
 from meda_core.models import (
     CleanupReport,
@@ -42,7 +41,7 @@ from meda_core.models import (
     VMInfo,
     VMList,
 )
-from meda_core.state.operations import FINISHED, Operation, OperationState
+from meda_core.state.operations import FINISHED, Operation, OperationState, Progress, no_progress
 
 M = TypeVar("M", bound=BaseModel)
 POLL_SECONDS = 0.25

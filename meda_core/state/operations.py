@@ -14,10 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from meda_core.backends.roles import Progress
-from meda_core.errors import Conflict, MedaError, NotFound
+from meda_core.errors import Cancelled, Conflict, InsufficientCapacity, MedaError, NotFound
 from meda_core.state.eventbus import EventBus
-from meda_core.vms.capacity import InsufficientCapacity
 
 KEEP_FINISHED = 200
 MAX_ACTIVE = 32  # operations pending or running at once (MEDA_MAX_OPERATIONS)
@@ -52,8 +50,12 @@ class OperationList(BaseModel):
     count: int
 
 
-class Cancelled(Conflict):
-    code = "CANCELLED"
+#: Progress of a transfer: (bytes done, bytes in all).
+Progress = Callable[[int, int], None]
+
+
+def no_progress(done: int, total: int) -> None:
+    """A :data:`Progress` for callers that do not follow the bytes."""
 
 
 Work = Callable[[Progress], BaseModel]

@@ -40,7 +40,7 @@ from meda_core.backends.roles import (
 )
 from meda_core.errors import Conflict, MedaError
 from meda_core.host import processes as procs
-from meda_core.images.references import Reference
+from meda_core.inputs.references import Reference
 from meda_core.models import PortForward, RuntimeInfo
 
 MiB = 1024 * 1024

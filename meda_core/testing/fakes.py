@@ -29,16 +29,16 @@ from meda_core.backends.roles import (
     NetworkBackend,
     NicKind,
     NicSpec,
-    Progress,
     RegistryBackend,
     StorageBackend,
 )
 from meda_core.errors import BackendError, InvalidRequest, NotFound
 from meda_core.host import namespaces as netns
 from meda_core.host import processes as procs
-from meda_core.images.references import Reference
+from meda_core.inputs.references import Reference
 from meda_core.models import ForwardListener, PortForward, RuntimeInfo
 from meda_core.network.macs import random_mac
+from meda_core.state.operations import Progress
 
 _IDLE = (
     "import signal, sys, time\n"

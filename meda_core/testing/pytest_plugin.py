@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from meda_core.backends import context as backend_views
 from meda_core.backends.manager import PluginManager
 from meda_core.backends.roles import BackendContext
 from meda_core.facade import Meda
 from meda_core.settings import Settings
-from meda_core.state import backend_views
 from meda_core.state.store import StateStore
 from meda_core.testing import namespaces, registry
 from meda_core.testing.fakes import FakePlugin

@@ -18,25 +18,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
 
-from meda_core.errors import BackendUnavailable, InvalidRequest
+from meda_core.errors import ExceedsHost, InsufficientCapacity
 from meda_core.inputs.sizes import format_size, parse_size
 from meda_core.models import VM, VMSpec, VMState
 from meda_core.settings import Settings
 
 COMMITTING = frozenset({VMState.STARTING, VMState.RUNNING, VMState.STOPPING})
 RETRY_AFTER_SECONDS = 30
-
-
-class InsufficientCapacity(BackendUnavailable):
-    """503 with Retry-After: the host has no room for this now (other VMs hold it)."""
-
-    code = "INSUFFICIENT_CAPACITY"
-
-
-class ExceedsHost(InvalidRequest):
-    """400: the VM asks for more than this host can ever give one VM."""
-
-    code = "EXCEEDS_HOST"
 
 
 class Resource(BaseModel):

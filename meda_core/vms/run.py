@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from meda_core.backends.roles import Progress, no_progress
 from meda_core.errors import InvalidRequest, NotFound
 from meda_core.images.service import ImageService
 from meda_core.inputs.names import parse_image_ref
 from meda_core.models import VM, CreateVMRequest, Image, RunInfo, RunRequest
+from meda_core.state.operations import Progress, no_progress
 from meda_core.vms.service import VMService
 from meda_core.vms.templates import WarmRuns
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from meda_core.backends.roles import DEVICE_LAYOUT, Capability
 from meda_core.backends.selection import BackendSelector
-from meda_core.errors import BackendError
+from meda_core.errors import BackendError, InsufficientCapacity
 from meda_core.host.locks import remove_held, try_exclusive
 from meda_core.inputs.names import parse_image_ref
 from meda_core.models import (
@@ -46,7 +46,6 @@ from meda_core.models import (
 from meda_core.settings import Settings
 from meda_core.state.store import StateStore
 from meda_core.vms import readiness
-from meda_core.vms.capacity import InsufficientCapacity
 from meda_core.vms.service import VMService
 from meda_core.vms.snapshots import SnapshotService
 

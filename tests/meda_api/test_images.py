@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from meda_api import create_app
-from meda_core.backends.roles import ImageFiles, Progress, no_progress
+from meda_core.backends.roles import ImageFiles
 from meda_core.facade import Meda
-from meda_core.images.references import parse_reference
+from meda_core.inputs.references import parse_reference
+from meda_core.state.operations import Progress, no_progress
 from meda_core.testing import disks
 
 REMOTE = "127.0.0.1:1/cirunlabs/default:v1"

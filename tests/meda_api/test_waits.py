@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from meda_api import create_app
-from meda_core.backends.roles import Progress
 from meda_core.facade import Meda
+from meda_core.state.operations import Progress
 from tests.conftest import ServeApi
 from tests.meda_api.rawhttp import Answer, connect, read_answer, send_head
 

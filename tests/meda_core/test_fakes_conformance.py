@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from meda_core.backends.roles import BackendContext, LaunchSpec
-from meda_core.images.references import parse_reference
+from meda_core.inputs.references import parse_reference
 from meda_core.models import VMSpec
 from meda_core.testing.conformance import (
     HypervisorConformance,

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from meda_core.backends.roles import ImageFiles, no_progress
+from meda_core.backends.roles import ImageFiles
 from meda_core.errors import ImageExists, InvalidRequest, UnsafeDisk
 from meda_core.facade import Meda
-from meda_core.images.references import parse_reference
+from meda_core.inputs.references import parse_reference
 from meda_core.models import CreateVMRequest, Image
 from meda_core.settings import Settings
+from meda_core.state.operations import no_progress
 from meda_core.testing import disks
 
 

@@ -8,11 +8,9 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel
 
-from meda_core.backends.roles import Progress
-from meda_core.errors import Conflict, InvalidRequest, NotFound
+from meda_core.errors import Conflict, InsufficientCapacity, InvalidRequest, NotFound
 from meda_core.state.eventbus import EventBus
-from meda_core.state.operations import Operation, Operations, OperationState, Work
-from meda_core.vms.capacity import InsufficientCapacity
+from meda_core.state.operations import Operation, Operations, OperationState, Progress, Work
 
 
 class Done(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meda_core.images.references import parse_reference
+from meda_core.inputs.references import parse_reference
 
 
 @pytest.mark.parametrize(

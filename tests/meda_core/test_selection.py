@@ -4,12 +4,12 @@ import pytest
 
 from meda_core import hookimpl
 from meda_core.backends.catalogue import BackendRegistry
+from meda_core.backends.context import backend_context
 from meda_core.backends.manager import PluginManager
 from meda_core.backends.roles import Availability, Role
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import BackendUnavailable
 from meda_core.settings import Settings
-from meda_core.state.backend_views import backend_context
 from meda_core.state.store import StateStore
 from meda_core.testing.fakes import FakePlugin, FakeStorage
 

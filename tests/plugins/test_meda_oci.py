@@ -19,7 +19,7 @@ from meda_core.backends.roles import BackendContext
 from meda_core.errors import BackendError
 from meda_core.facade import Meda
 from meda_core.images.blobs import sha256_file
-from meda_core.images.references import Reference, parse_reference
+from meda_core.inputs.references import Reference, parse_reference
 from meda_core.settings import Settings
 from meda_core.testing.conformance import RegistryConformance
 from meda_oci import OciRegistry, formats

@@ -20,7 +20,7 @@ import zstandard
 
 from meda_core.errors import BackendError
 from meda_core.facade import Meda
-from meda_core.images.references import parse_reference
+from meda_core.inputs.references import parse_reference
 from meda_core.settings import Settings
 from meda_oci import formats
 from meda_oci.client import OCI_MANIFEST, RegistryClient, sha256_digest

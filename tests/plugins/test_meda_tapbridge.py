@@ -633,7 +633,7 @@ APPLY = (
     "import sys\n"
     "from pathlib import Path\n"
     "from meda_core.settings import Settings\n"
-    "from meda_core.state.backend_views import backend_context\n"
+    "from meda_core.backends.context import backend_context\n"
     "from meda_core.state.store import StateStore\n"
     "from meda_tapbridge import TapBridgeNetwork\n"
     "settings = Settings(home=Path(sys.argv[1]), netns=sys.argv[2])\n"
@@ -881,7 +881,7 @@ def test_no_upstream_name_server_is_said(tmp_path: Path, caplog: pytest.LogCaptu
 
 PLUG_A_GHOST = (
     "from meda_core.settings import Settings\n"
-    "from meda_core.state.backend_views import backend_context\n"
+    "from meda_core.backends.context import backend_context\n"
     "from meda_core.state.store import StateStore\n"
     "from meda_tapbridge import TapBridgeNetwork\n"
     "settings = Settings()\n"
