@@ -57,7 +57,7 @@ def test_api_and_cli_never_import_a_plugin_by_name() -> None:
                 assert plugin not in text, f"{source} names {plugin}"
 
 
-def _core_imports(source: Path) -> set[str]:
+def core_imports(source: Path) -> set[str]:
     """The ``meda_core`` modules ``source`` imports, as written."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(source.read_text())):
@@ -78,7 +78,7 @@ def test_plugins_import_only_the_plugin_surface() -> None:
     strays = {
         f"{source.relative_to(ROOT)}: {name}"
         for source in _plugin_sources()
-        for name in _core_imports(source)
+        for name in core_imports(source)
         if not any(name == s or name.startswith(s + ".") for s in PLUGIN_SURFACE)
     }
     assert not strays, "plugins import from outside meda_core.plugin:\n" + "\n".join(sorted(strays))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from tests.test_architecture import core_imports
 
 CORE = Path(__file__).resolve().parents[2] / "meda_core"
 
@@ -32,16 +33,6 @@ def _part(module: str) -> str | None:
     return names[1] if len(names) > 1 and names[0] == "meda_core" else None
 
 
-def _imports(source: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-    return found
-
-
 def _upward_imports() -> list[str]:
     rank = {part: i for i, part in enumerate(LAYERS)}
     wrong = []
@@ -49,7 +40,7 @@ def _upward_imports() -> list[str]:
         here = _part(".".join(("meda_core", *source.relative_to(CORE).with_suffix("").parts)))
         if here is None or here == "__init__":
             continue
-        for module in _imports(source):
+        for module in core_imports(source):
             there = _part(module)
             if there is not None and there != here and rank[there] > rank[here]:
                 wrong.append(f"{source.relative_to(CORE.parent)} ({here}) imports {module}")
