@@ -171,6 +171,9 @@ class VM(BaseModel):
     vm_dir: Path
     hypervisor: str
     storage: str
+    #: The VM's disk: its file in ``vm_dir`` and its format, as its storage made it.
+    disk_file: str
+    disk_format: str
     created: datetime
     uuid: str
     runtime: RuntimeInfo | None = None
@@ -196,7 +199,7 @@ class VM(BaseModel):
 
     @property
     def disk_path(self) -> Path:
-        return self.vm_dir / "disk.qcow2"
+        return self.vm_dir / self.disk_file
 
     @property
     def console_log(self) -> Path:

@@ -131,6 +131,7 @@ class FakeStorage(StorageBackend):
     """A disk is a one-line file: ``fake <size> <base>``; ``fail_create`` for errors."""
 
     name = "fake"
+    disk_format = "fake"
     capabilities: ClassVar[frozenset[str]] = frozenset({"copy-on-write"})
     priority = 100
     fail_create: ClassVar[bool] = False

@@ -41,7 +41,7 @@ class SnapshotService:
         snapshot_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S-") + secrets.token_hex(3)
         folder = vm.vm_dir / "snapshots" / snapshot_id
         folder.mkdir(parents=True)
-        state, frozen = folder / "state", folder / "disk.qcow2"
+        state, frozen = folder / "state", folder / vm.disk_file  # the disk, as it was
         started = time.monotonic()
         try:
             try:

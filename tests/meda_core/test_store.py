@@ -21,6 +21,8 @@ def _vm(name: str, state: VMState = VMState.STOPPED) -> VM:
         vm_dir=Path("/x") / name,
         hypervisor="fake",
         storage="fake",
+        disk_file="disk.fake",
+        disk_format="fake",
         created=datetime.now(UTC),
         uuid=str(uuid.uuid4()),
     )
