@@ -48,7 +48,7 @@ class SnapshotService:
                 hypervisor.save_state(vm.runtime, vm.vm_dir, state)
                 seconds = time.monotonic() - started
                 # Paused: the disk is as the state expects; freeze it beside the state.
-                if "disk-switch" in hypervisor.capabilities:
+                if _can_switch(hypervisor, storage):
                     self._freeze_and_switch(vm, hypervisor, storage, frozen)
                 else:  # the VM keeps its disk file: freeze a copy (an overlay is small)
                     copy_sparse(vm.disk_path, frozen)
@@ -142,3 +142,9 @@ def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+def _can_switch(hypervisor: HypervisorBackend, storage: StorageBackend) -> bool:
+    """Whether the VM can go on writing to an overlay on its frozen disk: the hypervisor
+    switches disks and the storage makes overlays (a raw disk cannot rest on another)."""
+    return "disk-switch" in hypervisor.capabilities and "copy-on-write" in storage.capabilities
