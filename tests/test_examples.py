@@ -11,7 +11,9 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from meda_core.facade import Meda
@@ -117,8 +119,14 @@ def _disk_as_qemu_opened_it(vm_dir: Path) -> tuple[str, str]:
     return disk["inserted"]["drv"], drive
 
 
+def _details(api: httpx.Client, name: str) -> dict[str, Any]:
+    response = api.get(f"/vms/{name}")
+    assert response.status_code == 200, response.text
+    return response.json()["details"]  # type: ignore[no-any-return]
+
+
 @pytest.mark.vm
-def test_the_raw_storage_example_boots_a_vm_that_serves_through_a_forward(
+def test_the_raw_storage_example_boots_serves_snapshots_and_clones(
     raw_storage_venv: Venv, tmp_path: Path, netns: str, guest_image: dict[str, object]
 ) -> None:
     home, port = tmp_path / "home", free_port()
@@ -146,8 +154,19 @@ def test_the_raw_storage_example_boots_a_vm_that_serves_through_a_forward(
             forward = {"host_port": port, "guest_port": 80}
             assert api.post("/vms/web/port-forward", json=forward).status_code == 201
             assert http_get(netns, f"http://127.0.0.1:{port}/") == HTTP_PAGE
-            assert api.delete("/vms/web").status_code == 200
-            assert not vm_dir.exists() and processes_mentioning(str(vm_dir)) == []
+            # A raw disk rests on nothing: a snapshot freezes a copy and a clone copies it.
+            created = api.post("/vms", json={"name": "tpl", "memory": "256M", "template": True})
+            assert created.status_code == 201, created.text
+            guest_ip(api.post("/vms/tpl/start").json()["vm"])
+            assert api.post("/vms/tpl/snapshot").status_code == 200, "snapshot"
+            assert api.post("/vms/tpl/stop").status_code == 200
+            clone = api.post("/vms/tpl/clone", json={"name": "c1"})
+            assert clone.status_code == 201, clone.text
+            assert http_get(netns, f"http://{clone.json()['vm']['ip']}/") == HTTP_PAGE
+            for name in ("c1", "tpl", "web"):
+                vm_dir = Path(_details(api, name)["vm_dir"])
+                assert api.delete(f"/vms/{name}").status_code == 200, name
+                assert not vm_dir.exists() and processes_mentioning(str(vm_dir)) == []
     finally:
         server.kill()
         Meda(Settings(home=home, netns=netns, stop_timeout=3)).vms.delete_all()
