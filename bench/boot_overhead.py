@@ -75,6 +75,7 @@ def boot_raw(
         vm_dir=vm_dir,
         spec=SPEC,
         disk=disk,
+        disk_format="qcow2",
         console_log=vm_dir / "console.log",
         kernel=guest_kernel,
         initrd=initrd,

@@ -161,6 +161,10 @@ class Snapshot(BaseModel):
     layout: int = 1
 
 
+#: A disk's file name: in its VM's folder, never a path out of it.
+DISK_FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class VM(BaseModel):
     """A VM as the state store holds it."""
 
@@ -171,6 +175,9 @@ class VM(BaseModel):
     vm_dir: Path
     hypervisor: str
     storage: str
+    #: The VM's disk: its file in ``vm_dir`` and its format, as its storage made it.
+    disk_file: str = Field(pattern=DISK_FILE_PATTERN)
+    disk_format: str
     created: datetime
     uuid: str
     runtime: RuntimeInfo | None = None
@@ -196,7 +203,7 @@ class VM(BaseModel):
 
     @property
     def disk_path(self) -> Path:
-        return self.vm_dir / "disk.qcow2"
+        return self.vm_dir / self.disk_file
 
     @property
     def console_log(self) -> Path:

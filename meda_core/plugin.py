@@ -44,6 +44,7 @@ from meda_core.errors import (
     NotFound,
 )
 from meda_core.host import namespaces, processes
+from meda_core.host.files import atomic_file
 from meda_core.host.locks import exclusive
 from meda_core.host.private import DIR_MODE, UMASK, create_private
 from meda_core.images import diskprobe
@@ -97,6 +98,7 @@ __all__ = [
     "VMSpec",
     "VMState",
     "VMView",
+    "atomic_file",
     "create_private",
     "diskprobe",
     "exclusive",

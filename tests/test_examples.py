@@ -1,5 +1,6 @@
 """The examples work: the embedding program runs, the third-party plugin installs with
-pip into its own venv, shows in ``meda plugins`` and passes its conformance suite."""
+pip into its own venv, shows in ``meda plugins``, passes its conformance suite and boots a
+VM whose raw disk QEMU opens as raw."""
 
 from __future__ import annotations
 
@@ -8,15 +9,22 @@ import os
 import subprocess
 import sys
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from meda_core.facade import Meda
+from meda_core.images import diskprobe
 from meda_core.settings import Settings
-from meda_core.testing.guest import BootableGuest
+from meda_core.testing.guest import HTTP_PAGE, BootableGuest
+from meda_core.testing.host import free_port, processes_mentioning
 from meda_core.testing.pytest_plugin import wait_for_text
+from meda_qemu import qmp
+from tests.integration.conftest import Server
+from tests.integration.test_network import guest_ip, http_get, start_vm
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -45,8 +53,16 @@ def test_the_embedding_example_runs_a_vm(tmp_path: Path, guest_image: dict[str, 
     assert result.stdout.strip().endswith("deleted")
 
 
-def test_the_example_plugin_installs_lists_and_conforms(tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
+@dataclass(frozen=True)
+class Venv:
+    python: Path
+    site: Path
+
+
+@pytest.fixture(scope="module")
+def raw_storage_venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    """A venv of its own with the raw-storage example installed into it by pip."""
+    venv = tmp_path_factory.mktemp("raw-storage") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     # The new venv sees this environment's packages (meda itself), as a plugin author's would.
@@ -65,6 +81,13 @@ def test_the_example_plugin_installs_lists_and_conforms(tmp_path: Path) -> None:
         check=False,
     )
     assert install.returncode == 0, install.stderr
+    return Venv(python, Path(site))
+
+
+def test_the_example_plugin_installs_lists_and_conforms(
+    raw_storage_venv: Venv, tmp_path: Path
+) -> None:
+    python = raw_storage_venv.python
     env = {**os.environ, "MEDA_HOME": str(tmp_path / "home")}
     listed = subprocess.run(
         [python, "-m", "meda_cli.main", "plugins", "--json"],
@@ -208,3 +231,66 @@ def test_an_image_pushed_to_an_oci_layout_comes_back_and_boots(
             capture_output=True,
             check=False,
         )
+
+
+def _disk_as_qemu_opened_it(vm_dir: Path) -> tuple[str, str]:
+    """The driver QEMU opened the VM's disk with (QMP ``query-block``) and the format its
+    command line gave."""
+    [disk] = [b for b in qmp.execute(vm_dir / "qmp.sock", "query-block") if b["device"] == "disk0"]
+    pid = int((vm_dir / "qemu.pid").read_text())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    [drive] = [a for a in argv if "id=disk0" in a]
+    return disk["inserted"]["drv"], drive
+
+
+def _details(api: httpx.Client, name: str) -> dict[str, Any]:
+    response = api.get(f"/vms/{name}")
+    assert response.status_code == 200, response.text
+    return response.json()["details"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.vm
+def test_the_raw_storage_example_boots_serves_snapshots_and_clones(
+    raw_storage_venv: Venv, tmp_path: Path, netns: str, guest_image: dict[str, object]
+) -> None:
+    home, port = tmp_path / "home", free_port()
+    Meda(Settings(home=home)).images.import_files("guest", **guest_image)  # type: ignore[arg-type]
+    env = {
+        **os.environ,
+        "MEDA_HOME": str(home),
+        "MEDA_DEFAULT_IMAGE": "guest",
+        "MEDA_NETNS": netns,
+        "MEDA_STORAGE": "raw",
+        # The example as pip installed it into its venv: meda finds it by its entry point.
+        "PYTHONPATH": str(raw_storage_venv.site),
+    }
+    server = Server(home=home, env=env)
+    try:
+        server.start()
+        with server.client() as api:
+            vm = start_vm(api, "web")
+            guest_ip(vm)
+            vm_dir = Path(vm["details"]["vm_dir"])
+            assert vm["details"]["storage"] == "raw"
+            assert diskprobe.detect(vm_dir / "disk.raw") == "raw"
+            driver, drive = _disk_as_qemu_opened_it(vm_dir)
+            assert driver == "raw" and ",format=raw," in drive
+            forward = {"host_port": port, "guest_port": 80}
+            assert api.post("/vms/web/port-forward", json=forward).status_code == 201
+            assert http_get(netns, f"http://127.0.0.1:{port}/") == HTTP_PAGE
+            # A raw disk rests on nothing: a snapshot freezes a copy and a clone copies it.
+            created = api.post("/vms", json={"name": "tpl", "memory": "256M", "template": True})
+            assert created.status_code == 201, created.text
+            guest_ip(api.post("/vms/tpl/start").json()["vm"])
+            assert api.post("/vms/tpl/snapshot").status_code == 200, "snapshot"
+            assert api.post("/vms/tpl/stop").status_code == 200
+            clone = api.post("/vms/tpl/clone", json={"name": "c1"})
+            assert clone.status_code == 201, clone.text
+            assert http_get(netns, f"http://{clone.json()['vm']['ip']}/") == HTTP_PAGE
+            for name in ("c1", "tpl", "web"):
+                vm_dir = Path(_details(api, name)["vm_dir"])
+                assert api.delete(f"/vms/{name}").status_code == 200, name
+                assert not vm_dir.exists() and processes_mentioning(str(vm_dir)) == []
+    finally:
+        server.kill()
+        Meda(Settings(home=home, netns=netns, stop_timeout=3)).vms.delete_all()

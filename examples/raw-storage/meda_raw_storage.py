@@ -21,12 +21,14 @@ from meda_core.plugin import (
     DiskInfo,
     InvalidRequest,
     StorageBackend,
+    atomic_file,
     hookimpl,
 )
 
 
 class RawStorage(StorageBackend):
     name = "raw"
+    disk_format = "raw"
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.REFLINK})
     priority = 1  # below qcow2: chosen only when asked for (or when qcow2 is missing)
 
@@ -42,8 +44,7 @@ class RawStorage(StorageBackend):
             raise InvalidRequest("disk size must be positive")
         if base is not None and base_format not in (None, "raw"):
             raise BackendError(f"raw storage cannot use a {base_format} base; convert it first")
-        tmp = dest.with_name(dest.name + ".tmp")
-        try:
+        with atomic_file(dest) as tmp:
             if base is not None:
                 self._copy(base, tmp)
             else:
@@ -51,9 +52,6 @@ class RawStorage(StorageBackend):
             if tmp.stat().st_size > size:
                 raise InvalidRequest(f"the base is larger than {size} bytes")
             os.truncate(tmp, size)  # grows sparsely
-            tmp.rename(dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         return self.disk_info(dest)
 
     def delete_disk(self, path: Path) -> None:
@@ -67,12 +65,8 @@ class RawStorage(StorageBackend):
         return DiskInfo("raw", stat.st_size, stat.st_blocks * 512)
 
     def flatten(self, source: Path, dest: Path) -> DiskInfo:
-        tmp = dest.with_name(dest.name + ".tmp")
-        try:
+        with atomic_file(dest) as tmp:
             self._copy(source, tmp)
-            tmp.rename(dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         return self.disk_info(dest)
 
     @staticmethod

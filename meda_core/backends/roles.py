@@ -184,10 +184,14 @@ class LaunchSpec:
     vm_dir: Path
     spec: VMSpec
     disk: Path
+    #: The format ``disk`` is in (its storage backend's ``disk_format``): a hypervisor
+    #: opens it as this, never as what the file's bytes may claim.
+    disk_format: str
     console_log: Path
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str | None = None
+    #: Read-only disks beside the VM's own (the cloud-init seed), all raw images.
     extra_disks: tuple[Path, ...] = field(default_factory=tuple)
     nics: tuple[NicSpec, ...] = ()
     #: Network namespace the VM process must run in (MEDA_NETNS), None for the caller's.
@@ -253,6 +257,9 @@ class HypervisorBackend(Backend):
 
 @dataclass(frozen=True)
 class DiskInfo:
+    """A disk as its storage backend describes it; ``format`` is a word such as ``raw``
+    or ``qcow2`` (``meda_core.images.diskprobe.FORMATS``)."""
+
     format: str
     virtual_size: int
     actual_size: int
@@ -260,9 +267,22 @@ class DiskInfo:
 
 
 class StorageBackend(Backend):
-    """Turns an image's base disk into a per-VM disk."""
+    """Turns an image's base disk into a per-VM disk.
+
+    Every disk a backend makes (:meth:`create_disk`, :meth:`create_overlay`,
+    :meth:`flatten`) is in its one :attr:`disk_format`, and the :class:`DiskInfo` it
+    returns says so. The core names a VM's disk file by :meth:`disk_name` and records it
+    with the format when the disk is made; hypervisors receive the format in
+    :class:`LaunchSpec` and open the disk as that, so no format is assumed anywhere else.
+    """
 
     role = Role.STORAGE
+    #: The format of the disks this backend makes, e.g. ``raw`` or ``qcow2``.
+    disk_format: ClassVar[str]
+
+    def disk_name(self) -> str:
+        """The file name of a disk this backend makes, in a VM's folder or an image's."""
+        return f"disk.{self.disk_format}"
 
     @abstractmethod
     def create_disk(

@@ -1,8 +1,11 @@
-"""File helpers: copies that keep holes (disk images are mostly sparse) and stay private."""
+"""File helpers: files made whole or not at all, and copies that keep holes (disk images
+are mostly sparse) and stay private."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from meda_core.host.private import create_private
@@ -35,3 +38,15 @@ def copy_sparse(source: Path, dest: Path) -> None:
             offset = hole
         os.ftruncate(fout, size)
         os.fsync(fout)
+
+
+@contextmanager
+def atomic_file(dest: Path) -> Iterator[Path]:
+    """A temporary path beside ``dest`` to make the file at: renamed to ``dest`` when the
+    block ends without error, removed when it fails, so ``dest`` is never half made."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        yield tmp
+        tmp.rename(dest)
+    finally:
+        tmp.unlink(missing_ok=True)

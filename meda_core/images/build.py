@@ -2,8 +2,9 @@
 
 mmdebstrap makes the root file system, a few files are set for cloud-init and for being
 cloned many times (no host keys, no machine-id, no build host's hostname or resolver),
-``mkfs.ext4 -d`` turns it into a disk without mounting anything, and the disk (as qcow2),
-kernel and initrd go into the image store for direct kernel boot. The result is cached
+``mkfs.ext4 -d`` turns it into a disk without mounting anything, and the disk (in the
+storage backend's format), kernel and initrd go into the image store for direct kernel
+boot. The result is cached
 by its inputs: a second build of the same inputs is instant.
 """
 
@@ -151,41 +152,63 @@ def _size_mib(root: Path, headroom: int) -> int:
     return used * 13 // 10 // (1024 * 1024) + headroom
 
 
-def build(images: ImageService, ref: str, spec: BuildSpec, work: Path, log: Log) -> Image:
-    """Build (or find in the cache) the image ``ref`` for ``spec``."""
-    source = f"build:{spec.key()}"
+def _root_tree(spec: BuildSpec, root: Path, log: Log) -> None:
+    """The guest's root file system in ``root``, fit to be cloned."""
+    _run(
+        [
+            "mmdebstrap",
+            "--variant=apt",
+            f"--include={','.join(spec.packages)}",
+            "--skip=check/empty",
+            spec.suite,
+            str(root),
+            *_sources(spec),
+        ],
+        log,
+    )
+    _prepare(root)
+
+
+def _disk(
+    images: ImageService, spec: BuildSpec, root: Path, work: Path, log: Log
+) -> tuple[Path, int]:
+    """``root`` as one ext4 file system on a disk in the storage backend's format, and
+    the disk's size in MiB."""
+    raw = work / "fs.raw"
+    size = _size_mib(root, spec.disk_headroom_mib)
+    _run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root), str(raw), f"{size}M"], log)
+    return images.flatten_disk(raw, work), size
+
+
+def _cached(images: ImageService, ref: str, source: str, log: Log) -> Image | None:
+    """The image ``ref`` if it was built from the same inputs (``source``)."""
     with contextlib.suppress(NotFound):
         image = images.get(ref)
         if image.source == source:
             log(f"{ref} is already built from these inputs")
             return image
+    return None
+
+
+def build(images: ImageService, ref: str, spec: BuildSpec, work: Path, log: Log) -> Image:
+    """Build (or find in the cache) the image ``ref`` for ``spec``."""
+    source = f"build:{spec.key()}"
+    cached = _cached(images, ref, source, log)
+    if cached is not None:
+        return cached
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        root, raw, qcow2 = work / "root", work / "disk.raw", work / "disk.qcow2"
-        _run(
-            [
-                "mmdebstrap",
-                "--variant=apt",
-                f"--include={','.join(spec.packages)}",
-                "--skip=check/empty",
-                spec.suite,
-                str(root),
-                *_sources(spec),
-            ],
-            log,
-        )
-        _prepare(root)
-        size = _size_mib(root, spec.disk_headroom_mib)
-        _run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root), str(raw), f"{size}M"], log)
-        _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], log)
+        root = work / "root"
+        _root_tree(spec, root, log)
+        disk, size = _disk(images, spec, root, work, log)
         kernel = next((root / "boot").glob("vmlinuz-*"))
         initrd = next((root / "boot").glob("initrd.img-*"))
         with contextlib.suppress(NotFound):
             images.remove(ref)  # an older build; refused (409) while a VM uses it
         image = images.import_files(
             ref,
-            disk=qcow2,
+            disk=disk,
             kernel=kernel,
             initrd=initrd,
             cmdline=CMDLINE,

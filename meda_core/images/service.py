@@ -25,7 +25,7 @@ from meda_core.images import diskprobe
 from meda_core.images.blobs import BlobStore, sha256_file
 from meda_core.inputs.names import parse_image_ref
 from meda_core.inputs.references import check_allowed, parse_reference
-from meda_core.models import Image, VMState, chosen_port
+from meda_core.models import VM, Image, VMState, chosen_port
 from meda_core.state.operations import Progress, no_progress
 from meda_core.state.store import StateStore
 
@@ -47,6 +47,30 @@ NEEDS_CMDLINE = (
     "is one file system (as `meda images build` makes) or 'console=ttyS0 root=/dev/vda1 "
     "rw' for a partitioned one; without it the kernel stops in its initramfs"
 )
+
+
+def _checked_import(
+    disk: Path | None,
+    kernel: Path | None,
+    initrd: Path | None,
+    cmdline: str | None,
+    ready_port: int | None,
+) -> str | None:
+    """The command line an import records, once its files and ready port are checked."""
+    if disk is None and kernel is None:
+        raise InvalidRequest("an image needs a disk, a kernel, or both")
+    if initrd is not None and kernel is None:
+        raise InvalidRequest("an initrd needs a kernel")
+    if ready_port is not None and not 0 <= ready_port <= 65535:
+        raise InvalidRequest(f"ready port {ready_port} is not 0 to 65535", ready_port=ready_port)
+    if kernel is not None and not cmdline:
+        if disk is not None:
+            raise InvalidRequest(NEEDS_CMDLINE, flag="--cmdline")
+        cmdline = KERNEL_ONLY_CMDLINE
+    for path in (disk, kernel, initrd):
+        if path is not None and not path.is_file():
+            raise InvalidRequest(f"no such file: {path}", path=str(path))
+    return cmdline
 
 
 class ImageService:
@@ -117,23 +141,8 @@ class ImageService:
         """Copy local files into the store as image ``ref`` (``ready_port``: the guest
         port that answers once it is ready; None or 0: none)."""
         name, tag = parse_image_ref(ref)
-        if disk is None and kernel is None:
-            raise InvalidRequest("an image needs a disk, a kernel, or both")
-        if initrd is not None and kernel is None:
-            raise InvalidRequest("an initrd needs a kernel")
-        if ready_port is not None and not 0 <= ready_port <= 65535:
-            raise InvalidRequest(
-                f"ready port {ready_port} is not 0 to 65535", ready_port=ready_port
-            )
-        if kernel is not None and not cmdline:
-            if disk is not None:
-                raise InvalidRequest(NEEDS_CMDLINE, flag="--cmdline")
-            cmdline = KERNEL_ONLY_CMDLINE
-        for path in (disk, kernel, initrd):
-            if path is not None and not path.is_file():
-                raise InvalidRequest(f"no such file: {path}", path=str(path))
-        if self._store.get_image(name, tag) is not None:
-            raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
+        cmdline = _checked_import(disk, kernel, initrd, cmdline, ready_port)
+        self._refuse_existing(name, tag)
         staging = self.blobs.staging()
         try:
             # The copy is probed, not the original, which could change in between.
@@ -154,8 +163,16 @@ class ImageService:
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        if not self._store.insert_image(image):
+        return self._insert(image)
+
+    def _refuse_existing(self, name: str, tag: str) -> None:
+        if self._store.get_image(name, tag) is not None:
             raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
+
+    def _insert(self, image: Image) -> Image:
+        """Store a new image; one made meanwhile under its name wins (409)."""
+        if not self._store.insert_image(image):
+            raise ImageExists(f"image '{image.ref}' already exists", image=image.ref)
         return image
 
     def _probe(self, disk: Path | None) -> str | None:
@@ -330,24 +347,14 @@ class ImageService:
         """A new image from a stopped VM's disk (flattened), kernel and command line; its
         ready port is the VM's image's unless ``ready_port`` is given (0: none)."""
         parse_image_ref(f"{name}:{tag}")
-        vm = self._store.get_vm(vm_name)
-        if vm is None:
-            raise VMNotFound(vm_name)
-        if vm.state != VMState.STOPPED:
-            raise Conflict(
-                f"VM '{vm_name}' is {vm.state.value}: stop it first, so its disk is not "
-                "read while it is being written",
-                vm=vm_name,
-            )
-        if self._store.get_image(name, tag) is not None:
-            raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
+        vm = self._stopped_vm(vm_name)
+        self._refuse_existing(name, tag)
         base = self._store.get_image(*parse_image_ref(vm.image))
         staging = self.blobs.staging()
         try:
-            flat = staging / "disk.qcow2"
             # A VM an older meda made and never started since: its chain is not checked yet.
             diskprobe.check_chain(vm.disk_path, self._disk_roots)
-            self._storage().flatten(vm.disk_path, flat)
+            flat = self.flatten_disk(vm.disk_path, staging)
             files = ImageFiles(
                 disk=flat,
                 disk_format=self._probe(flat),
@@ -360,9 +367,28 @@ class ImageService:
             image = self._record(name, tag, self._adopt(files, copy=False), registry, org)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        if not self._store.insert_image(image):
-            raise ImageExists(f"image '{name}:{tag}' already exists", image=f"{name}:{tag}")
-        return image
+        return self._insert(image)
+
+    def _stopped_vm(self, vm_name: str) -> VM:
+        """The VM an image is made from: it must be stopped, so its disk holds still."""
+        vm = self._store.get_vm(vm_name)
+        if vm is None:
+            raise VMNotFound(vm_name)
+        if vm.state != VMState.STOPPED:
+            raise Conflict(
+                f"VM '{vm_name}' is {vm.state.value}: stop it first, so its disk is not "
+                "read while it is being written",
+                vm=vm_name,
+            )
+        return vm
+
+    def flatten_disk(self, source: Path, folder: Path) -> Path:
+        """A standalone copy of the disk ``source`` in ``folder``, in the format and under
+        the name the storage backend gives its disks."""
+        storage = self._storage()
+        flat = folder / storage.disk_name()
+        storage.flatten(source, flat)
+        return flat
 
     # ---- removal ----
 

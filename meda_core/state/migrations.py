@@ -63,8 +63,22 @@ def _v2_image_ready_ports(db: sqlite3.Connection) -> None:
         )
 
 
+#: The disk every VM had before its storage backend named it: qcow2, in ``disk.qcow2``.
+OLD_DISK_FILE, OLD_DISK_FORMAT = "disk.qcow2", "qcow2"
+
+
+def _v3_vm_disks(db: sqlite3.Connection) -> None:
+    """A VM records its disk's file and format (its storage backend's, when the disk is
+    made); every VM made before was given the one meda assumed then."""
+    for name, data in db.execute("SELECT name, data FROM vms").fetchall():
+        record = json.loads(data)
+        record.setdefault("disk_file", OLD_DISK_FILE)
+        record.setdefault("disk_format", OLD_DISK_FORMAT)
+        db.execute("UPDATE vms SET data = ? WHERE name = ?", (json.dumps(record), name))
+
+
 #: Version N is reached by running ``MIGRATIONS[N - 1]``; the list only ever grows.
-MIGRATIONS: list[Migration] = [_v1_tables, _v2_image_ready_ports]
+MIGRATIONS: list[Migration] = [_v1_tables, _v2_image_ready_ports, _v3_vm_disks]
 
 
 def latest() -> int:

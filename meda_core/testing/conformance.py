@@ -68,6 +68,21 @@ class BackendConformance:
 
 
 class StorageConformance(BackendConformance):
+    def test_every_disk_is_in_the_declared_format(
+        self, backend: StorageBackend, tmp_path: Path
+    ) -> None:
+        """Hypervisors open a VM's disk as :attr:`StorageBackend.disk_format` says."""
+        assert isinstance(backend.disk_format, str) and backend.disk_format
+        assert "/" not in backend.disk_name() and backend.disk_name() not in {".", ".."}
+        base = tmp_path / "base"
+        made = [
+            backend.create_disk(base, 32 * MiB),
+            backend.create_disk(tmp_path / "on-base", 64 * MiB, base),
+            backend.flatten(tmp_path / "on-base", tmp_path / "flat"),
+            backend.disk_info(tmp_path / "flat"),
+        ]
+        assert [info.format for info in made] == [backend.disk_format] * len(made)
+
     def test_blank_disk_has_requested_size(self, backend: StorageBackend, tmp_path: Path) -> None:
         info = backend.create_disk(tmp_path / "blank", 64 * MiB)
         assert info.virtual_size == 64 * MiB

@@ -135,6 +135,7 @@ class FakeStorage(StorageBackend):
     """A disk is a one-line file: ``fake <size> <base>``; ``fail_create`` for errors."""
 
     name = "fake"
+    disk_format = "fake"
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.COPY_ON_WRITE})
     priority = 100
     fail_create: ClassVar[bool] = False

@@ -194,7 +194,7 @@ class VMService:
         network = self._backends.network()
         if request.force and self._store.get_vm(name) is not None:
             self.delete(name)
-        vm = self._new_record(name, spec, image.ref, hypervisor.name, storage.name, network)
+        vm = self._new_record(name, spec, image.ref, hypervisor.name, storage, network)
         vm.user_data, vm.template = user_data, request.template
 
         def make_disk() -> None:
@@ -213,11 +213,10 @@ class VMService:
         image = self._images.resolve(template.image)
         capacity.check_possible(self._settings, template.spec)
         self._backends.hypervisor()  # the configured one must work, as for a create
-        storage = self._backends.storage()
+        # The overlay rests on the template's frozen disk: its own storage makes it.
+        storage = self._backends.by_name(Role.STORAGE, template.storage, StorageBackend)
         network = self._backends.network()
-        vm = self._new_record(
-            name, template.spec, image.ref, template.hypervisor, template.storage, network
-        )
+        vm = self._new_record(name, template.spec, image.ref, template.hypervisor, storage, network)
         vm.user_data, vm.clone_of = template.user_data, template.name
 
         def make_disk() -> None:
@@ -231,10 +230,11 @@ class VMService:
         spec: VMSpec,
         image: str,
         hypervisor: str,
-        storage: str,
+        storage: StorageBackend,
         network: NetworkBackend | None,
     ) -> VM:
-        """The record of a VM about to be made, owned by this process until it is."""
+        """The record of a VM about to be made, owned by this process until it is; its
+        disk named and in the format ``storage`` makes."""
         return VM(
             name=name,
             state=VMState.CREATING,
@@ -242,7 +242,9 @@ class VMService:
             image=image,
             vm_dir=self._settings.vms_dir / name,
             hypervisor=hypervisor,
-            storage=storage,
+            storage=storage.name,
+            disk_file=storage.disk_name(),
+            disk_format=storage.disk_format,
             created=datetime.now(UTC),
             uuid=str(uuid.uuid4()),
             operation_owner=self._me,
@@ -396,6 +398,7 @@ class VMService:
             vm_dir=vm.vm_dir,
             spec=vm.spec,
             disk=vm.disk_path,
+            disk_format=vm.disk_format,
             console_log=vm.console_log,
             kernel=image.kernel,
             initrd=image.initrd,

@@ -39,7 +39,7 @@ class SnapshotService:
         snapshot_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S-") + secrets.token_hex(3)
         folder = vm.vm_dir / "snapshots" / snapshot_id
         folder.mkdir(parents=True)
-        state, frozen = folder / "state", folder / "disk.qcow2"
+        state, frozen = folder / "state", folder / vm.disk_file  # the disk, as it was
         try:
             seconds = self._save(vm, state, frozen)
         except BaseException:
@@ -71,7 +71,7 @@ class SnapshotService:
             hypervisor.save_state(vm.runtime, vm.vm_dir, state)
             seconds = time.monotonic() - started
             # Paused: the disk is as the state expects; freeze it beside the state.
-            if Capability.DISK_SWITCH in hypervisor.capabilities:
+            if _can_switch(hypervisor, storage):
                 self._freeze_and_switch(vm, hypervisor, storage, frozen)
             else:  # the VM keeps its disk file: freeze a copy (an overlay is small)
                 copy_sparse(vm.disk_path, frozen)
@@ -145,3 +145,12 @@ def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+def _can_switch(hypervisor: HypervisorBackend, storage: StorageBackend) -> bool:
+    """Whether the VM can go on writing to an overlay on its frozen disk: the hypervisor
+    switches disks and the storage makes overlays (a raw disk cannot rest on another)."""
+    return (
+        Capability.DISK_SWITCH in hypervisor.capabilities
+        and Capability.COPY_ON_WRITE in storage.capabilities
+    )

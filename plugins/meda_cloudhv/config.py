@@ -38,6 +38,23 @@ def socket_option(value: str) -> str | None:
     return value.removeprefix("path=").removeprefix('"').removesuffix('"')
 
 
+#: cloud-hypervisor's ImageType for each disk format meda may hand it.
+IMAGE_TYPES = {"raw": "Raw", "qcow2": "Qcow2"}
+
+
+def image_type(disk_format: str) -> dict[str, Any]:
+    """The DiskConfig fields that make cloud-hypervisor open a disk as ``disk_format``
+    (never by probing its bytes); a qcow2 disk may rest on a backing file."""
+    found = IMAGE_TYPES.get(disk_format)
+    if found is None:
+        raise BackendError(
+            f"cloud-hypervisor cannot open a {disk_format} disk (it opens "
+            f"{', '.join(sorted(IMAGE_TYPES))}): choose another storage backend",
+            disk_format=disk_format,
+        )
+    return {"image_type": found, **({"backing_files": True} if found == "Qcow2" else {})}
+
+
 def argv(binary: str, launch: LaunchSpec) -> list[str]:
     """The VMM process: only its API socket and logs; the VM comes through vm.create."""
     return [
@@ -64,8 +81,8 @@ def vm_config(launch: LaunchSpec, firmware: Path | None) -> dict[str, Any]:
             "cloud-hypervisor needs a kernel in the image, or firmware (MEDA_CH_FIRMWARE) "
             "to boot its disk"
         )
-    disks = [{"path": str(launch.disk), "image_type": "Qcow2", "backing_files": True}]
-    disks += [{"path": str(d), "readonly": True, "image_type": "Raw"} for d in launch.extra_disks]
+    disks = [{"path": str(launch.disk), **image_type(launch.disk_format)}]
+    disks += [{"path": str(d), "readonly": True, **image_type("raw")} for d in launch.extra_disks]
     net = []
     for nic in launch.nics:
         if nic.kind != "tap" or nic.tap is None:

@@ -21,6 +21,7 @@ from meda_core.plugin import (
     DiskInfo,
     InvalidRequest,
     StorageBackend,
+    atomic_file,
     diskprobe,
 )
 
@@ -50,6 +51,7 @@ def _format(path: Path, probe: Callable[[Path], str] = diskprobe.detect) -> str:
 
 class Qcow2Storage(StorageBackend):
     name = "qcow2"
+    disk_format = "qcow2"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.COPY_ON_WRITE, Capability.RESIZE}
     )
@@ -64,51 +66,31 @@ class Qcow2Storage(StorageBackend):
     ) -> DiskInfo:
         if size <= 0:
             raise InvalidRequest("disk size must be positive")
-        tmp = dest.with_name(dest.name + ".tmp")
-        args = ["create", "-q", "-f", "qcow2"]
+        args = ["create", "-q", "-f", self.disk_format]
         if base is not None:
             found = _format(base, diskprobe.check_standalone)  # qemu-img opens what it names
             if base_format not in (None, found):
                 raise BackendError(f"base disk {base} is {found}, not {base_format}")
             args += ["-b", str(base.resolve()), "-F", found]
-        try:
+        with atomic_file(dest) as tmp:
             _qemu_img(*args, str(tmp), str(size))
-            tmp.rename(dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         return self.disk_info(dest)
 
     def create_overlay(self, dest: Path, size: int, base: Path) -> DiskInfo:
         # -u: never open the base, which the VM being snapshotted still holds locked.
         diskprobe.check_chain(base, diskprobe.roots(self.context.settings))
-        tmp = dest.with_name(dest.name + ".tmp")
-        try:
-            _qemu_img(
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-u",
-                "-b",
-                str(base.resolve()),
-                "-F",
-                _format(base),
-                str(tmp),
-                str(size),
-            )
-            tmp.rename(dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        base_args = ["-b", str(base.resolve()), "-F", _format(base)]
+        with atomic_file(dest) as tmp:
+            _qemu_img("create", "-q", "-f", self.disk_format, "-u", *base_args, str(tmp), str(size))
         return self.disk_info(dest)
 
     def flatten(self, source: Path, dest: Path) -> DiskInfo:
-        tmp = dest.with_name(dest.name + ".tmp")
-        try:
-            _qemu_img("convert", "-q", "-f", _format(source), "-O", "qcow2", str(source), str(tmp))
+        with atomic_file(dest) as tmp:
+            source_format = _format(source)
+            _qemu_img(
+                "convert", "-q", "-f", source_format, "-O", self.disk_format, str(source), str(tmp)
+            )
             diskprobe.check_standalone(tmp)
-            tmp.rename(dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         return self.disk_info(dest)
 
     def delete_disk(self, path: Path) -> None:

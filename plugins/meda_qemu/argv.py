@@ -88,24 +88,32 @@ def nic_args(nics: tuple[NicSpec, ...]) -> list[str]:
     return args
 
 
-def build_argv(
-    binary: str,
-    launch: LaunchSpec,
-    accel: str,
-    machine: str,
-    firmware: Path | None,
-    user: str | None = None,
-    disk_fds: tuple[int, ...] = (),
-) -> list[str]:
-    """``user``: the account QEMU becomes once it has opened its files (``-runas``);
-    ``disk_fds``: the VM's disk, opened read-write by meda and passed to QEMU."""
-    qmp_socket, pidfile = runtime_paths(launch.vm_dir)
+def disk_args(launch: LaunchSpec, disk_fds: tuple[int, ...]) -> list[str]:
+    """The VM's own disk, opened as the format its storage made it in: from the fd set
+    when meda passes it open (``disk_fds``), else by its path."""
     disk = f"/dev/fdset/{DISK_FDSET}" if disk_fds else path_opt(launch.disk)
-    memory_mib = launch.spec.memory_bytes // (1024 * 1024)
+    drive = f"file={disk},if=none,id=disk0,format={opt(launch.disk_format)},{DISK_FILE_OPTIONS}"
+    args = ["-drive", drive, "-device", "virtio-blk-pci,drive=disk0"]
+    for fd in disk_fds:
+        args += ["-add-fd", f"fd={fd},set={DISK_FDSET}"]
+    return args
+
+
+def boot_args(launch: LaunchSpec, firmware: Path | None) -> list[str]:
+    """A direct kernel boot when the image has a kernel, else the firmware given."""
+    if launch.kernel is not None:
+        args = ["-kernel", str(launch.kernel)]
+        if launch.initrd is not None:
+            args += ["-initrd", str(launch.initrd)]
+        return [*args, "-append", launch.cmdline or DEFAULT_CMDLINE]
+    return ["-bios", str(firmware)] if firmware is not None else []
+
+
+def machine_args(launch: LaunchSpec, accel: str, machine: str) -> list[str]:
+    """Name, identity, machine, accelerator, CPU and memory of the VM."""
     name = opt(f"meda-{launch.name}")
-    argv = [
-        *netns.exec_prefix(launch.netns),
-        binary,
+    memory_mib = launch.spec.memory_bytes // (1024 * 1024)
+    return [
         "-name",
         f"{name},process={name}",
         "-uuid",
@@ -120,6 +128,14 @@ def build_argv(
         f"{memory_mib}M",
         "-smp",
         str(launch.spec.cpus),
+    ]
+
+
+def process_args(launch: LaunchSpec, user: str | None) -> list[str]:
+    """The QEMU process itself: no defaults or display, sandboxed, its QMP socket, pid
+    file and serial console in the VM's folder."""
+    qmp_socket, pidfile = runtime_paths(launch.vm_dir)
+    return [
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -135,22 +151,28 @@ def build_argv(
         f"file,id=console,path={path_opt(launch.console_log)}",
         "-serial",
         "chardev:console",
-        "-drive",
-        f"file={disk},if=none,id=disk0,format=qcow2,{DISK_FILE_OPTIONS}",
-        "-device",
-        "virtio-blk-pci,drive=disk0",
     ]
-    for fd in disk_fds:
-        argv += ["-add-fd", f"fd={fd},set={DISK_FDSET}"]
-    argv += extra_disk_args(launch.extra_disks)
-    argv += nic_args(launch.nics)
-    if launch.restore_state is not None:
-        argv += ["-incoming", INCOMING]
-    if launch.kernel is not None:
-        argv += ["-kernel", str(launch.kernel)]
-        if launch.initrd is not None:
-            argv += ["-initrd", str(launch.initrd)]
-        argv += ["-append", launch.cmdline or DEFAULT_CMDLINE]
-    elif firmware is not None:
-        argv += ["-bios", str(firmware)]
-    return argv
+
+
+def build_argv(
+    binary: str,
+    launch: LaunchSpec,
+    accel: str,
+    machine: str,
+    firmware: Path | None,
+    user: str | None = None,
+    disk_fds: tuple[int, ...] = (),
+) -> list[str]:
+    """``user``: the account QEMU becomes once it has opened its files (``-runas``);
+    ``disk_fds``: the VM's disk, opened read-write by meda and passed to QEMU."""
+    return [
+        *netns.exec_prefix(launch.netns),
+        binary,
+        *machine_args(launch, accel, machine),
+        *process_args(launch, user),
+        *disk_args(launch, disk_fds),
+        *extra_disk_args(launch.extra_disks),
+        *nic_args(launch.nics),
+        *(["-incoming", INCOMING] if launch.restore_state is not None else []),
+        *boot_args(launch, firmware),
+    ]

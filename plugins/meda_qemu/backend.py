@@ -24,6 +24,7 @@ from meda_core.plugin import (
     PortForward,
     RuntimeInfo,
     create_private,
+    diskprobe,
 )
 from meda_core.plugin import processes as procs
 from meda_qemu import accel, qmp
@@ -173,7 +174,7 @@ class QemuHypervisor(HypervisorBackend):
                 lambda path: (
                     "blockdev-add",
                     {
-                        "driver": "qcow2",
+                        "driver": diskprobe.detect(overlay),  # as its storage made it
                         "node-name": node,
                         "backing": None,
                         "file": {"driver": "file", "filename": path, "auto-read-only": False},

@@ -42,6 +42,7 @@ class TestFakeHypervisor(HypervisorConformance):
                 vm_dir=vm_dir,
                 spec=VMSpec(),
                 disk=vm_dir / "disk",
+                disk_format="raw",
                 console_log=vm_dir / "console.log",
             )
 

@@ -157,3 +157,47 @@ def test_version_2_gives_built_images_port_22_and_others_none(tmp_path: Path) ->
     ports = {i.name: i.ready_port for i in store.list_images()}
     assert ports == {"debian": 22, "guest": None, "pulled": None}
     assert (tmp_path / "state.db.v1.bak").exists()
+
+
+def _vm_record(name: str, **disk: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "state": "stopped",
+        "spec": {"memory": "1G", "cpus": 1, "disk": "10G"},
+        "image": "guest:latest",
+        "vm_dir": f"/var/lib/meda/vms/{name}",
+        "hypervisor": "qemu",
+        "storage": "qcow2",
+        "created": "2026-01-01T00:00:00Z",
+        "uuid": "00000000-0000-4000-8000-000000000000",
+        **disk,
+    }
+
+
+def test_version_3_gives_every_vm_the_qcow2_disk_it_had(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:  # as meda at version 2 left it
+        for migration in migrations.MIGRATIONS[:2]:
+            migration(db)
+        db.execute("PRAGMA user_version=2")
+        old = _vm_record("old")
+        db.execute("INSERT INTO vms VALUES ('old', 'stopped', ?)", (json.dumps(old),))
+    store = StateStore(path)
+    assert store.upgraded_from == 2
+    vm = store.get_vm("old")
+    assert vm is not None and (vm.disk_file, vm.disk_format) == ("disk.qcow2", "qcow2")
+    assert vm.disk_path == Path("/var/lib/meda/vms/old/disk.qcow2")
+    assert (tmp_path / "state.db.v2.bak").exists()
+
+
+def test_version_3_keeps_a_disk_a_record_already_names(tmp_path: Path) -> None:
+    """Only a record without a disk is given qcow2: the migration assumes nothing else."""
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        for migration in migrations.MIGRATIONS[:2]:
+            migration(db)
+        raw = _vm_record("raw", disk_file="disk.raw", disk_format="raw")
+        db.execute("INSERT INTO vms VALUES ('raw', 'stopped', ?)", (json.dumps(raw),))
+        migrations.MIGRATIONS[2](db)
+        (data,) = db.execute("SELECT data FROM vms").fetchone()
+    assert json.loads(data)["disk_file"] == "disk.raw"
+    assert json.loads(data)["disk_format"] == "raw"

@@ -59,7 +59,7 @@ def _sensitive(home: Path) -> list[Path]:
     [state] = vm_dir.glob("snapshots/*/state")
     return [
         home / "state.db",
-        vm_dir / "disk.qcow2",
+        vm_dir / "disk.fake",  # FakeStorage names its disks by their format
         vm_dir / "seed.iso",
         vm_dir / "console.log",
         state,

@@ -10,6 +10,7 @@ from meda_core.backends.roles import DEVICE_LAYOUT
 from meda_core.errors import Conflict, InvalidRequest, InvalidState
 from meda_core.facade import Meda
 from meda_core.models import VM, CreateVMRequest, VMState
+from meda_core.testing.fakes import FakeStorage
 
 MakeVM = Callable[..., VM]
 
@@ -22,6 +23,7 @@ def test_snapshot_then_restore_brings_the_saved_state_back(
     vm = fake_meda.snapshots.snapshot("vm1")
     assert vm.state == VMState.RUNNING and vm.snapshot is not None
     assert vm.snapshot.disk.exists() and vm.snapshot.state_file.exists()
+    assert vm.snapshot.disk.name == vm.disk_file  # the VM's disk, frozen as it was
     # The VM now writes to an overlay on the disk frozen with the snapshot.
     assert fake_meda.backends.storage().disk_info(vm.disk_path).backing_file == vm.snapshot.disk
     fake_meda.vms.stop("vm1")
@@ -29,6 +31,19 @@ def test_snapshot_then_restore_brings_the_saved_state_back(
     assert restored.state == VMState.RUNNING
     assert "booted" in restored.console_log.read_text()  # the saved console, then
     assert restored.console_log.read_text().endswith("restored\n")
+
+
+def test_storage_without_overlays_freezes_a_copy_of_the_disk(
+    fake_meda: Meda, make_vm: MakeVM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw-like storage: the VM keeps writing its own disk; the snapshot holds a copy."""
+    monkeypatch.setattr(FakeStorage, "capabilities", frozenset())
+    make_vm("vm1")
+    fake_meda.vms.start("vm1")
+    vm = fake_meda.snapshots.snapshot("vm1")
+    assert vm.snapshot is not None and vm.snapshot.disk.read_bytes() == vm.disk_path.read_bytes()
+    assert fake_meda.backends.storage().disk_info(vm.disk_path).backing_file is None
+    fake_meda.vms.stop("vm1")
 
 
 def test_snapshot_needs_a_running_vm_and_restore_a_snapshot(

@@ -6,13 +6,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from meda_core.errors import InvalidState, VMExists, VMNotFound
 from meda_core.models import VM, VMSpec, VMState
 from meda_core.state.store import StateStore
 
 
-def _vm(name: str, state: VMState = VMState.STOPPED) -> VM:
+def _vm(name: str, state: VMState = VMState.STOPPED, disk_file: str = "disk.fake") -> VM:
     return VM(
         name=name,
         state=state,
@@ -21,6 +22,8 @@ def _vm(name: str, state: VMState = VMState.STOPPED) -> VM:
         vm_dir=Path("/x") / name,
         hypervisor="fake",
         storage="fake",
+        disk_file=disk_file,
+        disk_format="fake",
         created=datetime.now(UTC),
         uuid=str(uuid.uuid4()),
     )
@@ -81,3 +84,9 @@ def test_failed_transaction_changes_nothing(store: StateStore) -> None:
     with pytest.raises(VMNotFound):
         store.save_vm(_vm("missing"))
     assert [v.name for v in store.list_vms()] == ["a"]
+
+
+@pytest.mark.parametrize("disk_file", ["../disk", "/etc/passwd", "a/b", ".hidden", ""])
+def test_a_vm_s_disk_is_a_file_in_its_own_folder(disk_file: str) -> None:
+    with pytest.raises(ValidationError, match="disk_file"):
+        _vm("vm1", disk_file=disk_file)

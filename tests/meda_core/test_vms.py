@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from meda_core.backends.roles import LaunchSpec
 from meda_core.errors import (
     ImageNotFound,
     InvalidRequest,
@@ -33,6 +34,29 @@ def test_create_gives_a_stopped_vm_with_a_disk(fake_meda: Meda, make_vm: MakeVM)
     assert vm.disk_path.exists()
     assert fake_meda.backends.storage().disk_info(vm.disk_path).virtual_size == 2 << 30
     assert fake_meda.vms.get("vm1").spec.memory == "512M"
+
+
+def test_the_disk_is_named_and_launched_as_its_storage_makes_it(
+    fake_meda: Meda, make_vm: MakeVM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing assumes a format: the storage's name and format travel to the hypervisor."""
+    monkeypatch.setattr(FakeStorage, "disk_format", "vhdx")
+    launched: list[LaunchSpec] = []
+    start = FakeHypervisor.start
+
+    def recording(self: FakeHypervisor, launch: LaunchSpec) -> RuntimeInfo:
+        launched.append(launch)
+        return start(self, launch)
+
+    monkeypatch.setattr(FakeHypervisor, "start", recording)
+    vm = make_vm("vm1")
+    assert (vm.disk_file, vm.disk_format) == ("disk.vhdx", "vhdx")
+    assert vm.disk_path == vm.vm_dir / "disk.vhdx" and vm.disk_path.is_file()
+    monkeypatch.setattr(FakeStorage, "disk_format", "fake")  # what was made stays recorded
+    fake_meda.vms.start("vm1")
+    assert [(x.disk, x.disk_format) for x in launched] == [(vm.disk_path, "vhdx")]
+    fake_meda.vms.delete("vm1")
+    assert not vm.disk_path.exists()
 
 
 def test_name_clash_is_a_conflict_unless_forced(fake_meda: Meda, make_vm: MakeVM) -> None:

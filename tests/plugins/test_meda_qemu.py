@@ -47,6 +47,7 @@ def _launch(vm_dir: Path, guest: BootableGuest | None = None) -> LaunchSpec:
         vm_dir=vm_dir,
         spec=VMSpec(memory="512M", cpus=2),
         disk=vm_dir / "disk.qcow2",
+        disk_format="qcow2",
         console_log=vm_dir / "console.log",
         kernel=guest.kernel if guest else None,
         initrd=guest.initrd if guest else None,
@@ -72,6 +73,17 @@ def test_argv_firmware_boot(tmp_path: Path) -> None:
     assert argv[argv.index("-bios") + 1] == "/fw.bin"
     assert argv[argv.index("-cpu") + 1] == "host"
     assert "-kernel" not in argv
+
+
+@pytest.mark.parametrize("disk_format", ["qcow2", "raw"])
+def test_the_disk_is_opened_in_the_format_its_storage_made(
+    tmp_path: Path, disk_format: str
+) -> None:
+    launch = dataclasses.replace(_launch(tmp_path), disk_format=disk_format)
+    for fds in ((), (7,)):
+        argv = build_argv("qemu", launch, "tcg", "q35", None, disk_fds=fds)
+        drive = argv[argv.index("-drive") + 1]
+        assert f",format={disk_format}," in drive and drive.count("format=") == 1
 
 
 def test_accel_choice_is_cached_per_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -66,6 +67,7 @@ def _launch(vm_dir: Path, nics: tuple[NicSpec, ...] = ()) -> LaunchSpec:
         vm_dir=vm_dir,
         spec=VMSpec(memory="512M", cpus=2),
         disk=vm_dir / "disk.qcow2",
+        disk_format="qcow2",
         console_log=vm_dir / "console.log",
         kernel=vm_dir / "vmlinuz",
         initrd=vm_dir / "initrd",
@@ -119,6 +121,15 @@ def test_vm_config_follows_the_spec_and_the_rules(tmp_path: Path) -> None:
         spec.validate("PUT", "/api/v1/vm.create", {**config, "memroy": {}})
     with pytest.raises(BackendError, match="tap-bridge"):
         vm_config(_launch(tmp_path / "u", (NicSpec(kind="user", mac="52:54:00:00:00:03"),)), None)
+
+
+def test_a_raw_disk_is_given_as_raw_and_an_unknown_format_is_refused(tmp_path: Path) -> None:
+    launch = dataclasses.replace(_launch(tmp_path / "vm"), disk_format="raw")
+    config = vm_config(launch, None)
+    spec.validate("PUT", "/api/v1/vm.create", config)
+    assert config["disks"][0] == {"path": str(launch.disk), "image_type": "Raw"}
+    with pytest.raises(BackendError, match="cannot open a vhdx disk"):
+        vm_config(dataclasses.replace(launch, disk_format="vhdx"), None)
 
 
 def test_vmm_errors_reach_meda_errors(
