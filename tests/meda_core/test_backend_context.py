@@ -112,6 +112,8 @@ def test_the_vm_view_reads_records_and_changes_none(backend_context: BackendCont
         vm_dir=settings.vms_dir / "seen",
         hypervisor="fake",
         storage="fake",
+        disk_file="disk.fake",
+        disk_format="fake",
         created=datetime.now(UTC),
         uuid="u",
     )
