@@ -22,12 +22,13 @@ from meda_api.mediatypes import JsonBodies
 from meda_api.observability import Metrics, RequestContext
 from meda_api.origins import OriginGuard
 from meda_api.ratelimit import Limit, RateLimit
-from meda_api.routers import images, network, operations, system, vms
+from meda_api.routes import make_router
 from meda_api.security import BodyLimit, TokenAuth
 from meda_api.waits import HeldRequests
 from meda_core import __version__
 from meda_core.errors import Forbidden, MedaError, MisdirectedRequest, UnsupportedMediaType
 from meda_core.facade import Meda
+from meda_core.interface.table import TABLE
 from meda_core.models import VMState
 
 API_PREFIX = "/api/v1"
@@ -122,12 +123,7 @@ def create_app(
     app.state.held = HeldRequests(settings.max_waits, settings.max_waits_per_client)
     app.router.lifespan_context = _lifespan
     install_error_handlers(app)
-    app.include_router(vms.router, prefix=API_PREFIX)
-    app.include_router(vms.templates_router, prefix=API_PREFIX)
-    app.include_router(network.router, prefix=API_PREFIX)
-    app.include_router(images.router, prefix=API_PREFIX)
-    app.include_router(operations.router, prefix=API_PREFIX)
-    app.include_router(system.router, prefix=API_PREFIX)
+    app.include_router(make_router(TABLE), prefix=API_PREFIX)
     app.openapi = partial(_document, app)  # type: ignore[method-assign]
     install_docs(app, f"{API_PREFIX}/openapi.json")
     # Added innermost first: a request meets them from the bottom of this list up.
