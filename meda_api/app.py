@@ -22,12 +22,13 @@ from meda_api.mediatypes import JsonBodies
 from meda_api.observability import Metrics, RequestContext
 from meda_api.origins import OriginGuard
 from meda_api.ratelimit import Limit, RateLimit
-from meda_api.routers import images, network, operations, system, vms
+from meda_api.routes import make_router
 from meda_api.security import BodyLimit, TokenAuth
 from meda_api.waits import HeldRequests
 from meda_core import __version__
 from meda_core.errors import Forbidden, MedaError, MisdirectedRequest, UnsupportedMediaType
 from meda_core.facade import Meda
+from meda_core.interface.table import TABLE
 from meda_core.models import VMState
 
 API_PREFIX = "/api/v1"
@@ -106,30 +107,7 @@ def create_app(
     ``read_rate_limit`` its reads; ``hosts`` are the names the server answers to
     (loopback's only by default).
     """
-    app = FastAPI(
-        title="meda",
-        version=__version__,
-        description="Micro-VMs behind a REST API; every backend a plugin.",
-        docs_url=None,  # meda_api.docs serves Swagger UI and ReDoc with their own assets
-        redoc_url=None,
-        openapi_url=f"{API_PREFIX}/openapi.json",
-        # operationId = the route's function name: generated clients get create_vm, not
-        # create_vm_api_v1_vms_post.
-        generate_unique_id_function=lambda route: route.name,
-    )
-    app.state.meda = meda or Meda()
-    settings = app.state.meda.settings
-    app.state.held = HeldRequests(settings.max_waits, settings.max_waits_per_client)
-    app.router.lifespan_context = _lifespan
-    install_error_handlers(app)
-    app.include_router(vms.router, prefix=API_PREFIX)
-    app.include_router(vms.templates_router, prefix=API_PREFIX)
-    app.include_router(network.router, prefix=API_PREFIX)
-    app.include_router(images.router, prefix=API_PREFIX)
-    app.include_router(operations.router, prefix=API_PREFIX)
-    app.include_router(system.router, prefix=API_PREFIX)
-    app.openapi = partial(_document, app)  # type: ignore[method-assign]
-    install_docs(app, f"{API_PREFIX}/openapi.json")
+    app = _application(meda or Meda())
     # Added innermost first: a request meets them from the bottom of this list up.
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit)
@@ -137,17 +115,48 @@ def create_app(
         app.add_middleware(RateLimit, limit=rate_limit, read_limit=read_rate_limit)
     if token is not None:
         app.add_middleware(TokenAuth, token=token, local_socket=local_socket)
+    _guard_origins(app, cors_origins or [])
+    app.add_middleware(HostGuard, policy=hosts or HostPolicy())
+    _install_metrics(app)  # outermost: sees every answer
+    return app
+
+
+def _application(meda: Meda) -> FastAPI:
+    """The app with its routes (the operation table's), error handlers and docs pages."""
+    app = FastAPI(
+        title="meda",
+        version=__version__,
+        description="Micro-VMs behind a REST API; every backend a plugin.",
+        docs_url=None,  # meda_api.docs serves Swagger UI and ReDoc with their own assets
+        redoc_url=None,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        # operationId = the route's name: generated clients get create_vm, not
+        # create_vm_api_v1_vms_post.
+        generate_unique_id_function=lambda route: route.name,
+    )
+    app.state.meda = meda
+    app.state.held = HeldRequests(meda.settings.max_waits, meda.settings.max_waits_per_client)
+    app.router.lifespan_context = _lifespan
+    install_error_handlers(app)
+    app.include_router(make_router(TABLE), prefix=API_PREFIX)
+    app.openapi = partial(_document, app)  # type: ignore[method-assign]
+    install_docs(app, f"{API_PREFIX}/openapi.json")
+    return app
+
+
+def _guard_origins(app: FastAPI, cors_origins: list[str]) -> None:
     if cors_origins:  # outside auth: preflights carry no token, and a 401 is readable
         app.add_middleware(
             CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
-    app.add_middleware(OriginGuard, allowed=cors_origins or [])
-    app.add_middleware(HostGuard, policy=hosts or HostPolicy())
+    app.add_middleware(OriginGuard, allowed=cors_origins)
+
+
+def _install_metrics(app: FastAPI) -> None:
     metrics = Metrics(app.state.meda)
     app.state.metrics = metrics
     app.add_route("/metrics", _metrics_endpoint(metrics.registry), include_in_schema=False)
-    app.add_middleware(RequestContext, metrics=metrics)  # outermost: sees every answer
-    return app
+    app.add_middleware(RequestContext, metrics=metrics)
 
 
 def _metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:

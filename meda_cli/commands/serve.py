@@ -22,7 +22,11 @@ from meda_core.settings import Settings
 from meda_core.state import serverfile
 
 if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
     from meda_api.ratelimit import Limit
+    from meda_api.unixsocket import UnixListener
 
 DEFAULT_RATE_LIMIT = "5/20"  # beyond loopback: 5 changes a second per client, bursts of 20
 DEFAULT_READ_RATE_LIMIT = "20/100"  # and 20 reads a second, bursts of 100
@@ -132,6 +136,9 @@ def rate_limits(host: str) -> tuple[Limit | None, Limit | None]:
     return Limit.parse(changes), Limit.parse(reads, "MEDA_READ_RATE_LIMIT")
 
 
+# Long only by its option list, the command's interface, one option a parameter (typer's way;
+# the docstring is the command's --help, so the why is here); the work is in the helpers
+# below, in the order it happens.
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind"),
     port: int = typer.Option(7777, help="Port to listen on"),
@@ -174,36 +181,87 @@ def serve(
     ),
 ) -> None:
     """Serve the REST API (Swagger UI at /swagger-ui, metrics at /metrics)."""
-    import uvicorn
+    _check_options(tls_cert, tls_key, unix_socket, socket_group)
+    settings = _private_settings()
+    token = api_token(
+        settings.home, host, generate=generate_token, require=require_token, token_file=token_file
+    )
+    _refuse_plain_token(token, host, tls_cert, allow_plain_http or settings.allow_plain_http)
+    client_url = _start_logging(log_level, token, host, port, tls_cert is not None)
+    local_socket = str(unix_socket) if unix_socket else None
+    listening, app = _listen_and_build(host, port, settings, token, allowed_host, local_socket)
+    config = _uvicorn_config(app, host, port, tls_cert, tls_key, shutdown_timeout)
+    listener = _unix_listener(unix_socket, socket_group)
+    sockets = [listening] if listener is None else [listening, listener.sock]
+    written = serverfile.ServerFile(
+        url=client_url,
+        token=token,
+        ca_file=str(tls_cert.resolve()) if tls_cert else None,
+        unix_socket=str(unix_socket.resolve()) if unix_socket else None,
+        netns=settings.netns,
+        netns_create=settings.netns_create,
+        pid=os.getpid(),
+        version=__version__,
+    )
+    _run(config, settings.home, written, sockets, listener)
 
-    from meda_api import create_app, logs
-    from meda_api.hosts import HostPolicy
-    from meda_api.unixsocket import SocketServer, UnixListener
 
+def _check_options(
+    tls_cert: Path | None, tls_key: Path | None, unix_socket: Path | None, socket_group: str | None
+) -> None:
     if (tls_cert is None) != (tls_key is None):
         _refuse("--tls-cert and --tls-key go together")
     if socket_group is not None and unix_socket is None:
         _refuse("--socket-group goes with --unix-socket")
     if unix_socket is not None and tls_cert is not None:
         _refuse("--unix-socket serves plain HTTP to local users; it cannot share --tls-cert")
+
+
+def _private_settings() -> Settings:
+    """The settings, with MEDA_HOME made private (before the token is written there)."""
     settings = Settings()
     try:
-        private_home(settings.home)  # before the token is written there
+        private_home(settings.home)
     except MedaError as error:
         fail(error, as_json=False)
-    token = api_token(
-        settings.home, host, generate=generate_token, require=require_token, token_file=token_file
-    )
-    plain_ok = allow_plain_http or settings.allow_plain_http
+    return settings
+
+
+def _refuse_plain_token(
+    token: str | None, host: str, tls_cert: Path | None, plain_ok: bool
+) -> None:
     if token is not None and tls_cert is None and not is_loopback(host) and not plain_ok:
         _refuse(
             f"refusing to take the bearer token over plain HTTP on {host}, where it would cross "
             "the network in clear: serve HTTPS with --tls-cert/--tls-key, or pass "
             "--allow-plain-http (MEDA_ALLOW_PLAIN_HTTP=1) if a TLS proxy fronts this server"
         )
+
+
+def _start_logging(
+    log_level: str | None, token: str | None, host: str, port: int, tls: bool
+) -> str:
+    """Configure the log (the token masked in it) and say where the server starts: its URL."""
+    from meda_api import logs
+
     logs.configure(level=log_level.upper() if log_level else None, secrets=[token] if token else [])
-    client_url = _client_url(host, port, tls_cert is not None)
+    client_url = _client_url(host, port, tls)
     log.info("meda %s (pid %d) starting on %s", __version__, os.getpid(), client_url)
+    return client_url
+
+
+def _listen_and_build(
+    host: str,
+    port: int,
+    settings: Settings,
+    token: str | None,
+    allowed_host: list[str],
+    local_socket: str | None,
+) -> tuple[socket.socket, FastAPI]:
+    """The bound socket, then the app (which opens MEDA_HOME and recovers the VMs)."""
+    from meda_api import create_app
+    from meda_api.hosts import HostPolicy
+
     limit, read_limit = rate_limits(host)
     origins = [o for o in os.environ.get("MEDA_CORS_ORIGINS", "").split(",") if o.strip()]
     hosts = HostPolicy.serving(host, [*settings.allowed_host_list(), *allowed_host])
@@ -215,11 +273,24 @@ def serve(
             rate_limit=limit,
             read_rate_limit=read_limit,
             hosts=hosts,
-            local_socket=str(unix_socket) if unix_socket else None,
+            local_socket=local_socket,
         )
     except MedaError as error:
         fail(error, as_json=False)
-    config = uvicorn.Config(
+    return listening, app
+
+
+def _uvicorn_config(
+    app: FastAPI,
+    host: str,
+    port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    shutdown_timeout: float,
+) -> uvicorn.Config:
+    import uvicorn
+
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -229,32 +300,37 @@ def serve(
         ssl_keyfile=str(tls_key) if tls_key else None,
         timeout_graceful_shutdown=int(shutdown_timeout),
     )
-    sockets = [listening]
-    listener = None
-    if unix_socket is not None:
-        try:
-            listener = UnixListener(unix_socket, socket_group)
-        except MedaError as error:
-            _refuse(error.message)
-        except OSError as exc:
-            _refuse(f"cannot listen on {unix_socket}: {exc.strerror}")
-        sockets.append(listener.sock)
-    written = serverfile.ServerFile(
-        url=client_url,
-        token=token,
-        ca_file=str(tls_cert.resolve()) if tls_cert else None,
-        unix_socket=str(unix_socket.resolve()) if unix_socket else None,
-        netns=settings.netns,
-        netns_create=settings.netns_create,
-        pid=os.getpid(),
-        version=__version__,
-    )
-    serverfile.write(settings.home, written)
-    server = SocketServer(config, listener, lambda: serverfile.remove(settings.home, written))
+
+
+def _unix_listener(unix_socket: Path | None, socket_group: str | None) -> UnixListener | None:
+    from meda_api.unixsocket import UnixListener
+
+    if unix_socket is None:
+        return None
+    try:
+        return UnixListener(unix_socket, socket_group)
+    except MedaError as error:
+        _refuse(error.message)
+    except OSError as exc:
+        _refuse(f"cannot listen on {unix_socket}: {exc.strerror}")
+
+
+def _run(
+    config: uvicorn.Config,
+    home: Path,
+    written: serverfile.ServerFile,
+    sockets: list[socket.socket],
+    listener: UnixListener | None,
+) -> None:
+    """Serve until stopped, with MEDA_HOME/server.json saying where while it runs."""
+    from meda_api.unixsocket import SocketServer
+
+    serverfile.write(home, written)
+    server = SocketServer(config, listener, lambda: serverfile.remove(home, written))
     try:
         server.run(sockets=sockets)
     finally:  # also when the app failed to start, which skips the server's shutdown
-        serverfile.remove(settings.home, written)
+        serverfile.remove(home, written)
     if not server.started:
         typer.echo("error: the server did not start (see the log above)", err=True)
         raise typer.Exit(1)

@@ -1,15 +1,19 @@
-"""``RemoteApi``: :class:`~meda_core.interface.calls.MedaApi` over HTTP, against a ``meda serve``.
+"""``RemoteApi``: :class:`~meda_core.interface.table.MedaApi` over HTTP, against a ``meda serve``.
 
     >>> api = RemoteApi("http://vmhost:7777", token="...")
     >>> api.create_vm(CreateVMRequest(name="demo")).message
 
+Each call becomes the request its table entry declares: path parameters in the path, the
+rest of the query unless left at their default, the request model as the JSON body.
 Errors come back as the same :mod:`meda_core.errors` classes the server raised.
 """
 
 from __future__ import annotations
 
+import inspect
 import ssl
 import time
+from enum import Enum
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -17,50 +21,47 @@ import httpx
 from pydantic import BaseModel
 
 from meda_core.errors import BackendUnavailable, MedaError
-from meda_core.models import (
-    CleanupReport,
-    CloneRequest,
-    CreateImageRequest,
-    CreateVMRequest,
-    ImageList,
-    ImageResult,
-    OperationResult,
-    PluginReport,
-    PortForward,
-    PortForwardList,
-    PortForwardResult,
-    Protocol,
-    PruneRequest,
-    PruneResult,
-    PullRequest,
-    PushRequest,
-    RunRequest,
-    RunResult,
-    TemplateList,
-    VMAddress,
-    VMInfo,
-    VMList,
-)
-from meda_core.state.operations import FINISHED, Operation, OperationState, Progress, no_progress
+from meda_core.interface.endpoint import Endpoint
+from meda_core.interface.feeds import SseFeed
+from meda_core.interface.table import MedaApi
+from meda_core.state.operations import FINISHED, Operation, OperationState, Progress
 
 M = TypeVar("M", bound=BaseModel)
 POLL_SECONDS = 0.25
 
 
-def _segment(value: str) -> str:
-    return quote(value, safe="")
+def _segment(value: object) -> str:
+    return quote(str(value), safe="")
 
 
-def _stop_params(force: bool, timeout: float | None) -> dict[str, str]:
-    params = {"force": "true"} if force else {}
-    return params if timeout is None else {**params, "timeout": str(timeout)}
+def _query_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value.value if isinstance(value, Enum) else value)
+
+
+def _request(endpoint: Endpoint[Any, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """The path, query and JSON body of a call to ``endpoint`` with ``arguments``."""
+    path = endpoint.path.format(
+        **{p.name: _segment(arguments[p.name]) for p in endpoint.params if p.where == "path"}
+    )
+    query = {
+        p.name: _query_value(arguments[p.name])
+        for p in endpoint.params
+        if p.where == "query" and arguments[p.name] not in (None, p.default)
+    }
+    request: dict[str, Any] = {"path": path, "params": query}
+    if endpoint.body is not None:
+        body: BaseModel = arguments[endpoint.body.name]
+        request["json"] = body.model_dump(mode="json", exclude_unset=True)
+    return request
 
 
 #: Seconds the CLI waits for a server to take its connection.
 CONNECT_TIMEOUT = 10.0
 
 
-class RemoteApi:
+class RemoteApi(MedaApi):
     """Every API call sent to the server at ``url``, with ``token`` as a bearer token.
 
     ``url`` may be ``unix:///path/to/socket`` for a server's Unix socket.
@@ -98,136 +99,66 @@ class RemoteApi:
 
     # ---- plumbing ----
 
+    def invoke(self, endpoint: Endpoint[Any, Any], /, *args: Any, **kwargs: Any) -> Any:
+        bound = inspect.signature(endpoint.call).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        request = _request(endpoint, arguments)
+        if endpoint.stream is not None:
+            return self._stream(request)
+        if endpoint.background is not None and endpoint.response is not None:
+            return self._long(endpoint.response, request, arguments["progress"])
+        answer = self._send(endpoint.method, request.pop("path"), **request).json()
+        return answer if endpoint.response is None else endpoint.response.model_validate(answer)
+
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise BackendUnavailable(
-                f"cannot reach the meda server at {self.url}: {exc}", url=self.url
-            ) from None
+            raise self._unreachable(exc) from None
         if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = response.text
-            raise MedaError.from_body(body, response.status_code)
+            raise _error(response)
         return response
 
-    def _call(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
-        return model.model_validate(self._send(method, path, **kwargs).json())
-
-    def _body(self, request: BaseModel) -> dict[str, Any]:
-        return {"json": request.model_dump(mode="json", exclude_unset=True)}
-
-    def _long(self, model: type[M], path: str, request: BaseModel, progress: Progress) -> M:
-        """Long work as a background operation, polled for its progress and result."""
-        response = self._send(
-            "POST", path, headers={"Prefer": "respond-async"}, **self._body(request)
+    def _unreachable(self, exc: Exception) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"cannot reach the meda server at {self.url}: {exc}", url=self.url
         )
+
+    def _stream(self, request: dict[str, Any]) -> SseFeed:
+        """The server's event stream, read as it comes (no read timeout: keepalives)."""
+        timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT)
+        sent = self._http.build_request("GET", request.pop("path"), timeout=timeout, **request)
+        try:
+            response = self._http.send(sent, stream=True)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            raise _error(response)
+        return SseFeed(response.iter_lines(), response.close)
+
+    def _long(self, model: type[M], request: dict[str, Any], progress: Progress) -> M:
+        """Long work as a background operation, polled for its progress and result."""
+        path = request.pop("path")
+        response = self._send("POST", path, headers={"Prefer": "respond-async"}, **request)
         if response.status_code != 202:  # a server that chose to answer at once
             return model.model_validate(response.json())
         op = Operation.model_validate(response.json())
         while op.state not in FINISHED:
             time.sleep(POLL_SECONDS)
-            op = self._call(Operation, "GET", f"/operations/{op.id}")
+            op = Operation.model_validate(self._send("GET", f"/operations/{op.id}").json())
             if op.bytes_total:
                 progress(op.bytes_done, op.bytes_total)
         if op.state != OperationState.SUCCEEDED or op.result is None:
             raise MedaError.from_body(op.error or {"error": f"{op.kind} {op.state.value}"}, 500)
         return model.model_validate(op.result)
 
-    # ---- VMs ----
 
-    def list_vms(self) -> VMList:
-        return self._call(VMList, "GET", "/vms")
-
-    def create_vm(self, request: CreateVMRequest) -> OperationResult:
-        return self._call(OperationResult, "POST", "/vms", **self._body(request))
-
-    def get_vm(self, name: str) -> VMInfo:
-        return self._call(VMInfo, "GET", f"/vms/{_segment(name)}")
-
-    def start_vm(self, name: str) -> OperationResult:
-        return self._call(OperationResult, "POST", f"/vms/{_segment(name)}/start")
-
-    def stop_vm(
-        self, name: str, force: bool = False, timeout: float | None = None
-    ) -> OperationResult:
-        path = f"/vms/{_segment(name)}/stop"
-        return self._call(OperationResult, "POST", path, params=_stop_params(force, timeout))
-
-    def delete_vm(
-        self, name: str, force: bool = False, timeout: float | None = None
-    ) -> OperationResult:
-        path = f"/vms/{_segment(name)}"
-        return self._call(OperationResult, "DELETE", path, params=_stop_params(force, timeout))
-
-    def plan_vm(self, name: str, hypervisor: str | None = None) -> dict[str, Any]:
-        params = {"hypervisor": hypervisor} if hypervisor else {}
-        plan: dict[str, Any] = self._send(
-            "GET", f"/vms/{_segment(name)}/plan", params=params
-        ).json()
-        return plan
-
-    # ---- snapshots ----
-
-    def snapshot_vm(self, name: str) -> OperationResult:
-        return self._call(OperationResult, "POST", f"/vms/{_segment(name)}/snapshot")
-
-    def restore_vm(self, name: str) -> OperationResult:
-        return self._call(OperationResult, "POST", f"/vms/{_segment(name)}/restore")
-
-    def clone_vm(self, source: str, request: CloneRequest) -> OperationResult:
-        path = f"/vms/{_segment(source)}/clone"
-        return self._call(OperationResult, "POST", path, **self._body(request))
-
-    def list_templates(self) -> TemplateList:
-        return self._call(TemplateList, "GET", "/templates")
-
-    # ---- network ----
-
-    def vm_ip(self, name: str) -> VMAddress:
-        return self._call(VMAddress, "GET", f"/vms/{_segment(name)}/ip")
-
-    def list_forwards(self, name: str) -> PortForwardList:
-        return self._call(PortForwardList, "GET", f"/vms/{_segment(name)}/port-forward")
-
-    def add_forward(self, name: str, forward: PortForward) -> PortForwardResult:
-        path = f"/vms/{_segment(name)}/port-forward"
-        return self._call(PortForwardResult, "POST", path, **self._body(forward))
-
-    def remove_forward(self, name: str, host_port: int, protocol: Protocol) -> PortForwardResult:
-        path = f"/vms/{_segment(name)}/port-forward/{host_port}"
-        return self._call(PortForwardResult, "DELETE", path, params={"protocol": protocol.value})
-
-    def cleanup_network(self, dry_run: bool) -> CleanupReport:
-        params = {"dry_run": str(dry_run).lower()}
-        return self._call(CleanupReport, "POST", "/network/cleanup", params=params)
-
-    # ---- images ----
-
-    def list_images(self) -> ImageList:
-        return self._call(ImageList, "GET", "/images")
-
-    def pull_image(self, request: PullRequest, progress: Progress = no_progress) -> ImageResult:
-        return self._long(ImageResult, "/images/pull", request, progress)
-
-    def push_image(self, request: PushRequest, progress: Progress = no_progress) -> ImageResult:
-        return self._long(ImageResult, "/images/push", request, progress)
-
-    def create_image(self, request: CreateImageRequest) -> ImageResult:
-        return self._call(ImageResult, "POST", "/images", **self._body(request))
-
-    def run_image(self, request: RunRequest, progress: Progress = no_progress) -> RunResult:
-        return self._long(RunResult, "/images/run", request, progress)
-
-    def remove_image(self, ref: str) -> ImageResult:
-        return self._call(ImageResult, "DELETE", f"/images/{_segment(ref)}")
-
-    def prune_images(self, request: PruneRequest) -> PruneResult:
-        return self._call(PruneResult, "POST", "/images/prune", **self._body(request))
-
-    # ---- system ----
-
-    def plugins(self) -> PluginReport:
-        return self._call(PluginReport, "GET", "/plugins")
+def _error(response: httpx.Response) -> MedaError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    return MedaError.from_body(body, response.status_code)

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from meda_cli import context
 from meda_cli.main import app
-from meda_core.errors import Unauthorized, VMNotFound
+from meda_core.errors import NotFound, Unauthorized, VMNotFound
 from meda_core.facade import Meda
+from meda_core.interface.calls import LocalApi
 from meda_core.interface.remote import RemoteApi
 from meda_core.models import (
     CreateVMRequest,
@@ -106,6 +107,38 @@ def test_remote_api_for_programs(server_url: str) -> None:
         assert ran.vm is not None and ran.vm.state == "running"
         assert api.delete_vm("ran").success
     finally:
+        api.close()
+
+
+def test_remote_api_has_the_system_and_operation_calls(server_url: str, fake_meda: Meda) -> None:
+    """Health, capacity, plugins and background operations: the same answers as in process."""
+    api, local = RemoteApi(server_url, token=TOKEN), LocalApi(fake_meda)
+    try:
+        assert api.health().version == local.health().version
+        assert api.capacity().memory.total == local.capacity().memory.total
+        assert api.plugins() == local.plugins()
+        assert api.list_operations().count == local.list_operations().count
+        with pytest.raises(NotFound):
+            api.get_operation("no-such-operation", wait=1.0)
+        with pytest.raises(NotFound):
+            api.cancel_operation("no-such-operation")
+        api.create_vm(CreateVMRequest(name="p"))
+        assert api.plan_vm("p") == local.plan_vm("p")
+    finally:
+        api.close()
+
+
+@pytest.mark.parametrize("kind", ["local", "remote"])
+def test_events_are_a_feed_in_process_and_remote(
+    kind: str, server_url: str, fake_meda: Meda
+) -> None:
+    api = RemoteApi(server_url, token=TOKEN) if kind == "remote" else LocalApi(fake_meda)
+    with api.events() as feed:
+        api.create_vm(CreateVMRequest(name="watched"))
+        api.delete_vm("watched")
+        seen = [event["data"]["kind"] for _, event in zip(range(2), feed, strict=False)]
+    assert seen == ["created", "deleted"]
+    if isinstance(api, RemoteApi):
         api.close()
 
 

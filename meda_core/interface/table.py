@@ -1,0 +1,369 @@
+"""The operation table: every operation of the API, declared once.
+
+:class:`MedaApi` is the table: each attribute an :class:`~meda_core.interface.endpoint.Endpoint`
+(method, path, success status, request and response models, documented errors, core call).
+The FastAPI routes (:mod:`meda_api.routes`), the HTTP client
+(:class:`~meda_core.interface.remote.RemoteApi`) and the in-process API
+(:class:`~meda_core.interface.calls.LocalApi`) are made from it; nothing else lists operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meda_core.inputs.names import IMAGE_REF_PATTERN, VM_NAME_PATTERN
+from meda_core.interface import actions
+from meda_core.interface.endpoint import Endpoint, Invoker, Param, endpoints
+from meda_core.models import (
+    CleanupReport,
+    CloneRequest,
+    CreateImageRequest,
+    CreateVMRequest,
+    Health,
+    ImageList,
+    ImageResult,
+    OperationResult,
+    PluginReport,
+    PortForward,
+    PortForwardList,
+    PortForwardResult,
+    Protocol,
+    PruneRequest,
+    PruneResult,
+    PullRequest,
+    PushRequest,
+    RunRequest,
+    RunResult,
+    TemplateList,
+    VMAddress,
+    VMInfo,
+    VMList,
+)
+from meda_core.state.operations import Operation, OperationList
+from meda_core.vms.capacity import Capacity
+from meda_core.vms.service import MAX_STOP_TIMEOUT
+
+#: What an operation may answer besides success (the error bodies of meda_core.errors).
+ERRORS: dict[int, str] = {
+    400: "Invalid parameters",
+    401: "A bearer token is required (servers beyond loopback)",
+    404: "VM not found",
+    409: "Conflict with the VM's name or state",
+    413: "Request body too large",
+    429: "Too many requests from this client (MEDA_RATE_LIMIT, MEDA_READ_RATE_LIMIT); "
+    "see Retry-After",
+    500: "Backend failure",
+    503: "No usable backend",
+}
+#: ... for an operation that holds the request open (a wait, an event stream).
+HELD_ERRORS = {
+    **ERRORS,
+    429: "Too many requests, or waits and event streams open (MEDA_MAX_WAITS)",
+}
+
+VM_NAME = Param("name", str, "path", description="VM name", pattern=VM_NAME_PATTERN)
+IMAGE_REF = Param("image", str, "path", description="Image NAME[:TAG]", pattern=IMAGE_REF_PATTERN)
+OP_ID = Param("op_id", str, "path")
+FORCE = Param(
+    "force",
+    bool,
+    default=False,
+    description="Kill the guest at once, without asking it (ACPI) to power off",
+)
+TIMEOUT = Param(
+    "timeout",
+    float | None,
+    default=None,
+    ge=0,
+    le=MAX_STOP_TIMEOUT,
+    description="Seconds the guest gets to power off on ACPI before it is killed "
+    "(0: at once, like force)",
+)
+
+
+def _body(model: type, name: str = "request") -> Param:
+    return Param(name, model, "body")
+
+
+class MedaApi(Invoker):
+    """Every operation of the REST API, with its request and response models.
+
+    Subclasses say how a call is made (:meth:`invoke`): in this process or over HTTP.
+    """
+
+    # ---- VMs ----
+    list_vms = Endpoint("GET", "/vms", actions.list_vms, "vms", (), VMList, errors=ERRORS)
+    create_vm = Endpoint(
+        "POST",
+        "/vms",
+        actions.create_vm,
+        "vms",
+        (_body(CreateVMRequest),),
+        OperationResult,
+        201,
+        ERRORS,
+    )
+    get_vm = Endpoint("GET", "/vms/{name}", actions.get_vm, "vms", (VM_NAME,), VMInfo, 200, ERRORS)
+    start_vm = Endpoint(
+        "POST",
+        "/vms/{name}/start",
+        actions.start_vm,
+        "vms",
+        (VM_NAME,),
+        OperationResult,
+        200,
+        ERRORS,
+    )
+    stop_vm = Endpoint(
+        "POST",
+        "/vms/{name}/stop",
+        actions.stop_vm,
+        "vms",
+        (VM_NAME, FORCE, TIMEOUT),
+        OperationResult,
+        errors=ERRORS,
+        doc="Power the VM off: ACPI, then killed after ``timeout`` (default MEDA_STOP_TIMEOUT).",
+    )
+    delete_vm = Endpoint(
+        "DELETE",
+        "/vms/{name}",
+        actions.delete_vm,
+        "vms",
+        (VM_NAME, FORCE, TIMEOUT),
+        OperationResult,
+        errors=ERRORS,
+        doc="Delete the VM and its disk. A running guest is killed at once (its disk is thrown\n"
+        "away: a clean shutdown protects nothing) unless ``timeout`` gives it time on ACPI.",
+    )
+    plan_vm = Endpoint(
+        "GET",
+        "/vms/{name}/plan",
+        actions.plan_vm,
+        "vms",
+        (VM_NAME, Param("hypervisor", str | None, default=None)),
+        None,
+        errors=ERRORS,
+        doc="Dry run of start: the command line and config the hypervisor would use.",
+    )
+    # ---- snapshots ----
+    snapshot_vm = Endpoint(
+        "POST",
+        "/vms/{name}/snapshot",
+        actions.snapshot_vm,
+        "vms",
+        (VM_NAME,),
+        OperationResult,
+        errors=ERRORS,
+        doc="Pause the running VM, save its memory and device state with its disk, resume it.",
+    )
+    restore_vm = Endpoint(
+        "POST",
+        "/vms/{name}/restore",
+        actions.restore_vm,
+        "vms",
+        (VM_NAME,),
+        OperationResult,
+        errors=ERRORS,
+        doc="Start the stopped VM from its snapshot (changes made since are dropped).",
+    )
+    clone_vm = Endpoint(
+        "POST",
+        "/vms/{name}/clone",
+        actions.clone_vm,
+        "vms",
+        (VM_NAME, _body(CloneRequest)),
+        OperationResult,
+        201,
+        ERRORS,
+        doc="A new running VM from this template's snapshot, with its own disk and address.",
+    )
+    list_templates = Endpoint(
+        "GET",
+        "/templates",
+        actions.list_templates,
+        "vms",
+        (),
+        TemplateList,
+        errors=ERRORS,
+        doc="VMs that can be cloned, with their snapshot and clones.",
+    )
+    # ---- network ----
+    vm_ip = Endpoint(
+        "GET",
+        "/vms/{name}/ip",
+        actions.vm_ip,
+        "network",
+        (VM_NAME,),
+        VMAddress,
+        errors=ERRORS,
+        operation_id="get_ip",
+    )
+    add_forward = Endpoint(
+        "POST",
+        "/vms/{name}/port-forward",
+        actions.add_forward,
+        "network",
+        (VM_NAME, _body(PortForward, "forward")),
+        PortForwardResult,
+        201,
+        ERRORS,
+        operation_id="add_port_forward",
+    )
+    list_forwards = Endpoint(
+        "GET",
+        "/vms/{name}/port-forward",
+        actions.list_forwards,
+        "network",
+        (VM_NAME,),
+        PortForwardList,
+        errors=ERRORS,
+        operation_id="list_port_forwards",
+    )
+    remove_forward = Endpoint(
+        "DELETE",
+        "/vms/{name}/port-forward/{host_port}",
+        actions.remove_forward,
+        "network",
+        (
+            VM_NAME,
+            Param("host_port", int, "path", ge=1, le=65535),
+            Param("protocol", Protocol, default=Protocol.TCP),
+        ),
+        PortForwardResult,
+        errors=ERRORS,
+        operation_id="remove_port_forward",
+    )
+    cleanup_network = Endpoint(
+        "POST",
+        "/network/cleanup",
+        actions.cleanup_network,
+        "network",
+        (Param("dry_run", bool, default=False),),
+        CleanupReport,
+        errors=ERRORS,
+        doc="Find, and unless ``dry_run`` remove, network resources no VM owns.",
+    )
+    # ---- images ----
+    list_images = Endpoint(
+        "GET", "/images", actions.list_images, "images", (), ImageList, errors=ERRORS
+    )
+    pull_image = Endpoint(
+        "POST",
+        "/images/pull",
+        actions.pull_image,
+        "images",
+        (_body(PullRequest),),
+        ImageResult,
+        errors=ERRORS,
+        background="pull",
+    )
+    create_image = Endpoint(
+        "POST",
+        "/images",
+        actions.create_image,
+        "images",
+        (_body(CreateImageRequest),),
+        ImageResult,
+        201,
+        ERRORS,
+    )
+    push_image = Endpoint(
+        "POST",
+        "/images/push",
+        actions.push_image,
+        "images",
+        (_body(PushRequest),),
+        ImageResult,
+        errors=ERRORS,
+        background="push",
+    )
+    run_image = Endpoint(
+        "POST",
+        "/images/run",
+        actions.run_image,
+        "images",
+        (_body(RunRequest),),
+        RunResult,
+        201,
+        ERRORS,
+        operation_id="run",
+        background="run",
+    )
+    remove_image = Endpoint(
+        "DELETE",
+        "/images/{image}",
+        actions.remove_image,
+        "images",
+        (IMAGE_REF,),
+        ImageResult,
+        errors=ERRORS,
+    )
+    prune_images = Endpoint(
+        "POST",
+        "/images/prune",
+        actions.prune_images,
+        "images",
+        (_body(PruneRequest),),
+        PruneResult,
+        errors=ERRORS,
+        operation_id="prune",
+    )
+    # ---- background operations and events ----
+    list_operations = Endpoint(
+        "GET", "/operations", actions.list_operations, "operations", (), OperationList
+    )
+    get_operation = Endpoint(
+        "GET",
+        "/operations/{op_id}",
+        actions.get_operation,
+        "operations",
+        (
+            OP_ID,
+            Param(
+                "wait",
+                float,
+                default=0,
+                ge=0,
+                le=300,
+                holds=True,
+                description="Seconds to wait for the end",
+            ),
+        ),
+        Operation,
+        errors=HELD_ERRORS,
+        wait=actions.wait_operation,
+    )
+    cancel_operation = Endpoint(
+        "DELETE",
+        "/operations/{op_id}",
+        actions.cancel_operation,
+        "operations",
+        (OP_ID,),
+        Operation,
+        errors=ERRORS,
+    )
+    events = Endpoint(
+        "GET",
+        "/events",
+        actions.events,
+        "operations",
+        errors=HELD_ERRORS,
+        stream="text/event-stream",
+        doc="VM lifecycle and operation events as ``text/event-stream``.",
+    )
+    # ---- system ----
+    health = Endpoint("GET", "/health", actions.health, "system", (), Health)
+    capacity = Endpoint(
+        "GET",
+        "/capacity",
+        actions.capacity,
+        "system",
+        (),
+        Capacity,
+        doc="What the host can give VMs: totals, reserves and what running VMs hold.",
+    )
+    plugins = Endpoint("GET", "/plugins", actions.plugins, "system", (), PluginReport)
+
+
+#: The table, in declaration order (the order of the OpenAPI document's paths).
+TABLE: list[Endpoint[Any, Any]] = endpoints(MedaApi)
