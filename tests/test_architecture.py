@@ -233,3 +233,16 @@ def test_only_the_vm_service_writes_vm_records() -> None:
     ]
     assert not writes, "VM records written outside VMService:\n" + "\n".join(writes)
     assert _record_writes(VM_RECORD_WRITER)  # the check sees the writes it looks for
+
+
+def test_every_package_folder_is_packaged() -> None:
+    """A folder of the core, API or CLI that pyproject does not list is missing from an
+    install (and an entry for a folder that is gone breaks it)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for package in ("meda_core", "meda_api", "meda_cli")
+        for init in (ROOT / package).rglob("__init__.py")
+    }
+    assert found == {name for name in listed if name.split(".")[0] in CORE_PACKAGES}
