@@ -49,6 +49,7 @@ from meda_core.host.locks import exclusive
 from meda_core.host.private import DIR_MODE, UMASK, create_private
 from meda_core.images import diskprobe
 from meda_core.images.blobs import sha256_file
+from meda_core.inputs import content
 from meda_core.inputs.references import Reference, is_loopback
 from meda_core.models import VM, ForwardListener, PortForward, RuntimeInfo, VMSpec, VMState
 from meda_core.network.macs import random_mac
@@ -99,6 +100,7 @@ __all__ = [
     "VMState",
     "VMView",
     "atomic_file",
+    "content",
     "create_private",
     "diskprobe",
     "exclusive",

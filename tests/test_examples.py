@@ -62,26 +62,7 @@ class Venv:
 @pytest.fixture(scope="module")
 def raw_storage_venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     """A venv of its own with the raw-storage example installed into it by pip."""
-    venv = tmp_path_factory.mktemp("raw-storage") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    # The new venv sees this environment's packages (meda itself), as a plugin author's would.
-    site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    host = sysconfig.get_paths()["purelib"]  # addsitedir: its own .pth files count too
-    Path(site, "meda-host.pth").write_text(f"import site; site.addsitedir({host!r})\n")
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", str(EXAMPLES / "raw-storage")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert install.returncode == 0, install.stderr
-    return Venv(python, Path(site))
+    return _example_venv(tmp_path_factory.mktemp("raw-storage") / "venv", "raw-storage")
 
 
 def test_the_example_plugin_installs_lists_and_conforms(
@@ -110,8 +91,8 @@ def test_the_example_plugin_installs_lists_and_conforms(
     assert conformance.returncode == 0, conformance.stdout[-3000:]
 
 
-def _example_venv(where: Path, example: str) -> Path:
-    """A venv of its own with ``examples/<example>`` installed; its python.
+def _example_venv(where: Path, example: str) -> Venv:
+    """A venv of its own with ``examples/<example>`` installed.
 
     The venv sees this environment's packages (meda itself), as a plugin author's would.
     """
@@ -132,13 +113,13 @@ def _example_venv(where: Path, example: str) -> Path:
         check=False,
     )
     assert install.returncode == 0, install.stderr
-    return python
+    return Venv(python, Path(site))
 
 
 @pytest.fixture(scope="module")
 def oci_layout_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The python of a venv with the oci-layout example installed (made once per module)."""
-    return _example_venv(tmp_path_factory.mktemp("oci-layout") / "venv", "oci-layout")
+    return _example_venv(tmp_path_factory.mktemp("oci-layout") / "venv", "oci-layout").python
 
 
 def test_the_registry_example_installs_lists_and_conforms(

@@ -8,11 +8,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from meda_core.errors import InvalidRequest
+from meda_core.inputs.content import is_digest
 from meda_core.inputs.names import parse_image_ref
 
 DEFAULT_REGISTRY = "ghcr.io"
 DEFAULT_ORG = "cirunlabs"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _PORT = re.compile(r":[0-9]{1,5}$")
 _PATH = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
@@ -79,7 +79,7 @@ def parse_reference(text: str, registry: str | None = None, org: str | None = No
     digest = None
     if "@" in text:
         text, digest = text.split("@", 1)
-        if not _DIGEST.fullmatch(digest):
+        if not is_digest(digest):
             raise InvalidRequest(f"invalid digest '{digest}'", reference=text)
     first, _, rest = text.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from meda_core.plugin import BackendError
+from meda_core.plugin import BackendError, content
 from meda_oci.settings import MAX_CHUNK_SIZE, MiB
 
 ARTIFACT_TYPE = "application/vnd.meda.vm.v1"
@@ -28,7 +28,6 @@ CHUNK_DIGEST = "vnd.meda.chunk.digest"
 RUST_ARTIFACT_TYPE = "application/vnd.cirunlabs.meda.vm.v1"
 _RUST_LAYER = re.compile(r"application/vnd\.cirunlabs\.meda\.([a-z-]+?)(-chunk)?\.v1")
 _RUST_CHUNK_TITLE = re.compile(r"(?P<file>.+)\.chunk\.(?P<index>\d{3})")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NUMBER = re.compile(r"[0-9]{1,15}")
 _DISK_FORMAT = re.compile(r"[a-z0-9]{1,16}")
 MAX_MANIFEST = 4 * MiB
@@ -36,22 +35,22 @@ MAX_CONFIG = MiB
 MIN_CHUNK_SIZE = MiB
 
 
+#: Who gave what these functions check, for their errors.
+ORIGIN = "the registry sent"
+
+
 def invalid(what: str, value: Any) -> BackendError:
-    return BackendError(f"the registry sent an invalid {what}: {str(value)[:80]!r}")
+    return content.invalid(what, value, ORIGIN)
 
 
 def checked_digest(value: Any, what: str = "digest") -> str:
     """``value`` if it is a ``sha256:`` digest of 64 lower-case hex digits."""
-    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
-        raise invalid(what, value)
-    return value
+    return content.checked_digest(value, what, ORIGIN)
 
 
 def checked_size(value: Any, limit: int, what: str = "size") -> int:
     """``value`` if it is an integer from 0 to ``limit``."""
-    if type(value) is not int or not 0 <= value <= limit:
-        raise invalid(f"{what} (0 to {limit} bytes)", value)
-    return value
+    return content.checked_size(value, limit, what, ORIGIN)
 
 
 def ready_port_of(config: dict[str, Any]) -> int | None:

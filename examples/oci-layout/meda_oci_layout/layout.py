@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from meda_core.plugin import BackendError, exclusive
+from meda_core.plugin import BackendError, content, exclusive
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -22,7 +22,6 @@ MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 MAX_JSON = 4 * 1024 * 1024  # an index, a manifest or a config
 BLOCK = 1024 * 1024
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _SEGMENT = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
@@ -30,22 +29,22 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 Meter = Callable[[int], None]
 
 
+#: Who gave what these functions check, for their errors.
+ORIGIN = "the OCI layout holds"
+
+
 def invalid(what: str, value: Any) -> BackendError:
-    return BackendError(f"the OCI layout holds an invalid {what}: {str(value)[:80]!r}")
+    return content.invalid(what, value, ORIGIN)
 
 
 def checked_digest(value: Any, what: str = "digest") -> str:
     """``value`` if it is ``sha256:`` and 64 lower-case hex digits."""
-    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
-        raise invalid(what, value)
-    return value
+    return content.checked_digest(value, what, ORIGIN)
 
 
 def checked_size(value: Any, limit: int, what: str = "size") -> int:
     """``value`` if it is an integer from 0 to ``limit``."""
-    if type(value) is not int or not 0 <= value <= limit:
-        raise invalid(f"{what} (0 to {limit} bytes)", value)
-    return value
+    return content.checked_size(value, limit, what, ORIGIN)
 
 
 def checked_tag(tag: str) -> str:
