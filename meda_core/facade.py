@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from meda_core import __version__
 from meda_core.backends.context import backend_context
 from meda_core.backends.manager import PluginManager
+from meda_core.backends.roles import Role, StorageBackend
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import InsufficientCapacity
 from meda_core.host.private import private_home
@@ -58,6 +59,7 @@ class Meda:
             diskprobe.roots(self.settings),
             diskprobe.limits(self.settings),
             self.settings.allowed_registry_set(),
+            lambda name: self.backends.by_name(Role.STORAGE, name, StorageBackend),
         )
         self.events = EventBus()
         self.operations = Operations(self.events, max_active=self.settings.max_operations)

@@ -130,7 +130,7 @@ class PluginManager:
         if record.error is None:
             return True
         log.warning("plugin %s failed to register: %s", record.name, record.error)
-        if self._pm.is_registered(plugin):
+        if self._pm.get_name(plugin) == record.name:  # this call registered it, not another
             self._pm.unregister(plugin)
         return False
 

@@ -281,7 +281,8 @@ class StorageBackend(Backend):
     disk_format: ClassVar[str]
 
     def disk_name(self) -> str:
-        """The file name of a disk this backend makes, in a VM's folder or an image's."""
+        """The file name of a disk this backend makes, in a VM's folder or an image's;
+        it starts with ``disk.`` (the VM's other files have other names)."""
         return f"disk.{self.disk_format}"
 
     @abstractmethod

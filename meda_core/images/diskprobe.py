@@ -235,6 +235,8 @@ def check_chain(disk: Path, roots: Sequence[Path], fmt: str | None = None) -> No
     resolved = [root.resolve() for root in roots]
     path, declared = disk, fmt
     for _ in range(MAX_CHAIN):
+        if declared == "raw":  # opened as raw: its bytes are data, whatever they look like
+            return
         found = detect(path)
         if declared is not None and declared != found:
             raise _refuse(path, f"a {found} disk recorded as {declared}")

@@ -16,6 +16,7 @@ from meda_core.errors import (
     ImageExists,
     ImageNotFound,
     InvalidRequest,
+    MedaError,
     UnsafeDisk,
     VMNotFound,
 )
@@ -35,6 +36,8 @@ NO_IMAGE_HINT = (
     "in the request"
 )
 Backend = Callable[[], StorageBackend]
+#: The storage backend of a given name (the one a VM's disk was made by).
+NamedStorage = Callable[[str], StorageBackend]
 Registry = Callable[[], RegistryBackend]
 
 
@@ -91,8 +94,10 @@ class ImageService:
         disk_roots: tuple[Path, Path],
         probe_limits: diskprobe.ProbeLimits | None = None,
         allowed_registries: frozenset[str] = frozenset(),
+        storage_named: NamedStorage | None = None,
     ) -> None:
         self._store = store
+        self._storage_named = storage_named or (lambda name: storage())
         self._disk_roots = disk_roots  # where the disks meda boots may rest (diskprobe.roots)
         self._probe_limits = probe_limits or diskprobe.ProbeLimits()
         self._allowed_registries = allowed_registries
@@ -353,11 +358,14 @@ class ImageService:
         staging = self.blobs.staging()
         try:
             # A VM an older meda made and never started since: its chain is not checked yet.
-            diskprobe.check_chain(vm.disk_path, self._disk_roots)
-            flat = self.flatten_disk(vm.disk_path, staging)
+            # The disk is what its storage recorded (a raw disk is data, whatever its
+            # guest wrote into it) and is flattened by that storage, never by guessing.
+            diskprobe.check_chain(vm.disk_path, self._disk_roots, vm.disk_format)
+            storage = self._storage_named(vm.storage)
+            flat = self.flatten_disk(vm.disk_path, staging, storage)
             files = ImageFiles(
                 disk=flat,
-                disk_format=self._probe(flat),
+                disk_format=storage.disk_format,
                 kernel=base.kernel if base else None,
                 initrd=base.initrd if base else None,
                 cmdline=base.cmdline if base else None,
@@ -382,10 +390,12 @@ class ImageService:
             )
         return vm
 
-    def flatten_disk(self, source: Path, folder: Path) -> Path:
+    def flatten_disk(
+        self, source: Path, folder: Path, storage: StorageBackend | None = None
+    ) -> Path:
         """A standalone copy of the disk ``source`` in ``folder``, in the format and under
-        the name the storage backend gives its disks."""
-        storage = self._storage()
+        the name ``storage`` (by default the configured one) gives its disks."""
+        storage = storage or self._storage()
         flat = folder / storage.disk_name()
         storage.flatten(source, flat)
         return flat
@@ -432,18 +442,27 @@ class ImageService:
                 if path is not None:
                     keep.add(f"sha256:{path.name}")
         for vm in self._store.list_vms():
-            for backing in self._backing_chain(vm.disk_path):
+            chain = self._backing_chain(vm)
+            if chain is None:  # what this VM rests on is unknown: keep every blob
+                return []
+            for backing in chain:
                 if backing.parent == self.blobs.root / "sha256":
                     keep.add(f"sha256:{backing.name}")
         return self.blobs.remove_except(keep)
 
-    def _backing_chain(self, disk: Path) -> builtins.list[Path]:
-        """Every file below ``disk`` (a clone's rests on its template's frozen disk, which
-        rests on the image)."""
+    def _backing_chain(self, vm: VM) -> builtins.list[Path] | None:
+        """Every file below ``vm``'s disk (a clone's rests on its template's frozen disk,
+        which rests on the image), as the storage that made it reads it; None when that
+        storage is not here to ask."""
+        try:
+            storage = self._storage_named(vm.storage)
+        except MedaError:
+            return None
         chain: builtins.list[Path] = []
+        disk = vm.disk_path
         while len(chain) < MAX_CHAIN:
             try:
-                backing = self._storage().disk_info(disk).backing_file
+                backing = storage.disk_info(disk).backing_file
             except Exception:
                 break
             if backing is None:

@@ -235,6 +235,13 @@ class VMService:
     ) -> VM:
         """The record of a VM about to be made, owned by this process until it is; its
         disk named and in the format ``storage`` makes."""
+        disk_file = storage.disk_name()
+        if not disk_file.startswith("disk."):  # never seed.iso, console.log, …
+            raise BackendError(
+                f"storage backend '{storage.name}' names its disks {disk_file!r}, "
+                "which does not start with 'disk.'",
+                backend=storage.name,
+            )
         return VM(
             name=name,
             state=VMState.CREATING,
@@ -243,7 +250,7 @@ class VMService:
             vm_dir=self._settings.vms_dir / name,
             hypervisor=hypervisor,
             storage=storage.name,
-            disk_file=storage.disk_name(),
+            disk_file=disk_file,
             disk_format=storage.disk_format,
             created=datetime.now(UTC),
             uuid=str(uuid.uuid4()),
@@ -307,7 +314,7 @@ class VMService:
             storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, restore.disk)
         # The whole chain, every start: a disk made by an older meda may rest on an
         # image that names a host file.
-        diskprobe.check_chain(vm.disk_path, diskprobe.roots(self._settings))
+        diskprobe.check_chain(vm.disk_path, diskprobe.roots(self._settings), vm.disk_format)
         network = self._network(vm)
         nics = () if network is None else (self._plug(vm, network),)
         state = restore.state_file if restore is not None else None

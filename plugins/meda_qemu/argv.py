@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meda_core.plugin import BackendError, LaunchSpec, NicSpec, PortForward
+from meda_core.plugin import BackendError, LaunchSpec, NicSpec, PortForward, diskprobe
 from meda_core.plugin import namespaces as netns
 
 DEFAULT_CMDLINE = "console=ttyS0"
@@ -91,6 +91,11 @@ def nic_args(nics: tuple[NicSpec, ...]) -> list[str]:
 def disk_args(launch: LaunchSpec, disk_fds: tuple[int, ...]) -> list[str]:
     """The VM's own disk, opened as the format its storage made it in: from the fd set
     when meda passes it open (``disk_fds``), else by its path."""
+    if launch.disk_format not in diskprobe.FORMATS:  # no vvfat, vmdk…: only what meda checks
+        raise BackendError(
+            f"QEMU opens only {' and '.join(diskprobe.FORMATS)} disks, not "
+            f"{launch.disk_format!r} (the VM's storage backend made it)"
+        )
     disk = f"/dev/fdset/{DISK_FDSET}" if disk_fds else path_opt(launch.disk)
     drive = f"file={disk},if=none,id=disk0,format={opt(launch.disk_format)},{DISK_FILE_OPTIONS}"
     args = ["-drive", drive, "-device", "virtio-blk-pci,drive=disk0"]

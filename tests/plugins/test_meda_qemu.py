@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from meda_core.backends.roles import BackendContext, LaunchSpec
-from meda_core.errors import BackendUnavailable
+from meda_core.errors import BackendError, BackendUnavailable
 from meda_core.facade import Meda
 from meda_core.models import VM, CreateVMRequest, PortForward, VMSpec
 from meda_core.settings import Settings
@@ -84,6 +84,16 @@ def test_the_disk_is_opened_in_the_format_its_storage_made(
         argv = build_argv("qemu", launch, "tcg", "q35", None, disk_fds=fds)
         drive = argv[argv.index("-drive") + 1]
         assert f",format={disk_format}," in drive and drive.count("format=") == 1
+
+
+@pytest.mark.parametrize("disk_format", ["vvfat", "vmdk", "qcow2,backing.driver=file"])
+def test_a_disk_format_meda_does_not_check_is_never_opened(
+    tmp_path: Path, disk_format: str
+) -> None:
+    """A storage plugin's word is not enough: QEMU opens only what meda's probe checks."""
+    launch = dataclasses.replace(_launch(tmp_path), disk_format=disk_format)
+    with pytest.raises(BackendError, match="opens only raw and qcow2"):
+        build_argv("qemu", launch, "tcg", "q35", None)
 
 
 def test_accel_choice_is_cached_per_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

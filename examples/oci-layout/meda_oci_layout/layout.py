@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,12 +99,17 @@ class Layout:
 
     def _blocks(self, path: Path, limit: int) -> Iterator[bytes]:
         """The bytes of ``path`` (not a symbolic link), at most ``limit`` of them."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO never blocks
         try:
-            fd = os.open(self._inside(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self._inside(path), flags)
         except FileNotFoundError:
             raise BackendError(f"{path.name} is missing from the OCI layout") from None
         except OSError as e:
             raise BackendError(f"cannot read {path} in the OCI layout: {e}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise invalid(f"file {path.name} (not a regular file)", path.name)
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as f:
             read = 0
             while block := f.read(BLOCK):
