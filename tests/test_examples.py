@@ -77,9 +77,13 @@ def test_the_example_plugin_installs_lists_and_conforms(
         text=True,
         check=True,
     )
-    plugins = {p["name"]: p for p in json.loads(listed.stdout)["plugins"]}
+    report = json.loads(listed.stdout)
+    plugins = {p["name"]: p for p in report["plugins"]}
     assert plugins["raw"]["distribution"] == "meda-raw-storage"
     assert plugins["raw"]["backends"] == ["storage:raw"] and plugins["raw"]["error"] is None
+    # Installing a backend does not make it the default: qcow2 stays chosen until asked.
+    selected = [b["name"] for b in report["backends"] if b["role"] == "storage" and b["selected"]]
+    assert selected == ["qcow2"]
     conformance = subprocess.run(
         [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "raw-storage")],
         env=env,

@@ -42,10 +42,12 @@ class RawStorage(StorageBackend):
     ) -> DiskInfo:
         if size <= 0:
             raise InvalidRequest("disk size must be positive")
-        if base is not None and base_format not in (None, "raw"):
-            raise BackendError(f"raw storage cannot use a {base_format} base; convert it first")
+        if base is not None and base_format not in (None, "raw", "qcow2"):
+            raise BackendError(f"raw storage cannot use a {base_format} base")
         with atomic_file(dest) as tmp:
-            if base is not None:
+            if base is not None and base_format == "qcow2":
+                self._convert(base, tmp)  # meda has checked the base stands alone
+            elif base is not None:
                 self._copy(base, tmp)
             else:
                 tmp.touch()
@@ -68,6 +70,14 @@ class RawStorage(StorageBackend):
         with atomic_file(dest) as tmp:
             self._copy(source, tmp)
         return self.disk_info(dest)
+
+    @staticmethod
+    def _convert(source: Path, dest: Path) -> None:
+        """A raw copy of a qcow2 base (an image from ``meda images build``, say)."""
+        argv = ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", str(source), str(dest)]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise BackendError(f"converting {source} failed: {result.stderr.strip()}")
 
     @staticmethod
     def _copy(source: Path, dest: Path) -> None:

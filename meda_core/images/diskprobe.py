@@ -233,7 +233,9 @@ def check_chain(disk: Path, roots: Sequence[Path], fmt: str | None = None) -> No
     """Refuse a disk whose chain leaves ``roots`` (meda's own folders) or names a data
     file; a layer in ``roots[0]`` (the blob store) must stand alone."""
     resolved = [root.resolve() for root in roots]
-    path, declared = disk, fmt
+    # A format meda does not probe (a third-party storage's own) is checked by its bytes;
+    # no hypervisor meda ships opens it anyway.
+    path, declared = disk, fmt if fmt in FORMATS else None
     for _ in range(MAX_CHAIN):
         if declared == "raw":  # opened as raw: its bytes are data, whatever they look like
             return

@@ -10,6 +10,7 @@ import pycdlib
 import yaml
 
 from meda_core.backends.roles import GuestAddressing
+from meda_core.host.files import atomic_file
 from meda_core.host.private import create_private
 from meda_core.models import VM
 
@@ -51,8 +52,6 @@ def write_seed(dest: Path, files: dict[str, str]) -> None:
         iso.add_fp(
             io.BytesIO(data), len(data), f"/{iso_name}", rr_name=name, joliet_path=f"/{name}"
         )
-    tmp = dest.with_name(dest.name + ".tmp")
-    with os.fdopen(create_private(tmp), "wb") as out:  # user-data may hold secrets
-        iso.write_fp(out)
+    with atomic_file(dest) as tmp, os.fdopen(create_private(tmp), "wb") as out:
+        iso.write_fp(out)  # private: user-data may hold secrets
     iso.close()
-    tmp.replace(dest)

@@ -52,6 +52,7 @@ def _format(path: Path, probe: Callable[[Path], str] = diskprobe.detect) -> str:
 class Qcow2Storage(StorageBackend):
     name = "qcow2"
     disk_format = "qcow2"
+    priority = 10  # the default: a third-party storage is chosen when asked for
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.COPY_ON_WRITE, Capability.RESIZE}
     )

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from meda_core.plugin import atomic_file
 from meda_core.plugin import processes as procs
 from meda_qemu.argv import SANDBOX, path_opt
 
@@ -39,9 +40,8 @@ def _read_cache(cache: Path, key: str) -> AccelChoice | None:
 
 def _write_cache(cache: Path, key: str, choice: AccelChoice) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, **asdict(choice)}))
-    tmp.replace(cache)
+    with atomic_file(cache) as tmp:
+        tmp.write_text(json.dumps({"key": key, **asdict(choice)}))
 
 
 def kvm_device_problem() -> str | None:

@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from meda_core.plugin import Lease, RuntimeInfo
+from meda_core.plugin import Lease, RuntimeInfo, atomic_file
 from meda_core.plugin import namespaces as netns
 from meda_core.plugin import processes as procs
 
@@ -74,9 +74,8 @@ class DhcpServer:
     def _write(self, path: Path, text: str) -> None:
         """Replace one of dnsmasq's files at once: it may re-read it at any moment."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
 
     def argv(self, gateway: str, netmask: str, network: str) -> list[str]:
         return [
