@@ -88,8 +88,15 @@ class Plan:
     build: TemplateJob | None = None
 
 
+#: What an image record holds that is not what its guests boot: where it came from or
+#: went, and when. A push or a re-pull of the same bytes keeps the image's templates.
+NOT_BOOTED = frozenset({"registry", "org", "digest", "created", "size"})
+
+
 def image_fingerprint(image: Image) -> str:
-    return hashlib.sha256(image.model_dump_json().encode()).hexdigest()[:16]
+    """What the guests of ``image`` boot (files, command line, defaults, ready port)."""
+    booted = image.model_dump_json(exclude=set(NOT_BOOTED))
+    return hashlib.sha256(booted.encode()).hexdigest()[:16]
 
 
 def template_name(image: Image, request: RunRequest, ready_port: int) -> str:

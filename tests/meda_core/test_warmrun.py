@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from meda_core.errors import BackendError
 from meda_core.facade import Meda
 from meda_core.host.locks import exclusive, remove_held, try_exclusive
 from meda_core.interface.calls import LocalApi
-from meda_core.models import RunInfo, RunRequest
+from meda_core.models import Image, RunInfo, RunRequest
 from meda_core.vms import readiness
 from meda_core.vms import templates as warmrun
 from meda_core.vms.templates import TemplateJob
@@ -260,7 +261,7 @@ def test_a_changed_image_retires_unused_templates(
     fake_meda.warm_runs.build(builds[-1])
     fake_meda.vms.delete("a")
     image = fake_meda.images.get("default")
-    image.digest = "sha256:" + "1" * 64  # as a pull of a newer version records it
+    image.cmdline = f"{image.cmdline} v2"  # a newer version boots something else
     fake_meda.store.put_image(image)
     new = run(fake_meda, "b").template
     assert new not in (None, old)
@@ -354,3 +355,16 @@ def test_garbage_collection_keeps_what_clones_rest_on(
     fake_meda.images.collect_garbage()
     assert base.exists()  # the clone's chain: its overlay → the frozen disk → this blob
     fake_meda.vms.delete_all()
+
+
+def test_a_push_or_a_repull_of_the_same_bytes_keeps_the_template(tmp_path: Path) -> None:
+    image = Image(
+        name="img", tag="v1", kernel=tmp_path / "k", cmdline="x", created=datetime.now(UTC)
+    )
+    moved = image.model_copy(
+        update={"registry": "ghcr.io", "org": "o", "digest": "sha256:" + "0" * 64, "size": 9}
+    )
+    assert warmrun.image_fingerprint(moved) == warmrun.image_fingerprint(image)
+    for booted in ({"cmdline": "x quiet"}, {"initrd": tmp_path / "i"}):
+        other = image.model_copy(update=booted)
+        assert warmrun.image_fingerprint(other) != warmrun.image_fingerprint(image), booted
