@@ -233,12 +233,12 @@ def check_chain(disk: Path, roots: Sequence[Path], fmt: str | None = None) -> No
     """Refuse a disk whose chain leaves ``roots`` (meda's own folders) or names a data
     file; a layer in ``roots[0]`` (the blob store) must stand alone."""
     resolved = [root.resolve() for root in roots]
+    if fmt == "raw":  # a VM disk its storage made raw: data, whatever its guest wrote
+        return
     # A format meda does not probe (a third-party storage's own) is checked by its bytes;
     # no hypervisor meda ships opens it anyway.
     path, declared = disk, fmt if fmt in FORMATS else None
     for _ in range(MAX_CHAIN):
-        if declared == "raw":  # opened as raw: its bytes are data, whatever they look like
-            return
         found = detect(path)
         if declared is not None and declared != found:
             raise _refuse(path, f"a {found} disk recorded as {declared}")

@@ -363,9 +363,10 @@ class ImageService:
             diskprobe.check_chain(vm.disk_path, self._disk_roots, vm.disk_format)
             storage = self._storage_named(vm.storage)
             flat = self.flatten_disk(vm.disk_path, staging, storage)
+            recorded = storage.disk_format  # never what the guest's bytes look like
             files = ImageFiles(
                 disk=flat,
-                disk_format=storage.disk_format,
+                disk_format=recorded if recorded in diskprobe.FORMATS else self._probe(flat),
                 kernel=base.kernel if base else None,
                 initrd=base.initrd if base else None,
                 cmdline=base.cmdline if base else None,
