@@ -33,3 +33,19 @@ def checked_size(value: Any, limit: int, what: str, origin: str) -> int:
     if type(value) is not int or not 0 <= value <= limit:
         raise invalid(f"{what} (0 to {limit} bytes)", value, origin)
     return value
+
+
+class Checks:
+    """The three checks above for content from one ``origin``, as plugins call them."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+
+    def invalid(self, what: str, value: Any) -> BackendError:
+        return invalid(what, value, self.origin)
+
+    def digest(self, value: Any, what: str = "digest") -> str:
+        return checked_digest(value, what, self.origin)
+
+    def size(self, value: Any, limit: int, what: str = "size") -> int:
+        return checked_size(value, limit, what, self.origin)

@@ -35,22 +35,9 @@ MAX_CONFIG = MiB
 MIN_CHUNK_SIZE = MiB
 
 
-#: Who gave what these functions check, for their errors.
-ORIGIN = "the registry sent"
-
-
-def invalid(what: str, value: Any) -> BackendError:
-    return content.invalid(what, value, ORIGIN)
-
-
-def checked_digest(value: Any, what: str = "digest") -> str:
-    """``value`` if it is a ``sha256:`` digest of 64 lower-case hex digits."""
-    return content.checked_digest(value, what, ORIGIN)
-
-
-def checked_size(value: Any, limit: int, what: str = "size") -> int:
-    """``value`` if it is an integer from 0 to ``limit``."""
-    return content.checked_size(value, limit, what, ORIGIN)
+#: The digest and size checks, with errors that say where the content came from.
+CHECKS = content.Checks("the registry sent")
+invalid, checked_digest, checked_size = CHECKS.invalid, CHECKS.digest, CHECKS.size
 
 
 def ready_port_of(config: dict[str, Any]) -> int | None:

@@ -30,22 +30,9 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 Meter = Callable[[int], None]
 
 
-#: Who gave what these functions check, for their errors.
-ORIGIN = "the OCI layout holds"
-
-
-def invalid(what: str, value: Any) -> BackendError:
-    return content.invalid(what, value, ORIGIN)
-
-
-def checked_digest(value: Any, what: str = "digest") -> str:
-    """``value`` if it is ``sha256:`` and 64 lower-case hex digits."""
-    return content.checked_digest(value, what, ORIGIN)
-
-
-def checked_size(value: Any, limit: int, what: str = "size") -> int:
-    """``value`` if it is an integer from 0 to ``limit``."""
-    return content.checked_size(value, limit, what, ORIGIN)
+#: The digest and size checks, with errors that say where the content came from.
+CHECKS = content.Checks("the OCI layout holds")
+invalid, checked_digest, checked_size = CHECKS.invalid, CHECKS.digest, CHECKS.size
 
 
 def checked_tag(tag: str) -> str:
