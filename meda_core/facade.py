@@ -57,9 +57,9 @@ class Meda:
             self.backends.storage,
             self.backends.registry,
             diskprobe.roots(self.settings),
+            lambda name: self.backends.by_name(Role.STORAGE, name, StorageBackend),
             diskprobe.limits(self.settings),
             self.settings.allowed_registry_set(),
-            lambda name: self.backends.by_name(Role.STORAGE, name, StorageBackend),
         )
         self.events = EventBus()
         self.operations = Operations(self.events, max_active=self.settings.max_operations)

@@ -92,12 +92,12 @@ class ImageService:
         storage: Backend,
         registry: Registry,
         disk_roots: tuple[Path, Path],
+        storage_named: NamedStorage,
         probe_limits: diskprobe.ProbeLimits | None = None,
         allowed_registries: frozenset[str] = frozenset(),
-        storage_named: NamedStorage | None = None,
     ) -> None:
         self._store = store
-        self._storage_named = storage_named or (lambda name: storage())
+        self._storage_named = storage_named
         self._disk_roots = disk_roots  # where the disks meda boots may rest (diskprobe.roots)
         self._probe_limits = probe_limits or diskprobe.ProbeLimits()
         self._allowed_registries = allowed_registries
