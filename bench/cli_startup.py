@@ -2,11 +2,12 @@
 """Cold-process start-up of the ``meda`` CLI against Python's and Typer's own floors.
 
 In one run, alternating, each a new process (its files warm in the page cache, as a
-user's second command finds them): ``python -c pass`` and ``python -c 'import typer'``
-(the floors), ``meda --help``, ``meda --version`` and ``meda list --json`` against a
-``meda serve`` this script starts in a temporary MEDA_HOME (user-mode network, no VM:
-what is timed is the CLI's start and one request). Prints medians in ms and writes JSON
-(default bench/results/cli_startup.json).
+user's second command finds them): the floors ``python -c pass``, ``python -c 'import
+typer'`` and a one-command Typer app's ``--help`` (Rich help, as meda's); then ``meda
+--help``, ``meda --version`` and ``meda list --json`` against a ``meda serve`` this script
+starts in a temporary MEDA_HOME (user-mode network, no VM: what is timed is the CLI's
+start and one request). Prints medians in ms and writes JSON (default
+bench/results/cli_startup.json).
 
     .venv/bin/python bench/cli_startup.py [--runs 20] [--quick] [--json PATH]
 """
@@ -30,6 +31,18 @@ from results_file import write_result  # beside this script
 from meda_core.testing.host import free_port
 
 HELP_GOAL_MS = 300.0
+#: The least a Typer CLI with Rich help (as meda's) pays for ``--help``: one command.
+TYPER_HELP = (
+    "import typer\n"
+    "app = typer.Typer(add_completion=False)\n"
+    "@app.callback()\n"
+    "def main(url: str = typer.Option('', help='A server')) -> None:\n"
+    "    'A CLI.'\n"
+    "@app.command()\n"
+    "def create(name: str) -> None:\n"
+    "    'Create.'\n"
+    "app(prog_name='typer-app')\n"
+)
 MEDA = str(Path(sys.executable).with_name("meda"))
 
 
@@ -68,6 +81,7 @@ def commands(url: str) -> dict[str, list[str]]:
     return {
         "python -c pass": [sys.executable, "-c", "pass"],
         "python -c 'import typer'": [sys.executable, "-c", "import typer"],
+        "a 1-command typer app --help": [sys.executable, "-c", TYPER_HELP, "--help"],
         "meda --help": [MEDA, "--help"],
         "meda --version": [MEDA, "--version"],
         "meda list --json": [MEDA, "--url", url, "list", "--json"],
@@ -134,9 +148,9 @@ def main() -> int:
         with server(home) as url:
             samples = measure(runs, url, env)
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    print(f"{'command':<28} {'median ms':>10} {'min ms':>8}")
+    print(f"{'command':<30} {'median ms':>10} {'min ms':>8}")
     for name, values in samples.items():
-        print(f"{name:<28} {medians[name]:>10.1f} {min(values):>8.1f}")
+        print(f"{name:<30} {medians[name]:>10.1f} {min(values):>8.1f}")
     result = {"bench": "cli_startup", "quick": args.quick, "runs": runs, "rows": rows(medians)}
     result["medians_ms"] = {name: round(value, 1) for name, value in medians.items()}
     result["samples_ms"] = {name: [round(v, 1) for v in values] for name, values in samples.items()}

@@ -6,8 +6,6 @@ import errno
 import logging
 import os
 import re
-import secrets
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -19,6 +17,8 @@ from meda_core.host.private import private_home
 from meda_core.inputs.references import is_loopback
 
 if TYPE_CHECKING:  # the server's imports stay out of other commands (and of --help)
+    import socket
+
     import uvicorn
     from fastapi import FastAPI
 
@@ -46,6 +46,8 @@ def _read_token(home: Path, token_file: Path | None, generate: bool) -> str | No
         return os.environ["MEDA_API_TOKEN"].strip()
     path = token_file or home / "api-token"
     if generate and token_file is None and not path.exists():
+        import secrets
+
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -104,6 +106,8 @@ def _client_url(host: str, port: int, tls: bool) -> str:
 def bind(host: str, port: int) -> socket.socket:
     """The server's listening socket, bound before anything else runs: a taken port stops
     ``meda serve`` before it recovers VMs or writes server.json for a server that is not."""
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
