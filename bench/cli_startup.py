@@ -109,6 +109,7 @@ def measure(runs: int, url: str, env: dict[str, str]) -> dict[str, list[float]]:
 
 def rows(medians: dict[str, float]) -> list[dict[str, object]]:
     typer_floor = medians["python -c 'import typer'"]
+    help_floor = medians["a 1-command typer app --help"]
     help_ms, list_ms = medians["meda --help"], medians["meda list --json"]
     return [
         {
@@ -119,6 +120,8 @@ def rows(medians: dict[str, float]) -> list[dict[str, object]]:
             "ratio": round(help_ms / typer_floor, 2),
             "goal": f"<= {HELP_GOAL_MS:.0f} ms median",
             "met": help_ms <= HELP_GOAL_MS,
+            "typer_help_floor": round(help_floor, 1),
+            "ratio_to_typer_help": round(help_ms / help_floor, 2),
         },
         {
             "measure": "`meda list --json` against a running server, cold process",
