@@ -1,5 +1,9 @@
 """What a CLI command works on — this host's ``Meda``, or a server at ``MEDA_URL`` — and
-error handling around commands."""
+error handling around commands.
+
+What a command works on is imported when it first asks for it: ``--help`` loads no
+plugin, no pydantic model and no HTTP client, and a command sent to a server loads no
+plugin (tests/meda_cli/test_startup.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +12,15 @@ import os
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from meda_cli.output import fail
-from meda_cli.templates import spawn_build
 from meda_core.errors import InvalidRequest, MedaError
-from meda_core.facade import Meda
-from meda_core.interface.calls import LocalApi, MedaApi
-from meda_core.interface.remote import RemoteApi
-from meda_core.settings import Settings
-from meda_core.state import serverfile
+
+if TYPE_CHECKING:
+    from meda_core.facade import Meda
+    from meda_core.interface.calls import MedaApi
+    from meda_core.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,6 +40,9 @@ def meda() -> Meda:
             "run it there, or unset MEDA_URL"
         )
     if _instance is None:
+        from meda_cli.templates import spawn_build
+        from meda_core.facade import Meda
+
         _instance = Meda(local_settings())
         # This process exits once it has answered: template builds go on in their own.
         _instance.warm_runs.background = partial(spawn_build, _instance.settings.home)
@@ -47,6 +53,9 @@ def local_settings() -> Settings:
     """The environment's settings, with the network namespace that ``meda serve`` of this
     MEDA_HOME runs with (its server.json) when the environment names none: a command run
     in another shell acts on the same network as the server."""
+    from meda_core.settings import Settings
+    from meda_core.state import serverfile
+
     settings = Settings()
     written = serverfile.load(settings.home)
     if written is None or written.netns is None:
@@ -65,6 +74,8 @@ def local_settings() -> Settings:
 
 def netns_origin(settings: Settings) -> str:
     """Where ``settings.netns`` came from, for messages."""
+    from meda_core.state import serverfile
+
     if "MEDA_NETNS" in os.environ:
         return "MEDA_NETNS"
     return f"meda serve's {serverfile.path(settings.home)}"
@@ -73,8 +84,12 @@ def netns_origin(settings: Settings) -> str:
 def api() -> MedaApi:
     """The API the commands call: the server at ``MEDA_URL``, else this host."""
     if _server is not None:
+        from meda_core.interface.remote import RemoteApi
+
         url, token, ca_file = _server
         return RemoteApi(url, token, ca_file=ca_file)
+    from meda_core.interface.calls import LocalApi
+
     return LocalApi(meda())
 
 
@@ -93,6 +108,9 @@ def use_server(url: str | None, token: str | None = None, ca_file: str | None = 
     global _server
     token = token or os.environ.get("MEDA_API_TOKEN") or None
     if url and (token is None or ca_file is None):
+        from meda_core.settings import Settings
+        from meda_core.state import serverfile
+
         written = serverfile.load(Settings().home)
         if written is not None and written.serves(url):
             token, ca_file = token or written.token, ca_file or written.ca_file

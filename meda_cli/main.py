@@ -9,7 +9,6 @@ import typer
 from meda_cli import context
 from meda_cli.commands import images, network, plugins, serve, ssh, vms
 from meda_cli.output import fail
-from meda_core import __version__
 from meda_core.errors import MedaError
 from meda_core.host.private import restrict_process
 
@@ -23,6 +22,8 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
+        from meda_core import __version__  # importlib.metadata: only when asked
+
         typer.echo(f"meda {__version__}")
         raise typer.Exit()
 

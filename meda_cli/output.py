@@ -7,12 +7,14 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
-from pydantic import BaseModel
 
 from meda_core.errors import InvalidRequest, MedaError
+
+if TYPE_CHECKING:  # pydantic is imported by the command that has a model to print
+    from pydantic import BaseModel
 
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON (the API's model)")
 UserDataOption = typer.Option(
@@ -30,7 +32,7 @@ def read_user_data(path: Path | None) -> str | None:
         raise InvalidRequest(f"cannot read user data file {path}: {exc.strerror}") from None
 
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 
 
 def render(model: M, as_json: bool, human: Callable[[M], None]) -> None:
@@ -53,6 +55,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
 def fields(pairs: Sequence[tuple[str, object]], indent: int = 0) -> None:
     """Print ``label: value`` lines for people: nested models and mappings indented below
     their label, lists one item a line, times to the second, nothing as ``-``."""
+    from pydantic import BaseModel
+
     width = max((len(label) for label, _ in pairs), default=0) + 2
     pad = " " * indent
     for label, value in pairs:
@@ -70,6 +74,8 @@ def fields(pairs: Sequence[tuple[str, object]], indent: int = 0) -> None:
 
 
 def _plain(value: object) -> str:
+    from pydantic import BaseModel
+
     if value is None or value == [] or value == {}:
         return "-"
     if isinstance(value, bool):

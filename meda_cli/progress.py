@@ -6,10 +6,10 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-from meda_core.state.operations import Progress as ProgressCallback
+if TYPE_CHECKING:
+    from meda_core.state.operations import Progress as ProgressCallback
 
 
 @contextmanager
@@ -17,6 +17,8 @@ def transfer(label: str, quiet: bool = False) -> Iterator[ProgressCallback]:
     if quiet:
         yield lambda done, total: None
     elif sys.stderr.isatty():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from meda_core.errors import InvalidRequest
-from meda_core.inputs.validation import describe
 
-M = TypeVar("M", bound=BaseModel)
+if TYPE_CHECKING:  # imported by the command that builds a model, not by --help
+    from pydantic import BaseModel
+
+M = TypeVar("M", bound="BaseModel")
 
 
 def build(model: type[M], **fields: Any) -> M:
+    from pydantic import ValidationError
+
+    from meda_core.inputs.validation import describe
+
     try:
         return model(**fields)
     except ValidationError as exc:

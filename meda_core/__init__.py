@@ -9,19 +9,19 @@ The public API is what ``__all__`` names; everything else may change between rel
 
 from __future__ import annotations
 
-from importlib import import_module, metadata
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = metadata.version("meda")
-except metadata.PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from meda_core.backends.hookspecs import hookimpl as hookimpl
 
-from meda_core.backends.hookspecs import hookimpl
+    __version__: str
 
 #: Public name → the module that defines it (imported on first use: ``import meda_core``
-#: stays cheap, and modules that import ``hookimpl`` from here never go in a circle).
+#: stays cheap — no pluggy, no importlib.metadata, which the CLI's ``--help`` never
+#: needs — and modules that import ``hookimpl`` from here never go in a circle).
 _PUBLIC = {
+    "hookimpl": "backends.hookspecs",
     "Meda": "facade",
     "Settings": "settings",
     "BackendRegistry": "backends.catalogue",
@@ -84,10 +84,22 @@ _PUBLIC = {
     ),
 }
 
-__all__ = ["__version__", "hookimpl", *sorted(_PUBLIC)]
+__all__ = ["__version__", *sorted(_PUBLIC)]
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("meda")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "0.0.0"
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()["__version__"] = version = _version()
+        return version
     if name in _PUBLIC:
         return getattr(import_module(f"meda_core.{_PUBLIC[name]}"), name)
     raise AttributeError(f"module 'meda_core' has no attribute {name!r}")

@@ -17,6 +17,7 @@ from pydantic import (
     field_validator,
 )
 
+from meda_core.inputs.choices import Protocol as Protocol  # defined light, for the CLI
 from meda_core.inputs.names import VM_NAME_PATTERN, check_vm_name
 from meda_core.inputs.sizes import SIZE_PATTERN, at_least, parse_size
 
@@ -131,11 +132,6 @@ class Image(BaseModel):
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.tag}"
-
-
-class Protocol(StrEnum):
-    TCP = "tcp"
-    UDP = "udp"
 
 
 class PortForward(BaseModel):

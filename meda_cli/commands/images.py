@@ -5,29 +5,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from meda_cli.context import api, handles_errors, meda
 from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
 from meda_cli.progress import transfer
-from meda_cli.templates import job_file, read_job
 from meda_cli.validation import build
-from meda_core.images import build as imagebuild
-from meda_core.models import (
-    CreateImageRequest,
-    Image,
-    ImageList,
-    ImageResult,
-    OperationResult,
-    PruneRequest,
-    PruneResult,
-    PullRequest,
-    PushRequest,
-    RunRequest,
-    RunResult,
-)
-from meda_core.vms.views import image_info
+
+if TYPE_CHECKING:  # the models are imported by the commands that use them, not by --help
+    from meda_core.models import (
+        Image,
+        ImageList,
+        ImageResult,
+        OperationResult,
+        PruneResult,
+        RunResult,
+    )
 
 app = typer.Typer(help="Manage images in the local store.", invoke_without_command=True)
 commands = typer.Typer()
@@ -42,6 +37,9 @@ def _say(result: ImageResult | OperationResult | PruneResult | RunResult) -> Non
 
 def _done(image: Image, message: str, as_json: bool, digest: str | None = None) -> None:
     """Report an image operation: the API's ImageResult with --json, its message otherwise."""
+    from meda_core.models import ImageResult
+    from meda_core.vms.views import image_info
+
     result = ImageResult(success=True, message=message, image=image_info(image), digest=digest)
     render(result, as_json, _say)
 
@@ -108,6 +106,8 @@ def pull(
     as_json: bool = JsonOption,
 ) -> None:
     """Pull an image from a registry."""
+    from meda_core.models import PullRequest
+
     request = build(PullRequest, image=image, registry=registry, org=org, ready_port=ready_port)
     with transfer(f"pull {image}", quiet=as_json) as progress:
         result = api().pull_image(request, progress)
@@ -125,6 +125,8 @@ def push(
     as_json: bool = JsonOption,
 ) -> None:
     """Push a local image to a registry."""
+    from meda_core.models import PushRequest
+
     request = build(
         PushRequest, name=name, image=target, registry=registry, org=org, dry_run=dry_run
     )
@@ -148,6 +150,8 @@ def prune(
     as_json: bool = JsonOption,
 ) -> None:
     """Remove unused pulled images (all unused with --all), dangling blobs, partial pulls."""
+    from meda_core.models import PruneRequest
+
     if not force and not as_json and not typer.confirm("Remove unused images and blobs?"):
         raise typer.Exit(1)
     render(api().prune_images(build(PruneRequest, all=all_, force=True)), as_json, _say)
@@ -165,6 +169,8 @@ def create_image(
     as_json: bool = JsonOption,
 ) -> None:
     """Make an image from a stopped VM's disk."""
+    from meda_core.models import CreateImageRequest
+
     request = build(
         CreateImageRequest,
         name=name,
@@ -198,6 +204,8 @@ def run(
     The VM is a clone of the image's warm template, or a cold boot. Runs never wait for a
     template: the first run of an image with a ready port boots cold and leaves its
     template to a background build."""
+    from meda_core.models import RunRequest
+
     request = build(
         RunRequest,
         image=image,
@@ -221,6 +229,8 @@ def run(
 @handles_errors
 def build_template(name: str) -> None:
     """Build the template a run asked for (started by ``run``; logs to its .log file)."""
+    from meda_cli.templates import job_file, read_job
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     home = meda().settings.home
     try:
@@ -244,6 +254,8 @@ def build_(
     as_json: bool = JsonOption,
 ) -> None:
     """Build a Debian base image (cloud-init, SSH, DHCP) from Debian's mirror; cached."""
+    from meda_core.images import build as imagebuild
+
     spec = imagebuild.BuildSpec(suite=suite, mirror=mirror)
     work = meda().settings.cache_dir / "builds" / "work"
     log = (lambda line: None) if as_json else (lambda line: typer.echo(line, err=True))

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from meda_cli.context import api, handles_errors
 from meda_cli.output import JsonOption, render, table
 from meda_cli.validation import build
 from meda_core.errors import InvalidRequest
-from meda_core.models import CleanupReport, PortForward, PortForwardList, Protocol
+from meda_core.inputs.choices import Protocol
+
+if TYPE_CHECKING:  # the models are imported by the commands that use them, not by --help
+    from meda_core.models import CleanupReport, PortForwardList
 
 app = typer.Typer()
 
@@ -32,6 +37,8 @@ def port_forward(
     as_json: bool = JsonOption,
 ) -> None:
     """Forward HOST_PORT to the VM's GUEST_PORT; or --list, or HOST_PORT --remove."""
+    from meda_core.models import PortForward
+
     if list_ or host_port is None:
         render(api().list_forwards(name), as_json, _forward_table)
         return

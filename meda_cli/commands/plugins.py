@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from meda_cli.context import api, handles_errors
 from meda_cli.output import JsonOption, render, table
-from meda_core.models import PluginReport
+
+if TYPE_CHECKING:
+    from meda_core.models import PluginReport
 
 
 @handles_errors

@@ -6,27 +6,26 @@ import errno
 import logging
 import os
 import re
-import secrets
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from meda_cli.output import fail
-from meda_core import __version__
 from meda_core.errors import Conflict, InvalidRequest, MedaError
 from meda_core.host.private import private_home
 from meda_core.inputs.references import is_loopback
-from meda_core.settings import Settings
-from meda_core.state import serverfile
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the server's imports stay out of other commands (and of --help)
+    import socket
+
     import uvicorn
     from fastapi import FastAPI
 
     from meda_api.ratelimit import Limit
     from meda_api.unixsocket import UnixListener
+    from meda_core.settings import Settings
+    from meda_core.state import serverfile
 
 DEFAULT_RATE_LIMIT = "5/20"  # beyond loopback: 5 changes a second per client, bursts of 20
 DEFAULT_READ_RATE_LIMIT = "20/100"  # and 20 reads a second, bursts of 100
@@ -47,6 +46,8 @@ def _read_token(home: Path, token_file: Path | None, generate: bool) -> str | No
         return os.environ["MEDA_API_TOKEN"].strip()
     path = token_file or home / "api-token"
     if generate and token_file is None and not path.exists():
+        import secrets
+
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -105,6 +106,8 @@ def _client_url(host: str, port: int, tls: bool) -> str:
 def bind(host: str, port: int) -> socket.socket:
     """The server's listening socket, bound before anything else runs: a taken port stops
     ``meda serve`` before it recovers VMs or writes server.json for a server that is not."""
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -181,6 +184,9 @@ def serve(
     ),
 ) -> None:
     """Serve the REST API (Swagger UI at /swagger-ui, metrics at /metrics)."""
+    from meda_core import __version__
+    from meda_core.state import serverfile
+
     _check_options(tls_cert, tls_key, unix_socket, socket_group)
     settings = _private_settings()
     token = api_token(
@@ -219,6 +225,8 @@ def _check_options(
 
 def _private_settings() -> Settings:
     """The settings, with MEDA_HOME made private (before the token is written there)."""
+    from meda_core.settings import Settings
+
     settings = Settings()
     try:
         private_home(settings.home)
@@ -243,6 +251,7 @@ def _start_logging(
 ) -> str:
     """Configure the log (the token masked in it) and say where the server starts: its URL."""
     from meda_api import logs
+    from meda_core import __version__
 
     logs.configure(level=log_level.upper() if log_level else None, secrets=[token] if token else [])
     client_url = _client_url(host, port, tls)
@@ -324,6 +333,7 @@ def _run(
 ) -> None:
     """Serve until stopped, with MEDA_HOME/server.json saying where while it runs."""
     from meda_api.unixsocket import SocketServer
+    from meda_core.state import serverfile
 
     serverfile.write(home, written)
     server = SocketServer(config, listener, lambda: serverfile.remove(home, written))

@@ -7,7 +7,6 @@ import os
 import typer
 
 from meda_cli.context import handles_errors, meda, netns_origin
-from meda_core.vms.ssh import SSH_PORT, check_reachable, ssh_argv
 
 app = typer.Typer()
 
@@ -22,6 +21,8 @@ def ssh(
     ),
 ) -> None:
     """Open a shell in a VM as user meda, or run CMD (after --) there."""
+    from meda_core.vms.ssh import SSH_PORT, check_reachable, ssh_argv
+
     instance = meda()
     vm, settings = instance.vms.get(name), instance.settings
     endpoint = instance.network.guest_endpoint(vm.name, SSH_PORT)

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from meda_cli.context import api, handles_errors
 from meda_cli.output import JsonOption, UserDataOption, fields, read_user_data, render, table
 from meda_cli.validation import build
-from meda_core.models import (
-    CloneRequest,
-    CreateVMRequest,
-    OperationResult,
-    TemplateList,
-    VMInfo,
-    VMList,
-)
-from meda_core.vms.service import MAX_STOP_TIMEOUT
+from meda_core.inputs.choices import MAX_STOP_TIMEOUT
+
+if TYPE_CHECKING:  # the models are imported by the commands that use them, not by --help
+    from meda_core.models import OperationResult, TemplateList, VMInfo, VMList
 
 app = typer.Typer()
 
@@ -77,6 +73,8 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a VM (stopped) from an image."""
+    from meda_core.models import CreateVMRequest
+
     request = build(
         CreateVMRequest,
         name=name,
@@ -182,6 +180,8 @@ def restore(name: str, as_json: bool = JsonOption) -> None:
 @handles_errors
 def clone(source: str, name: str, as_json: bool = JsonOption) -> None:
     """Start NAME as a clone of the template SOURCE, from SOURCE's snapshot."""
+    from meda_core.models import CloneRequest
+
     _report(api().clone_vm(source, build(CloneRequest, name=name)), as_json)
 
 

@@ -3,13 +3,16 @@
 Every function takes the ``Meda`` first, then the operation's parameters under their HTTP
 names, and returns the operation's response model; :mod:`meda_core.interface.table`
 declares which operation each one is.
+
+The table, and so the remote client, imports this module: what only runs here (the
+facade, the VM service, ``run``) is imported by the function that runs it, so a client
+of a server loads no plugin system (tests/meda_cli/test_startup.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meda_core.facade import Meda
 from meda_core.inputs.sizes import format_size
 from meda_core.interface.feeds import BusFeed, EventFeed
 from meda_core.models import (
@@ -41,9 +44,10 @@ from meda_core.models import (
 )
 from meda_core.state.operations import Operation, OperationList, Progress, no_progress
 from meda_core.vms.capacity import Capacity, measure
-from meda_core.vms.run import run_image as run_from_image
-from meda_core.vms.service import power_off_timeout
 from meda_core.vms.views import image_info, image_list, template_list, vm_info, vm_list
+
+if TYPE_CHECKING:
+    from meda_core.facade import Meda
 
 # ---- VMs ----
 
@@ -71,6 +75,8 @@ def start_vm(meda: Meda, name: str) -> OperationResult:
 def stop_vm(
     meda: Meda, name: str, force: bool = False, timeout: float | None = None
 ) -> OperationResult:
+    from meda_core.vms.service import power_off_timeout
+
     seconds = power_off_timeout(force, timeout, meda.settings.stop_timeout)
     vm = meda.vms.stop(name, seconds)
     message = f"Stopped VM: {name}" + (" (forced)" if seconds == 0 else "")
@@ -80,6 +86,8 @@ def stop_vm(
 def delete_vm(
     meda: Meda, name: str, force: bool = False, timeout: float | None = None
 ) -> OperationResult:
+    from meda_core.vms.service import power_off_timeout
+
     meda.vms.delete(name, power_off_timeout(force, timeout, 0.0))
     return OperationResult(success=True, message=f"Deleted VM: {name}")
 
@@ -199,6 +207,8 @@ def create_image(meda: Meda, request: CreateImageRequest) -> ImageResult:
 
 
 def run_image(meda: Meda, request: RunRequest, progress: Progress = no_progress) -> RunResult:
+    from meda_core.vms.run import run_image as run_from_image
+
     vm, run = run_from_image(meda.images, meda.vms, meda.warm_runs, request, progress)
     verb = "Created" if request.no_start else "Started"
     message = f"{verb} VM {vm.name} from {request.image}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meda_core.inputs.choices import MAX_STOP_TIMEOUT
 from meda_core.inputs.names import IMAGE_REF_PATTERN, VM_NAME_PATTERN
 from meda_core.interface import actions
 from meda_core.interface.endpoint import Endpoint, Invoker, Param, endpoints
@@ -41,7 +42,6 @@ from meda_core.models import (
 )
 from meda_core.state.operations import Operation, OperationList
 from meda_core.vms.capacity import Capacity
-from meda_core.vms.service import MAX_STOP_TIMEOUT
 
 #: What an operation may answer besides success (the error bodies of meda_core.errors).
 ERRORS: dict[int, str] = {

@@ -15,13 +15,16 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, computed_field
 
 from meda_core.errors import ExceedsHost, InsufficientCapacity
 from meda_core.inputs.sizes import format_size, parse_size
 from meda_core.models import VM, VMSpec, VMState
-from meda_core.settings import Settings
+
+if TYPE_CHECKING:  # a client of a server reads Capacity without meda's settings
+    from meda_core.settings import Settings
 
 COMMITTING = frozenset({VMState.STARTING, VMState.RUNNING, VMState.STOPPING})
 RETRY_AFTER_SECONDS = 30

@@ -34,6 +34,7 @@ from meda_core.errors import (
 from meda_core.host import processes as procs
 from meda_core.images import diskprobe
 from meda_core.images.service import ImageService
+from meda_core.inputs.choices import MAX_STOP_TIMEOUT
 from meda_core.inputs.names import check_vm_name
 from meda_core.inputs.sizes import format_size
 from meda_core.models import (
@@ -93,9 +94,6 @@ def _as_meda_error(exc: Exception, what: str) -> MedaError:
     if isinstance(exc, MedaError):
         return exc
     return BackendError(f"{what}: {exc}", cause=type(exc).__name__)
-
-
-MAX_STOP_TIMEOUT = 3600.0
 
 
 def power_off_timeout(force: bool, timeout: float | None, default: float) -> float:
