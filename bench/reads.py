@@ -96,7 +96,16 @@ def make_home(folder: Path) -> dict[str, str]:
     kernel = folder / "vmlinuz"
     kernel.write_bytes(os.urandom(4096))  # never booted: the VMs stay stopped
     subprocess.run(
-        [sys.executable, "-m", "meda_cli.main", "images", "import", "default", "--kernel", str(kernel)],
+        [
+            sys.executable,
+            "-m",
+            "meda_cli.main",
+            "images",
+            "import",
+            "default",
+            "--kernel",
+            str(kernel),
+        ],
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
@@ -115,7 +124,9 @@ def create_vms(base: str, count: int) -> list[float]:
             response.raise_for_status()
             if i % 10 == 0:
                 forward = {"host_port": 20000 + i, "guest_port": 22}
-                http.post(f"/api/v1/vms/bench-{i:03d}/port-forward", json=forward).raise_for_status()
+                http.post(
+                    f"/api/v1/vms/bench-{i:03d}/port-forward", json=forward
+                ).raise_for_status()
     return latencies
 
 
