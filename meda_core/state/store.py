@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meda_core.errors import Conflict, InvalidState, VMExists, VMNotFound
-from meda_core.models import VM, Image, PortForward, RuntimeInfo, VMState
+from meda_core.models import VM, Image, PortForward, Protocol, RuntimeInfo, VMState
 from meda_core.state import migrations
 
 
@@ -41,6 +41,16 @@ class StateStore:
             yield db
         finally:
             db.close()
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection whose queries see one snapshot of the database."""
+        with self._connect() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -84,6 +94,30 @@ class StateStore:
         with self._connect() as db:
             rows = db.execute("SELECT data FROM vms ORDER BY name").fetchall()
         return [VM.model_validate_json(row[0]) for row in rows]
+
+    def list_vms_with_forwards(self) -> list[VM]:
+        """Every VM with its port forwards: two queries on one connection, whatever the
+        number of VMs."""
+        with self._reading() as db:
+            rows = db.execute("SELECT data FROM vms ORDER BY name").fetchall()
+            forwards = _forwards_by_vm(db.execute(_FORWARDS + " ORDER BY host_port, protocol"))
+        return [_with_forwards(VM.model_validate_json(row[0]), forwards) for row in rows]
+
+    def require_vm_with_forwards(self, name: str) -> VM:
+        """One VM with its port forwards (:class:`VMNotFound` if there is none)."""
+        with self._reading() as db:
+            row = db.execute("SELECT data FROM vms WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise VMNotFound(name)
+            query = _FORWARDS + " WHERE vm = ? ORDER BY host_port, protocol"
+            forwards = _forwards_by_vm(db.execute(query, (name,)))
+        return _with_forwards(VM.model_validate_json(row[0]), forwards)
+
+    def add_forwards(self, vms: list[VM]) -> list[VM]:
+        """``vms``, each given its port forwards (one query)."""
+        with self._connect() as db:
+            forwards = _forwards_by_vm(db.execute(_FORWARDS + " ORDER BY host_port, protocol"))
+        return [_with_forwards(vm, forwards) for vm in vms]
 
     def save_vm(self, vm: VM) -> None:
         """Overwrite the stored record of an existing VM."""
@@ -254,13 +288,13 @@ class StateStore:
 
     def forwards(self, vm: str | None = None) -> list[tuple[str, PortForward]]:
         """``(vm, forward)`` pairs, of one VM or of all."""
-        query = "SELECT vm, host_port, guest_port, protocol FROM forwards"
+        query = _FORWARDS
         args: tuple[str, ...] = ()
         if vm is not None:
             query, args = query + " WHERE vm = ?", (vm,)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY host_port, protocol", args).fetchall()
-        return [(r[0], PortForward(host_port=r[1], guest_port=r[2], protocol=r[3])) for r in rows]
+        return [(r[0], _forward(r)) for r in rows]
 
     def remove_forwards(self, vm: str, forward: PortForward | None = None) -> int:
         """Remove one forward of ``vm`` (matched by host port and protocol) or all of them."""
@@ -273,3 +307,25 @@ class StateStore:
                     (vm, forward.host_port, forward.protocol.value),
                 )
         return cursor.rowcount
+
+
+_FORWARDS = "SELECT vm, host_port, guest_port, protocol FROM forwards"
+
+
+def _forward(row: tuple[str, int, int, str]) -> PortForward:
+    # Built without validation: the rows were checked when they were added.
+    return PortForward.model_construct(
+        host_port=row[1], guest_port=row[2], protocol=Protocol(row[3])
+    )
+
+
+def _forwards_by_vm(rows: Iterable[tuple[str, int, int, str]]) -> dict[str, list[PortForward]]:
+    by_vm: dict[str, list[PortForward]] = {}
+    for row in rows:
+        by_vm.setdefault(row[0], []).append(_forward(row))
+    return by_vm
+
+
+def _with_forwards(vm: VM, forwards: dict[str, list[PortForward]]) -> VM:
+    vm.port_forwards = forwards.get(vm.name, [])
+    return vm
