@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +13,9 @@ from pathlib import Path
 from meda_core.errors import Conflict, InvalidState, VMExists, VMNotFound
 from meda_core.models import VM, Image, PortForward, Protocol, RuntimeInfo, VMState
 from meda_core.state import migrations
+
+#: Connections kept open for the next call (more are opened while more threads need one).
+IDLE_CONNECTIONS = 4
 
 
 @dataclass(frozen=True)
@@ -28,19 +33,72 @@ class StateStore:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)  # SQLite gives its -wal and -shm files the database's mode
-        with self._connect() as db:
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._version_db: sqlite3.Connection | None = None
+        self._listed: tuple[int, list[VM]] | None = None
+        db = self._open()  # not pooled: a migration may put a new file in its place
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             self.upgraded_from = migrations.upgrade(db, path)
+        finally:
+            db.close()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """An idle connection, or a new one; kept for the next call unless enough are idle.
+
+        Opening one costs more than most queries. A connection left inside a transaction
+        (its rollback failed) is closed, never reused; a forked child opens its own."""
+        with self._lock:
+            self._after_fork()
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._open()
         try:
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA synchronous=NORMAL")
             yield db
         finally:
+            self._release(db)
+
+    def _release(self, db: sqlite3.Connection) -> None:
+        with self._lock:
+            mine = self._pid == os.getpid()
+            if mine and not db.in_transaction and len(self._idle) < IDLE_CONNECTIONS:
+                self._idle.append(db)
+                return
+        db.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child, leave the parent's connections alone (SQLite's are not to be
+        shared across a fork) and open new ones. Called with the lock held."""
+        if self._pid != os.getpid():
+            self._idle, self._version_db, self._listed = [], None, None
+            self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close the connections kept open (the store opens new ones if used again)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            version_db, self._version_db = self._version_db, None
+        for db in [*idle, *([version_db] if version_db else [])]:
             db.close()
+
+    def _data_version(self) -> int:
+        """A number that changes whenever any connection, of any process, commits a change:
+        SQLite's ``data_version`` on a connection that itself never writes."""
+        with self._lock:
+            self._after_fork()
+            if self._version_db is None:
+                self._version_db = self._open()
+            version: int = self._version_db.execute("PRAGMA data_version").fetchone()[0]
+        return version
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -97,11 +155,17 @@ class StateStore:
 
     def list_vms_with_forwards(self) -> list[VM]:
         """Every VM with its port forwards: two queries on one connection, whatever the
-        number of VMs."""
-        with self._reading() as db:
-            rows = db.execute("SELECT data FROM vms ORDER BY name").fetchall()
-            forwards = _forwards_by_vm(db.execute(_FORWARDS + " ORDER BY host_port, protocol"))
-        return [_with_forwards(VM.model_validate_json(row[0]), forwards) for row in rows]
+        number of VMs, and none while nothing was written since the last list (the
+        records parsed then are handed out again, as copies)."""
+        version, listed = self._data_version(), self._listed
+        if listed is None or listed[0] != version:
+            with self._reading() as db:
+                rows = db.execute("SELECT data FROM vms ORDER BY name").fetchall()
+                query = _FORWARDS + " ORDER BY host_port, protocol"
+                forwards = _forwards_by_vm(db.execute(query))
+            vms = [_with_forwards(VM.model_validate_json(row[0]), forwards) for row in rows]
+            listed = self._listed = (version, vms)
+        return [_copy(vm) for vm in listed[1]]
 
     def require_vm_with_forwards(self, name: str) -> VM:
         """One VM with its port forwards (:class:`VMNotFound` if there is none)."""
@@ -329,3 +393,10 @@ def _forwards_by_vm(rows: Iterable[tuple[str, int, int, str]]) -> dict[str, list
 def _with_forwards(vm: VM, forwards: dict[str, list[PortForward]]) -> VM:
     vm.port_forwards = forwards.get(vm.name, [])
     return vm
+
+
+def _copy(vm: VM) -> VM:
+    """A copy of ``vm`` its holder may change (its fields, its list of forwards)."""
+    copy = vm.model_copy()
+    copy.port_forwards = list(vm.port_forwards)
+    return copy

@@ -98,7 +98,8 @@ def test_reads_while_watched_never_ask_the_host(
 ) -> None:
     make_vm("vm1")
     watched.vms.start("vm1")
-    asked: list[str] = []
+    _eventually(lambda: "vm1" in watched._watcher.watched())  # type: ignore[union-attr]
+    asked: list[str] = []  # from here on, only a read could ask (no sweep within 5 s)
     monkeypatch.setattr(procs, "is_alive", lambda runtime: asked.append("is_alive") or True)
     assert [vm.state for vm in watched.vms.list()] == [VMState.RUNNING]
     assert watched.vms.get("vm1").state == VMState.RUNNING
@@ -112,6 +113,7 @@ def test_reads_while_watched_never_ask_the_host(
 def test_watching_stops_on_delete_and_leaves_nothing_open(fake_meda: Meda, make_vm: MakeVM) -> None:
     make_vm("vm1")
     fake_meda.vms.start("vm1")
+    fake_meda.store.close()  # the store's own connections are not the watcher's
     before = _open_fds()
     watcher = fake_meda.watch()
     assert fake_meda.vms.watched
@@ -120,7 +122,8 @@ def test_watching_stops_on_delete_and_leaves_nothing_open(fake_meda: Meda, make_
     _eventually(lambda: watcher.watched() == {})
     fake_meda.unwatch()
     assert not fake_meda.vms.watched
-    assert _open_fds() == before
+    fake_meda.store.close()
+    assert _open_fds() == before  # pidfds, the wake-up pipe
     assert "meda-watcher" not in {thread.name for thread in threading.enumerate()}
 
 
@@ -136,6 +139,7 @@ def test_a_list_is_two_queries_whatever_the_number_of_vms(
         return db
 
     monkeypatch.setattr(sqlite3, "connect", traced)
+    fake_meda.store.close()  # connections opened from here on are traced
 
     def selects(read: Callable[[], object]) -> int:
         statements.clear()
@@ -157,3 +161,26 @@ def test_a_list_is_two_queries_whatever_the_number_of_vms(
     assert queries() == one == (2, 2, 2)  # not one more query per VM
     listed = {vm.name: vm.port_forwards for vm in fake_meda.vms.list()}
     assert listed["vm3"] == [PortForward(host_port=2003, guest_port=22)]
+
+
+def test_a_list_with_nothing_written_since_reads_no_rows_yet_sees_any_writer(
+    fake_meda: Meda, make_vm: MakeVM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list's records are parsed again only after a commit, whoever made it (another
+    process writes with a connection of its own, as this raw one does)."""
+    make_vm("vm1")
+    store = fake_meda.store
+    first = store.list_vms_with_forwards()
+    parsed: list[str] = []
+    validate = VM.model_validate_json
+    monkeypatch.setattr(
+        VM, "model_validate_json", lambda data: parsed.append(data) or validate(data)
+    )
+    again = store.list_vms_with_forwards()
+    assert parsed == [] and again == first and again[0] is not first[0]
+    again[0].port_forwards.append(PortForward(host_port=1, guest_port=1))  # a copy: the
+    assert store.list_vms_with_forwards()[0].port_forwards == []  # cache is not changed
+    with sqlite3.connect(store.path) as other:
+        other.execute("UPDATE vms SET data = json_set(data, '$.state', 'error')")
+    assert store.list_vms_with_forwards()[0].state == VMState.ERROR
+    assert len(parsed) == 1
