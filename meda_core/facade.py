@@ -101,6 +101,11 @@ class Meda:
             self._watcher = watcher
         return self._watcher
 
+    @property
+    def watched(self) -> bool:
+        """True while :meth:`watch` keeps the records current: reads only read the store."""
+        return self.vms.watched
+
     def unwatch(self) -> None:
         """Stop :meth:`watch`ing: reads reconcile each VM again."""
         watcher, self._watcher = self._watcher, None

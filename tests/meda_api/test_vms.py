@@ -188,3 +188,21 @@ def test_the_server_watches_its_vms_while_it_serves(fake_meda: Meda, fake_image:
         assert client.get("/api/v1/vms/vm1").json()["state"] == "stopped"
     assert not fake_meda.vms.watched
     assert "meda-watcher" not in {thread.name for thread in threading.enumerate()}
+
+
+def test_reads_of_a_watched_store_skip_the_worker_threads(
+    client: TestClient, fake_meda: Meda, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While watched, a list or get only reads the store: answered on the event loop; a
+    meda not watched reconciles (asks the host), in a worker thread like any plain call."""
+    threads: list[str] = []
+    listing = fake_meda.vms.list
+    monkeypatch.setattr(
+        fake_meda.vms, "list", lambda: threads.append(threading.current_thread().name) or listing()
+    )
+    assert client.get("/api/v1/vms").status_code == 200
+    fake_meda.unwatch()
+    assert client.get("/api/v1/vms").status_code == 200
+    fake_meda.watch()
+    worker = "AnyIO worker thread"
+    assert [name == worker for name in threads] == [False, True]
