@@ -49,7 +49,7 @@ from meda_core.vms.views import image_info, image_list, template_list, vm_info, 
 
 
 def list_vms(meda: Meda) -> VMList:
-    return vm_list(meda.vms.list())
+    return meda.vms.list_view(vm_list)
 
 
 def create_vm(meda: Meda, request: CreateVMRequest) -> OperationResult:

@@ -9,10 +9,13 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from meda_core.errors import Conflict, InvalidState, VMExists, VMNotFound
 from meda_core.models import VM, Image, PortForward, Protocol, RuntimeInfo, VMState
 from meda_core.state import migrations
+
+T = TypeVar("T")
 
 #: Connections kept open for the next call (more are opened while more threads need one).
 IDLE_CONNECTIONS = 4
@@ -38,6 +41,7 @@ class StateStore:
         self._pid = os.getpid()
         self._version_db: sqlite3.Connection | None = None
         self._listed: tuple[int, list[VM]] | None = None
+        self._views: dict[Callable[[list[VM]], Any], tuple[int, Any]] = {}
         db = self._open()  # not pooled: a migration may put a new file in its place
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -79,7 +83,7 @@ class StateStore:
         """In a forked child, leave the parent's connections alone (SQLite's are not to be
         shared across a fork) and open new ones. Called with the lock held."""
         if self._pid != os.getpid():
-            self._idle, self._version_db, self._listed = [], None, None
+            self._idle, self._version_db, self._listed, self._views = [], None, None, {}
             self._pid = os.getpid()
 
     def close(self) -> None:
@@ -157,6 +161,21 @@ class StateStore:
         """Every VM with its port forwards: two queries on one connection, whatever the
         number of VMs, and none while nothing was written since the last list (the
         records parsed then are handed out again, as copies)."""
+        return [_copy(vm) for vm in self._listed_vms()[1]]
+
+    def view_of_vms(self, view: Callable[[list[VM]], T]) -> T:
+        """``view`` of every VM with its port forwards, made once per change to the store
+        and shared by every caller until the next: ``view`` must not change the VMs it is
+        given, nor its callers what it returns (a response rendered from them, say)."""
+        version, vms = self._listed_vms()
+        made = self._views.get(view)
+        if made is None or made[0] != version:
+            made = self._views[view] = (version, view(vms))
+        shared: T = made[1]
+        return shared
+
+    def _listed_vms(self) -> tuple[int, list[VM]]:
+        """The parsed VMs, read again only when any connection committed since."""
         version, listed = self._data_version(), self._listed
         if listed is None or listed[0] != version:
             with self._reading() as db:
@@ -165,7 +184,7 @@ class StateStore:
                 forwards = _forwards_by_vm(db.execute(query))
             vms = [_with_forwards(VM.model_validate_json(row[0]), forwards) for row in rows]
             listed = self._listed = (version, vms)
-        return [_copy(vm) for vm in listed[1]]
+        return listed
 
     def require_vm_with_forwards(self, name: str) -> VM:
         """One VM with its port forwards (:class:`VMNotFound` if there is none)."""

@@ -171,6 +171,13 @@ class VMService:
 
     # ---- queries ----
 
+    def list_view(self, view: Callable[[list[VM]], T]) -> T:
+        """``view`` (a response shape) of :meth:`list`; while watched, made once per change
+        to the store and shared until the next (``view`` must not change the VMs)."""
+        if self.watched:
+            return self._store.view_of_vms(view)
+        return view(self.list())
+
     def reconcile(self, name: str) -> VM | None:
         """Bring one VM's record in line with the host now (None: it is gone)."""
         vm = self._store.get_vm(name)

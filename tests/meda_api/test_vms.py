@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -196,10 +197,13 @@ def test_reads_of_a_watched_store_skip_the_worker_threads(
     """While watched, a list or get only reads the store: answered on the event loop; a
     meda not watched reconciles (asks the host), in a worker thread like any plain call."""
     threads: list[str] = []
-    listing = fake_meda.vms.list
-    monkeypatch.setattr(
-        fake_meda.vms, "list", lambda: threads.append(threading.current_thread().name) or listing()
-    )
+    listing = fake_meda.vms.list_view
+
+    def list_view(view: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return listing(view)
+
+    monkeypatch.setattr(fake_meda.vms, "list_view", list_view)
     assert client.get("/api/v1/vms").status_code == 200
     fake_meda.unwatch()
     assert client.get("/api/v1/vms").status_code == 200

@@ -184,3 +184,22 @@ def test_a_list_with_nothing_written_since_reads_no_rows_yet_sees_any_writer(
         other.execute("UPDATE vms SET data = json_set(data, '$.state', 'error')")
     assert store.list_vms_with_forwards()[0].state == VMState.ERROR
     assert len(parsed) == 1
+
+
+def test_a_watched_list_view_is_made_once_per_change(watched: Meda, make_vm: MakeVM) -> None:
+    made: list[int] = []
+
+    def view(vms: list[VM]) -> list[str]:
+        made.append(len(vms))
+        return [vm.name for vm in vms]
+
+    make_vm("vm1")
+    first = watched.vms.list_view(view)
+    assert watched.vms.list_view(view) is first and made == [1]
+    make_vm("vm2")
+    assert watched.vms.list_view(view) == ["vm1", "vm2"] and made == [1, 2]
+    watched.unwatch()  # a meda not watched makes it at every call
+    watched.vms.list_view(view)
+    watched.vms.list_view(view)
+    assert made == [1, 2, 2, 2]
+    watched.watch()
