@@ -51,7 +51,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             running,
             (time.monotonic() - started) * 1000,
         )
+    meda.watch()  # from here on, what changes under meda reaches the store by events
     yield
+    await run_in_threadpool(meda.unwatch)
     await run_in_threadpool(meda.close)  # template builds delete what they half made
 
 

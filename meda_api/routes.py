@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from meda_api.background import ASYNC_RESPONSES, PreferHeader, run_or_accept
 from meda_api.streams import HeldStream, sse
@@ -68,6 +70,8 @@ def _handler(endpoint: Endpoint[Any, Any]) -> Handler:
         handler = _waiting(endpoint)
     elif endpoint.background is not None:
         handler = _backgrounded(endpoint, endpoint.background)
+    elif endpoint.store_read:
+        handler = _store_read(endpoint)
     else:
         handler = _plain(endpoint)
     parameters = [inspect.Parameter("http", _KEYWORD, annotation=Request)]
@@ -109,6 +113,19 @@ def _held(http: Request) -> HeldRequests:
 def _plain(endpoint: Endpoint[Any, Any]) -> Handler:
     def handler(http: Request, **arguments: Any) -> Any:
         return endpoint.call(_meda(http), **arguments)
+
+    return handler
+
+
+def _store_read(endpoint: Endpoint[Any, Any]) -> Handler:
+    """On the event loop while the VMs are watched (the call then reads the store alone:
+    no worker thread to hand it to and back), else in a worker thread as a plain call."""
+
+    async def handler(http: Request, **arguments: Any) -> Any:
+        meda = _meda(http)
+        if meda.watched:
+            return endpoint.call(meda, **arguments)
+        return await run_in_threadpool(partial(endpoint.call, meda, **arguments))
 
     return handler
 

@@ -24,6 +24,7 @@ from meda_core.state.store import StateStore
 from meda_core.vms.service import VMService
 from meda_core.vms.snapshots import SnapshotService
 from meda_core.vms.templates import TemplateBuild, TemplateJob, WarmRuns
+from meda_core.vms.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Meda:
             self.settings, self.store, self.vms, self.snapshots, self.backends
         )
         self.warm_runs.background = self.build_template
+        self._watcher: Watcher | None = None
 
     def build_template(self, job: TemplateJob) -> None:
         """Build a run's template as a background operation of this process (listed
@@ -90,19 +92,42 @@ class Meda:
             log.warning("template builds still under way at shutdown")
         self.operations.shutdown()
 
+    def watch(self) -> Watcher:
+        """Keep the VM records in line with the host by events from now on (a server does
+        this once it has recovered): reads then answer from the store alone."""
+        if self._watcher is None:
+            watcher = Watcher(self.vms, self.store, self.settings.reconcile_interval)
+            watcher.start()
+            self._watcher = watcher
+        return self._watcher
+
+    @property
+    def watched(self) -> bool:
+        """True while :meth:`watch` keeps the records current: reads only read the store."""
+        return self.vms.watched
+
+    def unwatch(self) -> None:
+        """Stop :meth:`watch`ing: reads reconcile each VM again."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+
     def recover(self) -> list[VM]:
         """Settle every VM after a (re)start and bring back what their network needs.
 
         Running guests are re-adopted as they are; operations a crash cut short are rolled
         forward or back; rules and DHCP come back after a host reboot.
         """
-        vms = self.vms.list()
+        vms = self.store.add_forwards(self.vms.reconcile_all())
         self.network.restore()
         return vms
 
     def _emit(self, event: VMEvent) -> None:
         self.plugins.emit(event)
         self.events.publish("vm", event.model_dump(mode="json"))
+        watcher = self._watcher
+        if watcher is not None:  # a VM started, stopped or went: what to watch changed
+            watcher.poke()
 
     def plugin_report(self) -> PluginReport:
         return PluginReport(plugins=self.plugins.report(), backends=self.backends.describe())

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     run_template_retry: float = Field(
         3600.0, ge=0, description="Seconds runs boot cold after a template build failed"
     )
+    reconcile_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between a server's checks of every VM against the host (VM "
+        "processes it can watch are seen at once)",
+    )
     netns: str | None = Field(
         None, description="Network namespace for meda's whole network and its VMs"
     )

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 packages=(qemu-system-x86 qemu-utils busybox-static curl ca-certificates jq
           dnsmasq-base nftables iproute2 util-linux docker-registry skopeo
           mmdebstrap e2fsprogs openssh-client)
+packages+=(wrk)  # bench/reads.py: the load tool, the same for meda and its yardstick
 packages+=(chromium)  # tests: Swagger UI and ReDoc opened offline (test_docs_offline.py)
 missing=()
 for p in "${packages[@]}"; do

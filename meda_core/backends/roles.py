@@ -226,6 +226,12 @@ class HypervisorBackend(Backend):
     def cleanup(self, vm_dir: Path) -> None:
         """Remove the runtime files (sockets, pid files) a stopped VM left in ``vm_dir``."""
 
+    def watched_process(self, runtime: RuntimeInfo) -> RuntimeInfo | None:
+        """The process whose exit means the VM ``runtime`` names may have stopped: a server
+        watches it and reconciles the VM as soon as it exits. None (the default): the VM is
+        checked with :meth:`is_running` at MEDA_RECONCILE_INTERVAL only."""
+        return None
+
     def plan(self, launch: LaunchSpec) -> dict[str, Any]:
         """What :meth:`start` would run and send, for an operator to check (dry run)."""
         return {}

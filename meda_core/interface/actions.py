@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 
 def list_vms(meda: Meda) -> VMList:
-    return vm_list(meda.vms.list())
+    return meda.vms.list_view(vm_list)
 
 
 def create_vm(meda: Meda, request: CreateVMRequest) -> OperationResult:

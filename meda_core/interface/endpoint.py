@@ -57,7 +57,9 @@ class Endpoint(Generic[P, R]):
     ``background``: the kind of background operation it becomes when the client prefers
     (``Prefer: respond-async``); ``stream``: the media type of a stream of events it answers
     with (``call`` returns an :class:`~meda_core.interface.feeds.EventFeed`); ``wait``: the
-    call's form for an event loop, used while a ``holds`` parameter keeps the request open.
+    call's form for an event loop, used while a ``holds`` parameter keeps the request open;
+    ``store_read``: while the VMs are watched (:attr:`~meda_core.facade.Meda.watched`) the
+    call only reads the state store, so a server may run it on its event loop.
     """
 
     method: str
@@ -73,6 +75,7 @@ class Endpoint(Generic[P, R]):
     background: str | None = None
     stream: str | None = None
     wait: Callable[..., Awaitable[R]] | None = None
+    store_read: bool = False
     name: str = ""
 
     def __set_name__(self, owner: type, name: str) -> None:

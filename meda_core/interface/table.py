@@ -92,7 +92,9 @@ class MedaApi(Invoker):
     """
 
     # ---- VMs ----
-    list_vms = Endpoint("GET", "/vms", actions.list_vms, "vms", (), VMList, errors=ERRORS)
+    list_vms = Endpoint(
+        "GET", "/vms", actions.list_vms, "vms", (), VMList, errors=ERRORS, store_read=True
+    )
     create_vm = Endpoint(
         "POST",
         "/vms",
@@ -103,7 +105,17 @@ class MedaApi(Invoker):
         201,
         ERRORS,
     )
-    get_vm = Endpoint("GET", "/vms/{name}", actions.get_vm, "vms", (VM_NAME,), VMInfo, 200, ERRORS)
+    get_vm = Endpoint(
+        "GET",
+        "/vms/{name}",
+        actions.get_vm,
+        "vms",
+        (VM_NAME,),
+        VMInfo,
+        200,
+        ERRORS,
+        store_read=True,
+    )
     start_vm = Endpoint(
         "POST",
         "/vms/{name}/start",

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from meda_core.errors import Conflict, InvalidState, VMExists, VMNotFound
-from meda_core.models import VM, Image, PortForward, RuntimeInfo, VMState
+from meda_core.models import VM, Image, PortForward, Protocol, RuntimeInfo, VMState
 from meda_core.state import migrations
+
+T = TypeVar("T")
+
+#: Connections kept open for the next call (more are opened while more threads need one).
+IDLE_CONNECTIONS = 4
 
 
 @dataclass(frozen=True)
@@ -28,19 +36,83 @@ class StateStore:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)  # SQLite gives its -wal and -shm files the database's mode
-        with self._connect() as db:
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._version_db: sqlite3.Connection | None = None
+        self._listed: tuple[int, list[VM]] | None = None
+        self._views: dict[Callable[[list[VM]], Any], tuple[int, Any]] = {}
+        db = self._open()  # not pooled: a migration may put a new file in its place
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             self.upgraded_from = migrations.upgrade(db, path)
+        finally:
+            db.close()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """An idle connection, or a new one; kept for the next call unless enough are idle.
+
+        Opening one costs more than most queries. A connection left inside a transaction
+        (its rollback failed) is closed, never reused; a forked child opens its own."""
+        with self._lock:
+            self._after_fork()
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._open()
         try:
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA synchronous=NORMAL")
             yield db
         finally:
+            self._release(db)
+
+    def _release(self, db: sqlite3.Connection) -> None:
+        with self._lock:
+            mine = self._pid == os.getpid()
+            if mine and not db.in_transaction and len(self._idle) < IDLE_CONNECTIONS:
+                self._idle.append(db)
+                return
+        db.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child, leave the parent's connections alone (SQLite's are not to be
+        shared across a fork) and open new ones. Called with the lock held."""
+        if self._pid != os.getpid():
+            self._idle, self._version_db, self._listed, self._views = [], None, None, {}
+            self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close the connections kept open (the store opens new ones if used again)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            version_db, self._version_db = self._version_db, None
+        for db in [*idle, *([version_db] if version_db else [])]:
             db.close()
+
+    def _data_version(self) -> int:
+        """A number that changes whenever any connection, of any process, commits a change:
+        SQLite's ``data_version`` on a connection that itself never writes."""
+        with self._lock:
+            self._after_fork()
+            if self._version_db is None:
+                self._version_db = self._open()
+            version: int = self._version_db.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection whose queries see one snapshot of the database."""
+        with self._connect() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -84,6 +156,51 @@ class StateStore:
         with self._connect() as db:
             rows = db.execute("SELECT data FROM vms ORDER BY name").fetchall()
         return [VM.model_validate_json(row[0]) for row in rows]
+
+    def list_vms_with_forwards(self) -> list[VM]:
+        """Every VM with its port forwards: two queries on one connection, whatever the
+        number of VMs, and none while nothing was written since the last list (the
+        records parsed then are handed out again, as copies)."""
+        return [_copy(vm) for vm in self._listed_vms()[1]]
+
+    def view_of_vms(self, view: Callable[[list[VM]], T]) -> T:
+        """``view`` of every VM with its port forwards, made once per change to the store
+        and shared by every caller until the next: ``view`` must not change the VMs it is
+        given, nor its callers what it returns (a response rendered from them, say)."""
+        version, vms = self._listed_vms()
+        made = self._views.get(view)
+        if made is None or made[0] != version:
+            made = self._views[view] = (version, view(vms))
+        shared: T = made[1]
+        return shared
+
+    def _listed_vms(self) -> tuple[int, list[VM]]:
+        """The parsed VMs, read again only when any connection committed since."""
+        version, listed = self._data_version(), self._listed
+        if listed is None or listed[0] != version:
+            with self._reading() as db:
+                rows = db.execute("SELECT data FROM vms ORDER BY name").fetchall()
+                query = _FORWARDS + " ORDER BY host_port, protocol"
+                forwards = _forwards_by_vm(db.execute(query))
+            vms = [_with_forwards(VM.model_validate_json(row[0]), forwards) for row in rows]
+            listed = self._listed = (version, vms)
+        return listed
+
+    def require_vm_with_forwards(self, name: str) -> VM:
+        """One VM with its port forwards (:class:`VMNotFound` if there is none)."""
+        with self._reading() as db:
+            row = db.execute("SELECT data FROM vms WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise VMNotFound(name)
+            query = _FORWARDS + " WHERE vm = ? ORDER BY host_port, protocol"
+            forwards = _forwards_by_vm(db.execute(query, (name,)))
+        return _with_forwards(VM.model_validate_json(row[0]), forwards)
+
+    def add_forwards(self, vms: list[VM]) -> list[VM]:
+        """``vms``, each given its port forwards (one query)."""
+        with self._connect() as db:
+            forwards = _forwards_by_vm(db.execute(_FORWARDS + " ORDER BY host_port, protocol"))
+        return [_with_forwards(vm, forwards) for vm in vms]
 
     def save_vm(self, vm: VM) -> None:
         """Overwrite the stored record of an existing VM."""
@@ -254,13 +371,13 @@ class StateStore:
 
     def forwards(self, vm: str | None = None) -> list[tuple[str, PortForward]]:
         """``(vm, forward)`` pairs, of one VM or of all."""
-        query = "SELECT vm, host_port, guest_port, protocol FROM forwards"
+        query = _FORWARDS
         args: tuple[str, ...] = ()
         if vm is not None:
             query, args = query + " WHERE vm = ?", (vm,)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY host_port, protocol", args).fetchall()
-        return [(r[0], PortForward(host_port=r[1], guest_port=r[2], protocol=r[3])) for r in rows]
+        return [(r[0], _forward(r)) for r in rows]
 
     def remove_forwards(self, vm: str, forward: PortForward | None = None) -> int:
         """Remove one forward of ``vm`` (matched by host port and protocol) or all of them."""
@@ -273,3 +390,32 @@ class StateStore:
                     (vm, forward.host_port, forward.protocol.value),
                 )
         return cursor.rowcount
+
+
+_FORWARDS = "SELECT vm, host_port, guest_port, protocol FROM forwards"
+
+
+def _forward(row: tuple[str, int, int, str]) -> PortForward:
+    # Built without validation: the rows were checked when they were added.
+    return PortForward.model_construct(
+        host_port=row[1], guest_port=row[2], protocol=Protocol(row[3])
+    )
+
+
+def _forwards_by_vm(rows: Iterable[tuple[str, int, int, str]]) -> dict[str, list[PortForward]]:
+    by_vm: dict[str, list[PortForward]] = {}
+    for row in rows:
+        by_vm.setdefault(row[0], []).append(_forward(row))
+    return by_vm
+
+
+def _with_forwards(vm: VM, forwards: dict[str, list[PortForward]]) -> VM:
+    vm.port_forwards = forwards.get(vm.name, [])
+    return vm
+
+
+def _copy(vm: VM) -> VM:
+    """A copy of ``vm`` its holder may change (its fields, its list of forwards)."""
+    copy = vm.model_copy()
+    copy.port_forwards = list(vm.port_forwards)
+    return copy

@@ -155,6 +155,23 @@ class HypervisorConformance(BackendConformance):
         assert procs.is_alive(runtime)
         assert runtime.boot_id == procs.boot_id()
 
+    def test_the_watched_process_is_alive_and_exits_with_the_vm(
+        self, backend: HypervisorBackend, launch: LaunchFactory, stop_timeout: float
+    ) -> None:
+        """A server holds a pidfd on it: it must run while the VM does and be gone once the
+        VM is stopped (None: the VM is checked at intervals only)."""
+        spec = launch("watched")
+        runtime = backend.start(spec)
+        try:
+            watched = backend.watched_process(runtime)
+            if watched is None:
+                pytest.skip(f"{backend.name} names no process to watch")
+            assert procs.is_alive(watched)
+        finally:
+            backend.stop(runtime, spec.vm_dir, stop_timeout)
+            backend.cleanup(spec.vm_dir)
+        assert procs.wait_gone(watched, 10)
+
     def test_recover_finds_the_process_by_uuid_only(
         self, backend: HypervisorBackend, running: tuple[LaunchSpec, RuntimeInfo]
     ) -> None:

@@ -101,6 +101,9 @@ class FakeHypervisor(HypervisorBackend):
         else:
             procs.kill(runtime)
 
+    def watched_process(self, runtime: RuntimeInfo) -> RuntimeInfo:
+        return runtime
+
     def is_running(self, runtime: RuntimeInfo) -> bool:
         self._reap(runtime.pid)
         return procs.is_alive(runtime)

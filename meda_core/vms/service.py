@@ -131,6 +131,13 @@ class VMService:
         self._backends = backends
         self._emit = emit
         self._me = procs.identify(os.getpid())
+        #: True while a :class:`~meda_core.vms.watch.Watcher` keeps the records in line
+        #: with the host: reads then answer from the store alone.
+        self.watched = False
+
+    @property
+    def backends(self) -> BackendSelector:
+        return self._backends
 
     @property
     def me(self) -> RuntimeInfo | None:
@@ -143,7 +150,7 @@ class VMService:
 
     def begin_snapshot(self, name: str) -> VM:
         """Mark a running VM as being snapshotted by this process (it stays running)."""
-        self.get(name)
+        self._current(name)
         return self._begin(name, {VMState.RUNNING}, VMState.SNAPSHOTTING)
 
     def end_snapshot(self, vm: VM, snapshot: Snapshot | None) -> VM:
@@ -162,15 +169,41 @@ class VMService:
 
     # ---- queries ----
 
+    def list_view(self, view: Callable[[list[VM]], T]) -> T:
+        """``view`` (a response shape) of :meth:`list`; while watched, made once per change
+        to the store and shared until the next (``view`` must not change the VMs)."""
+        if self.watched:
+            return self._store.view_of_vms(view)
+        return view(self.list())
+
+    def reconcile(self, name: str) -> VM | None:
+        """Bring one VM's record in line with the host now (None: it is gone)."""
+        vm = self._store.get_vm(name)
+        return None if vm is None else self._reconcile(vm)
+
+    def reconcile_all(self) -> list[VM]:
+        """Bring every VM's record in line with the host now; the VMs that remain."""
+        settled = (self._reconcile(vm) for vm in self._store.list_vms())
+        return [vm for vm in settled if vm is not None]
+
     def get(self, name: str) -> VM:
+        """The VM as recorded; unless a watcher keeps the records current, reconciled first."""
+        if self.watched:
+            return self._store.require_vm_with_forwards(check_vm_name(name))
+        return self._current(name)
+
+    def list(self) -> list[VM]:
+        """Every VM (one query while watched), by name."""
+        if self.watched:
+            return self._store.list_vms_with_forwards()
+        return self._store.add_forwards(self.reconcile_all())
+
+    def _current(self, name: str) -> VM:
+        """The VM reconciled now, as an operation needs it whether watched or not."""
         vm = self._reconcile(self._store.require_vm(check_vm_name(name)))
         if vm is None:  # a create or delete cut short by a crash, settled just now
             vm = self._store.require_vm(name)
         return self._with_forwards(vm)
-
-    def list(self) -> list[VM]:
-        settled = (self._reconcile(vm) for vm in self._store.list_vms())
-        return [self._with_forwards(vm) for vm in settled if vm is not None]
 
     def _with_forwards(self, vm: VM) -> VM:
         vm.port_forwards = [forward for _, forward in self._store.forwards(vm.name)]
@@ -287,7 +320,7 @@ class VMService:
     def start(self, name: str, restore: Snapshot | None = None, reset_disk: bool = False) -> VM:
         """Boot the VM, or with ``restore`` resume it from that snapshot's saved state
         (``reset_disk``: its disk first goes back to the snapshot's)."""
-        self.get(name)  # reconcile first: a VM whose guest powered off is startable
+        self._current(name)  # a VM whose guest powered off just now is startable
         vm = self._store.transition(
             name,
             STARTABLE,
@@ -341,7 +374,7 @@ class VMService:
     def stop(self, name: str, timeout: float | None = None) -> VM:
         """Power the VM off: ACPI, then forced after ``timeout`` seconds (None:
         MEDA_STOP_TIMEOUT; 0: forced at once, no ACPI)."""
-        self.get(name)
+        self._current(name)
         vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
         self._power_off(vm, self._settings.stop_timeout if timeout is None else timeout)
         vm = self._finish(vm, VMState.STOPPED)
@@ -352,7 +385,7 @@ class VMService:
         """Remove the VM and its disk. A running one is powered off first, at once by
         default: its disk is thrown away, so a clean shutdown would protect nothing;
         ``timeout`` gives the guest that many seconds of ACPI first."""
-        vm = self.get(name)
+        vm = self._current(name)
         clones = sorted(c.name for c in self._store.list_vms() if c.clone_of == name)
         if clones:  # their disks are overlays on this VM's snapshot
             raise Conflict(
@@ -380,7 +413,7 @@ class VMService:
 
     def plan(self, name: str, hypervisor: str | None = None) -> dict[str, Any]:
         """What starting the VM would run (dry run): nothing is created or changed."""
-        vm = self.get(name)
+        vm = self._current(name)
         if hypervisor is not None:
             backend = self._backends.named(Role.HYPERVISOR, hypervisor, HypervisorBackend)
         else:

@@ -157,6 +157,11 @@ class CloudHypervisor(HypervisorBackend):
         if not procs.wait_gone(runtime, 5.0):
             procs.kill(runtime)
 
+    def watched_process(self, runtime: RuntimeInfo) -> RuntimeInfo:
+        """The VMM's process: its exit is seen at once; a guest that powers off while the
+        VMM lives on is seen at the reconcile interval."""
+        return runtime
+
     def is_running(self, runtime: RuntimeInfo) -> bool:
         """The VMM lives on after its guest powers off; only a running VM counts."""
         if not procs.is_alive(runtime):

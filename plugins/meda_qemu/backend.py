@@ -212,6 +212,10 @@ class QemuHypervisor(HypervisorBackend):
         if procs.is_alive(runtime):
             raise BackendError(f"qemu process {runtime.pid} did not exit after SIGKILL")
 
+    def watched_process(self, runtime: RuntimeInfo) -> RuntimeInfo:
+        """QEMU's process: it exits when the guest powers off."""
+        return runtime
+
     def is_running(self, runtime: RuntimeInfo) -> bool:
         return procs.is_alive(runtime)
 

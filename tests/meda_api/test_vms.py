@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from meda_api import create_app
 from meda_core.facade import Meda
+from meda_core.models import VMState
 
 SEED_CREATE = {"name": "api-test", "memory": "2G", "cpus": 4, "disk": "20G"}
 
@@ -166,3 +172,41 @@ def test_plan_for_an_unknown_hypervisor_is_400(client: TestClient) -> None:
     response = client.get("/api/v1/vms/planned/plan", params={"hypervisor": "no-such"})
     assert response.status_code == 400 and _is_error_body(response.json(), "INVALID_REQUEST")
     assert "fake" in response.json()["details"]["installed"]
+
+
+def test_the_server_watches_its_vms_while_it_serves(fake_meda: Meda, fake_image: str) -> None:
+    """The lifespan starts the watcher: a guest whose process exits shows stopped with no
+    read settling it (the store says so first); at shutdown the watcher goes."""
+    with TestClient(create_app(fake_meda), base_url="http://localhost") as client:
+        assert fake_meda.vms.watched
+        assert client.post("/api/v1/vms", json={"name": "vm1"}).status_code == 201
+        pid = client.post("/api/v1/vms/vm1/start").json()["vm"]["details"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 1
+        while fake_meda.store.require_vm("vm1").state != VMState.STOPPED:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert client.get("/api/v1/vms/vm1").json()["state"] == "stopped"
+    assert not fake_meda.vms.watched
+    assert "meda-watcher" not in {thread.name for thread in threading.enumerate()}
+
+
+def test_reads_of_a_watched_store_skip_the_worker_threads(
+    client: TestClient, fake_meda: Meda, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While watched, a list or get only reads the store: answered on the event loop; a
+    meda not watched reconciles (asks the host), in a worker thread like any plain call."""
+    threads: list[str] = []
+    listing = fake_meda.vms.list_view
+
+    def list_view(view: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return listing(view)
+
+    monkeypatch.setattr(fake_meda.vms, "list_view", list_view)
+    assert client.get("/api/v1/vms").status_code == 200
+    fake_meda.unwatch()
+    assert client.get("/api/v1/vms").status_code == 200
+    fake_meda.watch()
+    worker = "AnyIO worker thread"
+    assert [name == worker for name in threads] == [False, True]

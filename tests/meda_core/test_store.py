@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -90,3 +92,29 @@ def test_failed_transaction_changes_nothing(store: StateStore) -> None:
 def test_a_vm_s_disk_is_a_file_in_its_own_folder(disk_file: str) -> None:
     with pytest.raises(ValidationError, match="disk_file"):
         _vm("vm1", disk_file=disk_file)
+
+
+def test_connections_are_kept_for_the_next_call(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.list_vms()
+    opened: list[object] = []
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(a) or connect(*a, **k))
+    for _ in range(3):
+        store.list_vms()
+    assert opened == []
+    store.close()
+    store.list_vms()
+    assert len(opened) == 1
+
+
+def test_a_forked_child_opens_connections_of_its_own(store: StateStore) -> None:
+    store.list_vms()
+    parents = {id(db) for db in store._idle}
+    pid = os.fork()
+    if pid == 0:  # the child: a connection shared with the parent would corrupt its locks
+        with store._connect() as db:
+            os._exit(0 if id(db) not in parents and store.list_vms() == [] else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert store.list_vms() == []
