@@ -36,27 +36,39 @@ def link_names(netns: str | None) -> list[str]:
         return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
 
 
-def ensure_bridge(netns: str | None, name: str, address: str, prefixlen: int) -> None:
-    """The bridge with its address, up; and ``lo`` up (a new namespace has it down)."""
+def ensure_bridge(
+    netns: str | None, name: str, address: str, prefixlen: int, tap: str | None = None
+) -> bool:
+    """The bridge with its address, up; and ``lo`` up (a new namespace has it down); with
+    ``tap``, that tap on it too, in the same netlink session (opening one in a namespace
+    costs a process). True if the bridge was made just now."""
     with netlink(netns) as ipr:
         ipr.link("set", index=_index(ipr, "lo"), state="up")
         index = _index(ipr, name)
-        if index is None:
+        made = index is None
+        if made:
             ipr.link("add", ifname=name, kind="bridge")
             index = _index(ipr, name)
         addresses = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
         if address not in addresses:
             ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
         ipr.link("set", index=index, state="up")
+        if tap is not None:
+            _add_tap(ipr, tap, name)
+    return made
 
 
 def add_tap(netns: str | None, name: str, bridge: str) -> None:
     """A persistent tap on ``bridge``, replacing any stale one of the same name."""
     with netlink(netns) as ipr:
-        if _index(ipr, name) is not None:
-            ipr.link("del", index=_index(ipr, name))
-        ipr.link("add", ifname=name, kind="tuntap", mode="tap")
-        ipr.link("set", index=_index(ipr, name), master=_index(ipr, bridge), state="up")
+        _add_tap(ipr, name, bridge)
+
+
+def _add_tap(ipr: Any, name: str, bridge: str) -> None:
+    if _index(ipr, name) is not None:
+        ipr.link("del", index=_index(ipr, name))
+    ipr.link("add", ifname=name, kind="tuntap", mode="tap")
+    ipr.link("set", index=_index(ipr, name), master=_index(ipr, bridge), state="up")
 
 
 def remove_link(netns: str | None, name: str) -> bool:

@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -47,6 +49,7 @@ from meda_core.vms import seed
 from meda_tapbridge import TapBridgeNetwork, dns, isolated, nft, uplink
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings
+from meda_tapbridge.together import together
 
 LISTEN = (
     "import socket, sys, time\n"
@@ -1033,3 +1036,50 @@ def test_a_nic_in_the_vms_own_namespace_is_its_fixed_tap(backend_context: Backen
         kind=NicKind.TAP, mac=own.mac, tap=isolated.TAP, netns="meda-vm-x-5"
     )
     assert network.guest_endpoint("vm", own, [], 22) == ("10.0.0.5", 22)
+
+
+def test_a_namespace_with_no_way_out_is_said_once_as_the_network_comes_up(
+    tapbridge: TapBridgeNetwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not at every start: the check is a subprocess each VM would wait on."""
+    tapbridge.plug("vm1", tapbridge.allocate("vm1"))
+    caplog.clear()
+    tapbridge.plug("vm2", tapbridge.allocate("vm2"))
+    assert "has no route out" not in caplog.text
+
+
+def test_a_plug_makes_the_tap_on_the_bridge_with_its_rules_and_lease(
+    tapbridge: TapBridgeNetwork,
+) -> None:
+    """The overlapped steps of a plug all happened: tap on the bridge and up, the lease
+    in dnsmasq's hosts file, the port in the rules."""
+    attachment = tapbridge.allocate("vm1")
+    tapbridge.plug("vm1", attachment)
+    ns, bridge = tapbridge.ns, tapbridge.config.bridge
+    assert attachment.tap is not None and ns is not None
+    link = run_in(ns, "ip", "-o", "link", "show", attachment.tap)
+    assert f"master {bridge}" in link and "UP" in link
+    assert f"{attachment.mac},{attachment.ip}" in tapbridge.dhcp.hostsfile.read_text()
+    assert tapbridge.dhcp.running() is not None
+    assert attachment.tap in run_in(ns, "nft", "list", "ruleset")
+
+
+def test_together_runs_its_steps_at_the_same_time() -> None:
+    """Each step waits for the other: run one after the other, they would time out."""
+    barrier = threading.Barrier(3, timeout=5)
+    together(barrier.wait, barrier.wait, barrier.wait)
+
+
+def test_together_raises_the_first_error_once_every_step_is_done() -> None:
+    done = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.2)
+        done.set()
+
+    def fails(message: str) -> None:
+        raise ValueError(message)
+
+    with pytest.raises(ValueError, match="first"):
+        together(slow, partial(fails, "first"), partial(fails, "second"))
+    assert done.is_set()
