@@ -27,7 +27,7 @@ from meda_core.backends.roles import (
     NicKind,
     NicSpec,
 )
-from meda_core.errors import Conflict
+from meda_core.errors import BackendUnavailable, Conflict
 from meda_core.host import processes as procs
 from meda_core.models import VM, PortForward
 from meda_core.network.macs import random_mac
@@ -46,7 +46,7 @@ from meda_core.testing.namespaces import (
     run_in,
 )
 from meda_core.vms import seed
-from meda_tapbridge import TapBridgeNetwork, dns, isolated, nft, uplink
+from meda_tapbridge import TapBridgeNetwork, dns, isolated, links, nft, uplink
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings
 from meda_tapbridge.together import together
@@ -1083,3 +1083,35 @@ def test_together_raises_the_first_error_once_every_step_is_done() -> None:
     with pytest.raises(ValueError, match="first"):
         together(slow, partial(fails, "first"), partial(fails, "second"))
     assert done.is_set()
+
+
+def test_netlink_in_a_namespace_sees_that_namespace_only(netns: str) -> None:
+    """The socket is made by a thread that enters the namespace: what it lists and makes is
+    there, and the caller stays where it was."""
+    run_in(netns, "ip", "link", "add", "mdummy0", "type", "bridge")
+    before = links.link_names(None)
+    inside = links.link_names(netns)
+    assert "mdummy0" in inside and "mdummy0" not in before
+    assert set(inside) == set(run_in(netns, "ls", "/sys/class/net").split())
+    assert links.remove_link(netns, "mdummy0")
+    assert links.link_names(None) == before  # nothing came or went on the host
+
+
+def test_netlink_in_a_missing_namespace_says_so() -> None:
+    with pytest.raises(BackendUnavailable, match="does not exist"):
+        links.link_names("meda-no-such-namespace")
+
+
+def test_a_tap_is_made_in_the_namespace_on_its_bridge_never_on_the_host(netns: str) -> None:
+    """The tap's ioctl runs in a thread that entered the namespace: made anywhere else,
+    the tap would be on the host, and not found on the bridge."""
+    run_in(netns, "ip", "link", "add", "mbrtest0", "type", "bridge")
+    try:
+        links.add_tap(netns, "mtaptest0", "mbrtest0")
+        assert "mtaptest0" not in os.listdir("/sys/class/net")
+        shown = run_in(netns, "ip", "-d", "-o", "link", "show", "mtaptest0")
+        assert "master mbrtest0" in shown and "tun type tap" in shown and "persist on" in shown
+        links.add_tap(netns, "mtaptest0", "mbrtest0")  # a stale one is replaced
+    finally:
+        links.remove_link(netns, "mtaptest0")
+        links.remove_link(netns, "mbrtest0")
