@@ -9,6 +9,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -347,9 +348,12 @@ class VMService:
         # image that names a host file.
         diskprobe.check_chain(vm.disk_path, diskprobe.roots(self._settings), vm.disk_format)
         network = self._network(vm)
-        nics = () if network is None else (self._plug(vm, network),)
+        # The seed needs the attachment, not the plugged NIC: it is written meanwhile.
+        with ThreadPoolExecutor(1, thread_name_prefix=f"seed-{vm.name}") as pool:
+            seed_written = pool.submit(self._write_seed, vm, network)
+            nics = () if network is None else (self._plug(vm, network),)
+            seed_iso = seed_written.result()
         state = restore.state_file if restore is not None else None
-        seed_iso = self._write_seed(vm, network)
         return hypervisor.start(self._launch_spec(vm, nics, seed_iso, state))
 
     def _start_failed(self, vm: VM, exc: Exception) -> MedaError:

@@ -32,6 +32,9 @@ from meda_qemu.argv import build_argv, cdrom_id, hostfwd_rule, log_path, runtime
 from meda_qemu.settings import QemuSettings
 
 START_TIMEOUT = 60.0
+#: How often a starting QEMU's monitor socket is looked for: the API answers this much
+#: later than it could at worst, so it is short (a look is one stat).
+MONITOR_POLL = 0.005
 RESTORE_TIMEOUT = 60.0
 SAVE_TIMEOUT = 120.0
 MAX_BANDWIDTH = 1 << 40  # bytes/s: unlimited, in effect
@@ -92,14 +95,15 @@ class QemuHypervisor(HypervisorBackend):
         choice = self.choose_accel(launch.kernel)
         with _opened(launch.disk) as disk_fd:
             argv = self._argv(launch, choice.accel, (disk_fd,))
-            _launch(argv, launch, (disk_fd,))
+            kvm = _launch(argv, launch, (disk_fd,))
         runtime = self.recover(launch.vm_dir, launch.uuid)
         if runtime is None:
             raise BackendError("qemu started but its process could not be found")
         if launch.restore_state is not None:
             self._await_restore(runtime, launch.vm_dir)
             self._change_media(runtime, launch)
-        runtime.accelerator = self._accelerator_in_use(launch.vm_dir, choice.accel)
+        # What QEMU said it runs on, rather than what was asked for.
+        runtime.accelerator = "kvm" if kvm.get("enabled") else "tcg"
         runtime.extra.update({"accelerator_reason": choice.reason, "argv": argv})
         return runtime
 
@@ -187,15 +191,6 @@ class QemuHypervisor(HypervisorBackend):
         qmp_socket, _ = runtime_paths(vm_dir)
         qmp.execute(qmp_socket, "cont")
 
-    def _accelerator_in_use(self, vm_dir: Path, wanted: str) -> str:
-        """Ask QEMU which accelerator runs, rather than trusting what was asked for."""
-        qmp_socket, _ = runtime_paths(vm_dir)
-        try:
-            kvm = qmp.execute(qmp_socket, "query-kvm")
-        except Exception:
-            return wanted
-        return "kvm" if kvm.get("enabled") else "tcg"
-
     def stop(self, runtime: RuntimeInfo, vm_dir: Path, timeout: float) -> None:
         if not procs.is_alive(runtime):
             return
@@ -269,9 +264,10 @@ def _opened(disk: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _launch(argv: list[str], launch: LaunchSpec, pass_fds: tuple[int, ...]) -> None:
+def _launch(argv: list[str], launch: LaunchSpec, pass_fds: tuple[int, ...]) -> dict[str, Any]:
     """Run QEMU in a session of its own and wait until its monitor answers (the VM is set
-    up, or loading its saved state); BackendError with what it printed if it ends first."""
+    up, or loading its saved state); BackendError with what it printed if it ends first.
+    Returns the monitor's first answer, ``query-kvm``: which accelerator runs."""
     with ExitStack() as files:
         log = files.enter_context(os.fdopen(create_private(log_path(launch.vm_dir)), "wb"))
         state: IO[bytes] | int = subprocess.DEVNULL
@@ -293,14 +289,14 @@ def _launch(argv: list[str], launch: LaunchSpec, pass_fds: tuple[int, ...]) -> N
     while process.poll() is None:
         try:
             if qmp_socket.exists():  # not before: a refused connection is logged as an error
-                qmp.execute(qmp_socket, "query-status")
-                return
+                answer: dict[str, Any] = qmp.execute(qmp_socket, "query-kvm")
+                return answer
         except Exception:
             pass
         if time.monotonic() > deadline:
             process.kill()
             raise BackendError("qemu did not answer on its monitor", argv=argv)
-        time.sleep(0.02)
+        time.sleep(MONITOR_POLL)
     message = log_path(launch.vm_dir).read_text(errors="replace").strip() or "no error output"
     raise BackendError(f"qemu failed to start: {message[-2000:]}", argv=argv)
 

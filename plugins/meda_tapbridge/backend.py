@@ -17,6 +17,7 @@ from meda_core.plugin import (
     Capability,
     ForwardListener,
     GuestAddressing,
+    Lease,
     MedaError,
     NetworkAttachment,
     NetworkBackend,
@@ -32,6 +33,7 @@ from meda_tapbridge import dns, isolated, links, nft, uplink
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.proxies import Proxies, ProxySpec
 from meda_tapbridge.settings import BridgeSettings, settings_problem
+from meda_tapbridge.together import together
 
 NAMESPACE_PREFIX = "meda-vm-"
 REQUIRED_TOOLS = {"nft": "nftables", "dnsmasq": "dnsmasq-base", "nsenter": "util-linux"}
@@ -139,10 +141,10 @@ class TapBridgeNetwork(NetworkBackend):
     def plug(self, vm: str, attachment: NetworkAttachment) -> NicSpec:
         assert attachment.tap is not None
         with self._locked():
-            self._ensure_network()
             if attachment.netns is None:
-                links.add_tap(self.ns, attachment.tap, self.config.bridge)
+                self._ensure_network(tap=attachment.tap)
                 return self.nic(attachment)
+            self._ensure_network()
         assert attachment.ip is not None and attachment.gateway is not None
         config = self.config
         isolated.setup(
@@ -361,39 +363,69 @@ class TapBridgeNetwork(NetworkBackend):
         links.create_namespace(self.ns)
         self._made_namespace.write_text(self.ns)
 
-    def _ensure_network(self) -> None:
+    def _ensure_network(self, tap: str | None = None) -> None:
+        """The bridge (with ``tap`` on it), sysctls, DHCP and rules, as the leases say.
+
+        A VM waits on this at each start, so the independent steps overlap: the rules
+        (matched by interface name) are loaded while the bridge and tap are made, then
+        the sysctls and dnsmasq, which need the bridge, go together. What they read from
+        meda's state is read here, in the calling thread.
+        """
         self._ensure_namespace()
         config = self.config
-        if self.ns is not None and config.netns_uplink:
+        uplink_wanted = self.ns is not None and config.netns_uplink
+        if uplink_wanted:
+            assert self.ns is not None
             uplink.ensure(
                 self.ns, config.uplink_network, config.blocked_networks, config.uplink_interfaces
             )
-        elif self.ns is not None and not netns.run(self.ns, ["ip", "route", "show", "default"]):
+        leases = self.context.leases.all(config.bridge)
+        ruleset = self._ruleset(config, leases)
+        servers = dns.upstream_servers(config.configured_dns_servers)
+
+        def bridge_then_services() -> None:
+            made = links.ensure_bridge(
+                self.ns, config.bridge, config.gateway_ip, config.network.prefixlen, tap
+            )
+            steps: list[Callable[[], object]] = [
+                partial(self._set_sysctls, config),
+                partial(self._sync_dhcp, leases, servers),
+            ]
+            if made and self.ns is not None and not uplink_wanted:
+                steps.append(self._say_if_no_route_out)  # once, as the network comes up
+            together(*steps)
+
+        together(bridge_then_services, partial(nft.replace, self.ns, ruleset))
+
+    def _say_if_no_route_out(self) -> None:
+        if not netns.run(self.ns, ["ip", "route", "show", "default"]):
             log.warning(
                 "MEDA_NETNS %s has no route out (MEDA_NETNS_UPLINK=0): its guests get no "
                 "answers from DNS and reach nothing beyond the host",
                 self.ns,
             )
-        links.ensure_bridge(self.ns, config.bridge, config.gateway_ip, config.network.prefixlen)
-        netns.set_sysctl(self.ns, "net.ipv4.ip_forward", "1")
-        # Forwards reached from 127.0.0.1 are routed out of the bridge: allow it there only.
-        netns.set_sysctl(self.ns, f"net.ipv4.conf.{config.bridge}.route_localnet", "1")
-        self._sync_dhcp()
-        self._sync_rules()
 
-    def _sync_dhcp(self) -> None:
+    def _set_sysctls(self, config: BridgeSettings) -> None:
+        # Forwards reached from 127.0.0.1 are routed out of the bridge: allow it there only.
+        localnet = f"net.ipv4.conf.{config.bridge}.route_localnet=1"
+        netns.run(self.ns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", localnet])
+
+    def _sync_dhcp(self, leases: list[Lease], servers: list[str]) -> None:
         config = self.config
         self.dhcp.ensure(
-            self.context.leases.all(config.bridge),
+            leases,
             config.gateway_ip,
             str(config.network.netmask),
             str(config.network.network_address),
-            dns.upstream_servers(config.configured_dns_servers),
+            servers,
         )
 
     def _sync_rules(self) -> None:
         config = self.config
-        leases = self.context.leases.all(config.bridge)
+        nft.replace(self.ns, self._ruleset(config, self.context.leases.all(config.bridge)))
+
+    def _ruleset(self, config: BridgeSettings, leases: list[Lease]) -> str:
+        """nftables rules for ``leases``: their ports and their VMs' forwards."""
         ips = {lease.vm: lease.ip for lease in leases}
         forwards = [
             (ips[vm], f.host_port, f.guest_port, f.protocol.value)
@@ -408,7 +440,7 @@ class TapBridgeNetwork(NetworkBackend):
             for name in (tap, tap.replace("mtap", "mveth"))
         ]
         address = None if self.ns is not None else self._forward_address
-        ruleset = nft.render(
+        return nft.render(
             config.subnet,
             config.bridge,
             forwards,
@@ -418,7 +450,6 @@ class TapBridgeNetwork(NetworkBackend):
             forward_address=None if address == EVERY_ADDRESS else address,
             blocked=config.blocked_networks,
         )
-        nft.replace(self.ns, ruleset)
 
     def _teardown(self) -> None:
         """Remove everything the network had: DHCP, rules, bridge, uplink, files."""

@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from meda_core.backends.roles import (
     NicKind,
     NicSpec,
 )
-from meda_core.errors import Conflict
+from meda_core.errors import BackendUnavailable, Conflict
 from meda_core.host import processes as procs
 from meda_core.models import VM, PortForward
 from meda_core.network.macs import random_mac
@@ -44,9 +46,10 @@ from meda_core.testing.namespaces import (
     run_in,
 )
 from meda_core.vms import seed
-from meda_tapbridge import TapBridgeNetwork, dns, isolated, nft, uplink
+from meda_tapbridge import TapBridgeNetwork, dns, isolated, links, nft, uplink
 from meda_tapbridge.dhcp import DhcpServer
 from meda_tapbridge.settings import BridgeSettings
+from meda_tapbridge.together import together
 
 LISTEN = (
     "import socket, sys, time\n"
@@ -1033,3 +1036,82 @@ def test_a_nic_in_the_vms_own_namespace_is_its_fixed_tap(backend_context: Backen
         kind=NicKind.TAP, mac=own.mac, tap=isolated.TAP, netns="meda-vm-x-5"
     )
     assert network.guest_endpoint("vm", own, [], 22) == ("10.0.0.5", 22)
+
+
+def test_a_namespace_with_no_way_out_is_said_once_as_the_network_comes_up(
+    tapbridge: TapBridgeNetwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not at every start: the check is a subprocess each VM would wait on."""
+    tapbridge.plug("vm1", tapbridge.allocate("vm1"))
+    caplog.clear()
+    tapbridge.plug("vm2", tapbridge.allocate("vm2"))
+    assert "has no route out" not in caplog.text
+
+
+def test_a_plug_makes_the_tap_on_the_bridge_with_its_rules_and_lease(
+    tapbridge: TapBridgeNetwork,
+) -> None:
+    """The overlapped steps of a plug all happened: tap on the bridge and up, the lease
+    in dnsmasq's hosts file, the port in the rules."""
+    attachment = tapbridge.allocate("vm1")
+    tapbridge.plug("vm1", attachment)
+    ns, bridge = tapbridge.ns, tapbridge.config.bridge
+    assert attachment.tap is not None and ns is not None
+    link = run_in(ns, "ip", "-o", "link", "show", attachment.tap)
+    assert f"master {bridge}" in link and "UP" in link
+    assert f"{attachment.mac},{attachment.ip}" in tapbridge.dhcp.hostsfile.read_text()
+    assert tapbridge.dhcp.running() is not None
+    assert attachment.tap in run_in(ns, "nft", "list", "ruleset")
+
+
+def test_together_runs_its_steps_at_the_same_time() -> None:
+    """Each step waits for the other: run one after the other, they would time out."""
+    barrier = threading.Barrier(3, timeout=5)
+    together(barrier.wait, barrier.wait, barrier.wait)
+
+
+def test_together_raises_the_first_error_once_every_step_is_done() -> None:
+    done = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.2)
+        done.set()
+
+    def fails(message: str) -> None:
+        raise ValueError(message)
+
+    with pytest.raises(ValueError, match="first"):
+        together(slow, partial(fails, "first"), partial(fails, "second"))
+    assert done.is_set()
+
+
+def test_netlink_in_a_namespace_sees_that_namespace_only(netns: str) -> None:
+    """The socket is made by a thread that enters the namespace: what it lists and makes is
+    there, and the caller stays where it was."""
+    run_in(netns, "ip", "link", "add", "mdummy0", "type", "bridge")
+    before = links.link_names(None)
+    inside = links.link_names(netns)
+    assert "mdummy0" in inside and "mdummy0" not in before
+    assert set(inside) == set(run_in(netns, "ls", "/sys/class/net").split())
+    assert links.remove_link(netns, "mdummy0")
+    assert links.link_names(None) == before  # nothing came or went on the host
+
+
+def test_netlink_in_a_missing_namespace_says_so() -> None:
+    with pytest.raises(BackendUnavailable, match="does not exist"):
+        links.link_names("meda-no-such-namespace")
+
+
+def test_a_tap_is_made_in_the_namespace_on_its_bridge_never_on_the_host(netns: str) -> None:
+    """The tap's ioctl runs in a thread that entered the namespace: made anywhere else,
+    the tap would be on the host, and not found on the bridge."""
+    run_in(netns, "ip", "link", "add", "mbrtest0", "type", "bridge")
+    try:
+        links.add_tap(netns, "mtaptest0", "mbrtest0")
+        assert "mtaptest0" not in os.listdir("/sys/class/net")
+        shown = run_in(netns, "ip", "-d", "-o", "link", "show", "mtaptest0")
+        assert "master mbrtest0" in shown and "tun type tap" in shown and "persist on" in shown
+        links.add_tap(netns, "mtaptest0", "mbrtest0")  # a stale one is replaced
+    finally:
+        links.remove_link(netns, "mtaptest0")
+        links.remove_link(netns, "mbrtest0")
