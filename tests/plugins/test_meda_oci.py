@@ -112,7 +112,7 @@ def test_interrupted_pull_leaves_no_image_and_resumes(
 ) -> None:
     target = published(meda, disk, f"{oci_registry}/meda/big:v1")
     downloads: list[str] = []
-    original = RegistryClient.download
+    original = RegistryClient.receive
 
     def flaky(self: RegistryClient, digest: str, *args):  # type: ignore[no-untyped-def]
         downloads.append(digest)
@@ -120,15 +120,15 @@ def test_interrupted_pull_leaves_no_image_and_resumes(
             raise BackendError("connection dropped")
         return original(self, digest, *args)
 
-    monkeypatch.setattr(RegistryClient, "download", flaky)
+    monkeypatch.setattr(RegistryClient, "receive", flaky)
     monkeypatch.setenv("MEDA_OCI_CONCURRENCY", "1")
     with pytest.raises(BackendError, match="dropped"):
         meda.images.pull(target)
     assert meda.images.list() == []  # nothing half-made is visible
     first_try = len(downloads)
     downloads.clear()
-    monkeypatch.setattr(RegistryClient, "download", original)
-    monkeypatch.setattr(RegistryClient, "download", _counting(original, downloads))
+    monkeypatch.setattr(RegistryClient, "receive", original)
+    monkeypatch.setattr(RegistryClient, "receive", _counting(original, downloads))
     pulled = meda.images.pull(target)
     assert pulled.disk is not None and sha256_file(pulled.disk) == sha256_file(disk)
     assert len(downloads) < 1 + 5  # config + 5 chunks: what was done is not fetched again
@@ -265,7 +265,7 @@ def test_two_pulls_of_one_reference_do_the_work_once(
 ) -> None:
     target = published(meda, disk, f"{oci_registry}/meda/twice:v1")
     downloads: list[str] = []
-    monkeypatch.setattr(RegistryClient, "download", _counting(RegistryClient.download, downloads))
+    monkeypatch.setattr(RegistryClient, "receive", _counting(RegistryClient.receive, downloads))
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: meda.images.pull(target), range(2)))
     assert results[0].digest == results[1].digest
@@ -299,7 +299,7 @@ def test_pull_killed_half_way_leaves_no_image_and_the_next_resumes(
     puller.wait()
     assert meda.images.list() == []
     downloads: list[str] = []
-    monkeypatch.setattr(RegistryClient, "download", _counting(RegistryClient.download, downloads))
+    monkeypatch.setattr(RegistryClient, "receive", _counting(RegistryClient.receive, downloads))
     pulled = meda.images.pull(target)
     assert pulled.disk is not None and sha256_file(pulled.disk) == sha256_file(disk)
     assert len(downloads) <= 1 + 48 - 8  # the config again, then only what was missing
