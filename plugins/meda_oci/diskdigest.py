@@ -6,6 +6,7 @@ the digest is ready when the last chunk is, instead of after a second pass over 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -13,6 +14,8 @@ from functools import partial
 from typing import Any
 
 from meda_oci.unpack import WRITE
+
+_ZEROS = memoryview(bytes(WRITE))
 
 
 class DiskDigest:
@@ -66,10 +69,29 @@ class DiskDigest:
         return index in self._ready or self._cancelled
 
     def _hash_range(self, hasher: Any, buffer: bytearray, start: int) -> None:
+        """Hash one chunk's range: holes as zeros without reading them (a read would fill
+        the page cache with zeros), data from the page cache it was just written to."""
         end, view = min(start + self._chunk_size, self._size), memoryview(buffer)
         while start < end:
-            got = os.preadv(self._fd, [view[: min(WRITE, end - start)]], start)
-            if got <= 0:
-                raise OSError(f"the disk file ended at {start} of {self._size} bytes")
-            hasher.update(view[:got])
-            start += got
+            data = _next_data(self._fd, start, end)
+            while start < data:
+                step = min(WRITE, data - start)
+                hasher.update(_ZEROS[:step] if step < WRITE else _ZEROS)
+                start += step
+            hole = min(os.lseek(self._fd, start, os.SEEK_HOLE), end) if start < end else end
+            while start < hole:
+                got = os.preadv(self._fd, [view[: min(WRITE, hole - start)]], start)
+                if got <= 0:
+                    raise OSError(f"the disk file ended at {start} of {self._size} bytes")
+                hasher.update(view[:got])
+                start += got
+
+
+def _next_data(fd: int, start: int, end: int) -> int:
+    """Where data begins at or after ``start`` (``end``: only a hole is left)."""
+    try:
+        return min(os.lseek(fd, start, os.SEEK_DATA), end)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return end
+        raise

@@ -9,7 +9,6 @@ whatever a chunk claims.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import IO, cast
 
@@ -30,11 +29,14 @@ class ChunkWriter:
     stretches are not written. More than ``size`` bytes, fewer, or a frame that is not
     zstd: refused by :meth:`finish`, which the caller asks only once the compressed bytes
     are verified (a wrong blob is refused as such). Unpacking stops at the first fault.
+
+    The unpacked bytes are not hashed here: the compressed blob's digest is checked and
+    zstd unpacks it one way only, so they are known already; the whole disk is hashed
+    once, for the image store (:mod:`meda_oci.diskdigest`).
     """
 
     def __init__(self, fd: int, offset: int, size: int, holes: bool) -> None:
         self._fd, self._offset, self._size, self._holes = fd, offset, size, holes
-        self._hasher = hashlib.sha256()
         self._unpacked = self._flushed = 0
         self._buffer = bytearray()
         self._fault: BackendError | None = None
@@ -65,8 +67,8 @@ class ChunkWriter:
             self._flush(WRITE)
         return len(piece)
 
-    def finish(self) -> str:
-        """The digest of the unpacked bytes, all written."""
+    def finish(self) -> None:
+        """All unpacked bytes written, and as many as declared."""
         if self._fault is not None:
             raise self._fault
         if self._buffer:
@@ -75,13 +77,11 @@ class ChunkWriter:
             raise BackendError(
                 f"disk chunk unpacks to {self._unpacked} bytes, not its declared {self._size}"
             )
-        return f"sha256:{self._hasher.hexdigest()}"
 
     def _flush(self, count: int) -> None:
         zero = self._holes and self._buffer.startswith(_ZEROS if count == WRITE else bytes(count))
-        with memoryview(self._buffer) as view, view[:count] as piece:
-            self._hasher.update(piece)
-            if not zero:
+        if not zero:
+            with memoryview(self._buffer) as view, view[:count] as piece:
                 os.pwrite(self._fd, piece, self._offset + self._flushed)
         del self._buffer[:count]
         self._flushed += count
