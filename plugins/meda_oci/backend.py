@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -242,10 +243,10 @@ class OciRegistry(RegistryBackend):
             whole = DiskDigest(fd, disk.size, disk.chunk_size)
             try:
                 self._unpack_chunks(chunks, fd, fresh, done_dir, client, meter, whole)
+                os.fsync(fd)  # while the digest catches up
                 digest = whole.result()
             finally:
                 whole.cancel()
-            os.fsync(fd)
         finally:
             os.close(fd)
         partial.replace(final)
@@ -272,7 +273,13 @@ class OciRegistry(RegistryBackend):
             if _resumable(marker, chunk, fd):
                 meter.advance(chunk.blob_size)
             else:
-                writer = unpack.ChunkWriter(fd, chunk.offset, chunk.size, holes=fresh)
+                writer = unpack.ChunkWriter(
+                    fd,
+                    chunk.offset,
+                    chunk.size,
+                    fresh,
+                    functools.partial(whole.written, chunk.index),
+                )
                 client.stream(chunk.blob, chunk.blob_size, writer.feed, meter.advance)
                 writer.finish()
                 marker.write_text(chunk.digest)

@@ -1,7 +1,8 @@
 """The whole disk's digest, taken in order right behind chunks that land out of order.
 
-Each chunk is hashed from the page cache as soon as it and all before it are written, so
-the digest is ready when the last chunk is, instead of after a second pass over the disk.
+The disk is hashed from the page cache right behind the writer of the first chunk not yet
+hashed, so the digest is ready soon after the last chunk is, instead of after a second
+pass over the disk.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class DiskDigest:
     def __init__(self, fd: int, size: int, chunk_size: int) -> None:
         self._fd, self._size, self._chunk_size = fd, size, chunk_size
         self.count = (size + chunk_size - 1) // chunk_size
+        self._written: dict[int, int] = {}  # chunk -> bytes of it written so far
         self._ready: set[int] = set()
         self._cancelled = False
         self._error: BaseException | None = None
@@ -36,6 +38,12 @@ class DiskDigest:
         """Chunk ``index``'s range holds its final bytes (a zero chunk: from the start)."""
         with self._changed:
             self._ready.add(index)
+            self._changed.notify()
+
+    def written(self, index: int, count: int) -> None:
+        """The first ``count`` bytes of chunk ``index`` hold their final bytes."""
+        with self._changed:
+            self._written[index] = count
             self._changed.notify()
 
     def cancel(self) -> None:
@@ -56,22 +64,36 @@ class DiskDigest:
         hasher, buffer = hashlib.sha256(), bytearray(WRITE)
         try:
             for index in range(self.count):
-                with self._changed:
-                    self._changed.wait_for(partial(self._may_hash, index))
-                    if self._cancelled:
+                start = index * self._chunk_size
+                end = min(start + self._chunk_size, self._size)
+                while start < end:
+                    upto = self._wait(index, start)
+                    if upto < 0:
                         return
-                self._hash_range(hasher, buffer, index * self._chunk_size)
+                    self._hash_range(hasher, buffer, start, min(upto, end))
+                    start = min(upto, end)
             self._digest = f"sha256:{hasher.hexdigest()}"
         except BaseException as exc:  # handed to result()
             self._error = exc
 
-    def _may_hash(self, index: int) -> bool:
-        return index in self._ready or self._cancelled
+    def _wait(self, index: int, start: int) -> int:
+        """Where chunk ``index``'s final bytes end, once past ``start`` (-1: cancelled)."""
+        with self._changed:
+            self._changed.wait_for(partial(self._moved, index, start))
+            if self._cancelled:
+                return -1
+            if index in self._ready:
+                return self._size
+            return index * self._chunk_size + self._written[index]
 
-    def _hash_range(self, hasher: Any, buffer: bytearray, start: int) -> None:
-        """Hash one chunk's range: holes as zeros without reading them (a read would fill
+    def _moved(self, index: int, start: int) -> bool:
+        done = index * self._chunk_size + self._written.get(index, 0)
+        return index in self._ready or self._cancelled or done > start
+
+    def _hash_range(self, hasher: Any, buffer: bytearray, start: int, end: int) -> None:
+        """Hash ``start`` to ``end``: holes as zeros without reading them (a read would fill
         the page cache with zeros), data from the page cache it was just written to."""
-        end, view = min(start + self._chunk_size, self._size), memoryview(buffer)
+        view = memoryview(buffer)
         while start < end:
             data = _next_data(self._fd, start, end)
             while start < data:

@@ -10,6 +10,7 @@ whatever a chunk claims.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import IO, cast
 
 import zstandard
@@ -35,8 +36,17 @@ class ChunkWriter:
     once, for the image store (:mod:`meda_oci.diskdigest`).
     """
 
-    def __init__(self, fd: int, offset: int, size: int, holes: bool) -> None:
+    def __init__(
+        self,
+        fd: int,
+        offset: int,
+        size: int,
+        holes: bool,
+        written: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        """``written(count)``: the chunk's first ``count`` bytes are on disk (or holes)."""
         self._fd, self._offset, self._size, self._holes = fd, offset, size, holes
+        self._written = written
         self._unpacked = self._flushed = 0
         self._buffer = bytearray()
         self._fault: BackendError | None = None
@@ -85,3 +95,4 @@ class ChunkWriter:
                 os.pwrite(self._fd, piece, self._offset + self._flushed)
         del self._buffer[:count]
         self._flushed += count
+        self._written(self._flushed)
