@@ -437,6 +437,9 @@ class ImageFiles:
 
     disk: Path | None = None
     disk_format: str | None = None
+    #: ``sha256:...`` of the disk file as pulled, when the backend hashed it while writing
+    #: it (None: meda hashes the file itself).
+    disk_digest: str | None = None
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str | None = None

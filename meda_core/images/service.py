@@ -202,7 +202,8 @@ class ImageService:
             elif copy and field not in staged:
                 moved[field] = self.blobs.add_file(path)[1]
             else:
-                moved[field] = self.blobs.adopt(path, sha256_file(path))
+                known = files.disk_digest if field == "disk" else None
+                moved[field] = self.blobs.adopt(path, known or sha256_file(path))
         return ImageFiles(
             disk=moved["disk"],
             disk_format=files.disk_format,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from meda_core.plugin import (
 from meda_oci import formats, unpack
 from meda_oci.client import OCI_MANIFEST, RegistryClient, sha256_digest
 from meda_oci.deadline import Deadline
+from meda_oci.diskdigest import DiskDigest
 from meda_oci.settings import OciSettings
 
 CONFIG_FILE = "config.json"
@@ -60,16 +62,9 @@ class OciRegistry(RegistryBackend):
     def check_available(self) -> Availability:
         return Availability.yes()
 
-    def _clients(self, ref: Reference, deadline: Deadline) -> Callable[[], RegistryClient]:
-        """One client per thread: a requests session is not shared between threads."""
-        local = threading.local()
-
-        def client() -> RegistryClient:
-            if not hasattr(local, "client"):
-                local.client = RegistryClient(ref, deadline)
-            return local.client  # type: ignore[no-any-return]
-
-        return client
+    def _client(self, ref: Reference, deadline: Deadline) -> RegistryClient:
+        """One client per operation, shared by its threads: one login, one connection pool."""
+        return RegistryClient(ref, deadline, connections=self.config.concurrency)
 
     def manifest_digest(self, reference: Reference) -> str | None:
         with Deadline(self.config.deadline) as deadline:
@@ -81,15 +76,13 @@ class OciRegistry(RegistryBackend):
     def push(self, files: ImageFiles, reference: Reference, progress: Progress) -> str:
         config = self.config
         with Deadline(config.deadline) as deadline:
-            return self._push(
-                files, reference, self._clients(reference, deadline), config, progress
-            )
+            return self._push(files, reference, self._client(reference, deadline), config, progress)
 
     def _push(
         self,
         files: ImageFiles,
         reference: Reference,
-        client: Callable[[], RegistryClient],
+        client: RegistryClient,
         config: OciSettings,
         progress: Progress,
     ) -> str:
@@ -98,14 +91,14 @@ class OciRegistry(RegistryBackend):
         layers, disk_meta = self._push_layers(files, client, config, meter)
         config_blob = _config_blob(files, disk_meta)
         config_digest = sha256_digest(config_blob)
-        client().upload(config_blob, config_digest, len(config_blob))
+        client.upload(config_blob, config_digest, len(config_blob))
         described = formats.descriptor(formats.CONFIG_TYPE, config_digest, len(config_blob))
-        return client().put_manifest(_manifest(described, layers), reference.tag)
+        return client.put_manifest(_manifest(described, layers), reference.tag)
 
     def _push_layers(
         self,
         files: ImageFiles,
-        client: Callable[[], RegistryClient],
+        client: RegistryClient,
         config: OciSettings,
         meter: _Meter,
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -127,11 +120,11 @@ class OciRegistry(RegistryBackend):
             (files.initrd, formats.INITRD_TYPE, "initrd"),
         ):
             if path is not None:
-                layers.append(self._push_file(path, media_type, title, client(), meter))
+                layers.append(self._push_file(path, media_type, title, client, meter))
         return layers, disk_meta
 
     def _push_disk(
-        self, disk: Path, client: Callable[[], RegistryClient], config: OciSettings, meter: _Meter
+        self, disk: Path, client: RegistryClient, config: OciSettings, meter: _Meter
     ) -> tuple[list[formats.Chunk], list[int]]:
         size, step = disk.stat().st_size, config.chunk_size
         count = (size + step - 1) // step
@@ -140,11 +133,11 @@ class OciRegistry(RegistryBackend):
             with disk.open("rb") as f:
                 data = os.pread(f.fileno(), step, index * step)
             meter.advance(len(data))
-            if not data.strip(b"\0"):
+            if data == bytes(len(data)):  # a compare, not a copy of what strip() keeps
                 return None  # an all-zero chunk travels as a number in the config
             packed = zstandard.ZstdCompressor(level=config.zstd_level).compress(data)
             blob = sha256_digest(packed)
-            client().upload(packed, blob, len(packed))
+            client.upload(packed, blob, len(packed))
             return formats.Chunk(
                 index, index * step, len(data), sha256_digest(data), blob, len(packed)
             )
@@ -168,8 +161,8 @@ class OciRegistry(RegistryBackend):
     def pull(self, reference: Reference, workdir: Path, progress: Progress) -> ImageFiles:
         config = self.config
         with Deadline(config.deadline) as deadline:
-            client = self._clients(reference, deadline)
-            raw, digest = client().manifest(reference.digest or reference.tag)
+            client = self._client(reference, deadline)
+            raw, digest = client.manifest(reference.digest or reference.tag)
             if reference.digest and digest != formats.checked_digest(reference.digest):
                 raise BackendError(f"manifest {digest} is not the requested {reference.digest}")
             manifest = formats.parse_manifest(raw, config.max_blob_size)
@@ -189,12 +182,12 @@ class OciRegistry(RegistryBackend):
         self,
         manifest: dict[str, Any],
         workdir: Path,
-        client: Callable[[], RegistryClient],
+        client: RegistryClient,
         settings: OciSettings,
         progress: Progress,
     ) -> ImageFiles:
         layer = manifest["config"]
-        path = client().download(layer["digest"], layer["size"], workdir / CONFIG_FILE, _ignore)
+        path = client.download(layer["digest"], layer["size"], workdir / CONFIG_FILE, _ignore)
         try:
             config = json.loads(path.read_bytes())
         except ValueError:
@@ -210,7 +203,9 @@ class OciRegistry(RegistryBackend):
         ]
         total = sum(c.blob_size for c in chunks) + sum(la["size"] for la, _ in extras)
         meter = _Meter(total, progress)
-        disk_path = self._pull_disk(disk, chunks, workdir, client, meter) if disk else None
+        disk_path, disk_digest = (
+            self._pull_disk(disk, chunks, workdir, client, meter) if disk else (None, None)
+        )
         paths = {name: _fetch(client, layer, workdir / name, meter) for layer, name in extras}
         defaults = config.get("defaults")
         cmdline = config.get("cmdline")
@@ -218,6 +213,7 @@ class OciRegistry(RegistryBackend):
             raise formats.invalid("kernel command line", cmdline)
         return ImageFiles(
             disk=disk_path,
+            disk_digest=disk_digest,
             disk_format=disk.format if disk else None,
             kernel=paths.get("vmlinuz"),
             initrd=paths.get("initrd"),
@@ -231,44 +227,72 @@ class OciRegistry(RegistryBackend):
         disk: formats.Disk,
         chunks: list[formats.Chunk],
         workdir: Path,
-        client: Callable[[], RegistryClient],
+        client: RegistryClient,
         meter: _Meter,
-    ) -> Path:
-        """Chunks land in a sparse file at their offsets; a marker per chunk makes it
-        resumable; zero chunks stay holes."""
+    ) -> tuple[Path, str]:
+        """Chunks stream from the registry, unpacking as they arrive, into a sparse file at
+        their offsets, the whole disk hashed right behind them; a marker per chunk makes it
+        resumable; zero stretches stay holes. The file and its digest."""
         final = workdir / "disk"
         partial, done_dir = workdir / "disk.partial", workdir / "chunks-done"
         done_dir.mkdir(parents=True, exist_ok=True)
-        with partial.open("ab") as f:
-            f.truncate(disk.size)
+        fresh = not partial.exists()  # all holes: zeros need not be written
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, disk.size)
+            whole = DiskDigest(fd, disk.size, disk.chunk_size)
+            try:
+                self._unpack_chunks(chunks, fd, fresh, done_dir, client, meter, whole)
+                os.fsync(fd)  # while the digest catches up
+                digest = whole.result()
+            finally:
+                whole.cancel()
+        finally:
+            os.close(fd)
+        partial.replace(final)
+        shutil.rmtree(done_dir, ignore_errors=True)
+        return final, digest
+
+    def _unpack_chunks(
+        self,
+        chunks: list[formats.Chunk],
+        fd: int,
+        fresh: bool,
+        done_dir: Path,
+        client: RegistryClient,
+        meter: _Meter,
+        whole: DiskDigest,
+    ) -> None:
+        listed = {c.index for c in chunks}
+        for index in range(whole.count):
+            if index not in listed:
+                whole.ready(index)  # a zero chunk: a hole from the start
 
         def one(chunk: formats.Chunk) -> None:
             marker = done_dir / str(chunk.index)
-            if marker.exists() and marker.read_text() == chunk.digest:
+            if _resumable(marker, chunk, fd):
                 meter.advance(chunk.blob_size)
-                return
-            blob = client().download(
-                chunk.blob, chunk.blob_size, workdir / f"chunk-{chunk.index}", meter.advance
-            )
-            with partial.open("r+b") as f:
-                written = unpack.chunk(blob, f.fileno(), chunk.offset, chunk.size)
-                os.fsync(f.fileno())
-            blob.unlink()
-            if written != chunk.digest:
-                raise BackendError(f"disk chunk {chunk.index} failed verification after unpacking")
-            marker.write_text(chunk.digest)
+            else:
+                writer = unpack.ChunkWriter(
+                    fd,
+                    chunk.offset,
+                    chunk.size,
+                    fresh,
+                    functools.partial(whole.written, chunk.index),
+                )
+                client.stream(chunk.blob, chunk.blob_size, writer.feed, meter.advance)
+                writer.finish()
+                marker.write_text(chunk.digest)
+            whole.ready(chunk.index)
 
         with ThreadPoolExecutor(self.config.concurrency) as pool:
             list(pool.map(one, chunks))
-        partial.replace(final)
-        shutil.rmtree(done_dir, ignore_errors=True)
-        return final
 
     def _pull_rust(
         self,
         manifest: dict[str, Any],
         workdir: Path,
-        client: Callable[[], RegistryClient],
+        client: RegistryClient,
         progress: Progress,
     ) -> ImageFiles:
         """Rust-meda artifacts: one layer per file, big files in chunk layers to concatenate.
@@ -339,9 +363,22 @@ def _own_folder(workdir: Path, digest: str) -> Path:
     return folder
 
 
-def _fetch(
-    client: Callable[[], RegistryClient], layer: dict[str, Any], dest: Path, meter: _Meter
-) -> Path:
+def _resumable(marker: Path, chunk: formats.Chunk, fd: int) -> bool:
+    """An earlier pull wrote ``chunk``, and its bytes on disk still hash right (a marker
+    is a hint, not proof: the data may not have reached the disk before a crash)."""
+    if not (marker.exists() and marker.read_text() == chunk.digest):
+        return False
+    hasher, done = hashlib.sha256(), 0
+    while done < chunk.size:
+        piece = os.pread(fd, min(unpack.WRITE, chunk.size - done), chunk.offset + done)
+        if not piece:
+            return False
+        hasher.update(piece)
+        done += len(piece)
+    return f"sha256:{hasher.hexdigest()}" == chunk.digest
+
+
+def _fetch(client: RegistryClient, layer: dict[str, Any], dest: Path, meter: _Meter) -> Path:
     """``layer`` into ``dest`` (a path of meda's choosing), verified."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return client().download(layer["digest"], layer["size"], dest, meter.advance)
+    return client.download(layer["digest"], layer["size"], dest, meter.advance)

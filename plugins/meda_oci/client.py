@@ -9,8 +9,10 @@ only, never along a redirect, to an upload location elsewhere or to a foreign to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Generator
 from http.cookiejar import DefaultCookiePolicy
@@ -42,16 +44,27 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class RegistryClient:
-    """One registry, one repository: the calls meda's oci backend needs."""
+class _TooLong(BackendError):
+    """A blob sent more bytes than its descriptor declares."""
 
-    def __init__(self, ref: Reference, deadline: Deadline | None = None) -> None:
+
+class RegistryClient:
+    """One registry, one repository: the calls meda's oci backend needs.
+
+    One client serves a whole pull or push, from as many threads as ``connections``: they
+    share its connection pool and its one login (challenge, then token).
+    """
+
+    def __init__(
+        self, ref: Reference, deadline: Deadline | None = None, connections: int = 1
+    ) -> None:
         self.ref = ref
         self.deadline = deadline or Deadline(OciSettings().deadline)
         self.prefix = "http" if ref.insecure else "https"
         #: The only origin meda's credentials go to and whose words it repeats.
         self.origin = auth.origin(f"{self.prefix}://{ref.registry}/")
-        self.session = self.deadline.session()
+        self.session = self.deadline.session(connections)
+        self._login_lock = threading.Lock()
         self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         self._credentials = Credentials()
         self.login = auth.login_for(ref, self._credentials)
@@ -86,11 +99,14 @@ class RegistryClient:
                 f"MEDA_REGISTRY_USERNAME and MEDA_REGISTRY_PASSWORD, or log in with docker{hint}",
                 registry=self.ref.registry,
             )
+        sent_with = self._token
         response = self._follow(method, url, data, headers or {})
         scheme, params = auth.challenge(response.headers.get("Www-Authenticate", ""))
         if response.status_code == 401 and scheme == "bearer" and _rewindable(data):
             response.close()
-            self._token = self._fetch_token(params)
+            with self._login_lock:  # one token for all threads, unless it is refused
+                if self._token == sent_with:
+                    self._token = self._fetch_token(params)
             response = self._follow(method, url, data, headers or {})
         if response.status_code in (401, 403):
             response.close()
@@ -368,6 +384,50 @@ class RegistryClient:
         self, digest: str, size: int, partial: Path, offset: int, hasher: Any, advance: Advance
     ) -> tuple[int, Any]:
         """Append the blob's bytes from ``offset`` to ``partial``; its length and hash then."""
+        with contextlib.ExitStack() as files:
+
+            def sink(start: int) -> Callable[[bytes], object]:
+                return files.enter_context(partial.open("ab" if start else "wb")).write
+
+            try:
+                return self.receive(digest, size, sink, advance, offset, hasher)
+            except _TooLong:
+                files.close()
+                partial.unlink(missing_ok=True)
+                raise
+
+    def stream(
+        self, digest: str, size: int, consume: Callable[[bytes], object], advance: Advance
+    ) -> None:
+        """The blob's bytes to ``consume`` as they arrive, hashed on the way; refused (after
+        the fact: ``consume`` must keep nothing it got until this returns) if they are not
+        ``size`` bytes hashing to ``digest``."""
+        received, hasher = self.receive(digest, size, lambda _: consume, advance)
+        if received < size:
+            raise BackendError(
+                f"blob {digest} ended after {received} of its {size} bytes", expected=size
+            )
+        actual = f"sha256:{hasher.hexdigest()}"
+        if actual != digest:
+            raise BackendError(
+                f"blob {digest} failed verification (its content hashes to {actual}); refusing it",
+                expected=digest,
+                actual=actual,
+            )
+
+    def receive(
+        self,
+        digest: str,
+        size: int,
+        sink: Callable[[int], Callable[[bytes], object]],
+        advance: Advance,
+        offset: int = 0,
+        hasher: Any = None,
+    ) -> tuple[int, Any]:
+        """GET the blob from ``offset`` on, each piece hashed and given to what ``sink``
+        returns for the offset the registry starts at, never past ``size`` bytes; how many
+        bytes it had in all, and the hash (verified by the caller)."""
+        hasher = hasher or hashlib.sha256()
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = self._check(
             self.do_request(self._url(f"blobs/{digest}"), "GET", headers=headers),
@@ -376,22 +436,19 @@ class RegistryClient:
         if offset and response.status_code != 206:  # no ranges: start over
             offset, hasher = 0, hashlib.sha256()
         advance(offset)
-        received = offset
-        with partial.open("ab" if offset else "wb") as out:
-            for piece in self._stream(response):
-                received += len(piece)
-                if received > size:
-                    response.close()
-                    out.close()
-                    partial.unlink(missing_ok=True)
-                    raise BackendError(
-                        f"blob {digest} is longer than the {size} bytes its descriptor "
-                        "declares; refusing it",
-                        expected=size,
-                    )
-                out.write(piece)
-                hasher.update(piece)
-                advance(len(piece))
+        received, consume = offset, sink(offset)
+        for piece in self._stream(response):
+            received += len(piece)
+            if received > size:
+                response.close()
+                raise _TooLong(
+                    f"blob {digest} is longer than the {size} bytes its descriptor "
+                    "declares; refusing it",
+                    expected=size,
+                )
+            hasher.update(piece)
+            consume(piece)
+            advance(len(piece))
         return received, hasher
 
 

@@ -89,10 +89,11 @@ class Deadline:
         for sock in sockets:
             _shut(sock)
 
-    def session(self) -> requests.Session:
-        """A requests session whose every connection this deadline watches."""
+    def session(self, connections: int = 1) -> requests.Session:
+        """A requests session whose every connection this deadline watches, keeping up to
+        ``connections`` open for reuse."""
         session = requests.Session()
-        adapter = _watched_adapter(self)
+        adapter = _watched_adapter(self, connections)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -103,7 +104,7 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _watched_adapter(deadline: Deadline) -> HTTPAdapter:
+def _watched_adapter(deadline: Deadline, connections: int) -> HTTPAdapter:
     class Plain(HTTPConnection):
         def connect(self) -> None:
             super().connect()
@@ -120,6 +121,6 @@ def _watched_adapter(deadline: Deadline) -> HTTPAdapter:
     class SecurePool(HTTPSConnectionPool):
         ConnectionCls = Secure
 
-    adapter = HTTPAdapter(max_retries=0)
+    adapter = HTTPAdapter(max_retries=0, pool_maxsize=connections)
     adapter.poolmanager.pool_classes_by_scheme = {"http": PlainPool, "https": SecurePool}
     return adapter

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,7 @@ import pytest
 from meda_core.backends.roles import ImageFiles
 from meda_core.errors import ImageExists, InvalidRequest, UnsafeDisk
 from meda_core.facade import Meda
+from meda_core.images import service
 from meda_core.inputs.references import parse_reference
 from meda_core.models import CreateVMRequest, Image
 from meda_core.settings import Settings
@@ -170,3 +173,24 @@ def test_an_image_from_a_vm_inherits_readiness_unless_given(
     assert images.create_from_vm("src", "web", "v1", None, None, 80).ready_port == 80
     assert images.create_from_vm("src", "none", "v1", None, None, 0).ready_port is None
     fake_meda.vms.delete_all()
+
+
+def test_a_pull_stores_the_disk_under_the_digest_its_backend_took_while_writing(
+    fake_meda: Meda, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\xeb\x63\x90" + b"\1" * 8189)
+    registry = fake_meda.backends.registry()
+    registry.push(ImageFiles(disk=disk), parse_reference("hashed:v1"), no_progress)
+    known = "sha256:" + hashlib.sha256(disk.read_bytes()).hexdigest()
+    pull = type(registry).pull
+    monkeypatch.setattr(
+        type(registry),
+        "pull",
+        lambda self, *args: dataclasses.replace(pull(self, *args), disk_digest=known),
+    )
+    hashed: list[Path] = []
+    monkeypatch.setattr(service, "sha256_file", lambda path: hashed.append(path) or "")
+    image = fake_meda.images.pull("hashed:v1")
+    assert image.disk is not None and image.disk.name == known[7:]
+    assert hashed == []  # the disk is not read again to be named

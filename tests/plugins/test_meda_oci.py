@@ -24,6 +24,7 @@ from meda_core.settings import Settings
 from meda_core.testing.conformance import RegistryConformance
 from meda_oci import OciRegistry, formats
 from meda_oci.client import RegistryClient, sha256_digest
+from meda_oci.diskdigest import DiskDigest
 
 MiB = 1024 * 1024
 
@@ -82,7 +83,30 @@ def test_push_rmi_pull_round_trip_keeps_digests(meda: Meda, disk: Path, oci_regi
     pulled = meda.images.pull(target)
     assert pulled.digest == pushed
     assert pulled.disk is not None and sha256_file(pulled.disk) == sha256_file(disk)
+    assert pulled.disk.name == sha256_file(disk)[7:]  # the digest taken while pulling
+    assert pulled.disk.stat().st_blocks * 512 <= 5 * MiB  # the zeros stayed holes
     assert meda.images.pull(target).created == pulled.created  # already here: no work
+
+
+def test_the_disk_digest_follows_chunks_written_out_of_order(tmp_path: Path) -> None:
+    chunk, size = MiB, 6 * MiB + 4321
+    path = tmp_path / "disk"
+    with path.open("wb") as f:
+        f.truncate(size)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        whole = DiskDigest(fd, size, chunk)
+        for index in (4, 0, 6, 2, 1, 5, 3):  # 3 and 5 stay holes, 6 is short
+            start = index * chunk
+            length = min(chunk, size - start)
+            if index not in (3, 5):
+                os.pwrite(fd, os.urandom(length // 2), start)
+                whole.written(index, length // 2)
+                os.pwrite(fd, os.urandom(length - length // 2), start + length // 2)
+            whole.ready(index)
+        assert whole.result() == sha256_file(path)
+    finally:
+        os.close(fd)
 
 
 def test_readiness_travels_in_the_config_meda_writes(
@@ -112,7 +136,7 @@ def test_interrupted_pull_leaves_no_image_and_resumes(
 ) -> None:
     target = published(meda, disk, f"{oci_registry}/meda/big:v1")
     downloads: list[str] = []
-    original = RegistryClient.download
+    original = RegistryClient.receive
 
     def flaky(self: RegistryClient, digest: str, *args):  # type: ignore[no-untyped-def]
         downloads.append(digest)
@@ -120,15 +144,15 @@ def test_interrupted_pull_leaves_no_image_and_resumes(
             raise BackendError("connection dropped")
         return original(self, digest, *args)
 
-    monkeypatch.setattr(RegistryClient, "download", flaky)
+    monkeypatch.setattr(RegistryClient, "receive", flaky)
     monkeypatch.setenv("MEDA_OCI_CONCURRENCY", "1")
     with pytest.raises(BackendError, match="dropped"):
         meda.images.pull(target)
     assert meda.images.list() == []  # nothing half-made is visible
     first_try = len(downloads)
     downloads.clear()
-    monkeypatch.setattr(RegistryClient, "download", original)
-    monkeypatch.setattr(RegistryClient, "download", _counting(original, downloads))
+    monkeypatch.setattr(RegistryClient, "receive", original)
+    monkeypatch.setattr(RegistryClient, "receive", _counting(original, downloads))
     pulled = meda.images.pull(target)
     assert pulled.disk is not None and sha256_file(pulled.disk) == sha256_file(disk)
     assert len(downloads) < 1 + 5  # config + 5 chunks: what was done is not fetched again
@@ -265,7 +289,7 @@ def test_two_pulls_of_one_reference_do_the_work_once(
 ) -> None:
     target = published(meda, disk, f"{oci_registry}/meda/twice:v1")
     downloads: list[str] = []
-    monkeypatch.setattr(RegistryClient, "download", _counting(RegistryClient.download, downloads))
+    monkeypatch.setattr(RegistryClient, "receive", _counting(RegistryClient.receive, downloads))
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: meda.images.pull(target), range(2)))
     assert results[0].digest == results[1].digest
@@ -299,7 +323,7 @@ def test_pull_killed_half_way_leaves_no_image_and_the_next_resumes(
     puller.wait()
     assert meda.images.list() == []
     downloads: list[str] = []
-    monkeypatch.setattr(RegistryClient, "download", _counting(RegistryClient.download, downloads))
+    monkeypatch.setattr(RegistryClient, "receive", _counting(RegistryClient.receive, downloads))
     pulled = meda.images.pull(target)
     assert pulled.disk is not None and sha256_file(pulled.disk) == sha256_file(disk)
     assert len(downloads) <= 1 + 48 - 8  # the config again, then only what was missing
