@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from results_file import write_result  # beside this script
+from signals import unwind_on_sigterm
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -89,6 +90,7 @@ def main() -> int:
     parser.add_argument("--readme", action="store_true", help="rewrite README's figures")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "summary.json")
     args = parser.parse_args()
+    unwind_on_sigterm()
     names = [name for name in args.only.split(",") if name] or list(BENCHMARKS)
     unknown = set(names) - set(BENCHMARKS)
     if unknown:

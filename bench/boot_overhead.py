@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 from results_file import write_result  # beside this script
+from signals import unwind_on_sigterm
 
 from meda_core.backends.roles import LaunchSpec, NicKind, NicSpec
 from meda_core.facade import Meda
@@ -324,6 +325,7 @@ def main() -> int:
     parser.add_argument("--no-user-net", action="store_true", help="the tap-bridge row only")
     parser.add_argument("--json", type=Path, default=Path("bench/results/boot_overhead.json"))
     args = parser.parse_args()
+    unwind_on_sigterm()
     rounds = 1 if args.quick else args.rounds
 
     image = build_test_guest(default_cache())

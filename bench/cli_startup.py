@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 from results_file import write_result  # beside this script
+from signals import unwind_on_sigterm
 
 from meda_core.testing.host import free_port
 
@@ -154,6 +155,7 @@ def main() -> int:
     default_json = Path(__file__).parent / "results/cli_startup.json"
     parser.add_argument("--json", type=Path, default=default_json)
     args = parser.parse_args()
+    unwind_on_sigterm()
     runs = 3 if args.quick else args.runs
     with tempfile.TemporaryDirectory(prefix="meda-bench-cli-") as tmp:
         home = Path(tmp) / "home"

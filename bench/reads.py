@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 from results_file import write_result  # beside this script
+from signals import unwind_on_sigterm
 
 from meda_core.testing.host import free_port
 
@@ -237,6 +238,7 @@ def main() -> int:
     parser.add_argument("--vms", type=int, default=50)
     parser.add_argument("--json", type=Path, default=HERE / "results/reads.json")
     args = parser.parse_args()
+    unwind_on_sigterm()
     if args.quick:
         args.seconds, args.rounds, args.vms = 2, 1, 10
     if shutil.which("wrk") is None:

@@ -91,6 +91,7 @@ class Meda:
         if not self.warm_runs.shutdown():
             log.warning("template builds still under way at shutdown")
         self.operations.shutdown()
+        self.store.close()
 
     def watch(self) -> Watcher:
         """Keep the VM records in line with the host by events from now on (a server does
