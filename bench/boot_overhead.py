@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from results_file import write_result  # beside this script
+from results_file import print_rows, row, write_result  # beside this script
 from signals import unwind_on_sigterm
 
 from meda_core.backends.roles import LaunchSpec, NicKind, NicSpec
@@ -236,24 +236,23 @@ def rows_for(label: str, meda: list[float], raw: list[float]) -> list[dict[str, 
     ratio = meda_s / raw_s
     added_ms = (meda_s - raw_s) * 1000
     return [
-        {
-            "measure": f"API start -> first console line ({label}), median",
-            "meda": round(meda_s, 4),
-            "yardstick": round(raw_s, 4),
-            "unit": "s",
-            "ratio": round(ratio, 4),
-            "goal": f"<= {RATIO_GOAL:.2f}x raw QEMU, same argv",
-            "met": ratio <= RATIO_GOAL,
-        },
-        {
-            "measure": f"time meda adds before the first console line ({label})",
-            "meda": round(added_ms, 1),
-            "yardstick": None,
-            "unit": "ms",
-            "ratio": None,
-            "goal": f"<= {ADDED_GOAL_MS:.0f} ms",
-            "met": added_ms <= ADDED_GOAL_MS,
-        },
+        row(
+            f"API start -> first console line ({label}), median",
+            meda_s,
+            raw_s,
+            "s",
+            f"<= {RATIO_GOAL:.2f}x raw QEMU, same argv",
+            ratio <= RATIO_GOAL,
+            digits=4,
+        ),
+        row(
+            f"time meda adds before the first console line ({label})",
+            added_ms,
+            None,
+            "ms",
+            f"<= {ADDED_GOAL_MS:.0f} ms",
+            added_ms <= ADDED_GOAL_MS,
+        ),
     ]
 
 
@@ -343,13 +342,7 @@ def main() -> int:
         for row in rows_for(s.label, s.samples["meda_line"], s.samples["raw_line"])
     ]
     print(f"\naccelerator {accel}, {rounds} rounds")
-    for row in rows:
-        yardstick = "" if row["yardstick"] is None else f" vs {row['yardstick']}"
-        ratio = "" if row["ratio"] is None else f" ({row['ratio']:.3f}x)"
-        print(
-            f"  {row['measure']}: {row['meda']}{yardstick} {row['unit']}{ratio}"
-            f"  goal {row['goal']}: {'met' if row['met'] else 'NOT met'}"
-        )
+    print_rows(rows)
     for s in series:
         details = s.details()
         call, both = (

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from results_file import write_result  # beside this script
+from results_file import print_rows, row, write_result  # beside this script
 from signals import unwind_on_sigterm
 
 from meda_core.testing.host import free_port
@@ -124,27 +124,26 @@ def rows(medians: dict[str, float]) -> list[dict[str, object]]:
     typer_floor = medians["python -c 'import typer'"]
     help_floor = medians["a 1-command typer app --help"]
     help_ms, list_ms = medians["meda --help"], medians["meda list --json"]
+    help_goal = f"<= {HELP_GOAL_MS:.0f} ms median"
     return [
-        {
-            "measure": "`meda --help`, cold process",
-            "meda": round(help_ms, 1),
-            "yardstick": round(typer_floor, 1),
-            "unit": "ms",
-            "ratio": round(help_ms / typer_floor, 2),
-            "goal": f"<= {HELP_GOAL_MS:.0f} ms median",
-            "met": help_ms <= HELP_GOAL_MS,
-            "typer_help_floor": round(help_floor, 1),
-            "ratio_to_typer_help": round(help_ms / help_floor, 2),
-        },
-        {
-            "measure": "`meda list --json` against a running server, cold process",
-            "meda": round(list_ms, 1),
-            "yardstick": round(typer_floor, 1),
-            "unit": "ms",
-            "ratio": round(list_ms / typer_floor, 2),
-            "goal": "none in the issue (reported)",
-            "met": True,
-        },
+        row(
+            "`meda --help`, cold process",
+            help_ms,
+            typer_floor,
+            "ms",
+            help_goal,
+            help_ms <= HELP_GOAL_MS,
+            typer_help_floor=round(help_floor, 1),
+            ratio_to_typer_help=round(help_ms / help_floor, 2),
+        ),
+        row(
+            "`meda list --json` against a running server, cold process",
+            list_ms,
+            typer_floor,
+            "ms",
+            "none in the issue (reported)",
+            True,
+        ),
     ]
 
 
@@ -174,12 +173,7 @@ def main() -> int:
     result["medians_ms"] = {name: round(value, 1) for name, value in medians.items()}
     result["cpu_medians_ms"] = {name: round(value, 1) for name, value in cpu.items()}
     result["samples_ms"] = {name: [round(w, 1) for w, _ in v] for name, v in samples.items()}
-    for row in result["rows"]:
-        verdict = "met" if row["met"] else "NOT met"
-        print(
-            f"{row['measure']}: {row['meda']} ms (typer floor {row['yardstick']} ms, "
-            f"{row['ratio']}x); goal {row['goal']}: {verdict}"
-        )
+    print_rows(result["rows"])
     write_result(args.json, result)
     return 0
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from results_file import write_result  # beside this script
+from results_file import print_rows, row, write_result  # beside this script
 from signals import unwind_on_sigterm
 
 from meda_core.testing.host import free_port
@@ -155,45 +155,25 @@ def rows(loads: dict[str, list[Load]], creates: list[float]) -> list[dict[str, A
     meda_p99 = statistics.median(x.p99_ms for x in loads["meda"])
     yard_p99 = statistics.median(x.p99_ms for x in loads["yardstick"])
     create_p50 = statistics.median(creates)
-    p99_limit = 4 * yard_p99 + 5
     return [
-        {
-            "measure": "GET /api/v1/vms req/s",
-            "meda": round(meda_rps, 1),
-            "yardstick": round(yard_rps, 1),
-            "unit": "req/s",
-            "ratio": round(meda_rps / yard_rps, 3),
-            "goal": ">= 0.5x",
-            "met": meda_rps >= 0.5 * yard_rps,
-        },
-        {
-            "measure": "GET /api/v1/vms p99",
-            "meda": round(meda_p99, 1),
-            "yardstick": round(yard_p99, 1),
-            "unit": "ms",
-            "ratio": round(meda_p99 / yard_p99, 3),
-            "goal": "<= 4x + 5 ms",
-            "met": meda_p99 <= p99_limit,
-        },
-        {
-            "measure": "POST /vms create p50",
-            "meda": round(create_p50, 1),
-            "yardstick": None,
-            "unit": "ms",
-            "ratio": None,
-            "goal": "<= 100 ms",
-            "met": create_p50 <= 100,
-        },
+        row(
+            "GET /api/v1/vms req/s",
+            meda_rps,
+            yard_rps,
+            "req/s",
+            ">= 0.5x",
+            meda_rps >= 0.5 * yard_rps,
+        ),
+        row(
+            "GET /api/v1/vms p99",
+            meda_p99,
+            yard_p99,
+            "ms",
+            "<= 4x + 5 ms",
+            meda_p99 <= 4 * yard_p99 + 5,
+        ),
+        row("POST /vms create p50", create_p50, None, "ms", "<= 100 ms", create_p50 <= 100),
     ]
-
-
-def print_table(table: list[dict[str, Any]]) -> None:
-    print(f"{'measure':24} {'meda':>9} {'yardstick':>10} {'ratio':>7}  goal")
-    for row in table:
-        yard = "-" if row["yardstick"] is None else f"{row['yardstick']:.1f}"
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        met = "met" if row["met"] else "NOT met"
-        print(f"{row['measure']:24} {row['meda']:9.1f} {yard:>10} {ratio:>7}  {row['goal']} {met}")
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -249,7 +229,7 @@ def main() -> int:
         result = run(args, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print_table(result["rows"])
+    print_rows(result["rows"])
     write_result(args.json, result)
     return 0 if result["non_2xx"] == 0 else 1
 
