@@ -285,6 +285,7 @@ class OciRegistry(RegistryBackend):
                     fresh,
                     functools.partial(whole.written, chunk.index),
                     direct,
+                    functools.partial(whole.offer, chunk.index),
                 )
                 client.stream(chunk.blob, chunk.blob_size, writer.feed, meter.advance)
                 writer.finish()

@@ -45,11 +45,14 @@ class ChunkWriter:
         holes: bool,
         written: Callable[[int], None] = lambda count: None,
         direct: int | None = None,
+        offer: Callable[[int, memoryview], None] = lambda start, data: None,
     ) -> None:
         """``written(count)``: the chunk's first ``count`` bytes are on disk (or holes).
-        ``direct``: an ``O_DIRECT`` descriptor on the same file, for aligned writes."""
+        ``direct``: an ``O_DIRECT`` descriptor on the same file, for aligned writes.
+        ``offer(start, data)``: the chunk's bytes from ``start`` on, just before they are
+        written (to be hashed from memory if they come next in the disk's digest)."""
         self._fd, self._offset, self._size, self._holes = fd, offset, size, holes
-        self._written, self._direct = written, direct
+        self._written, self._direct, self._offer = written, direct, offer
         self._unpacked = self._flushed = self._filled = 0
         self._buffer = directio.buffer(WRITE)  # reused for every write of the chunk
         self._fault: BackendError | None = None
@@ -98,8 +101,9 @@ class ChunkWriter:
 
     def _flush(self) -> None:
         count, self._filled = self._filled, 0
-        if not (self._holes and _zeros(self._buffer, count)):
-            with memoryview(self._buffer) as view, view[:count] as piece:
+        with memoryview(self._buffer) as view, view[:count] as piece:
+            self._offer(self._flushed, piece)
+            if not (self._holes and _zeros(self._buffer, count)):
                 directio.pwrite(self._fd, self._direct, piece, self._offset + self._flushed)
         self._flushed += count
         self._written(self._flushed)
