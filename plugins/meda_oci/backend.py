@@ -26,7 +26,7 @@ from meda_core.plugin import (
     VMSpec,
     sha256_file,
 )
-from meda_oci import formats, unpack
+from meda_oci import directio, formats, unpack
 from meda_oci.client import OCI_MANIFEST, RegistryClient, sha256_digest
 from meda_oci.deadline import Deadline
 from meda_oci.diskdigest import DiskDigest
@@ -238,16 +238,19 @@ class OciRegistry(RegistryBackend):
         done_dir.mkdir(parents=True, exist_ok=True)
         fresh = not partial.exists()  # all holes: zeros need not be written
         fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
+        direct = directio.open_direct(partial)
         try:
             os.ftruncate(fd, disk.size)
-            whole = DiskDigest(fd, disk.size, disk.chunk_size)
+            whole = DiskDigest(fd, disk.size, disk.chunk_size, direct)
             try:
-                self._unpack_chunks(chunks, fd, fresh, done_dir, client, meter, whole)
+                self._unpack_chunks(chunks, (fd, direct), fresh, done_dir, client, meter, whole)
                 os.fsync(fd)  # while the digest catches up
                 digest = whole.result()
             finally:
                 whole.cancel()
         finally:
+            if direct is not None:
+                os.close(direct)
             os.close(fd)
         partial.replace(final)
         shutil.rmtree(done_dir, ignore_errors=True)
@@ -256,13 +259,15 @@ class OciRegistry(RegistryBackend):
     def _unpack_chunks(
         self,
         chunks: list[formats.Chunk],
-        fd: int,
+        fds: tuple[int, int | None],
         fresh: bool,
         done_dir: Path,
         client: RegistryClient,
         meter: _Meter,
         whole: DiskDigest,
     ) -> None:
+        """``fds``: the disk file's descriptor, and its ``O_DIRECT`` one (None: none)."""
+        fd, direct = fds
         listed = {c.index for c in chunks}
         for index in range(whole.count):
             if index not in listed:
@@ -279,6 +284,8 @@ class OciRegistry(RegistryBackend):
                     chunk.size,
                     fresh,
                     functools.partial(whole.written, chunk.index),
+                    direct,
+                    functools.partial(whole.offer, chunk.index),
                 )
                 client.stream(chunk.blob, chunk.blob_size, writer.feed, meter.advance)
                 writer.finish()

@@ -1,38 +1,54 @@
 """The whole disk's digest, taken in order right behind chunks that land out of order.
 
-The disk is hashed from the page cache right behind the writer of the first chunk not yet
-hashed, so the digest is ready soon after the last chunk is, instead of after a second
-pass over the disk.
+The writer of the bytes next in order hashes them from its own buffer as it writes them;
+what was written ahead of that is read back and hashed as soon as the bytes before it are,
+so the digest is ready soon after the last chunk is, without a second pass over the disk.
+Where the writers bypass the page cache, so do these reads.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import threading
-from functools import partial
-from typing import Any
 
+from meda_oci import directio
 from meda_oci.unpack import WRITE
 
 _ZEROS = memoryview(bytes(WRITE))
 
 
 class DiskDigest:
-    """Hashes ``fd``'s ``size`` bytes, chunk by chunk, as :meth:`ready` releases them."""
+    """Hashes ``fd``'s ``size`` bytes in order, as writers offer them or as :meth:`written`
+    and :meth:`ready` release them to be read back."""
 
-    def __init__(self, fd: int, size: int, chunk_size: int) -> None:
-        self._fd, self._size, self._chunk_size = fd, size, chunk_size
+    def __init__(self, fd: int, size: int, chunk_size: int, direct: int | None = None) -> None:
+        """``direct``: an ``O_DIRECT`` descriptor on the same file, for aligned reads."""
+        self._fd, self._size, self._chunk_size, self._direct = fd, size, chunk_size, direct
         self.count = (size + chunk_size - 1) // chunk_size
         self._written: dict[int, int] = {}  # chunk -> bytes of it written so far
         self._ready: set[int] = set()
+        self._hasher = hashlib.sha256()
+        self._position = 0  # bytes of the disk hashed so far
+        self._reading = False  # the thread is hashing from _position on, read back
         self._cancelled = False
         self._error: BaseException | None = None
         self._digest: str | None = None
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="disk-digest", daemon=True)
         self._thread.start()
+
+    def offer(self, index: int, start: int, data: memoryview) -> None:
+        """``data`` is what chunk ``index`` holds from ``start`` on: hashed now if it is next
+        in order (no read back), else ignored (it will be read back once written)."""
+        with self._changed:
+            if self._reading or self._position != index * self._chunk_size + start:
+                return
+            self._hasher.update(data)
+            self._position += len(data)
+            self._changed.notify()
 
     def ready(self, index: int) -> None:
         """Chunk ``index``'s range holds its final bytes (a zero chunk: from the start)."""
@@ -61,52 +77,73 @@ class DiskDigest:
         return self._digest
 
     def _run(self) -> None:
-        hasher, buffer = hashlib.sha256(), bytearray(WRITE)
+        buffer = directio.buffer(WRITE)
         try:
-            for index in range(self.count):
-                start = index * self._chunk_size
-                end = min(start + self._chunk_size, self._size)
-                while start < end:
-                    upto = self._wait(index, start)
-                    if upto < 0:
-                        return
-                    self._hash_range(hasher, buffer, start, min(upto, end))
-                    start = min(upto, end)
-            self._digest = f"sha256:{hasher.hexdigest()}"
+            while (claimed := self._claim()) is not None:
+                start, end = claimed
+                self._hash_range(buffer, start, end)
+                with self._changed:
+                    self._position, self._reading = end, False
+            if not self._cancelled:
+                self._digest = f"sha256:{self._hasher.hexdigest()}"
         except BaseException as exc:  # handed to result()
             self._error = exc
+        finally:
+            buffer.close()
 
-    def _wait(self, index: int, start: int) -> int:
-        """Where chunk ``index``'s final bytes end, once past ``start`` (-1: cancelled)."""
+    def _claim(self) -> tuple[int, int] | None:
+        """The range from the position on that is final and not yet hashed, to be read
+        back (None: the whole disk is hashed, or the digest was cancelled)."""
         with self._changed:
-            self._changed.wait_for(partial(self._moved, index, start))
-            if self._cancelled:
-                return -1
-            if index in self._ready:
-                return self._size
-            return index * self._chunk_size + self._written[index]
+            self._changed.wait_for(self._releasable)
+            if self._cancelled or self._position >= self._size:
+                return None
+            self._reading = True
+            return self._position, self._final_end()
 
-    def _moved(self, index: int, start: int) -> bool:
-        done = index * self._chunk_size + self._written.get(index, 0)
-        return index in self._ready or self._cancelled or done > start
+    def _releasable(self) -> bool:
+        return self._cancelled or self._position >= self._size or self._final_end() > self._position
 
-    def _hash_range(self, hasher: Any, buffer: bytearray, start: int, end: int) -> None:
+    def _final_end(self) -> int:
+        """Where the final bytes that begin in the position's chunk end, from its start."""
+        index = self._position // self._chunk_size
+        start = index * self._chunk_size
+        if index in self._ready:
+            return min(start + self._chunk_size, self._size)
+        return start + self._written.get(index, 0)
+
+    def _hash_range(self, buffer: mmap.mmap, start: int, end: int) -> None:
         """Hash ``start`` to ``end``: holes as zeros without reading them (a read would fill
-        the page cache with zeros), data from the page cache it was just written to."""
-        view = memoryview(buffer)
-        while start < end:
-            data = _next_data(self._fd, start, end)
-            while start < data:
-                step = min(WRITE, data - start)
-                hasher.update(_ZEROS[:step] if step < WRITE else _ZEROS)
-                start += step
-            hole = min(os.lseek(self._fd, start, os.SEEK_HOLE), end) if start < end else end
-            while start < hole:
-                got = os.preadv(self._fd, [view[: min(WRITE, hole - start)]], start)
-                if got <= 0:
-                    raise OSError(f"the disk file ended at {start} of {self._size} bytes")
-                hasher.update(view[:got])
-                start += got
+        the page cache with zeros), data read back as it was written."""
+        hasher = self._hasher
+        with memoryview(buffer) as view:
+            while start < end:
+                data = _next_data(self._fd, start, end)
+                while start < data:
+                    step = min(WRITE, data - start)
+                    hasher.update(_ZEROS[:step] if step < WRITE else _ZEROS)
+                    start += step
+                hole = min(os.lseek(self._fd, start, os.SEEK_HOLE), end) if start < end else end
+                while start < hole:
+                    got = self._read(view, start, min(WRITE, hole - start))
+                    hasher.update(view[:got])
+                    start += got
+
+    def _read(self, view: memoryview, start: int, want: int) -> int:
+        """Read up to ``want`` bytes at ``start`` into ``view``; how many (at least one)."""
+        whole = -(-want // directio.ALIGN) * directio.ALIGN  # a direct read: whole blocks
+        if self._direct is not None and start % directio.ALIGN == 0:
+            try:
+                got = min(os.preadv(self._direct, [view[:whole]], start), want)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                got = os.preadv(self._fd, [view[:want]], start)
+        else:
+            got = os.preadv(self._fd, [view[:want]], start)
+        if got <= 0:
+            raise OSError(f"the disk file ended at {start} of {self._size} bytes")
+        return got
 
 
 def _next_data(fd: int, start: int, end: int) -> int:

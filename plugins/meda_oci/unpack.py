@@ -9,13 +9,14 @@ whatever a chunk claims.
 
 from __future__ import annotations
 
-import os
+import mmap
 from collections.abc import Callable
 from typing import IO, cast
 
 import zstandard
 
 from meda_core.plugin import BackendError
+from meda_oci import directio
 
 MAX_WINDOW = 16 * 1024 * 1024  # zstd levels 1..19 use windows of at most 8 MiB
 _PIECE = 1024 * 1024  # what the unpacker hands over at most at once
@@ -43,12 +44,17 @@ class ChunkWriter:
         size: int,
         holes: bool,
         written: Callable[[int], None] = lambda count: None,
+        direct: int | None = None,
+        offer: Callable[[int, memoryview], None] = lambda start, data: None,
     ) -> None:
-        """``written(count)``: the chunk's first ``count`` bytes are on disk (or holes)."""
+        """``written(count)``: the chunk's first ``count`` bytes are on disk (or holes).
+        ``direct``: an ``O_DIRECT`` descriptor on the same file, for aligned writes.
+        ``offer(start, data)``: the chunk's bytes from ``start`` on, just before they are
+        written (to be hashed from memory if they come next in the disk's digest)."""
         self._fd, self._offset, self._size, self._holes = fd, offset, size, holes
-        self._written = written
-        self._unpacked = self._flushed = 0
-        self._buffer = bytearray()
+        self._written, self._direct, self._offer = written, direct, offer
+        self._unpacked = self._flushed = self._filled = 0
+        self._buffer = directio.buffer(WRITE)  # reused for every write of the chunk
         self._fault: BackendError | None = None
         self._unpacker = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_writer(
             cast("IO[bytes]", self), write_size=_PIECE, closefd=False
@@ -72,27 +78,39 @@ class ChunkWriter:
                 f"disk chunk unpacks past its declared {self._size} bytes; refusing it",
                 expected=self._size,
             )
-        self._buffer += piece
-        while len(self._buffer) >= WRITE:
-            self._flush(WRITE)
+        with memoryview(piece) as rest:
+            while rest:
+                step = min(WRITE - self._filled, len(rest))
+                self._buffer[self._filled : self._filled + step] = rest[:step]
+                self._filled, rest = self._filled + step, rest[step:]
+                if self._filled == WRITE:
+                    self._flush()
         return len(piece)
 
     def finish(self) -> None:
         """All unpacked bytes written, and as many as declared."""
         if self._fault is not None:
             raise self._fault
-        if self._buffer:
-            self._flush(len(self._buffer))
+        if self._filled:
+            self._flush()
+        self._buffer.close()
         if self._unpacked != self._size:
             raise BackendError(
                 f"disk chunk unpacks to {self._unpacked} bytes, not its declared {self._size}"
             )
 
-    def _flush(self, count: int) -> None:
-        zero = self._holes and self._buffer.startswith(_ZEROS if count == WRITE else bytes(count))
-        if not zero:
-            with memoryview(self._buffer) as view, view[:count] as piece:
-                os.pwrite(self._fd, piece, self._offset + self._flushed)
-        del self._buffer[:count]
+    def _flush(self) -> None:
+        count, self._filled = self._filled, 0
+        with memoryview(self._buffer) as view, view[:count] as piece:
+            self._offer(self._flushed, piece)
+            if not (self._holes and _zeros(self._buffer, count)):
+                directio.pwrite(self._fd, self._direct, piece, self._offset + self._flushed)
         self._flushed += count
         self._written(self._flushed)
+
+
+def _zeros(buffer: mmap.mmap, count: int) -> bool:
+    """The first ``count`` bytes are all zero (the ends first: data rarely starts with 0)."""
+    if buffer[0] or buffer[count - 1]:
+        return False
+    return buffer.find(_ZEROS if count == WRITE else bytes(count), 0, count) == 0
