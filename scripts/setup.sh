@@ -42,8 +42,9 @@ if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
 # Installed already from this very tree (an editable install, or this commit with these
-# changes): installing again would only pull meda from under a server running from .venv.
-tree=$( (git rev-parse HEAD && git status --porcelain) 2>/dev/null | sha256sum | cut -c1-16)
+# changes to tracked files; a file a user writes beside them does not count): installing
+# again would only pull meda from under a server running from .venv.
+tree=$( (git rev-parse HEAD && git status --porcelain --untracked-files=no) 2>/dev/null | sha256sum | cut -c1-16)
 stamp=.venv/.meda-installed
 if .venv/bin/pip show meda 2>/dev/null | grep -qx "Editable project location: $PWD"; then
     echo "==> meda is installed in .venv, editable from this tree"

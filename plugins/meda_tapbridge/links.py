@@ -134,7 +134,10 @@ def _add_tap(ipr: Any, netns: str | None, name: str, bridge: str) -> None:
 
 
 def remove_link(netns: str | None, name: str) -> bool:
-    """Delete a link if it exists; True if it did."""
+    """Delete a link if it exists; True if it did. A namespace that does not exist (meda
+    makes its own at the first start) holds no link to delete."""
+    if netns is not None and not namespaces.namespace_path(netns).exists():
+        return False
     with netlink(netns) as ipr:
         index = _index(ipr, name)
         if index is None:

@@ -180,6 +180,23 @@ def test_meda_makes_its_namespace_and_deletes_it_with_the_network(
         destroy(name)  # only if the test failed half-way
 
 
+def test_a_vm_never_started_is_released_before_meda_made_its_namespace(
+    backend_context: BackendContext,
+) -> None:
+    """A VM created, never started, deleted: the namespace meda would make at the first
+    start does not exist yet, so there is nothing on the host to remove."""
+    name = f"meda-unmade-{secrets.token_hex(3)}"
+    backend_context.settings.netns = name
+    backend_context.settings.netns_create = True
+    backend = TapBridgeNetwork(backend_context)
+    attachment = backend.allocate("vm1")
+    backend.unplug("vm1", attachment)
+    backend.release("vm1")
+    backend.apply_forwards()
+    assert backend.context.leases.all(backend.config.bridge) == []
+    assert not Path(f"/run/netns/{name}").exists()
+
+
 # ---- guests with root, and what they must not reach ----
 # Each "guest" is a namespace plugged into meda's bridge where its VM's tap would be, with
 # the VM's leased MAC and address: root there can do anything a guest kernel can.
