@@ -220,12 +220,14 @@ class StateStore:
         owner: RuntimeInfo | None = None,
         admit: Callable[[list[VM], VM], None] | None = None,
         taking_over: RuntimeInfo | None = None,
+        same_run: RuntimeInfo | None = None,
     ) -> VM:
         """Move a VM to ``to`` only if it is in one of ``allowed``, atomically.
 
         This compare-and-set is what keeps two operations on one VM apart, across
         threads and processes, without lock files. With ``taking_over`` the VM's operation
-        must also still belong to that (dead) owner: one process alone takes it over.
+        must also still belong to that (dead) owner: one process alone takes it over. With
+        ``same_run`` the VM must still be running that process, not one started since.
         """
         with self._transaction() as db:
             row = db.execute("SELECT data FROM vms WHERE name = ?", (name,)).fetchone()
@@ -241,6 +243,8 @@ class StateStore:
                 )
             if taking_over is not None and vm.operation_owner != taking_over:
                 raise InvalidState(f"VM '{name}' was taken over already", name=name)
+            if same_run is not None and vm.runtime != same_run:
+                raise InvalidState(f"VM '{name}' was started again meanwhile", name=name)
             if admit is not None:  # checked and reserved in one transaction
                 rows = db.execute("SELECT data FROM vms").fetchall()
                 admit([VM.model_validate_json(r[0]) for r in rows], vm)

@@ -580,12 +580,23 @@ class VMService:
         if vm.state == VMState.RUNNING and vm.runtime is not None:
             hypervisor = self._hypervisor(vm)
             if not hypervisor.is_running(vm.runtime):
-                hypervisor.cleanup(vm.vm_dir)
-                self._unplug(vm)
-                return self._settle(vm, VMState.STOPPED, None)
+                return self._settle_ended_run(vm, hypervisor)
         elif vm.state in TRANSITIONAL and not self._owner_alive(vm):
             return self._recover(vm)
         return vm
+
+    def _settle_ended_run(self, vm: VM, hypervisor: HypervisorBackend) -> VM | None:
+        """The guest of ``vm``'s run ended: claim the record for that very run (it may have
+        been stopped and started again since ``vm`` was read), then clean up and settle."""
+        try:
+            claimed = self._store.transition(
+                vm.name, {VMState.RUNNING}, VMState.STOPPING, owner=self._me, same_run=vm.runtime
+            )
+        except MedaError:  # deleted, or moved on to another run: nothing of this one is left
+            return self._store.get_vm(vm.name)
+        hypervisor.cleanup(claimed.vm_dir)
+        self._unplug(claimed)
+        return self._settle(claimed, VMState.STOPPED, None)
 
     def _owner_alive(self, vm: VM) -> bool:
         return vm.operation_owner is not None and procs.is_alive(vm.operation_owner)

@@ -68,19 +68,32 @@ class Watcher:
         return {name: process.pid for name, (process, _) in self._watching.items()}
 
     def _run(self) -> None:
+        """Wait for exits, pokes and sweeps until stopped. Should this thread ever end
+        otherwise, reads go back to reconciling rather than trusting a store nobody keeps."""
         next_sweep = time.monotonic() + self._interval
-        while not self._stopping.is_set():
-            ready = self._selector.select(max(0.0, next_sweep - time.monotonic()))
-            for key, _ in ready:
-                if key.data is None:
-                    self._drain()
-                else:
-                    self._settle(key.data)
-            if time.monotonic() >= next_sweep:
-                self._sweep()
-                next_sweep = time.monotonic() + self._interval
-            if not self._stopping.is_set():
-                self._sync()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    next_sweep = self._turn(next_sweep)
+                except Exception:  # one bad turn (say, no file descriptors left) is not the end
+                    log.exception("the watcher's turn failed; it goes on")
+                    time.sleep(min(1.0, self._interval))
+        finally:
+            self._vms.watched = False
+
+    def _turn(self, next_sweep: float) -> float:
+        ready = self._selector.select(max(0.0, next_sweep - time.monotonic()))
+        for key, _ in ready:
+            if key.data is None:
+                self._drain()
+            else:
+                self._settle(key.data)
+        if time.monotonic() >= next_sweep:
+            self._sweep()
+            next_sweep = time.monotonic() + self._interval
+        if not self._stopping.is_set():
+            self._sync()
+        return next_sweep
 
     def _drain(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -136,8 +149,15 @@ class Watcher:
         except ProcessLookupError:
             self._settle(name)
             return
+        except OSError:  # no descriptor to spare: the sweep looks after this VM
+            log.warning("cannot watch the process of VM %s; the sweep will", name, exc_info=True)
+            return
+        try:
+            self._selector.register(pidfd, selectors.EVENT_READ, name)
+        except BaseException:
+            os.close(pidfd)
+            raise
         self._watching[name] = (process, pidfd)
-        self._selector.register(pidfd, selectors.EVENT_READ, name)
         if not procs.is_alive(process):  # gone, or its PID reused, before the pidfd
             self._settle(name)
 

@@ -203,3 +203,62 @@ def test_a_watched_list_view_is_made_once_per_change(watched: Meda, make_vm: Mak
     watched.vms.list_view(view)
     assert made == [1, 2, 2, 2]
     watched.watch()
+
+
+def test_a_watch_that_cannot_open_a_pidfd_leaves_the_vm_to_the_sweep(
+    fake_meda: Meda, make_vm: MakeVM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No descriptor to spare (a client holding every file open): the watcher goes on,
+    and the VM is still settled, by the sweep."""
+    fake_meda.settings.reconcile_interval = 0.2
+    make_vm("vm1")
+    runtime = fake_meda.vms.start("vm1").runtime
+    assert runtime is not None
+
+    def no_descriptors(pid: int, flags: int = 0) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "pidfd_open", no_descriptors)
+    fake_meda.watch()
+    try:
+        os.kill(runtime.pid, 9)
+        _eventually(lambda: _state(fake_meda, "vm1") == VMState.STOPPED, timeout=3)
+        assert fake_meda.vms.watched
+    finally:
+        fake_meda.unwatch()
+
+
+def test_reads_reconcile_again_if_the_watcher_ever_ends(
+    fake_meda: Meda, make_vm: MakeVM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_vm("vm1")
+    watcher = fake_meda.watch()
+    assert fake_meda.vms.watched
+
+    def broken(self: Any, next_sweep: float) -> float:
+        raise SystemExit  # not an Exception: what the per-turn guard lets through
+
+    monkeypatch.setattr(type(watcher), "_turn", broken)
+    watcher.poke()
+    _eventually(lambda: not fake_meda.vms.watched)
+    fake_meda.unwatch()
+
+
+def test_a_settle_for_an_ended_run_leaves_a_later_run_alone(
+    fake_meda: Meda, make_vm: MakeVM
+) -> None:
+    """A reconcile that read the record before a stop and a start must not tear down the
+    new run: the record is claimed for the very run whose process ended."""
+    make_vm("vm1")
+    fake_meda.vms.start("vm1")
+    stale = fake_meda.store.require_vm("vm1")
+    assert stale.runtime is not None
+    fake_meda.vms.stop("vm1", 0)
+    fresh = fake_meda.vms.start("vm1").runtime
+    assert fresh is not None and fresh != stale.runtime
+    settled = fake_meda.vms._reconcile(stale)
+    assert settled is not None and settled.state == VMState.RUNNING
+    after = fake_meda.store.require_vm("vm1")
+    assert after.state == VMState.RUNNING and after.runtime == fresh
+    assert procs.is_alive(fresh)
+    assert (after.vm_dir / "fake.pid").exists()  # the new run's files were not cleaned up
