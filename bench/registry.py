@@ -8,9 +8,11 @@ loopback) and, alternating which goes first, times: meda's push and skopeo's; me
 and skopeo's; fetching the meda artifact's own blobs with 4 parallel ``curl``s into files
 beside the others (the registry's fetch limit); writing the disk's bytes with ``dd bs=4M
 conv=sparse,fsync`` (the disk's write limit, matching meda: zero stretches stay holes and
-the file is fsynced once; skopeo fsyncs its files too). Inputs are warm in the page cache
-for every side; caches are never dropped. Medians over the rounds; the ratios are what
-count (the machine may be shared).
+the file is fsynced once; skopeo fsyncs its files too). meda pulls into a second, empty
+MEDA_HOME made afresh each round, as a user pulls an image they do not have (the pushing
+home holds the same disk already: a pull there would only drop a duplicate); skopeo pulls
+into a fresh layout. Inputs are warm in the page cache for every side; caches are never
+dropped. Medians over the rounds; the ratios are what count (the machine may be shared).
 
     .venv/bin/python bench/registry.py [--size-mib 1024] [--rounds 3] [--quick] [--json PATH]
 """
@@ -176,16 +178,18 @@ def one_round(meda: Meda, work: Path, disk: Path, number: int) -> dict[str, floa
                 "--dest-tls-verify=false", f"oci:{work / 'layout'}:bench", skopeo_ref
             ),
         }
-        pulled, got = work / "pulled", []
+        pulled, puller = work / "pulled", Meda(Settings(home=work / "pull-home"))
+        puller.images.list()  # the state store is made before the timed pull
         pulls = {
-            "meda_pull": lambda: got.append(meda.images.pull(meda_ref)),
+            "meda_pull": lambda: puller.images.pull(meda_ref),
             "skopeo_pull": lambda: skopeo("--src-tls-verify=false", skopeo_ref, f"oci:{pulled}:b"),
         }
         for group in (pushes, pulls):
             order = sorted(group, reverse=number % 2 == 1)  # alternate who goes first
             for name in order:
                 seconds[name] = timed(group[name])
-        meda.images.remove(f"{got[0].name}:{got[0].tag}")
+        puller.close()
+        shutil.rmtree(work / "pull-home")
         shutil.rmtree(pulled)
         seconds["curl4"] = curl4(registry, "bench/meda", work / "fetched")
         seconds["dd"] = dd(disk, work / "dd.raw")

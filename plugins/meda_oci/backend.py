@@ -241,7 +241,8 @@ class OciRegistry(RegistryBackend):
         direct = directio.open_direct(partial)
         try:
             os.ftruncate(fd, disk.size)
-            whole = DiskDigest(fd, disk.size, disk.chunk_size, direct)
+            hold = 2 * self.config.concurrency  # pieces written ahead, hashed from memory
+            whole = DiskDigest(fd, disk.size, disk.chunk_size, direct, hold)
             try:
                 self._unpack_chunks(chunks, (fd, direct), fresh, done_dir, client, meter, whole)
                 os.fsync(fd)  # while the digest catches up

@@ -1,9 +1,10 @@
 """The whole disk's digest, taken in order right behind chunks that land out of order.
 
 The writer of the bytes next in order hashes them from its own buffer as it writes them;
-what was written ahead of that is read back and hashed as soon as the bytes before it are,
-so the digest is ready soon after the last chunk is, without a second pass over the disk.
-Where the writers bypass the page cache, so do these reads.
+what is written ahead of that is copied into one of a few spare buffers (a bounded budget)
+and hashed from there when its turn comes; only what lands ahead while the budget is spent
+is read back, as soon as the bytes before it are hashed. No writer ever waits for the
+digest. Where the writers bypass the page cache, so do these reads.
 """
 
 from __future__ import annotations
@@ -24,9 +25,18 @@ class DiskDigest:
     """Hashes ``fd``'s ``size`` bytes in order, as writers offer them or as :meth:`written`
     and :meth:`ready` release them to be read back."""
 
-    def __init__(self, fd: int, size: int, chunk_size: int, direct: int | None = None) -> None:
-        """``direct``: an ``O_DIRECT`` descriptor on the same file, for aligned reads."""
+    def __init__(
+        self, fd: int, size: int, chunk_size: int, direct: int | None = None, hold: int = 0
+    ) -> None:
+        """``direct``: an ``O_DIRECT`` descriptor on the same file, for aligned reads.
+        ``hold``: at most this many pieces offered ahead of the position are kept in
+        memory (``WRITE`` bytes each) to be hashed from there instead of read back."""
         self._fd, self._size, self._chunk_size, self._direct = fd, size, chunk_size, direct
+        self._hold = hold
+        self._spare: list[mmap.mmap] = []  # allocated buffers no piece is in
+        self._allocated = 0
+        self._held: dict[int, tuple[mmap.mmap, int]] = {}  # disk offset -> buffer, length
+        self.held_peak = 0  # the most pieces held at once
         self.count = (size + chunk_size - 1) // chunk_size
         self._written: dict[int, int] = {}  # chunk -> bytes of it written so far
         self._ready: set[int] = set()
@@ -40,15 +50,34 @@ class DiskDigest:
         self._thread = threading.Thread(target=self._run, name="disk-digest", daemon=True)
         self._thread.start()
 
-    def offer(self, index: int, start: int, data: memoryview) -> None:
-        """``data`` is what chunk ``index`` holds from ``start`` on: hashed now if it is next
-        in order (no read back), else ignored (it will be read back once written)."""
+    def offer(self, index: int, start: int, data: memoryview, keep: bool = True) -> None:
+        """``data`` is what chunk ``index`` holds from ``start`` on, offered before it is
+        written: hashed now if it is next in order, else copied into a spare buffer if
+        ``keep`` and the budget allows, else ignored (read back once written). ``keep``
+        is False for zeros left as holes: those are hashed without being read."""
+        offset = index * self._chunk_size + start
         with self._changed:
-            if self._reading or self._position != index * self._chunk_size + start:
+            if not self._reading and self._position == offset:
+                self._hasher.update(data)
+                self._position += len(data)
+                self._changed.notify()
                 return
-            self._hasher.update(data)
-            self._position += len(data)
-            self._changed.notify()
+            spare = self._take_spare() if keep and len(data) <= WRITE else None
+        if spare is None:
+            return
+        spare[: len(data)] = data  # outside the lock: the range is not final before written()
+        with self._changed:
+            self._held[offset] = (spare, len(data))
+            self.held_peak = max(self.held_peak, len(self._held))
+
+    def _take_spare(self) -> mmap.mmap | None:
+        """A buffer for a piece held ahead (None: the budget is spent); under the lock."""
+        if self._spare:
+            return self._spare.pop()
+        if self._allocated < self._hold:
+            self._allocated += 1
+            return directio.buffer(WRITE)
+        return None
 
     def ready(self, index: int) -> None:
         """Chunk ``index``'s range holds its final bytes (a zero chunk: from the start)."""
@@ -90,6 +119,11 @@ class DiskDigest:
             self._error = exc
         finally:
             buffer.close()
+            with self._changed:
+                unused = self._spare + [held for held, _ in self._held.values()]
+                self._spare, self._held, self._hold = [], {}, 0  # no more pieces are kept
+            for spare in unused:
+                spare.close()
 
     def _claim(self) -> tuple[int, int] | None:
         """The range from the position on that is final and not yet hashed, to be read
@@ -113,8 +147,34 @@ class DiskDigest:
         return start + self._written.get(index, 0)
 
     def _hash_range(self, buffer: mmap.mmap, start: int, end: int) -> None:
-        """Hash ``start`` to ``end``: holes as zeros without reading them (a read would fill
-        the page cache with zeros), data read back as it was written."""
+        """Hash ``start`` to ``end``: pieces held in memory from there, the rest from the
+        disk. Every piece held in the range was held before the range became final."""
+        while start < end:
+            held = self._next_held(start, end)
+            if held == start:
+                start = self._hash_held(start)
+            else:
+                self._hash_disk(buffer, start, held)
+                start = held
+
+    def _next_held(self, start: int, end: int) -> int:
+        """Where the first piece held at or after ``start`` begins (``end``: none before)."""
+        with self._changed:
+            return min((o for o in self._held if start <= o < end), default=end)
+
+    def _hash_held(self, start: int) -> int:
+        """Hash the piece held at ``start``, give its buffer back; where it ends."""
+        with self._changed:
+            held, length = self._held.pop(start)
+        with memoryview(held) as view:
+            self._hasher.update(view[:length])
+        with self._changed:
+            self._spare.append(held)
+        return start + length
+
+    def _hash_disk(self, buffer: mmap.mmap, start: int, end: int) -> None:
+        """Hash ``start`` to ``end`` from the disk: holes as zeros without reading them (a
+        read would fill the page cache with zeros), data read back as it was written."""
         hasher = self._hasher
         with memoryview(buffer) as view:
             while start < end:

@@ -45,12 +45,12 @@ class ChunkWriter:
         holes: bool,
         written: Callable[[int], None] = lambda count: None,
         direct: int | None = None,
-        offer: Callable[[int, memoryview], None] = lambda start, data: None,
+        offer: Callable[[int, memoryview, bool], None] = lambda start, data, keep: None,
     ) -> None:
         """``written(count)``: the chunk's first ``count`` bytes are on disk (or holes).
         ``direct``: an ``O_DIRECT`` descriptor on the same file, for aligned writes.
-        ``offer(start, data)``: the chunk's bytes from ``start`` on, just before they are
-        written (to be hashed from memory if they come next in the disk's digest)."""
+        ``offer(start, data, keep)``: the chunk's bytes from ``start`` on, just before they
+        are written (to be hashed from memory); ``keep`` is False for zeros left as holes."""
         self._fd, self._offset, self._size, self._holes = fd, offset, size, holes
         self._written, self._direct, self._offer = written, direct, offer
         self._unpacked = self._flushed = self._filled = 0
@@ -101,9 +101,10 @@ class ChunkWriter:
 
     def _flush(self) -> None:
         count, self._filled = self._filled, 0
+        hole = self._holes and _zeros(self._buffer, count)
         with memoryview(self._buffer) as view, view[:count] as piece:
-            self._offer(self._flushed, piece)
-            if not (self._holes and _zeros(self._buffer, count)):
+            self._offer(self._flushed, piece, not hole)
+            if not hole:
                 directio.pwrite(self._fd, self._direct, piece, self._offset + self._flushed)
         self._flushed += count
         self._written(self._flushed)

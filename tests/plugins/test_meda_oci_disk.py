@@ -5,16 +5,24 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 
+from meda_core.errors import BackendError
+from meda_core.facade import Meda
 from meda_core.images.blobs import sha256_file
-from meda_oci import directio
+from meda_core.settings import Settings
+from meda_oci import backend, directio
 from meda_oci.diskdigest import DiskDigest
 from meda_oci.unpack import WRITE, ChunkWriter
+from tests.plugins.conftest import HostileRegistry
+from tests.plugins.test_meda_oci_hostile import meda_image, ref
 
 MiB = 1024 * 1024
 
@@ -129,3 +137,78 @@ def test_the_disk_digest_reads_back_through_direct_io(
             os.pwrite(fd, os.urandom(min(chunk, size - index * chunk)), index * chunk)
         whole.ready(index)
     assert whole.result() == sha256_file(path)
+
+
+def test_pieces_offered_ahead_are_hashed_from_memory_within_the_budget(
+    disk_fds: tuple[Path, int, int | None],
+) -> None:
+    _, fd, direct = disk_fds
+    size = 5 * WRITE
+    os.ftruncate(fd, size)
+    offered = [os.urandom(WRITE) for _ in range(5)]
+    whole = DiskDigest(fd, size, WRITE, direct, hold=2)
+    for index in (1, 2, 3, 4):  # ahead of chunk 0: two held, two left to be read back
+        with memoryview(offered[index]) as view:
+            whole.offer(index, 0, view)
+    on_disk = [os.urandom(WRITE) for _ in range(5)]  # what the file holds differs
+    os.pwrite(fd, b"".join(on_disk), 0)
+    for index in (4, 3, 2, 1):
+        whole.ready(index)
+    with memoryview(offered[0]) as view:
+        whole.offer(0, 0, view)
+    whole.ready(0)
+    expected = offered[:3] + on_disk[3:]  # held pieces from memory, the rest read back
+    assert whole.result() == "sha256:" + hashlib.sha256(b"".join(expected)).hexdigest()
+    assert whole.held_peak == 2
+
+
+def test_zeros_left_as_holes_are_not_held(disk_fds: tuple[Path, int, int | None]) -> None:
+    _, fd, direct = disk_fds
+    os.ftruncate(fd, 2 * WRITE)
+    whole = DiskDigest(fd, 2 * WRITE, WRITE, direct, hold=2)
+    with memoryview(bytes(WRITE)) as view:
+        whole.offer(1, 0, view, keep=False)
+    whole.ready(1)
+    whole.ready(0)
+    assert whole.result() == "sha256:" + hashlib.sha256(bytes(2 * WRITE)).hexdigest()
+    assert whole.held_peak == 0
+
+
+def test_a_failing_chunk_ends_a_pull_promptly_while_others_hold_pieces(
+    hostile: Callable[[], HostileRegistry],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    monkeypatch.setenv("MEDA_OCI_CONCURRENCY", "4")
+    digests: list[DiskDigest] = []
+
+    class Watched(DiskDigest):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            digests.append(self)
+
+    monkeypatch.setattr(backend, "DiskDigest", Watched)
+    registry = hostile()
+    manifest = meda_image(registry, os.urandom(4 * 8 * MiB), chunk_size=8 * MiB)
+    garbage = os.urandom(4096)  # a blob that is what its digest says, and no zstd frame
+
+    def late() -> Iterator[bytes]:  # sent once the chunks after it hold pieces
+        deadline = time.monotonic() + 10
+        while not (digests and digests[0].held_peak >= 3) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield garbage
+
+    digest = "sha256:" + hashlib.sha256(garbage).hexdigest()
+    for method in ("GET", "HEAD"):
+        registry.reply(method, f"/v2/meda/evil/blobs/{digest}", late(), length=len(garbage))
+    manifest["layers"][0].update(digest=digest, size=len(garbage))
+    registry.manifest(manifest)
+    meda = Meda(Settings(home=tmp_path / "home"))
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="does not unpack"):
+        meda.images.pull(ref(registry))
+    assert time.monotonic() - started < 8
+    assert 3 <= digests[0].held_peak <= 8  # 2 x concurrency pieces at most
+    assert not [t for t in threading.enumerate() if t.name == "disk-digest"]
+    assert meda.images.list() == []
