@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,7 +25,7 @@ from meda_core.plugin import (
     VMSpec,
     sha256_file,
 )
-from meda_oci import directio, formats, unpack
+from meda_oci import directio, formats, parallel, unpack
 from meda_oci.client import OCI_MANIFEST, RegistryClient, sha256_digest
 from meda_oci.deadline import Deadline
 from meda_oci.diskdigest import DiskDigest
@@ -142,8 +141,7 @@ class OciRegistry(RegistryBackend):
                 index, index * step, len(data), sha256_digest(data), blob, len(packed)
             )
 
-        with ThreadPoolExecutor(config.concurrency) as pool:
-            results = list(pool.map(one, range(count)))
+        results = parallel.each(config.concurrency, one, range(count))
         chunks = [c for c in results if c is not None]
         return chunks, [i for i, c in enumerate(results) if c is None]
 
@@ -279,7 +277,7 @@ class OciRegistry(RegistryBackend):
             if _resumable(marker, chunk, fd):
                 meter.advance(chunk.blob_size)
             else:
-                writer = unpack.ChunkWriter(
+                with unpack.ChunkWriter(
                     fd,
                     chunk.offset,
                     chunk.size,
@@ -287,14 +285,13 @@ class OciRegistry(RegistryBackend):
                     functools.partial(whole.written, chunk.index),
                     direct,
                     functools.partial(whole.offer, chunk.index),
-                )
-                client.stream(chunk.blob, chunk.blob_size, writer.feed, meter.advance)
-                writer.finish()
+                ) as writer:
+                    client.stream(chunk.blob, chunk.blob_size, writer.feed, meter.advance)
+                    writer.finish()
                 marker.write_text(chunk.digest)
             whole.ready(chunk.index)
 
-        with ThreadPoolExecutor(self.config.concurrency) as pool:
-            list(pool.map(one, chunks))
+        parallel.each(self.config.concurrency, one, chunks)
 
     def _pull_rust(
         self,
@@ -316,13 +313,11 @@ class OciRegistry(RegistryBackend):
             raise formats.invalid(f"base image size (at most {self.config.max_disk_size})", total)
         meter = _Meter(total, progress)
         parts = workdir / "layers"
-        with ThreadPoolExecutor(self.config.concurrency) as pool:
-            fetched = list(
-                pool.map(
-                    lambda pair: _fetch(client, pair[1], parts / str(pair[0]), meter),
-                    enumerate(layers),
-                )
-            )
+        fetched = parallel.each(
+            self.config.concurrency,
+            lambda pair: _fetch(client, pair[1], parts / str(pair[0]), meter),
+            enumerate(layers),
+        )
         dest = workdir / "disk"
         with dest.open("wb") as out:
             for path in fetched:

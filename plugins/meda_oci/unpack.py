@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -56,12 +56,24 @@ class ChunkWriter:
         self._unpacked = self._flushed = self._filled = 0
         self._buffer = directio.buffer(WRITE)  # reused for every write of the chunk
         self._fault: BackendError | None = None
-        self._unpacker = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_writer(
+        self._unpacker: Any = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_writer(
             cast("IO[bytes]", self), write_size=_PIECE, closefd=False
         )
 
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the unpacker and the buffer, finished or not: the unpacker and this
+        writer refer to each other, a cycle the collector cannot free (zstd's C object)."""
+        self._unpacker = None
+        self._buffer.close()
+
     def feed(self, compressed: bytes) -> None:
-        if self._fault is not None:
+        if self._fault is not None or self._unpacker is None:
             return
         try:
             self._unpacker.write(compressed)
@@ -93,7 +105,6 @@ class ChunkWriter:
             raise self._fault
         if self._filled:
             self._flush()
-        self._buffer.close()
         if self._unpacked != self._size:
             raise BackendError(
                 f"disk chunk unpacks to {self._unpacked} bytes, not its declared {self._size}"
