@@ -141,7 +141,7 @@ def rows(medians: dict[str, float]) -> list[dict[str, object]]:
             list_ms,
             typer_floor,
             "ms",
-            "none in the issue (reported)",
+            "reported (no goal)",
             True,
         ),
     ]
