@@ -7,6 +7,7 @@ figures the README quotes can be made again by anyone with ``bench/all.py``.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ def test_all_runs_every_benchmark_quickly_and_tables_their_rows(tmp_path: Path) 
         assert benchmark["rows"], f"{benchmark['bench']} wrote no rows"
         for row in benchmark["rows"]:
             assert set(row) >= ROW_KEYS, row
-            assert row["meda"] > 0
+            assert math.isfinite(row["meda"])  # an added time may be below zero
             assert isinstance(row["met"], bool)
             assert row["measure"] in done.stdout
 

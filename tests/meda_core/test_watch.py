@@ -228,6 +228,7 @@ def test_a_watch_that_cannot_open_a_pidfd_leaves_the_vm_to_the_sweep(
         fake_meda.unwatch()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_reads_reconcile_again_if_the_watcher_ever_ends(
     fake_meda: Meda, make_vm: MakeVM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
