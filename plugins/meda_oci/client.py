@@ -44,6 +44,30 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def _verify(
+    digest: str,
+    size: int,
+    received: int,
+    hasher: Any,
+    refused: Callable[[], object] | None = None,
+) -> None:
+    """A blob received whole: ``size`` bytes hashing to ``digest``. Otherwise refused; when
+    its bytes are wrong (not merely short), ``refused()`` runs first."""
+    if received < size:
+        raise BackendError(
+            f"blob {digest} ended after {received} of its {size} bytes", expected=size
+        )
+    actual = f"sha256:{hasher.hexdigest()}"
+    if actual != digest:
+        if refused is not None:
+            refused()
+        raise BackendError(
+            f"blob {digest} failed verification (its content hashes to {actual}); refusing it",
+            expected=digest,
+            actual=actual,
+        )
+
+
 class _TooLong(BackendError):
     """A blob sent more bytes than its descriptor declares."""
 
@@ -365,18 +389,8 @@ class RegistryClient:
             received, hasher = self._fetch_into(digest, size, partial, offset, hasher, advance)
         else:  # a pull cut off between its last byte and the rename: nothing to fetch
             advance(size)
-        if received < size:
-            raise BackendError(
-                f"blob {digest} ended after {received} of its {size} bytes", expected=size
-            )  # the partial file stays: the next pull resumes it, and re-hashes it first
-        actual = f"sha256:{hasher.hexdigest()}"
-        if actual != digest:
-            partial.unlink(missing_ok=True)
-            raise BackendError(
-                f"blob {digest} failed verification (its content hashes to {actual}); refusing it",
-                expected=digest,
-                actual=actual,
-            )
+        # Short: the partial file stays (the next pull resumes it, and re-hashes it first).
+        _verify(digest, size, received, hasher, refused=lambda: partial.unlink(missing_ok=True))
         partial.replace(dest)
         return dest
 
@@ -403,17 +417,7 @@ class RegistryClient:
         the fact: ``consume`` must keep nothing it got until this returns) if they are not
         ``size`` bytes hashing to ``digest``."""
         received, hasher = self.receive(digest, size, lambda _: consume, advance)
-        if received < size:
-            raise BackendError(
-                f"blob {digest} ended after {received} of its {size} bytes", expected=size
-            )
-        actual = f"sha256:{hasher.hexdigest()}"
-        if actual != digest:
-            raise BackendError(
-                f"blob {digest} failed verification (its content hashes to {actual}); refusing it",
-                expected=digest,
-                actual=actual,
-            )
+        _verify(digest, size, received, hasher)
 
     def receive(
         self,
