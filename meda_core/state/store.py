@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -104,20 +105,16 @@ class StateStore:
             version: int = self._version_db.execute("PRAGMA data_version").fetchone()[0]
         return version
 
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A connection whose queries see one snapshot of the database."""
-        with self._connect() as db:
-            db.execute("BEGIN")
-            try:
-                yield db
-            finally:
-                db.execute("COMMIT")
+        return self._transaction("BEGIN")
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """A connection inside a transaction: committed at the end, rolled back on an error.
+        ``BEGIN IMMEDIATE`` (the default) takes the write lock at once."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute(begin)
             try:
                 yield db
             except BaseException:
