@@ -8,6 +8,13 @@ beforehand, as a user does) and as a bare QEMU whose argv is the qemu plugin's o
 a file, NIC), in alternating order. The time is from sending the request (or running QEMU)
 to the first newline in the serial log.
 
+The guest boots without ``quiet``, so its first console line is the kernel's banner, as
+when this row's goal was set (raw QEMU then: 1.7 s). The test guest's own command line
+is quiet, and its first line is then init's, four to eight seconds in under TCG: that
+wait is the guest's, not meda's, and its spread (several seconds between two boots of
+the same argv) would drown the tenths of a second this bench is here to show. The rows
+are judged on each round's pair (see ``rows_for``).
+
 Two networks, each its own row:
 
 - tap-bridge, meda's normal mode, in a network namespace the bench makes and deletes
@@ -18,13 +25,14 @@ Two networks, each its own row:
   what QEMU needs to exist before its exec, and making it is work meda does for the user.
 - user (slirp), with ``--user-net`` on by default: no host network work at all.
 
-    .venv/bin/python bench/boot_overhead.py [--rounds 8] [--quick] [--json PATH]
+    .venv/bin/python bench/boot_overhead.py [--rounds 12] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import statistics
@@ -47,7 +55,7 @@ from meda_core.backends.roles import LaunchSpec, NicKind, NicSpec
 from meda_core.facade import Meda
 from meda_core.models import VMSpec
 from meda_core.settings import Settings
-from meda_core.testing.guest import build_test_guest, default_cache
+from meda_core.testing.guest import BootableGuest, build_test_guest, default_cache
 from meda_core.testing.host import free_port
 from meda_core.vms import seed
 from meda_qemu.argv import build_argv
@@ -59,6 +67,12 @@ SPEC = VMSpec(memory="512M", cpus=1, disk="1G")
 RATIO_GOAL, ADDED_GOAL_MS = 1.10, 150.0
 RAW_TAP = "mbraw0"
 RAW_MAC = "52:54:00:be:ec:01"
+
+
+def loud(guest: BootableGuest) -> BootableGuest:
+    """The guest with the kernel's messages on its console (see above)."""
+    cmdline = " ".join(word for word in guest.cmdline.split() if word != "quiet")
+    return dataclasses.replace(guest, cmdline=cmdline)
 
 
 def wait_first_line(path: Path, timeout: float = 120) -> float:
@@ -87,7 +101,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def meda_server(home: Path, image: Any, env: dict[str, str]) -> Iterator[Server]:
+def meda_server(home: Path, image: BootableGuest, env: dict[str, str]) -> Iterator[Server]:
     Meda(Settings(home=home)).images.import_files(
         "bench", kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline
     )
@@ -165,7 +179,7 @@ class RawGuest:
     """What a bare QEMU boots: the test guest, a seed ISO, the NIC meda would give it."""
 
     work: Path
-    image: Any
+    image: BootableGuest
     nic: NicSpec
     netns: str | None
     seed_iso: Path = field(init=False)
@@ -232,26 +246,36 @@ def med(values: list[float]) -> float:
 
 
 def rows_for(label: str, meda: list[float], raw: list[float]) -> list[dict[str, Any]]:
-    meda_s, raw_s = med(meda), med(raw)
-    ratio = meda_s / raw_s
-    added_ms = (meda_s - raw_s) * 1000
+    """The two rows of one network, judged on the rounds' pairs.
+
+    A round boots both back to back, in alternating order, so the median over rounds of
+    meda/raw and of meda - raw cancels what drifts between rounds. The median of each
+    side is shown beside; their difference is noisier (a TCG boot's first line moves by
+    hundreds of milliseconds between two boots of one argv) and is kept in the details.
+    """
+    pairs = list(zip(meda, raw, strict=True))
+    ratio = med([m / r for m, r in pairs])
+    added_ms = med([m - r for m, r in pairs]) * 1000
+    apart_ms = round((med(meda) - med(raw)) * 1000, 1)
     return [
         row(
             f"API start -> first console line ({label}), median",
-            meda_s,
-            raw_s,
+            med(meda),
+            med(raw),
             "s",
-            f"<= {RATIO_GOAL:.2f}x raw QEMU, same argv",
+            f"<= {RATIO_GOAL:.2f}x raw QEMU, same argv (median of the rounds' ratios)",
             ratio <= RATIO_GOAL,
             digits=4,
+            ratio=round(ratio, 3),
         ),
         row(
             f"time meda adds before the first console line ({label})",
             added_ms,
             None,
             "ms",
-            f"<= {ADDED_GOAL_MS:.0f} ms",
+            f"<= {ADDED_GOAL_MS:.0f} ms (median of the rounds' differences)",
             added_ms <= ADDED_GOAL_MS,
+            difference_of_medians_ms=apart_ms,
         ),
     ]
 
@@ -297,7 +321,7 @@ class Series:
         }
 
 
-def tap_series(stack: contextlib.ExitStack, work: Path, image: Any) -> Series:
+def tap_series(stack: contextlib.ExitStack, work: Path, image: BootableGuest) -> Series:
     ns = stack.enter_context(bench_namespace())
     env = {"MEDA_NETWORK": "tap-bridge", "MEDA_NETNS": ns, "MEDA_NETNS_UPLINK": "0"}
     env["MEDA_NETNS_CREATE"] = "1"
@@ -310,7 +334,7 @@ def tap_series(stack: contextlib.ExitStack, work: Path, image: Any) -> Series:
     return Series("tap-bridge", server, RawGuest(work / "raw-tap", image, nic, ns))
 
 
-def user_series(stack: contextlib.ExitStack, work: Path, image: Any) -> Series:
+def user_series(stack: contextlib.ExitStack, work: Path, image: BootableGuest) -> Series:
     server = stack.enter_context(meda_server(work / "home-user", image, {"MEDA_NETWORK": "user"}))
     boot_via_meda(server, "warmup")
     nic = NicSpec(kind=NicKind.USER, mac=RAW_MAC)
@@ -319,7 +343,7 @@ def user_series(stack: contextlib.ExitStack, work: Path, image: Any) -> Series:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--quick", action="store_true", help="one round, tap-bridge only")
     parser.add_argument("--no-user-net", action="store_true", help="the tap-bridge row only")
     parser.add_argument("--json", type=Path, default=Path("bench/results/boot_overhead.json"))
@@ -327,7 +351,7 @@ def main() -> int:
     unwind_on_sigterm()
     rounds = 1 if args.quick else args.rounds
 
-    image = build_test_guest(default_cache())
+    image = loud(build_test_guest(default_cache()))
     with tempfile.TemporaryDirectory(prefix="meda-bench-") as tmp, contextlib.ExitStack() as stack:
         os.chmod(tmp, 0o755)  # QEMU may run as MEDA_QEMU_USER
         series = [tap_series(stack, Path(tmp), image)]

@@ -239,7 +239,7 @@ class OciRegistry(RegistryBackend):
         direct = directio.open_direct(partial)
         try:
             os.ftruncate(fd, disk.size)
-            hold = 2 * self.config.concurrency  # pieces written ahead, hashed from memory
+            hold = self.config.hold_memory // unpack.WRITE  # pieces hashed from memory
             whole = DiskDigest(fd, disk.size, disk.chunk_size, direct, hold)
             try:
                 self._unpack_chunks(chunks, (fd, direct), fresh, done_dir, client, meter, whole)

@@ -3,8 +3,9 @@
 The writer of the bytes next in order hashes them from its own buffer as it writes them;
 what is written ahead of that is copied into one of a few spare buffers (a bounded budget)
 and hashed from there when its turn comes; only what lands ahead while the budget is spent
-is read back, as soon as the bytes before it are hashed. No writer ever waits for the
-digest. Where the writers bypass the page cache, so do these reads.
+is read back, as soon as the bytes before it are hashed, the next piece read while one is
+hashed. No writer ever waits for the digest. Where the writers bypass the page cache, so do
+these reads.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ import hashlib
 import mmap
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from meda_oci import directio
 from meda_oci.unpack import WRITE
 
 _ZEROS = memoryview(bytes(WRITE))
+
+
+class _Cancelled(Exception):
+    """The digest was cancelled while it hashed a range: the rest is not read."""
 
 
 class DiskDigest:
@@ -67,8 +73,12 @@ class DiskDigest:
             return
         spare[: len(data)] = data  # outside the lock: the range is not final before written()
         with self._changed:
-            self._held[offset] = (spare, len(data))
-            self.held_peak = max(self.held_peak, len(self._held))
+            ended = self._hold == 0  # the digest ended meanwhile: nobody would close it
+            if not ended:
+                self._held[offset] = (spare, len(data))
+                self.held_peak = max(self.held_peak, len(self._held))
+        if ended:
+            spare.close()
 
     def _take_spare(self) -> mmap.mmap | None:
         """A buffer for a piece held ahead (None: the budget is spent); under the lock."""
@@ -106,24 +116,31 @@ class DiskDigest:
         return self._digest
 
     def _run(self) -> None:
-        buffer = directio.buffer(WRITE)
+        buffers = (directio.buffer(WRITE), directio.buffer(WRITE))
+        views = (memoryview(buffers[0]), memoryview(buffers[1]))
+        reader = ThreadPoolExecutor(1, thread_name_prefix="disk-digest-read")
         try:
             while (claimed := self._claim()) is not None:
                 start, end = claimed
-                self._hash_range(buffer, start, end)
+                self._hash_range((reader, views), start, end)
                 with self._changed:
                     self._position, self._reading = end, False
             if not self._cancelled:
                 self._digest = f"sha256:{self._hasher.hexdigest()}"
+        except _Cancelled:
+            pass
         except BaseException as exc:  # handed to result()
             self._error = exc
         finally:
-            buffer.close()
             with self._changed:
                 unused = self._spare + [held for held, _ in self._held.values()]
                 self._spare, self._held, self._hold = [], {}, 0  # no more pieces are kept
             for spare in unused:
                 spare.close()
+            reader.shutdown()  # no read is still going into a buffer closed here
+            for view, buffer in zip(views, buffers, strict=True):
+                view.release()
+                buffer.close()
 
     def _claim(self) -> tuple[int, int] | None:
         """The range from the position on that is final and not yet hashed, to be read
@@ -146,7 +163,7 @@ class DiskDigest:
             return min(start + self._chunk_size, self._size)
         return start + self._written.get(index, 0)
 
-    def _hash_range(self, buffer: mmap.mmap, start: int, end: int) -> None:
+    def _hash_range(self, reading: _Reading, start: int, end: int) -> None:
         """Hash ``start`` to ``end``: pieces held in memory from there, the rest from the
         disk. Every piece held in the range was held before the range became final."""
         while start < end:
@@ -154,7 +171,7 @@ class DiskDigest:
             if held == start:
                 start = self._hash_held(start)
             else:
-                self._hash_disk(buffer, start, held)
+                self._hash_disk(reading, start, held)
                 start = held
 
     def _next_held(self, start: int, end: int) -> int:
@@ -172,22 +189,47 @@ class DiskDigest:
             self._spare.append(held)
         return start + length
 
-    def _hash_disk(self, buffer: mmap.mmap, start: int, end: int) -> None:
+    def _hash_disk(self, reading: _Reading, start: int, end: int) -> None:
         """Hash ``start`` to ``end`` from the disk: holes as zeros without reading them (a
         read would fill the page cache with zeros), data read back as it was written."""
-        hasher = self._hasher
-        with memoryview(buffer) as view:
-            while start < end:
-                data = _next_data(self._fd, start, end)
-                while start < data:
-                    step = min(WRITE, data - start)
-                    hasher.update(_ZEROS[:step] if step < WRITE else _ZEROS)
-                    start += step
-                hole = min(os.lseek(self._fd, start, os.SEEK_HOLE), end) if start < end else end
-                while start < hole:
-                    got = self._read(view, start, min(WRITE, hole - start))
-                    hasher.update(view[:got])
-                    start += got
+        while start < end:
+            data = _next_data(self._fd, start, end)
+            while start < data:
+                self._check_cancelled()
+                step = min(WRITE, data - start)
+                self._hasher.update(_ZEROS[:step] if step < WRITE else _ZEROS)
+                start += step
+            hole = min(os.lseek(self._fd, start, os.SEEK_HOLE), end) if start < end else end
+            self._hash_data(reading, start, hole)
+            start = hole
+
+    def _hash_data(self, reading: _Reading, start: int, end: int) -> None:
+        """Hash ``start`` to ``end`` read from the disk, a piece at a time, the next piece
+        read (by ``reading``'s thread, into its other buffer) while one is hashed."""
+        reader, views = reading
+        pieces = [(at, min(WRITE, end - at)) for at in range(start, end, WRITE)]
+        pending = reader.submit(self._read_piece, views[0], *pieces[0]) if pieces else None
+        for number, (_, length) in enumerate(pieces):
+            assert pending is not None
+            pending.result()
+            self._check_cancelled()  # nothing is being read now
+            if number + 1 < len(pieces):
+                following = views[(number + 1) % 2]
+                pending = reader.submit(self._read_piece, following, *pieces[number + 1])
+            self._hasher.update(views[number % 2][:length])
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled:  # a cancelled pull does not wait for a whole chunk's range
+            raise _Cancelled
+
+    def _read_piece(self, view: memoryview, start: int, length: int) -> None:
+        """``length`` bytes at ``start``, read into ``view``."""
+        done = 0
+        while done < length:
+            # released even when the read fails: a failure's traceback keeps _read's frame,
+            # and a view left there would keep the buffer from being closed (BufferError)
+            with view[done:] as rest:
+                done += self._read(rest, start + done, length - done)
 
     def _read(self, view: memoryview, start: int, want: int) -> int:
         """Read up to ``want`` bytes at ``start`` into ``view``; how many (at least one)."""
@@ -204,6 +246,9 @@ class DiskDigest:
         if got <= 0:
             raise OSError(f"the disk file ended at {start} of {self._size} bytes")
         return got
+
+
+_Reading = tuple[ThreadPoolExecutor, tuple[memoryview, memoryview]]
 
 
 def _next_data(fd: int, start: int, end: int) -> int:

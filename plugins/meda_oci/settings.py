@@ -16,6 +16,12 @@ class OciSettings(BaseSettings):
     chunk_size: int = Field(64 * MiB, ge=MiB, le=MAX_CHUNK_SIZE, description="Disk chunk size")
     zstd_level: int = Field(3, ge=1, le=19)
     concurrency: int = Field(4, ge=1, le=32, description="Layers moved at once")
+    hold_memory: int = Field(
+        256 * MiB,
+        ge=0,
+        description="Bytes of memory a pull may use to hash the disk's pieces that arrive "
+        "ahead of their turn (the chunks run in parallel); beyond it they are read back",
+    )
     deadline: float = Field(
         3600.0, gt=0, description="Seconds a whole pull or push may take, however it trickles"
     )
