@@ -18,11 +18,11 @@ from starlette.middleware.cors import CORSMiddleware
 from meda_api.docs import install_docs
 from meda_api.errors import install_error_handlers
 from meda_api.hosts import HostGuard, HostPolicy
-from meda_api.mediatypes import JsonBodies
+from meda_api.mediatypes import JsonBodies, raw_body
 from meda_api.observability import Metrics, RequestContext
 from meda_api.origins import OriginGuard
 from meda_api.ratelimit import Limit, RateLimit
-from meda_api.routes import make_router
+from meda_api.routes import make_router, raw_body_paths
 from meda_api.security import BodyLimit, TokenAuth
 from meda_api.waits import HeldRequests
 from meda_core import __version__
@@ -54,6 +54,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     meda.watch()  # from here on, what changes under meda reaches the store by events
     yield
     await run_in_threadpool(meda.unwatch)
+    await run_in_threadpool(meda.guest.close)  # commands still streamed are killed
     await run_in_threadpool(meda.close)  # template builds delete what they half made
 
 
@@ -73,7 +74,8 @@ _GUARD_RESPONSES = {
 
 def _document(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, without the 422 FastAPI lists: meda answers invalid input
-    with 400 and the seed's error body, which every operation documents."""
+    with 400 and the seed's error body, which every operation documents (a 422 of meda's
+    own, NO_AGENT, stays)."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -84,7 +86,8 @@ def _document(app: FastAPI) -> dict[str, Any]:
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 responses = operation.setdefault("responses", {})
-                responses.pop("422", None)
+                if "HTTPValidationError" in str(responses.get("422")):  # not NO_AGENT's
+                    responses.pop("422")
                 responses.update(_GUARD_RESPONSES)
         schemas = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
@@ -110,9 +113,10 @@ def create_app(
     (loopback's only by default).
     """
     app = _application(meda or Meda())
+    raw_paths = raw_body_paths(TABLE, API_PREFIX)
     # Added innermost first: a request meets them from the bottom of this list up.
-    app.add_middleware(JsonBodies)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(JsonBodies, raw_paths=raw_paths)
+    app.add_middleware(BodyLimit, raw=partial(raw_body, raw_paths=raw_paths))
     if rate_limit is not None or read_rate_limit is not None:  # after auth: strangers get 401
         app.add_middleware(RateLimit, limit=rate_limit, read_limit=read_rate_limit)
     if token is not None:

@@ -7,7 +7,6 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from contextvars import ContextVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -18,9 +17,8 @@ from meda_core import hookimpl
 from meda_core.facade import Meda
 from meda_core.models import VMState
 from meda_core.state.events import VMEvent
+from meda_core.state.events import request_id as request_id  # for logs and error bodies
 
-#: The id of the request being served, for logs and error bodies.
-request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _GIVEN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 access_log = logging.getLogger("meda_api.access")
 

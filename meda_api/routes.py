@@ -4,29 +4,53 @@ Each :class:`~meda_core.interface.endpoint.Endpoint` becomes one route whose par
 statuses and documented errors are the table's, and which runs the endpoint's core call on
 the app's ``Meda``. Four kinds: a plain call (in a worker thread); a call that may run in the
 background (``Prefer: respond-async``); a wait, held on the event loop and capped
-(:class:`~meda_api.waits.HeldRequests`); an event stream, held the same way.
+(:class:`~meda_api.waits.HeldRequests`); a stream (events, a console's text), held the same
+way.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import StreamingResponse
+import anyio.from_thread
+import anyio.to_thread
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from meda_api.background import ASYNC_RESPONSES, PreferHeader, run_or_accept
-from meda_api.streams import HeldStream, sse
+from meda_api.mediatypes import OCTET_STREAM, declares
+from meda_api.ratelimit import client_of
+from meda_api.streams import HeldStream, writer
 from meda_api.waits import HeldRequests, unless_disconnected
+from meda_core.errors import CommandTimedOut, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from meda_core.facade import Meda
 from meda_core.interface.endpoint import Endpoint, Param
 from meda_core.models import ErrorBody
+from meda_core.vms.guest import caller
 
 Handler = Callable[..., Any]
+#: The tag of the routes that reach into guests (exec, files).
+GUESTS = "guests"
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def raw_body_paths(table: Iterable[Endpoint[Any, Any]], prefix: str) -> re.Pattern[str]:
+    """The paths whose operations take a raw body: the body middleware leaves those
+    bodies (``application/octet-stream``) to the route, which caps them itself."""
+    paths = [
+        re.escape(prefix) + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(endpoint.path))
+        for endpoint in table
+        if endpoint.content is not None
+    ]
+    return re.compile("^(?:" + "|".join(paths or ["(?!)"]) + ")$")
 
 
 def make_router(table: Iterable[Endpoint[Any, Any]]) -> APIRouter:
@@ -34,8 +58,11 @@ def make_router(table: Iterable[Endpoint[Any, Any]]) -> APIRouter:
     router = APIRouter()
     for endpoint in table:
         extra: dict[str, Any] = {}
-        if endpoint.stream is not None:
+        if endpoint.stream is not None or endpoint.download is not None:
             extra["response_class"] = StreamingResponse
+        if endpoint.content is not None:
+            body = {"required": True, "content": {OCTET_STREAM: _BINARY}}
+            extra["openapi_extra"] = {"requestBody": body}
         router.add_api_route(
             endpoint.path,
             _handler(endpoint),
@@ -51,7 +78,7 @@ def make_router(table: Iterable[Endpoint[Any, Any]]) -> APIRouter:
 
 
 def _response_model(endpoint: Endpoint[Any, Any]) -> Any:
-    if endpoint.stream is not None:
+    if endpoint.stream is not None or endpoint.download is not None:
         return None
     return dict[str, Any] if endpoint.response is None else endpoint.response
 
@@ -60,22 +87,37 @@ def _responses(endpoint: Endpoint[Any, Any]) -> dict[int | str, dict[str, Any]]:
     responses: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody, "description": text} for code, text in endpoint.errors.items()
     }
+    raw = endpoint.stream or endpoint.download
+    if raw is not None:
+        schema = {"schema": {"type": "string"}} if endpoint.stream else _BINARY
+        responses[endpoint.status] = {
+            "description": "Successful Response",
+            "content": {raw: schema},
+        }
+        if endpoint.page is not None:  # the JSON a request that ends at once answers with
+            responses[endpoint.status]["model"] = endpoint.page
     return responses | ASYNC_RESPONSES if endpoint.background is not None else responses
 
 
 def _handler(endpoint: Endpoint[Any, Any]) -> Handler:
     if endpoint.stream is not None:
         handler = _streaming(endpoint)
+    elif endpoint.content is not None:
+        handler = _uploading(endpoint, endpoint.content.name)
+    elif endpoint.download is not None:
+        handler = _downloading(endpoint, endpoint.download)
     elif endpoint.wait is not None:
         handler = _waiting(endpoint)
     elif endpoint.background is not None:
         handler = _backgrounded(endpoint, endpoint.background)
+    elif endpoint.tag == GUESTS:
+        handler = _in_guest(endpoint)
     elif endpoint.store_read:
         handler = _store_read(endpoint)
     else:
         handler = _plain(endpoint)
     parameters = [inspect.Parameter("http", _KEYWORD, annotation=Request)]
-    parameters += [_parameter(param) for param in endpoint.params]
+    parameters += [_parameter(param) for param in endpoint.params if param.where != "content"]
     if endpoint.background is not None:
         parameters.append(
             inspect.Parameter("prefer", _KEYWORD, default=None, annotation=PreferHeader)
@@ -90,10 +132,14 @@ def _parameter(param: Param) -> inspect.Parameter:
     """The handler's parameter for ``param``: FastAPI reads its kind and checks from it."""
     annotation = param.type
     if param.where != "body":
-        kind = Path if param.where == "path" else Query
+        kind = {"path": Path, "header": Header}.get(param.where, Query)
         extra = {"pattern": param.pattern} if param.pattern else None
         field = kind(
-            description=param.description, ge=param.ge, le=param.le, json_schema_extra=extra
+            alias=param.alias,
+            description=param.description,
+            ge=param.ge,
+            le=param.le,
+            json_schema_extra=extra,
         )
         annotation = Annotated[param.type, field]
     default = inspect.Parameter.empty if param.required else param.default
@@ -110,8 +156,15 @@ def _held(http: Request) -> HeldRequests:
     return held
 
 
+def _as_caller(http: Request) -> None:
+    """Name the request's client (token digest, else address) to the core: its audit lines
+    and the command sessions it may feed."""
+    caller.set(client_of(http.scope))
+
+
 def _plain(endpoint: Endpoint[Any, Any]) -> Handler:
     def handler(http: Request, **arguments: Any) -> Any:
+        _as_caller(http)
         return endpoint.call(_meda(http), **arguments)
 
     return handler
@@ -165,21 +218,121 @@ def _waiting(endpoint: Endpoint[Any, Any]) -> Handler:
 
 
 def _streaming(endpoint: Endpoint[Any, Any]) -> Handler:
+    """Held (and capped) unless a ``holds`` parameter says it ends at once (a console
+    read without ``follow``); the call runs in a worker thread (it may read files)."""
     media_type = endpoint.stream
     assert media_type is not None
+    holding = {p.name: p.default for p in endpoint.params if p.holds}
 
-    async def handler(http: Request, **arguments: Any) -> StreamingResponse:
-        release = _held(http).hold(http)
-        try:
-            feed = endpoint.call(_meda(http), **arguments)
+    async def handler(http: Request, **arguments: Any) -> Response:
+        ends = holding and all(arguments[name] == value for name, value in holding.items())
+        ends = ends or any(arguments[p.name] in p.ends for p in endpoint.params)
+        release = _nothing if ends else _held(http).hold(http)
+        _as_caller(http)
+        try:  # in a worker: starting may wait on a guest (its agent's ping), or read files
+            feed = await run_in_threadpool(partial(endpoint.call, _meda(http), **arguments))
         except BaseException:
             release()
             raise
+        if isinstance(feed, BaseModel):  # a page, not a stream
+            release()
+            return JSONResponse(feed.model_dump(mode="json"))
 
         def close() -> None:
             feed.close()
             release()
 
-        return HeldStream(sse(http, feed), close, media_type)
+        return HeldStream(writer(media_type)(http, feed), close, media_type)
+
+    return handler
+
+
+def _nothing() -> None:
+    pass
+
+
+async def _guest_work(http: Request, call: Callable[[], Any]) -> Any:
+    """``call`` (exec, an upload: it may last as long as the guest or the client take)
+    held like a wait (capped per client) and run in a worker of the guests' own limiter,
+    never in the pool the other routes share."""
+    threads: anyio.CapacityLimiter | None = getattr(http.app.state, "guest_threads", None)
+    if threads is None:
+        settings = _meda(http).settings
+        threads = anyio.CapacityLimiter(settings.max_waits + settings.exec_sessions_max)
+        http.app.state.guest_threads = threads
+    release = _held(http).hold(http)
+    try:
+        return await anyio.to_thread.run_sync(call, limiter=threads)
+    finally:
+        release()
+
+
+def _in_guest(endpoint: Endpoint[Any, Any]) -> Handler:
+    """A plain call into a guest (a command run to its end) through :func:`_guest_work`."""
+
+    async def handler(http: Request, **arguments: Any) -> Any:
+        _as_caller(http)
+        return await _guest_work(http, partial(endpoint.call, _meda(http), **arguments))
+
+    return handler
+
+
+def _uploading(endpoint: Endpoint[Any, Any], name: str) -> Handler:
+    """The raw body to the call as chunks while they arrive (the call runs in a worker),
+    refused past MEDA_FILE_MAX_BYTES by its declared length at once, else as it comes."""
+
+    async def handler(http: Request, **arguments: Any) -> Any:
+        declared = http.headers.get("content-type", "none")
+        if not declares(declared.encode(), OCTET_STREAM):
+            raise UnsupportedMediaType(
+                f"this body must be sent as {OCTET_STREAM}, not {declared[:100]}",
+                content_type=declared[:100],
+            )
+        limit = _meda(http).settings.file_max_bytes
+        length = http.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"body over {limit} bytes (MEDA_FILE_MAX_BYTES)", limit=limit)
+        _as_caller(http)
+        idle = _meda(http).settings.body_idle_timeout
+        chunks = _chunks(http, idle)
+        return await _guest_work(
+            http, partial(endpoint.call, _meda(http), **arguments, **{name: chunks})
+        )
+
+    return handler
+
+
+def _chunks(http: Request, idle: float) -> Iterator[bytes]:
+    """The request's body, read from a worker thread through the event loop; a pause
+    past ``idle`` seconds is 408, a client gone mid-body 400 (an answer nobody reads)."""
+    stream: AsyncIterator[bytes] = http.stream().__aiter__()
+
+    async def more() -> bytes:
+        try:
+            with anyio.fail_after(idle):
+                return await stream.__anext__()
+        except TimeoutError:
+            raise CommandTimedOut(
+                f"the body paused for over {idle:g}s (MEDA_BODY_IDLE_TIMEOUT)", timeout=idle
+            ) from None
+        except ClientDisconnect:
+            raise InvalidRequest("the client went away before its body ended") from None
+
+    while True:
+        try:
+            chunk: bytes = anyio.from_thread.run(more)
+        except StopAsyncIteration:
+            return
+        if chunk:
+            yield chunk
+
+
+def _downloading(endpoint: Endpoint[Any, Any], media_type: str) -> Handler:
+    """The call's chunks as the body; its errors before the first byte are statuses."""
+
+    async def handler(http: Request, **arguments: Any) -> StreamingResponse:
+        _as_caller(http)
+        chunks = await run_in_threadpool(partial(endpoint.call, _meda(http), **arguments))
+        return StreamingResponse(chunks, media_type=media_type)
 
     return handler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,14 +58,17 @@ class BodyLimit:
 
     A body is read whole (it is small) before the app runs: the 413 then comes whether
     the body is chunked or not and whatever the route, even one that would answer before
-    reading it, and the app never sees part of a body it may not have.
+    reading it, and the app never sees part of a body it may not have. Bodies ``raw``
+    says are streamed (file uploads) pass unread: their route caps them itself.
     """
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
-        self.app, self.limit = app, limit
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_BODY, raw: Callable[[Scope], bool] | None = None
+    ) -> None:
+        self.app, self.limit, self.raw = app, limit, raw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.raw is not None and self.raw(scope)):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])

@@ -7,7 +7,17 @@ from pathlib import Path
 import typer
 
 from meda_cli import context
-from meda_cli.commands import images, network, plugins, serve, ssh, vms
+from meda_cli.commands import (
+    console,
+    events,
+    guest,
+    images,
+    network,
+    plugins,
+    serve,
+    ssh,
+    vms,
+)
 from meda_cli.output import fail
 from meda_core.errors import MedaError
 from meda_core.host.private import restrict_process
@@ -17,6 +27,9 @@ app = typer.Typer(
     help="Micro-VMs on this host: a REST API and a CLI, every backend a plugin.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain help, as click writes it: Rich's would cost ~100 ms of every start.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
 
 
@@ -66,6 +79,9 @@ app.registered_commands += vms.app.registered_commands
 app.registered_commands += network.app.registered_commands
 app.registered_commands += images.commands.registered_commands
 app.registered_commands += ssh.app.registered_commands
+app.registered_commands += console.app.registered_commands
+app.registered_commands += guest.app.registered_commands
+app.registered_commands += events.app.registered_commands
 app.command("serve")(serve.serve)
 app.command("plugins")(plugins.plugins)
 app.add_typer(images.app, name="images")

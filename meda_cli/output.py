@@ -91,10 +91,30 @@ def _plain(value: object) -> str:
     return str(value)
 
 
+def _caret(code: int) -> str:
+    """``cat -v``'s form of a control character: ^X for C0 and DEL, M-^X for C1."""
+    if code >= 0x80:
+        return "M-" + _caret(code - 0x80)
+    return "^?" if code == 0x7F else "^" + chr(code + 0x40)
+
+
+#: Control characters a terminal acts on, made visible; tab and newline stay.
+_VISIBLE = {
+    code: _caret(code) for code in [*range(0x20), *range(0x7F, 0xA0)] if chr(code) not in "\t\n"
+}
+
+
+def visible(text: str) -> str:
+    """``text`` with the control characters a terminal would act on (escape sequences
+    first of all) shown as ``cat -v`` shows them; a serial line's CR LF is a newline."""
+    return text.replace("\r\n", "\n").translate(_VISIBLE)
+
+
 def fail(error: MedaError, as_json: bool) -> None:
-    """Report ``error`` on stderr and exit with its exit code."""
+    """Report ``error`` on stderr and exit with its exit code; its control characters are
+    made visible (a message may quote a guest's text: a guest must not drive the terminal)."""
     if as_json:
         print(json.dumps(error.to_body(), indent=2), file=sys.stderr)
     else:
-        print(f"error: {error.message}", file=sys.stderr)
+        print(f"error: {visible(error.message)}", file=sys.stderr)
     raise typer.Exit(error.exit_code)

@@ -54,6 +54,8 @@ MEANINGS = {
     7: "refused: a missing or wrong token, or a web page's request",
     8: "rate limited: retry after `details.retry_after` seconds",
     9: "MEDA_HOME was written by a newer meda",
+    10: "the guest has no agent that answers (exec, files): use an image that ships one",
+    124: "a command run through the guest's agent outlived its timeout and was killed",
 }
 
 
@@ -75,7 +77,9 @@ def exit_codes() -> str:
         + "\n\n`meda serve` exits 4 when its port is taken (before it recovers a VM or "
         "writes `MEDA_HOME/server.json`) and 2 for options or settings it refuses. `meda ssh "
         "NAME -- COMMAND` exits with the command's own status (ssh's 255 when it cannot "
-        "connect), as ssh does; its own errors before connecting use the codes above.\n"
+        "connect), as ssh does; its own errors before connecting use the codes above. `meda exec "
+        "NAME -- COMMAND` likewise exits with the command's status (128 + the signal that "
+        "ended it); its own errors use the codes above.\n"
     )
 
 

@@ -25,6 +25,8 @@ CLI map errors in exactly one place each, by reading these attributes.
     ├── BackendUnavailable         503  exit 5   BACKEND_UNAVAILABLE
     │   └── InsufficientCapacity                 INSUFFICIENT_CAPACITY
     ├── BackendError               500  exit 6   BACKEND_ERROR
+    ├── NoAgent                    422  exit 10  NO_AGENT
+    ├── CommandTimedOut            408  exit 124 TIMEOUT
     ├── RegistrationError          500  exit 1   INTERNAL_ERROR
     └── StateVersionError          500  exit 9   STATE_VERSION
 """
@@ -214,6 +216,33 @@ class BackendError(MedaError):
     code = "BACKEND_ERROR"
     http_status = 500
     exit_code = 6
+
+
+class NoAgent(MedaError):
+    """422: the guest has no agent that answers (or its hypervisor gives it no channel);
+    waiting will not help, a guest with an agent will."""
+
+    code = "NO_AGENT"
+    http_status = 422
+    exit_code = 10
+    HOW = (
+        "images from `meda images build` ship meda's agent and start it at boot; "
+        "see docs/agent.md to add it to another image"
+    )
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(
+            f"VM '{name}' has no guest agent that answers ({why}); {self.HOW}", name=name
+        )
+
+
+class CommandTimedOut(MedaError):
+    """408: a command ran past its timeout and was killed; ``details`` holds what it wrote
+    until then (``stdout``, ``stderr``, ``truncated``). Exit 124, as ``timeout(1)``'s."""
+
+    code = "TIMEOUT"
+    http_status = 408
+    exit_code = 124
 
 
 class RegistrationError(MedaError):

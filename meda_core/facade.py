@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import cast
 
 from meda_core import __version__
 from meda_core.backends.context import backend_context
 from meda_core.backends.manager import PluginManager
-from meda_core.backends.roles import Role, StorageBackend
+from meda_core.backends.roles import AgentBackend, Role, StorageBackend
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import InsufficientCapacity
 from meda_core.host.private import private_home
@@ -21,6 +22,9 @@ from meda_core.state.eventbus import EventBus
 from meda_core.state.events import VMEvent
 from meda_core.state.operations import Operations, Progress
 from meda_core.state.store import StateStore
+from meda_core.vms.console import Consoles
+from meda_core.vms.guest import GuestService
+from meda_core.vms.lifecycle import Lifecycles
 from meda_core.vms.service import VMService
 from meda_core.vms.snapshots import SnapshotService
 from meda_core.vms.templates import TemplateBuild, TemplateJob, WarmRuns
@@ -61,16 +65,22 @@ class Meda:
             lambda name: self.backends.by_name(Role.STORAGE, name, StorageBackend),
             diskprobe.limits(self.settings),
             self.settings.allowed_registry_set(),
+            lambda: cast(AgentBackend | None, self.backends.optional(Role.AGENT)),
         )
-        self.events = EventBus()
+        self.events = EventBus(
+            lambda kind, data: self.store.journal_event(kind, data, self.settings.event_journal)
+        )
         self.operations = Operations(self.events, max_active=self.settings.max_operations)
         self.vms = VMService(self.settings, self.store, self.images, self.backends, self._emit)
+        self.guest = GuestService(self.settings, self.vms, self.backends)
         self.network = NetworkService(self.settings, self.store, self.backends, self.vms)
-        self.snapshots = SnapshotService(self.backends, self.vms)
+        self.consoles = Consoles(self.vms, self.store, self.settings.console_max_bytes)
+        self.snapshots = SnapshotService(self.backends, self.vms, self.guest)
         self.warm_runs = WarmRuns(
-            self.settings, self.store, self.vms, self.snapshots, self.backends
+            self.settings, self.store, self.vms, self.snapshots, self.backends, self.guest
         )
         self.warm_runs.background = self.build_template
+        self.lifecycles = Lifecycles(self.vms, self.settings.restart_backoff_max)
         self._watcher: Watcher | None = None
 
     def build_template(self, job: TemplateJob) -> None:
@@ -91,15 +101,19 @@ class Meda:
         if not self.warm_runs.shutdown():
             log.warning("template builds still under way at shutdown")
         self.operations.shutdown()
+        self.guest.close()
         self.store.close()
 
     def watch(self) -> Watcher:
         """Keep the VM records in line with the host by events from now on (a server does
         this once it has recovered): reads then answer from the store alone."""
         if self._watcher is None:
-            watcher = Watcher(self.vms, self.store, self.settings.reconcile_interval)
+            watcher = Watcher(
+                self.vms, self.store, self.settings.reconcile_interval, self.consoles.rotate_all
+            )
             watcher.start()
             self._watcher = watcher
+            self.lifecycles.start()
         return self._watcher
 
     @property
@@ -111,6 +125,7 @@ class Meda:
         """Stop :meth:`watch`ing: reads reconcile each VM again."""
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
+            self.lifecycles.stop()
             watcher.stop()
 
     def recover(self) -> list[VM]:
@@ -126,6 +141,7 @@ class Meda:
     def _emit(self, event: VMEvent) -> None:
         self.plugins.emit(event)
         self.events.publish("vm", event.model_dump(mode="json"))
+        self.lifecycles.observe(event)
         watcher = self._watcher
         if watcher is not None:  # a VM started, stopped or went: what to watch changed
             watcher.poke()

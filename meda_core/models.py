@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,9 +15,12 @@ from pydantic import (
     StrictBool,
     StrictInt,
     field_validator,
+    model_validator,
 )
 
+from meda_core.inputs.choices import MAX_EXEC_ARGS_BYTES, MAX_EXEC_TIMEOUT
 from meda_core.inputs.choices import Protocol as Protocol  # defined light, for the CLI
+from meda_core.inputs.labels import check_labels
 from meda_core.inputs.names import VM_NAME_PATTERN, check_vm_name
 from meda_core.inputs.sizes import SIZE_PATTERN, at_least, parse_size
 
@@ -95,6 +98,55 @@ class VMSpec(BaseModel):
     @property
     def disk_bytes(self) -> int:
         return parse_size(self.disk)
+
+
+#: A VM's labels, ``{key: value}`` (meda_core.inputs.labels says what is valid).
+Labels = Annotated[
+    dict[str, str],
+    Field(description="Labels, {key: value}: at most 32, keys as in [a-z0-9._/-]"),
+    AfterValidator(check_labels),
+]
+#: The longest ``ttl`` a VM may be given or extended by: 30 days.
+MAX_TTL = 30 * 24 * 3600
+
+
+class RestartPolicy(StrEnum):
+    """What happens when a running VM's hypervisor ends without meda stopping it."""
+
+    NO = "no"
+    ON_FAILURE = "on-failure"  # it ended in failure: a crash, a kill, a hypervisor error
+    ALWAYS = "always"  # also when the guest powered itself off
+
+
+class Lifecycle(BaseModel):
+    """A VM's lifecycle policies and what they have done: kept in its record."""
+
+    restart: RestartPolicy = RestartPolicy.NO
+    expires: datetime | None = Field(None, description="When the VM is deleted (its ttl)")
+    restarts: int = Field(0, description="Times the restart policy has started it again")
+    last_restart: datetime | None = None
+
+
+class TtlRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl: StrictInt = Field(ge=1, le=MAX_TTL, description="Seconds from now until the VM is deleted")
+
+
+class Policies(BaseModel):
+    """What create and run take besides the VM itself: labels and lifecycle policies."""
+
+    labels: Labels = Field(default_factory=dict)
+    ttl: StrictInt | None = Field(
+        None, ge=1, le=MAX_TTL, description="Seconds until the VM is deleted (POST .../ttl extends)"
+    )
+    restart: RestartPolicy = Field(
+        RestartPolicy.NO, description="no, on-failure or always: restarted with backoff"
+    )
+
+    def lifecycle(self, now: datetime) -> Lifecycle:
+        expires = None if self.ttl is None else now + timedelta(seconds=self.ttl)
+        return Lifecycle(restart=self.restart, expires=expires)
 
 
 class RuntimeInfo(BaseModel):
@@ -194,6 +246,8 @@ class VM(BaseModel):
     snapshot: Snapshot | None = None
     #: For a template ``run`` made: a fingerprint of the image it was built from.
     image_fingerprint: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
     #: Filled in from the forwards table when read; not stored in the VM record.
     port_forwards: list[PortForward] = Field(default_factory=list, exclude=True)
 
@@ -209,7 +263,7 @@ class VM(BaseModel):
 # ---- REST and --json shapes (the seed's, with extra fields where useful) ----
 
 
-class CreateVMRequest(BaseModel):
+class CreateVMRequest(Policies):
     model_config = REQUEST
 
     name: str = Field(pattern=VM_NAME_PATTERN, description="VM name: " + VM_NAME_PATTERN)
@@ -241,6 +295,7 @@ class VMSummary(BaseModel):
     disk: str
     cpus: int
     image: str
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class VMList(BaseModel):
@@ -286,6 +341,8 @@ class VMInfo(BaseModel):
     name: str
     state: VMState
     ip: str | None
+    labels: dict[str, str] = Field(default_factory=dict)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
     details: VMDetails
 
 
@@ -399,7 +456,7 @@ class CreateImageRequest(BaseModel):
     ready_port: ReadyPortChoice = None
 
 
-class RunRequest(BaseModel):
+class RunRequest(Policies):
     model_config = REQUEST
 
     image: str
@@ -412,11 +469,22 @@ class RunRequest(BaseModel):
         False, description="Boot from scratch instead of cloning the image's warm template"
     )
     ready_port: ReadyPortChoice = None
+    ready_agent: StrictBool = Field(
+        False,
+        description="The guest is ready once its agent answers (instead of a port): the "
+        "warm template of an image without a ready port is built and snapshotted then",
+    )
     memory: Memory = "1G"
     cpus: StrictInt = Field(1, ge=1, le=64)
     disk: Disk = "10G"
 
     _name = field_validator("name")(check_vm_name)
+
+    @model_validator(mode="after")
+    def _one_signal(self) -> RunRequest:
+        if self.ready_agent and self.ready_port:
+            raise ValueError("ready_agent and a ready_port are two readiness signals: give one")
+        return self
 
 
 class RunInfo(BaseModel):
@@ -430,6 +498,7 @@ class RunInfo(BaseModel):
         None, description="The template cloned, or the one being built for later runs"
     )
     ready_port: int | None = Field(None, description="The port the template waits on")
+    ready_agent: bool = Field(False, description="The template waits for its guest's agent")
 
 
 class RunResult(BaseModel):
@@ -500,7 +569,7 @@ class ErrorBody(BaseModel):
     details: dict[str, Any]
 
 
-class CloneRequest(BaseModel):
+class CloneRequest(Policies):
     model_config = REQUEST
 
     name: str = Field(pattern=VM_NAME_PATTERN, description="Name of the new VM")
@@ -521,3 +590,119 @@ class TemplateInfo(BaseModel):
 class TemplateList(BaseModel):
     templates: list[TemplateInfo]
     count: int
+
+
+def _no_nul(value: str, what: str) -> str:
+    if "\0" in value:
+        raise ValueError(f"{what} may not hold a NUL character")
+    return value
+
+
+def check_guest_path(path: str) -> str:
+    """A path in a guest: absolute, without NUL, at most 4096 bytes."""
+    _no_nul(path, "a guest path")
+    if not path.startswith("/"):
+        raise ValueError(f"a guest path must be absolute: {path[:200]!r}")
+    if len(path.encode()) > 4096:
+        raise ValueError("a guest path is at most 4096 bytes")
+    return path
+
+
+class ExecRequest(BaseModel):
+    """A command to run in a guest through its agent: no shell, no TTY."""
+
+    model_config = REQUEST
+
+    command: list[str] = Field(
+        min_length=1, max_length=4096, description="The program and its arguments (argv)"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Variables added to its environment"
+    )
+    cwd: str | None = Field(
+        None, description="Absolute directory it runs in (the agent's own by default)"
+    )
+    stdin: str | None = Field(None, description="Text given as its input, then end-of-file")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_EXEC_TIMEOUT,
+        description="Seconds before it is killed (default MEDA_EXEC_TIMEOUT for the short form, "
+        "none for a stream)",
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _argv(cls, argv: list[str]) -> list[str]:
+        for arg in argv:
+            _no_nul(arg, "an argument")
+        if not argv[0]:
+            raise ValueError("the program's name is empty")
+        return argv
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            _no_nul(key + value, "an environment variable")
+            if not key or "=" in key:
+                raise ValueError(f"bad environment variable name {key[:100]!r}")
+        return env
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, cwd: str | None) -> str | None:
+        return None if cwd is None else check_guest_path(cwd)
+
+    def args_bytes(self) -> int:
+        """What argv and env take, as the agent sends them."""
+        words = [*self.command, *(f"{k}={v}" for k, v in self.env.items())]
+        return sum(len(word.encode()) + 1 for word in words)
+
+    @model_validator(mode="after")
+    def _size(self) -> ExecRequest:
+        if self.args_bytes() > MAX_EXEC_ARGS_BYTES:
+            raise ValueError(f"the command and its environment exceed {MAX_EXEC_ARGS_BYTES} bytes")
+        return self
+
+
+class ExecResult(BaseModel):
+    """How a command ended and what it wrote (text; bytes that are not UTF-8 replaced)."""
+
+    exit_code: int | None = Field(description="Its exit status; None when a signal ended it")
+    signal: int | None = Field(None, description="The signal that ended it")
+    stdout: str
+    stderr: str
+    truncated: bool = Field(
+        False, description="Output went past MEDA_EXEC_OUTPUT_MAX and was cut (per stream)"
+    )
+
+
+class FileResult(BaseModel):
+    """A file written into a guest (or a tar unpacked there)."""
+
+    path: str
+    size: int = Field(description="Bytes received")
+    sha256: str = Field(description="Digest of the bytes received")
+
+
+class StdinResult(BaseModel):
+    """Input handed to a command under way."""
+
+    session: str
+    size: int = Field(description="Bytes passed on")
+    eof: bool = Field(description="Its input was closed after them")
+
+
+class JournalEvent(BaseModel):
+    """One event of the journal: ``vm`` (a VMEvent) or ``operation`` (an Operation)."""
+
+    id: int = Field(description="Increasing; give the last one seen as ``since`` to go on")
+    event: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[JournalEvent]
+    count: int
+    next: int = Field(description="The ``since`` of the next page (the last id here)")

@@ -15,12 +15,21 @@ from __future__ import annotations
 from meda_core.backends.catalogue import BackendRegistry
 from meda_core.backends.hookspecs import hookimpl
 from meda_core.backends.roles import (
+    AGENT_PORT_NAME,
+    AGENT_VSOCK_PORT,
     DEVICE_LAYOUT,
+    AgentBackend,
+    AgentChannel,
+    AgentSession,
     Availability,
     Backend,
     BackendContext,
     Capability,
     DiskInfo,
+    ExecCommand,
+    ExecExit,
+    ExecOutput,
+    ExecStream,
     GuestAddressing,
     HypervisorBackend,
     ImageFiles,
@@ -59,10 +68,15 @@ from meda_core.state.operations import Progress, no_progress
 from meda_core.state.store import Lease
 
 __all__ = [
+    "AGENT_PORT_NAME",
+    "AGENT_VSOCK_PORT",
     "DEVICE_LAYOUT",
     "DIR_MODE",
     "UMASK",
     "VM",
+    "AgentBackend",
+    "AgentChannel",
+    "AgentSession",
     "Availability",
     "Backend",
     "BackendContext",
@@ -72,6 +86,10 @@ __all__ = [
     "Capability",
     "Conflict",
     "DiskInfo",
+    "ExecCommand",
+    "ExecExit",
+    "ExecOutput",
+    "ExecStream",
     "ForwardListener",
     "GuestAddressing",
     "HypervisorBackend",

@@ -25,10 +25,13 @@ class Settings(BaseSettings):
     network: str = "auto"
     storage: str = "auto"
     registry: str = "auto"
+    agent: str = "auto"
     default_image: str = Field("default:latest", description="Image for VMs created without one")
     stop_timeout: float = Field(30.0, gt=0, description="Seconds a guest gets to power off")
     run_ready_timeout: float = Field(
-        600.0, gt=0, description="Seconds a run's template gets to answer on its ready port"
+        600.0,
+        gt=0,
+        description="Seconds a run's template gets to answer on its ready port (or its agent)",
     )
     run_template_retry: float = Field(
         3600.0, ge=0, description="Seconds runs boot cold after a template build failed"
@@ -38,6 +41,18 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between a server's checks of every VM against the host (VM "
         "processes it can watch are seen at once)",
+    )
+    event_journal: int = Field(
+        10000, ge=100, description="Events kept for replay (GET /events?since=, Last-Event-ID)"
+    )
+    restart_backoff_max: float = Field(
+        60.0, gt=0, description="Longest wait, in seconds, before a restart policy starts a VM"
+    )
+    console_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=4096,
+        description="Bytes a VM's console.log may reach before it is rotated to console.log.1 "
+        "(so at most about twice this on disk)",
     )
     netns: str | None = Field(
         None, description="Network namespace for meda's whole network and its VMs"
@@ -85,6 +100,42 @@ class Settings(BaseSettings):
         "",
         description="Comma-separated registries (host[:port]) that pulls, pushes and runs may "
         "name; empty: any",
+    )
+    agent_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a guest's agent gets to answer before exec and files "
+        "give up on it (NO_AGENT)",
+    )
+    clone_agent_wait: float = Field(
+        3.0,
+        ge=0,
+        description="Seconds a new clone's agent gets to answer before the clone keeps the "
+        "identity its seed gives (hostname only); 0: clones are not asked",
+    )
+    exec_timeout: float = Field(
+        600.0, gt=0, description="Seconds a command run by exec may take when it names no timeout"
+    )
+    exec_output_max: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="Bytes of output the short form of exec keeps per "
+        "stream; beyond, it is cut and flagged",
+    )
+    exec_sessions_max: int = Field(
+        32, ge=1, description="Commands streamed by exec at once on one server"
+    )
+    file_max_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=0,
+        description="Largest body a file upload (or stdin post) may send, and largest file "
+        "or tar a download may bring",
+    )
+    body_idle_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an upload's (or stdin post's) body may pause before the "
+        "request is refused (408)",
     )
     disabled_plugins: str = Field(
         "",

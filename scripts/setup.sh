@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what meda needs on a Debian 12 host: QEMU and qemu-img, dnsmasq, nftables and
-# iproute2 for the tap-bridge network, a static busybox (for the test guest), curl and jq;
+# iproute2 for the tap-bridge network, a static busybox (for the test guest), a C compiler
+# and static libc (the guest agent), curl and jq;
 # the unprivileged account QEMU runs as; then a virtualenv in .venv with meda and its test
 # tools.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 packages=(qemu-system-x86 qemu-utils busybox-static curl ca-certificates jq
           dnsmasq-base nftables iproute2 util-linux docker-registry skopeo
           mmdebstrap e2fsprogs openssh-client)
+packages+=(gcc libc6-dev)  # the guest agent: a static program built on this host
 packages+=(wrk)  # bench/reads.py: the load tool, the same for meda and its yardstick
 packages+=(chromium)  # tests: Swagger UI and ReDoc opened offline (test_docs_offline.py)
 missing=()

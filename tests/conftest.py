@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import secrets
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,9 +21,18 @@ from meda_api import create_app
 from meda_core.facade import Meda
 from meda_core.models import CreateVMRequest, Image
 from meda_core.testing import disks
-from meda_core.testing.guest import BootableGuest
+from meda_core.testing.guest import BootableGuest, build_test_guest, default_cache
 from meda_core.testing.host import free_port
 from meda_core.testing.installs import install_entry_points
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that boots the test guest is a ``vm`` test, marked so or not: scripts/test.sh
+    runs those in a process of their own, one guest at a time."""
+    for item in items:
+        if "test_guest" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vm)
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -49,6 +62,14 @@ def make_vm(fake_meda: Meda, fake_image: str):  # type: ignore[no-untyped-def]
         return fake_meda.vms.create(CreateVMRequest(name=name, **fields))  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def running_vm(fake_meda: Meda, make_vm: Callable[..., Any]) -> str:
+    """``vm1``, running on the fake backends (its fake agent answers)."""
+    make_vm("vm1")
+    fake_meda.vms.start("vm1")
+    return "vm1"
 
 
 @pytest.fixture
@@ -136,3 +157,31 @@ def stored_by_older_meda(fake_meda: Meda, tmp_path: Path, host_secret: Path) -> 
     image = Image(name="old", disk=blob, disk_format="qcow2", created=datetime.now(UTC))
     fake_meda.store.put_image(image)
     return image
+
+
+ECHO_AGENT = Path(__file__).with_name("echo_agent.c")
+
+
+@pytest.fixture(scope="session")
+def echo_agent() -> Path:
+    """A static program that serves the agent's virtio-serial port as an echo (built from
+    tests/echo_agent.c): the channel tests need no real agent."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc and a static libc (apt-get install gcc libc6-dev)")
+    cache = Path(os.environ.get("MEDA_TEST_GUEST_CACHE", default_cache()))
+    key = hashlib.sha256(ECHO_AGENT.read_bytes()).hexdigest()[:16]
+    binary = cache / f"echo-agent-{key}"
+    if not binary.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        built = binary.with_suffix(".tmp")
+        argv = ["gcc", "-static", "-O2", "-o", str(built), str(ECHO_AGENT)]
+        subprocess.run(argv, check=True, capture_output=True)
+        built.replace(binary)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def echo_agent_guest(test_guest: BootableGuest, echo_agent: Path) -> BootableGuest:
+    """The test guest with the echo stand-in as its agent."""
+    cache = Path(os.environ.get("MEDA_TEST_GUEST_CACHE", default_cache()))
+    return build_test_guest(cache, agent_program=echo_agent)

@@ -12,10 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_ci_prints_the_slowest_tests() -> None:
+    script = (ROOT / "scripts" / "test.sh").read_text().replace("\\\n", " ")
     commands = [
-        shlex.split(line)
-        for line in (ROOT / "scripts" / "test.sh").read_text().splitlines()
-        if "pytest" in line and line.lstrip().startswith(".venv/bin/python")
+        shlex.split(line.partition("=(")[2].rstrip(")"))
+        for line in script.splitlines()
+        if line.startswith("pytest=(.venv/bin/python -m pytest")
     ]
     assert commands and all("--durations=25" in argv for argv in commands), commands
 

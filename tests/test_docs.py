@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 from meda_cloudhv.settings import CloudHypervisorSettings
 from meda_core.backends import hookspecs
 from meda_core.backends.roles import (
+    AgentBackend,
     HypervisorBackend,
     NetworkBackend,
     RegistryBackend,
@@ -85,7 +86,7 @@ def test_every_setting_is_documented(variable: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "base", [HypervisorBackend, StorageBackend, NetworkBackend, RegistryBackend]
+    "base", [HypervisorBackend, StorageBackend, NetworkBackend, RegistryBackend, AgentBackend]
 )
 def test_every_backend_method_is_documented(base: type) -> None:
     text = (DOCS / "backends.md").read_text()

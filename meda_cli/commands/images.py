@@ -11,6 +11,7 @@ import typer
 
 from meda_cli.context import api, handles_errors, meda
 from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
+from meda_cli.policies import LabelOption, RestartOption, TtlOption, policy_fields
 from meda_cli.progress import transfer
 from meda_cli.validation import build
 
@@ -196,14 +197,20 @@ def run(
     no_start: bool = typer.Option(False, "--no-start", help="Create only"),
     cold: bool = typer.Option(False, "--cold", help="Boot from scratch, not from a template"),
     ready_port: int | None = typer.Option(None, help=READY_PORT_HELP + "; unset: the image's"),
+    ready_agent: bool = typer.Option(
+        False, "--ready-agent", help="Ready once the guest's agent answers (not a port)"
+    ),
     user_data: Path | None = UserDataOption,
+    label: list[str] | None = LabelOption,
+    ttl: int | None = TtlOption,
+    restart: str = RestartOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Pull an image if needed and start a VM from it.
 
     The VM is a clone of the image's warm template, or a cold boot. Runs never wait for a
-    template: the first run of an image with a ready port boots cold and leaves its
-    template to a background build."""
+    template: the first run of an image with a ready port (or with --ready-agent) boots
+    cold and leaves its template to a background build."""
     from meda_core.models import RunRequest
 
     request = build(
@@ -218,7 +225,9 @@ def run(
         no_start=no_start,
         cold=cold,
         ready_port=ready_port,
+        ready_agent=ready_agent,
         user_data=read_user_data(user_data),
+        **policy_fields(label, ttl, restart),
     )
     with transfer(f"pull {image}", quiet=as_json) as progress:
         result = api().run_image(request, progress)

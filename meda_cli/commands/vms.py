@@ -10,7 +10,9 @@ import typer
 
 from meda_cli.context import api, handles_errors
 from meda_cli.output import JsonOption, UserDataOption, fields, read_user_data, render, table
+from meda_cli.policies import LabelOption, RestartOption, TtlOption, policy_fields
 from meda_cli.validation import build
+from meda_core.errors import InvalidRequest
 from meda_core.inputs.choices import MAX_STOP_TIMEOUT
 
 if TYPE_CHECKING:  # the models are imported by the commands that use them, not by --help
@@ -31,6 +33,9 @@ def _show(info: VMInfo) -> None:
             ("name", info.name),
             ("state", info.state.value),
             ("ip", info.ip),
+            ("labels", _labels(info.labels)),
+            ("restart", _restart(info)),
+            ("expires", info.lifecycle.expires),
             ("image", d.image),
             ("memory", d.memory),
             ("cpus", d.cpus),
@@ -57,6 +62,13 @@ def _show(info: VMInfo) -> None:
     )
 
 
+def _restart(info: VMInfo) -> str | None:
+    lifecycle = info.lifecycle
+    if lifecycle.restart == "no" and not lifecycle.restarts:
+        return None
+    return f"{lifecycle.restart.value} ({lifecycle.restarts} so far)"
+
+
 @app.command()
 @handles_errors
 def create(
@@ -70,6 +82,9 @@ def create(
         False, "--template", help="A VM to clone once snapshotted (gets a network of its own)"
     ),
     user_data: Path | None = UserDataOption,
+    label: list[str] | None = LabelOption,
+    ttl: int | None = TtlOption,
+    restart: str = RestartOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Create a VM (stopped) from an image."""
@@ -85,20 +100,41 @@ def create(
         force=force,
         template=template,
         user_data=read_user_data(user_data),
+        **policy_fields(label, ttl, restart),
     )
     _report(api().create_vm(request), as_json)
 
 
 @app.command("list")
 @handles_errors
-def list_(as_json: bool = JsonOption) -> None:
-    """List VMs."""
-    render(api().list_vms(), as_json, _table)
+def list_(
+    label: list[str] | None = typer.Option(
+        None, "--label", "-l", help="Only VMs with this label: KEY=VALUE or KEY (repeat: all)"
+    ),
+    state: str | None = typer.Option(None, help="Only VMs in this state (running, stopped, …)"),
+    as_json: bool = JsonOption,
+) -> None:
+    """List VMs (those with the labels and state given)."""
+    from meda_core.models import VMState
+
+    try:
+        wanted = None if state is None else VMState(state)
+    except ValueError:
+        choices = ", ".join(s.value for s in VMState)
+        raise InvalidRequest(f"unknown state {state!r}: one of {choices}", state=state) from None
+    render(api().list_vms(label, wanted), as_json, _table)
 
 
 def _table(result: VMList) -> None:
-    rows = [(v.name, v.state.value, v.ip, v.cpus, v.memory, v.disk, v.image) for v in result.vms]
-    table(("name", "state", "ip", "cpus", "memory", "disk", "image"), rows)
+    rows = [
+        (v.name, v.state.value, v.ip, v.cpus, v.memory, v.disk, v.image, _labels(v.labels))
+        for v in result.vms
+    ]
+    table(("name", "state", "ip", "cpus", "memory", "disk", "image", "labels"), rows)
+
+
+def _labels(labels: dict[str, str]) -> str | None:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items())) or None
 
 
 @app.command()
@@ -164,6 +200,20 @@ def delete(
 
 @app.command()
 @handles_errors
+def ttl(
+    name: str,
+    seconds: int = typer.Argument(..., help="Seconds from now until the VM is deleted"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Give a VM a new deadline: it is deleted SECONDS from now (a server deletes it)."""
+    from meda_core.models import TtlRequest
+
+    info = api().set_ttl(name, build(TtlRequest, ttl=seconds))
+    render(info, as_json, lambda i: typer.echo(f"VM {i.name} expires {i.lifecycle.expires}"))
+
+
+@app.command()
+@handles_errors
 def snapshot(name: str, as_json: bool = JsonOption) -> None:
     """Save a running VM's memory, devices and disk as they are now (it keeps running)."""
     _report(api().snapshot_vm(name), as_json)
@@ -178,11 +228,19 @@ def restore(name: str, as_json: bool = JsonOption) -> None:
 
 @app.command()
 @handles_errors
-def clone(source: str, name: str, as_json: bool = JsonOption) -> None:
+def clone(
+    source: str,
+    name: str,
+    label: list[str] | None = LabelOption,
+    ttl: int | None = TtlOption,
+    restart: str = RestartOption,
+    as_json: bool = JsonOption,
+) -> None:
     """Start NAME as a clone of the template SOURCE, from SOURCE's snapshot."""
     from meda_core.models import CloneRequest
 
-    _report(api().clone_vm(source, build(CloneRequest, name=name)), as_json)
+    request = build(CloneRequest, name=name, **policy_fields(label, ttl, restart))
+    _report(api().clone_vm(source, request), as_json)
 
 
 @app.command()

@@ -1,9 +1,9 @@
-"""The typed interfaces of the four backend roles; core code calls backends only through these."""
+"""The typed interfaces of the five backend roles; core code calls backends only through these."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -17,8 +17,13 @@ from meda_core.state.operations import Progress
 from meda_core.state.store import Lease
 
 #: The devices meda gives a guest, numbered: a snapshot restores only into the layout it
-#: was saved with. 2: the cloud-init seed is a CD-ROM (it was a virtio disk).
-DEVICE_LAYOUT = 2
+#: was saved with. 2: the cloud-init seed is a CD-ROM (it was a virtio disk). 3: the
+#: guest agent's channel (a virtio-serial port, or a vsock device).
+DEVICE_LAYOUT = 3
+#: The name of the virtio-serial port a guest's agent answers on (QEMU).
+AGENT_PORT_NAME = "org.meda.agent.0"
+#: The vsock port a guest's agent listens on where the channel is vsock (cloud-hypervisor).
+AGENT_VSOCK_PORT = 1024
 
 
 class Role(StrEnum):
@@ -26,6 +31,7 @@ class Role(StrEnum):
     NETWORK = "network"
     STORAGE = "storage"
     REGISTRY = "registry"
+    AGENT = "agent"
 
 
 class Capability(StrEnum):
@@ -57,6 +63,11 @@ class Capability(StrEnum):
     VERIFY = "verify"  #: every blob is checked against its digest
     ZSTD_CHUNKS = "zstd-chunks"  #: disks travel as zstd-compressed chunks
     READ_RUST_MEDA = "read-rust-meda"  #: pulls images pushed by the Rust meda
+    # Agent
+    EXEC_STREAM = "exec-stream"  #: a command's output arrives while it runs
+    STDIN = "stdin"  #: a running command reads what the client sends it
+    FILES = "files"  #: read_file and write_file work
+    IDENTITY = "identity"  #: set_identity gives a guest a new hostname, machine-id, host keys
 
 
 @dataclass(frozen=True)
@@ -225,6 +236,17 @@ class HypervisorBackend(Backend):
     @abstractmethod
     def cleanup(self, vm_dir: Path) -> None:
         """Remove the runtime files (sockets, pid files) a stopped VM left in ``vm_dir``."""
+
+    def agent_channel(self, runtime: RuntimeInfo, vm_dir: Path) -> AgentChannel | None:
+        """Where the running VM's guest agent answers; None if this hypervisor gives
+        guests no agent channel."""
+        return None
+
+    def exit_status(self, runtime: RuntimeInfo) -> int | None:
+        """How the VM process ``runtime`` names ended, once it has: 0 when the guest powered
+        off, anything else a failure (a signal as its negative number); None (the default)
+        when this process cannot know (it did not start it). Restart policies read it."""
+        return None
 
     def watched_process(self, runtime: RuntimeInfo) -> RuntimeInfo | None:
         """The process whose exit means the VM ``runtime`` names may have stopped: a server
@@ -471,9 +493,125 @@ class RegistryBackend(Backend):
         """The digest ``reference`` has in its registry now, or None if it has none."""
 
 
+@dataclass(frozen=True)
+class AgentChannel:
+    """Where the host reaches the agent in one running guest: a unix socket its
+    hypervisor made (``HypervisorBackend.agent_channel``)."""
+
+    socket: Path
+    #: None: the socket is the agent's port itself (QEMU's virtio-serial port, one
+    #: connection at a time). A number: the socket is a hybrid vsock (cloud-hypervisor);
+    #: a connection says ``CONNECT <port>\n`` and reads ``OK ...\n`` first.
+    vsock_port: int | None = None
+
+
+@dataclass(frozen=True)
+class ExecCommand:
+    """A command to run in a guest: no shell, no TTY."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+
+
+class ExecStream(StrEnum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    """Bytes a running command wrote, in the order it wrote them per stream."""
+
+    stream: ExecStream
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExecExit:
+    """How the command ended: its exit code, or the signal that ended it."""
+
+    code: int | None
+    signal: int | None = None
+
+
+class AgentSession(ABC):
+    """One running command in a guest. Iterate :meth:`events` to the end (an
+    :class:`ExecExit` is last); :meth:`close` always, also on an error."""
+
+    @abstractmethod
+    def events(self, timeout: float | None = None) -> Iterator[ExecOutput | ExecExit]:
+        """Output as it comes, then the exit. TimeoutError when nothing arrives for
+        ``timeout`` seconds (the command runs on); BackendError if the guest goes away."""
+
+    @abstractmethod
+    def send_stdin(self, data: bytes) -> None:
+        """Give the command more input (capability ``stdin``)."""
+
+    @abstractmethod
+    def close_stdin(self) -> None:
+        """End the command's input: it reads end-of-file."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """End the command (SIGKILL to its process group); :meth:`events` ends with it."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Forget the session; a command still running is killed."""
+
+
+class AgentBackend(Backend):
+    """Talks to the software inside a guest over the channel its hypervisor gives.
+
+    The host treats everything the agent sends as hostile: sizes are capped, frames
+    checked, and a guest that stops answering costs a timeout, never a hang.
+    """
+
+    role = Role.AGENT
+
+    @abstractmethod
+    def ping(self, channel: AgentChannel, timeout: float) -> bool:
+        """True once the agent answers on ``channel``; False if it did not in ``timeout``."""
+
+    @abstractmethod
+    def exec(self, channel: AgentChannel, command: ExecCommand) -> AgentSession:
+        """Start ``command`` in the guest. BackendError if the agent refuses it (no such
+        program: the exit code is 127 instead, as a shell's)."""
+
+    def read_file(self, channel: AgentChannel, path: str) -> Iterator[bytes]:
+        """The bytes of the guest file ``path``, in chunks (capability ``files``).
+        NotFound if it does not exist; InvalidRequest if it is not a regular file."""
+        raise BackendUnavailable(f"the {self.name} agent cannot read files")
+
+    def write_file(
+        self,
+        channel: AgentChannel,
+        path: str,
+        chunks: Iterable[bytes],
+        mode: int = 0o644,
+        owner: tuple[int, int] | None = None,
+    ) -> int:
+        """Write ``chunks`` to the guest file ``path`` (replaced whole: written beside it,
+        then renamed); returns the bytes written (capability ``files``)."""
+        raise BackendUnavailable(f"the {self.name} agent cannot write files")
+
+    def set_identity(self, channel: AgentChannel, hostname: str) -> None:
+        """Make the guest a machine of its own: ``hostname``, a new machine-id and new
+        SSH host keys where it has them (capability ``identity``)."""
+        raise BackendUnavailable(f"the {self.name} agent cannot set a guest's identity")
+
+    def guest_program(self) -> Path | None:
+        """A static x86_64 executable that serves this agent when run in a guest (it
+        finds its channel itself), built or found on this host; None if it ships none.
+        Image builders install it and start it at boot."""
+        return None
+
+
 ROLE_BASES: dict[Role, type[Backend]] = {
     Role.HYPERVISOR: HypervisorBackend,
     Role.NETWORK: NetworkBackend,
     Role.STORAGE: StorageBackend,
     Role.REGISTRY: RegistryBackend,
+    Role.AGENT: AgentBackend,
 }

@@ -7,6 +7,7 @@ from typing import TypeVar, cast
 
 from meda_core.backends.catalogue import BackendRegistry, RegisteredBackend
 from meda_core.backends.roles import (
+    AgentBackend,
     Availability,
     Backend,
     BackendContext,
@@ -96,6 +97,11 @@ class BackendSelector:
     def network(self) -> NetworkBackend | None:
         """The network backend, or None when no plugin offers one (VMs get no NIC)."""
         return cast(NetworkBackend | None, self.optional(Role.NETWORK))
+
+    def agent(self) -> AgentBackend | None:
+        """The agent backend, or None when no plugin offers one (guests are reached by
+        SSH only: exec and files answer NO_AGENT)."""
+        return cast(AgentBackend | None, self.optional(Role.AGENT))
 
     def by_name(self, role: Role, name: str, base: type[B]) -> B:
         """A specific backend (the one a VM was created with), checked for availability."""

@@ -15,17 +15,28 @@ def boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
-def start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` from field 3 (the state) on, or None if ``pid`` does not exist."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its end.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":
         return None
     return int(fields[19])
+
+
+def parent_pid(pid: int) -> int | None:
+    """The PID of ``pid``'s parent, or None if it does not exist."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 def identify(pid: int) -> RuntimeInfo | None:

@@ -4,8 +4,9 @@ mmdebstrap makes the root file system, a few files are set for cloud-init and fo
 cloned many times (no host keys, no machine-id, no build host's hostname or resolver),
 ``mkfs.ext4 -d`` turns it into a disk without mounting anything, and the disk (in the
 storage backend's format), kernel and initrd go into the image store for direct kernel
-boot. The result is cached
-by its inputs: a second build of the same inputs is instant.
+boot. The guest agent of the selected agent backend is installed and enabled, where there
+is one. The result is cached by its inputs (the agent's program among them): a second
+build of the same inputs is instant.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from meda_core.errors import BackendError, BackendUnavailable, NotFound
+from meda_core.images.blobs import sha256_file
 from meda_core.images.service import ImageService
 from meda_core.models import Image
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "4"
 #: ``dbus``: systemd-logind, which powers the guest off on the ACPI power button (a stop),
 #: cannot start without the system bus; it is only a Recommends of systemd.
 PACKAGES = (
@@ -95,6 +97,32 @@ else
 fi
 echo "meda: hostname $name" > /dev/console
 """
+#: The guest agent: started early (before the network: exec works without it), after udev
+#: has loaded the drivers of its channel (virtio-serial or vsock), which it finds itself,
+#: and after cloud-init's local stage has set the seed's hostname: an agent that answers is
+#: a readiness signal, and a template snapshotted then must not name itself later, over the
+#: identity its clones are given.
+AGENT_PROGRAM = "usr/local/sbin/meda-agent"
+AGENT_UNIT = "meda-agent.service"
+AGENT_SERVICE = f"""\
+[Unit]
+Description=meda guest agent: exec and files from the host, without SSH or a network
+DefaultDependencies=no
+After=systemd-udev-trigger.service systemd-modules-load.service cloud-init-local.service
+Before=sysinit.target
+
+[Service]
+ExecStart=/{AGENT_PROGRAM}
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=sysinit.target
+"""
+NO_AGENT = (
+    "no guest agent in this image: no agent backend ships a guest program "
+    "(exec, files and agent readiness need one)"
+)
 Log = Callable[[str], None]
 
 
@@ -106,8 +134,10 @@ class BuildSpec:
     packages: tuple[str, ...] = field(default=PACKAGES)
     disk_headroom_mib: int = 512
 
-    def key(self) -> str:
-        text = json.dumps({**asdict(self), "builder": BUILDER_VERSION}, sort_keys=True)
+    def key(self, agent: str | None = None) -> str:
+        """The inputs' digest; ``agent``: the sha256 of the agent program it ships."""
+        inputs = {**asdict(self), "builder": BUILDER_VERSION, "agent": agent}
+        text = json.dumps(inputs, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -145,6 +175,34 @@ def _prepare(root: Path) -> None:
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(SEED_SCRIPT)
     script.chmod(0o755)
+
+
+def install_agent(root: Path, program: Path) -> None:
+    """Put the agent ``program`` into ``root`` and enable its unit (the symlink that
+    ``systemctl enable`` would make: no systemctl runs in the tree)."""
+    dest = root / AGENT_PROGRAM
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(program, dest)
+    dest.chmod(0o755)
+    units = root / "etc/systemd/system"
+    wants = units / "sysinit.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (units / AGENT_UNIT).write_text(AGENT_SERVICE)
+    (units / AGENT_UNIT).chmod(0o644)
+    (wants / AGENT_UNIT).unlink(missing_ok=True)
+    (wants / AGENT_UNIT).symlink_to(f"/etc/systemd/system/{AGENT_UNIT}")
+
+
+def agent_program(images: ImageService, log: Log) -> Path | None:
+    """The selected agent backend's guest program; None (said in the log) without one."""
+    try:
+        program = images.agent_program()
+    except BackendUnavailable as exc:
+        log(f"{NO_AGENT}: {exc.message}")
+        return None
+    if program is None:
+        log(NO_AGENT)
+    return program
 
 
 def _size_mib(root: Path, headroom: int) -> int:
@@ -192,7 +250,8 @@ def _cached(images: ImageService, ref: str, source: str, log: Log) -> Image | No
 
 def build(images: ImageService, ref: str, spec: BuildSpec, work: Path, log: Log) -> Image:
     """Build (or find in the cache) the image ``ref`` for ``spec``."""
-    source = f"build:{spec.key()}"
+    agent = agent_program(images, log)
+    source = f"build:{spec.key(sha256_file(agent) if agent else None)}"
     cached = _cached(images, ref, source, log)
     if cached is not None:
         return cached
@@ -201,6 +260,9 @@ def build(images: ImageService, ref: str, spec: BuildSpec, work: Path, log: Log)
     try:
         root = work / "root"
         _root_tree(spec, root, log)
+        if agent is not None:
+            install_agent(root, agent)
+            log(f"guest agent installed: /{AGENT_PROGRAM}, {AGENT_UNIT} enabled")
         disk, size = _disk(images, spec, root, work, log)
         kernel = next((root / "boot").glob("vmlinuz-*"))
         initrd = next((root / "boot").glob("initrd.img-*"))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from meda_core.backends.roles import ImageFiles, RegistryBackend, StorageBackend
+from meda_core.backends.roles import AgentBackend, ImageFiles, RegistryBackend, StorageBackend
 from meda_core.errors import (
     Conflict,
     ImageExists,
@@ -39,6 +39,8 @@ Backend = Callable[[], StorageBackend]
 #: The storage backend of a given name (the one a VM's disk was made by).
 NamedStorage = Callable[[str], StorageBackend]
 Registry = Callable[[], RegistryBackend]
+#: The selected agent backend, or None where no plugin offers one.
+Agent = Callable[[], AgentBackend | None]
 
 
 MAX_CHAIN = 32
@@ -95,8 +97,10 @@ class ImageService:
         storage_named: NamedStorage,
         probe_limits: diskprobe.ProbeLimits | None = None,
         allowed_registries: frozenset[str] = frozenset(),
+        agent: Agent = lambda: None,
     ) -> None:
         self._store = store
+        self._agent = agent
         self._storage_named = storage_named
         self._disk_roots = disk_roots  # where the disks meda boots may rest (diskprobe.roots)
         self._probe_limits = probe_limits or diskprobe.ProbeLimits()
@@ -401,6 +405,12 @@ class ImageService:
         flat = folder / storage.disk_name()
         storage.flatten(source, flat)
         return flat
+
+    def agent_program(self) -> Path | None:
+        """The selected agent backend's guest program, which images meda builds ship;
+        None without one (BackendUnavailable if the backend cannot be used here)."""
+        agent = self._agent()
+        return None if agent is None else agent.guest_program()
 
     # ---- removal ----
 

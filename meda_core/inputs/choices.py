@@ -7,6 +7,26 @@ from enum import StrEnum
 
 #: The most seconds a stop or delete may give a guest to power off on ACPI.
 MAX_STOP_TIMEOUT = 3600.0
+#: The most lines one read of a console log gives (it is capped in bytes too).
+MAX_CONSOLE_LINES = 10_000
+#: The most seconds a command run through a guest's agent may ask for.
+MAX_EXEC_TIMEOUT = 86400.0
+#: The most bytes a command's argv and environment may take together (Linux's own limit
+#: for one argument is 128 KiB; a guest's total is larger, its agent's frames smaller).
+MAX_EXEC_ARGS_BYTES = 256 * 1024
+
+
+class EventFormat(StrEnum):
+    """How ``GET /events`` answers: a stream, or a page of the journal."""
+
+    SSE = "sse"
+    JSON = "json"
+
+
+class Archive(StrEnum):
+    """How a directory travels through the files endpoint."""
+
+    TAR = "tar"
 
 
 class Protocol(StrEnum):

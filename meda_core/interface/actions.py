@@ -11,18 +11,34 @@ of a server loads no plugin system (tests/meda_cli/test_startup.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from meda_core.errors import InvalidRequest
+from meda_core.inputs.choices import Archive, EventFormat
+from meda_core.inputs.labels import matches, parse_filters
 from meda_core.inputs.sizes import format_size
-from meda_core.interface.feeds import BusFeed, EventFeed
+from meda_core.interface.feeds import (
+    BusFeed,
+    DecodedFeed,
+    EventFeed,
+    ReplayFeed,
+    SessionFeed,
+    TextFeed,
+)
 from meda_core.models import (
     CleanupReport,
     CloneRequest,
     CreateImageRequest,
     CreateVMRequest,
+    EventPage,
+    ExecRequest,
+    ExecResult,
+    FileResult,
     Health,
     ImageList,
     ImageResult,
+    JournalEvent,
     OperationResult,
     PluginReport,
     PortForward,
@@ -34,10 +50,13 @@ from meda_core.models import (
     PushRequest,
     RunRequest,
     RunResult,
+    StdinResult,
     TemplateList,
+    TtlRequest,
     VMAddress,
     VMInfo,
     VMList,
+    VMState,
 )
 from meda_core.models import (
     Protocol as PortProtocol,
@@ -52,8 +71,17 @@ if TYPE_CHECKING:
 # ---- VMs ----
 
 
-def list_vms(meda: Meda) -> VMList:
-    return meda.vms.list_view(vm_list)
+def list_vms(meda: Meda, label: list[str] | None = None, state: VMState | None = None) -> VMList:
+    listed = meda.vms.list_view(vm_list)
+    if not label and state is None:
+        return listed
+    wanted = parse_filters(label or [])
+    kept = [
+        vm
+        for vm in listed.vms
+        if matches(vm.labels, wanted) and (state is None or vm.state == state)
+    ]
+    return VMList(vms=kept, count=len(kept))
 
 
 def create_vm(meda: Meda, request: CreateVMRequest) -> OperationResult:
@@ -96,6 +124,12 @@ def plan_vm(meda: Meda, name: str, hypervisor: str | None = None) -> dict[str, A
     return meda.vms.plan(name, hypervisor)
 
 
+def set_ttl(meda: Meda, name: str, request: TtlRequest) -> VMInfo:
+    vm = meda.vms.set_ttl(name, request.ttl)
+    meda.lifecycles.poke()
+    return vm_info(vm)
+
+
 # ---- snapshots ----
 
 
@@ -115,7 +149,7 @@ def restore_vm(meda: Meda, name: str) -> OperationResult:
 
 
 def clone_vm(meda: Meda, name: str, request: CloneRequest) -> OperationResult:
-    vm = meda.snapshots.clone(name, request.name)
+    vm = meda.snapshots.clone(name, request.name, request)
     message = f"Cloned VM {request.name} from {name}"
     return OperationResult(success=True, message=message, vm=vm_info(vm))
 
@@ -257,9 +291,56 @@ def cancel_operation(meda: Meda, op_id: str) -> Operation:
     return meda.operations.cancel(op_id)
 
 
-def events(meda: Meda) -> EventFeed:
+def console(meda: Meda, name: str, tail: int | None = None, follow: bool = False) -> TextFeed:
+    if not follow:
+        return DecodedFeed(meda.consoles.tail(name, tail))
+    first, follower = meda.consoles.follow(name, tail)
+    return DecodedFeed(first, follower.read)
+
+
+#: Events read from the journal at a time (a replay's page, a JSON page at most).
+EVENT_PAGE = 500
+
+
+def events(
+    meda: Meda,
+    since: int | None = None,
+    last_event_id: str | None = None,
+    format: EventFormat = EventFormat.SSE,
+    limit: int = 100,
+) -> EventFeed | EventPage:
+    start = _replay_from(since, last_event_id)
+    if format == EventFormat.JSON:
+        return _event_page(meda, start or 0, limit)
     listener = meda.events.subscribe()
-    return BusFeed(listener, lambda: meda.events.unsubscribe(listener))
+    live = BusFeed(listener, lambda: meda.events.unsubscribe(listener))
+    if start is None:
+        return live
+    return ReplayFeed(lambda after: _journal(meda, after, EVENT_PAGE), start, live)
+
+
+def _replay_from(since: int | None, last_event_id: str | None) -> int | None:
+    """Where a replay starts: ``since``, else the Last-Event-ID a reconnecting client sent."""
+    if since is not None or last_event_id is None:
+        return since
+    try:
+        return max(0, int(last_event_id))
+    except ValueError:
+        raise InvalidRequest(
+            f"Last-Event-ID {last_event_id[:40]!r} is not an event id", header="Last-Event-ID"
+        ) from None
+
+
+def _journal(meda: Meda, after: int, limit: int) -> list[dict[str, Any]]:
+    return [
+        {"id": event_id, "event": kind, "data": data}
+        for event_id, kind, data in meda.store.journal_since(after, limit)
+    ]
+
+
+def _event_page(meda: Meda, since: int, limit: int) -> EventPage:
+    events = [JournalEvent(**event) for event in _journal(meda, since, limit)]
+    return EventPage(events=events, count=len(events), next=events[-1].id if events else since)
 
 
 # ---- system ----
@@ -275,3 +356,42 @@ def capacity(meda: Meda) -> Capacity:
 
 def plugins(meda: Meda) -> PluginReport:
     return meda.plugin_report()
+
+
+# ---- guests: exec and files ----
+
+
+def _chunks(data: Iterable[bytes] | bytes) -> Iterable[bytes]:
+    return [data] if isinstance(data, bytes) else data
+
+
+def exec_command(meda: Meda, name: str, request: ExecRequest) -> ExecResult:
+    return meda.guest.exec(name, request)
+
+
+def exec_stream(meda: Meda, name: str, request: ExecRequest) -> EventFeed:
+    return SessionFeed(meda.guest.start(name, request, request.timeout))
+
+
+def exec_stdin(
+    meda: Meda, name: str, session: str, data: Iterable[bytes] | bytes, eof: bool = False
+) -> StdinResult:
+    size = meda.guest.stdin(name, session, _chunks(data), eof)
+    return StdinResult(session=session, size=size, eof=eof)
+
+
+def put_file(
+    meda: Meda,
+    name: str,
+    path: str,
+    data: Iterable[bytes] | bytes,
+    mode: str = "0644",
+    owner: str | None = None,
+    archive: Archive | None = None,
+) -> FileResult:
+    chunks = _chunks(data)
+    return meda.guest.write_file(name, path, chunks, mode, owner, archive is not None)
+
+
+def get_file(meda: Meda, name: str, path: str, archive: Archive | None = None) -> Iterator[bytes]:
+    return meda.guest.read_file(name, path, archive is not None)

@@ -21,16 +21,19 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Where = Literal["path", "query", "body"]
+#: ``content``: the request body as raw bytes (``application/octet-stream``), given to the
+#: call as an iterable of chunks as it arrives.
+Where = Literal["path", "query", "header", "body", "content"]
 
 
 @dataclass(frozen=True)
 class Param:
     """One argument of a call, and where it travels in a request.
 
-    ``name`` is the core call's parameter and the HTTP name; ``pattern`` is published in the
-    schema only (the core checks names itself, with a clear message); ``holds``: a value
-    other than the default keeps the request open (a wait).
+    ``name`` is the core call's parameter and the HTTP name, unless ``alias`` gives another
+    (one Python cannot spell: ``for``); ``pattern`` is published in the schema only (the
+    core checks names itself, with a clear message); ``holds``: a value other than the
+    default keeps the request open (a wait). A ``list`` type repeats in the query.
     """
 
     name: str
@@ -42,6 +45,13 @@ class Param:
     le: float | None = None
     pattern: str | None = None
     holds: bool = False
+    alias: str | None = None
+    #: Values with which a stream's request ends at once (a page instead): not held.
+    ends: tuple[Any, ...] = ()
+
+    @property
+    def http_name(self) -> str:
+        return self.alias or self.name
 
     @property
     def required(self) -> bool:
@@ -58,6 +68,7 @@ class Endpoint(Generic[P, R]):
     (``Prefer: respond-async``); ``stream``: the media type of a stream of events it answers
     with (``call`` returns an :class:`~meda_core.interface.feeds.EventFeed`); ``wait``: the
     call's form for an event loop, used while a ``holds`` parameter keeps the request open;
+    ``page``: the JSON a stream's request answers with when a parameter ``ends`` it;
     ``store_read``: while the VMs are watched (:attr:`~meda_core.facade.Meda.watched`) the
     call only reads the state store, so a server may run it on its event loop.
     """
@@ -74,8 +85,10 @@ class Endpoint(Generic[P, R]):
     doc: str | None = None
     background: str | None = None
     stream: str | None = None
+    download: str | None = None
     wait: Callable[..., Awaitable[R]] | None = None
     store_read: bool = False
+    page: type[BaseModel] | None = None
     name: str = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -95,6 +108,11 @@ class Endpoint(Generic[P, R]):
     @property
     def body(self) -> Param | None:
         return next((p for p in self.params if p.where == "body"), None)
+
+    @property
+    def content(self) -> Param | None:
+        """The parameter the raw request body goes to, if the operation takes one."""
+        return next((p for p in self.params if p.where == "content"), None)
 
 
 class Invoker:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import ssl
 import time
+from collections.abc import Iterator
 from enum import Enum
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -22,8 +23,9 @@ from pydantic import BaseModel
 
 from meda_core.errors import BackendUnavailable, MedaError
 from meda_core.interface.endpoint import Endpoint
-from meda_core.interface.feeds import SseFeed
+from meda_core.interface.feeds import HttpTextFeed, SseFeed, TextFeed
 from meda_core.interface.table import MedaApi
+from meda_core.models import EventPage
 from meda_core.state.operations import FINISHED, Operation, OperationState, Progress
 
 M = TypeVar("M", bound=BaseModel)
@@ -34,7 +36,9 @@ def _segment(value: object) -> str:
     return quote(str(value), safe="")
 
 
-def _query_value(value: object) -> str:
+def _query_value(value: object) -> str | list[str]:
+    if isinstance(value, list | tuple):
+        return [str(_query_value(item)) for item in value]
     if isinstance(value, bool):
         return str(value).lower()
     return str(value.value if isinstance(value, Enum) else value)
@@ -46,14 +50,24 @@ def _request(endpoint: Endpoint[Any, Any], arguments: dict[str, Any]) -> dict[st
         **{p.name: _segment(arguments[p.name]) for p in endpoint.params if p.where == "path"}
     )
     query = {
-        p.name: _query_value(arguments[p.name])
+        p.http_name: _query_value(arguments[p.name])
         for p in endpoint.params
         if p.where == "query" and arguments[p.name] not in (None, p.default)
     }
     request: dict[str, Any] = {"path": path, "params": query}
+    headers = {
+        p.http_name: str(arguments[p.name])
+        for p in endpoint.params
+        if p.where == "header" and arguments[p.name] is not None
+    }
+    if headers:
+        request["headers"] = headers
     if endpoint.body is not None:
         body: BaseModel = arguments[endpoint.body.name]
         request["json"] = body.model_dump(mode="json", exclude_unset=True)
+    if endpoint.content is not None:  # bytes, or chunks sent as they come (chunked)
+        request["content"] = arguments[endpoint.content.name]
+        request["headers"] = {**headers, "Content-Type": "application/octet-stream"}
     return request
 
 
@@ -105,7 +119,9 @@ class RemoteApi(MedaApi):
         arguments = dict(bound.arguments)
         request = _request(endpoint, arguments)
         if endpoint.stream is not None:
-            return self._stream(request)
+            return self._stream(endpoint.method, request, endpoint.stream)
+        if endpoint.download is not None:
+            return self._download(request)
         if endpoint.background is not None and endpoint.response is not None:
             return self._long(endpoint.response, request, arguments["progress"])
         answer = self._send(endpoint.method, request.pop("path"), **request).json()
@@ -125,10 +141,36 @@ class RemoteApi(MedaApi):
             f"cannot reach the meda server at {self.url}: {exc}", url=self.url
         )
 
-    def _stream(self, request: dict[str, Any]) -> SseFeed:
-        """The server's event stream, read as it comes (no read timeout: keepalives)."""
+    def _stream(
+        self, method: str, request: dict[str, Any], media_type: str
+    ) -> SseFeed | TextFeed | EventPage:
+        """The server's stream (events, or text), read as it comes (no read timeout: a
+        followed console may stay quiet for long; events have keepalives); or the page of
+        events it answered with instead."""
+        response = self._open(method, request)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            response.read()
+            response.close()
+            return EventPage.model_validate(response.json())
+        if media_type == "text/event-stream":
+            return SseFeed(response.iter_lines(), response.close)
+        return HttpTextFeed(response.iter_text(), response.close)
+
+    def _download(self, request: dict[str, Any]) -> Iterator[bytes]:
+        """The bytes a server answers with, as they come; errors before the first one."""
+        response = self._open("GET", request)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from response.iter_bytes()
+            finally:
+                response.close()
+
+        return chunks()
+
+    def _open(self, method: str, request: dict[str, Any]) -> httpx.Response:
         timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT)
-        sent = self._http.build_request("GET", request.pop("path"), timeout=timeout, **request)
+        sent = self._http.build_request(method, request.pop("path"), timeout=timeout, **request)
         try:
             response = self._http.send(sent, stream=True)
         except httpx.TransportError as exc:
@@ -137,7 +179,7 @@ class RemoteApi(MedaApi):
             response.read()
             response.close()
             raise _error(response)
-        return SseFeed(response.iter_lines(), response.close)
+        return response
 
     def _long(self, model: type[M], request: dict[str, Any], progress: Progress) -> M:
         """Long work as a background operation, polled for its progress and result."""

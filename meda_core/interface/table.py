@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meda_core.inputs.choices import MAX_STOP_TIMEOUT
+from meda_core.inputs.choices import MAX_CONSOLE_LINES, MAX_STOP_TIMEOUT, Archive, EventFormat
 from meda_core.inputs.names import IMAGE_REF_PATTERN, VM_NAME_PATTERN
 from meda_core.interface import actions
 from meda_core.interface.endpoint import Endpoint, Invoker, Param, endpoints
@@ -20,6 +20,10 @@ from meda_core.models import (
     CloneRequest,
     CreateImageRequest,
     CreateVMRequest,
+    EventPage,
+    ExecRequest,
+    ExecResult,
+    FileResult,
     Health,
     ImageList,
     ImageResult,
@@ -35,10 +39,13 @@ from meda_core.models import (
     PushRequest,
     RunRequest,
     RunResult,
+    StdinResult,
     TemplateList,
+    TtlRequest,
     VMAddress,
     VMInfo,
     VMList,
+    VMState,
 )
 from meda_core.state.operations import Operation, OperationList
 from meda_core.vms.capacity import Capacity
@@ -60,6 +67,26 @@ HELD_ERRORS = {
     **ERRORS,
     429: "Too many requests, or waits and event streams open (MEDA_MAX_WAITS)",
 }
+
+#: ... for an operation in a guest, through its agent.
+GUEST_ERRORS = {
+    **ERRORS,
+    404: "VM not found (or, for stdin, no such command session of this client's)",
+    409: "The VM is not running",
+    413: "Body over MEDA_FILE_MAX_BYTES",
+    422: "The guest has no agent that answers (NO_AGENT): waiting will not help",
+}
+EXEC_ERRORS = {
+    **GUEST_ERRORS,
+    408: "The command outlived its timeout and was killed (TIMEOUT; its output so far in details)",
+}
+GUEST_PATH = Param("path", str, description="Absolute path in the guest")
+ARCHIVE = Param(
+    "archive",
+    Archive | None,
+    default=None,
+    description="tar: the path is a directory, sent as a tar (tar -c / tar -x in the guest)",
+)
 
 VM_NAME = Param("name", str, "path", description="VM name", pattern=VM_NAME_PATTERN)
 IMAGE_REF = Param("image", str, "path", description="Image NAME[:TAG]", pattern=IMAGE_REF_PATTERN)
@@ -93,7 +120,23 @@ class MedaApi(Invoker):
 
     # ---- VMs ----
     list_vms = Endpoint(
-        "GET", "/vms", actions.list_vms, "vms", (), VMList, errors=ERRORS, store_read=True
+        "GET",
+        "/vms",
+        actions.list_vms,
+        "vms",
+        (
+            Param(
+                "label",
+                list[str] | None,
+                default=None,
+                description="Only VMs with this label: key=value, or key for any value "
+                "(repeat: all must match)",
+            ),
+            Param("state", VMState | None, default=None, description="Only VMs in this state"),
+        ),
+        VMList,
+        errors=ERRORS,
+        store_read=True,
     )
     create_vm = Endpoint(
         "POST",
@@ -147,6 +190,16 @@ class MedaApi(Invoker):
         doc="Delete the VM and its disk. A running guest is killed at once (its disk is thrown\n"
         "away: a clean shutdown protects nothing) unless ``timeout`` gives it time on ACPI.",
     )
+    set_ttl = Endpoint(
+        "POST",
+        "/vms/{name}/ttl",
+        actions.set_ttl,
+        "vms",
+        (VM_NAME, _body(TtlRequest)),
+        VMInfo,
+        errors=ERRORS,
+        doc="Delete the VM ``ttl`` seconds from now (a new deadline, whatever it had).",
+    )
     plan_vm = Endpoint(
         "GET",
         "/vms/{name}/plan",
@@ -156,6 +209,37 @@ class MedaApi(Invoker):
         None,
         errors=ERRORS,
         doc="Dry run of start: the command line and config the hypervisor would use.",
+    )
+    console = Endpoint(
+        "GET",
+        "/vms/{name}/console",
+        actions.console,
+        "vms",
+        (
+            VM_NAME,
+            Param(
+                "tail",
+                int | None,
+                default=None,
+                ge=0,
+                le=MAX_CONSOLE_LINES,
+                description="The last N lines only (default: all that is kept, up to "
+                f"{MAX_CONSOLE_LINES} lines and 4 MiB)",
+            ),
+            Param(
+                "follow",
+                bool,
+                default=False,
+                holds=True,
+                description="Then stream what the guest writes, until the client leaves or "
+                "the VM is deleted",
+            ),
+        ),
+        errors=HELD_ERRORS,
+        stream="text/plain; charset=utf-8",
+        operation_id="get_console",
+        doc="The VM's serial console log as UTF-8 text (invalid bytes replaced by U+FFFD,\n"
+        "nothing else changed: escape sequences included). A stopped VM's too.",
     )
     # ---- snapshots ----
     snapshot_vm = Endpoint(
@@ -198,6 +282,86 @@ class MedaApi(Invoker):
         TemplateList,
         errors=ERRORS,
         doc="VMs that can be cloned, with their snapshot and clones.",
+    )
+    # ---- guests: exec and files, through the guest's agent ----
+    exec_command = Endpoint(
+        "POST",
+        "/vms/{name}/exec",
+        actions.exec_command,
+        "guests",
+        (VM_NAME, _body(ExecRequest)),
+        ExecResult,
+        errors=EXEC_ERRORS,
+        operation_id="exec",
+        doc="Run a command in the guest to its end: its exit code and output (each stream\n"
+        "cut past MEDA_EXEC_OUTPUT_MAX). ``stdin`` is its whole input.",
+    )
+    exec_stream = Endpoint(
+        "POST",
+        "/vms/{name}/exec/stream",
+        actions.exec_stream,
+        "guests",
+        (VM_NAME, _body(ExecRequest)),
+        errors={**EXEC_ERRORS, 429: HELD_ERRORS[429] + ", or MEDA_EXEC_SESSIONS_MAX commands"},
+        stream="text/event-stream",
+        doc="Run a command in the guest, its events as ``text/event-stream`` while it runs:\n"
+        "``started`` (``session``), ``stdout``/``stderr`` (``data``, base64), then ``exit``\n"
+        "(``exit_code``, ``signal``) or ``error`` (an error body; TIMEOUT past ``timeout``).\n"
+        "Without ``stdin`` its input stays open for ``.../exec/{session}/stdin``. A client\n"
+        "that goes away kills the command.",
+    )
+    exec_stdin = Endpoint(
+        "POST",
+        "/vms/{name}/exec/{session}/stdin",
+        actions.exec_stdin,
+        "guests",
+        (
+            VM_NAME,
+            Param("session", str, "path", description="From the stream's started event"),
+            Param("data", bytes, "content"),
+            Param("eof", bool, default=False, description="Close its input after these bytes"),
+        ),
+        StdinResult,
+        errors=GUEST_ERRORS,
+        doc="Give a streamed command (one this client started) more input, as\n"
+        "``application/octet-stream``.",
+    )
+    put_file = Endpoint(
+        "PUT",
+        "/vms/{name}/files",
+        actions.put_file,
+        "guests",
+        (
+            VM_NAME,
+            GUEST_PATH,
+            Param("data", bytes, "content"),
+            Param(
+                "mode",
+                str,
+                default="0644",
+                description="Octal permissions",
+                pattern=r"^[0-7]{1,4}$",
+            ),
+            Param("owner", str | None, default=None, description="uid:gid", pattern=r"^\d+:\d+$"),
+            ARCHIVE,
+        ),
+        FileResult,
+        201,
+        errors=GUEST_ERRORS,
+        doc="Write the body (``application/octet-stream``, streamed, at most\n"
+        "MEDA_FILE_MAX_BYTES) to the guest file ``path``, replaced whole; with\n"
+        "``archive=tar``, unpack it into the directory ``path`` (made if missing).",
+    )
+    get_file = Endpoint(
+        "GET",
+        "/vms/{name}/files",
+        actions.get_file,
+        "guests",
+        (VM_NAME, GUEST_PATH, ARCHIVE),
+        errors=GUEST_ERRORS,
+        download="application/octet-stream",
+        doc="The guest file ``path``'s bytes, streamed; with ``archive=tar``, the directory\n"
+        "``path`` as a tar.",
     )
     # ---- network ----
     vm_ip = Endpoint(
@@ -359,9 +523,37 @@ class MedaApi(Invoker):
         "/events",
         actions.events,
         "operations",
+        (
+            Param(
+                "since",
+                int | None,
+                default=None,
+                ge=0,
+                description="Replay the journal's events after this id first",
+            ),
+            Param(
+                "last_event_id",
+                str | None,
+                "header",
+                default=None,
+                alias="Last-Event-ID",
+                description="What a reconnecting EventSource sends: as since",
+            ),
+            Param(
+                "format",
+                EventFormat,
+                default=EventFormat.SSE,
+                ends=(EventFormat.JSON,),
+                description="json: one page of the journal (since, limit), not a stream",
+            ),
+            Param("limit", int, default=100, ge=1, le=actions.EVENT_PAGE),
+        ),
         errors=HELD_ERRORS,
         stream="text/event-stream",
-        doc="VM lifecycle and operation events as ``text/event-stream``.",
+        page=EventPage,
+        doc="VM lifecycle and operation events as ``text/event-stream``, each with an\n"
+        "increasing ``id`` and, for VMs, a ``reason`` (request, policy, failure, guest,\n"
+        "recovery). With ``format=json``: a page of the journal, ``EventPage``.",
     )
     # ---- system ----
     health = Endpoint("GET", "/health", actions.health, "system", (), Health)

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 MAX_BACKLOG = 1000
+log = logging.getLogger(__name__)
+
+
+#: What gives an event its id: it writes the event to the journal.
+Journal = Callable[[str, dict[str, Any]], int]
 
 
 class EventBus:
-    """Thread-safe: publish from any thread; each subscriber has its own bounded queue."""
+    """Thread-safe: publish from any thread; each subscriber has its own bounded queue.
 
-    def __init__(self) -> None:
+    With a ``journal``, every event is written there first and carries the id it got.
+    """
+
+    def __init__(self, journal: Journal | None = None) -> None:
+        self._journal = journal
         self._lock = threading.Lock()
         self._queues: list[queue.Queue[dict[str, Any]]] = []
 
@@ -29,8 +40,14 @@ class EventBus:
                 self._queues.remove(listener)
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
-        event = {"event": kind, "data": data}
+        event: dict[str, Any] = {"event": kind, "data": data}
         with self._lock:
+            # Under the lock: listeners see events in the order of their ids.
+            if self._journal is not None:
+                try:
+                    event["id"] = self._journal(kind, data)
+                except Exception:  # the work the event tells of happened all the same
+                    log.exception("could not journal a %s event", kind)
             listeners = list(self._queues)
         for listener in listeners:
             # A listener that does not read loses events; meda does not wait for it.

@@ -77,8 +77,27 @@ def _v3_vm_disks(db: sqlite3.Connection) -> None:
         db.execute("UPDATE vms SET data = ? WHERE name = ?", (json.dumps(record), name))
 
 
+def _v4_programs(db: sqlite3.Connection) -> None:
+    """For the programs that drive meda: every VM gets labels and lifecycle policies (none,
+    as before); a journal of events to replay; the answers kept for idempotent retries."""
+    for name, data in db.execute("SELECT name, data FROM vms").fetchall():
+        record = json.loads(data)
+        record.setdefault("labels", {})
+        record.setdefault("lifecycle", {"restart": "no", "expires": None, "restarts": 0})
+        db.execute("UPDATE vms SET data = ? WHERE name = ?", (json.dumps(record), name))
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " at TEXT NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS idempotency (client TEXT NOT NULL, key TEXT NOT NULL,"
+        " fingerprint TEXT NOT NULL, status INTEGER, answer BLOB, created REAL NOT NULL,"
+        " PRIMARY KEY (client, key))"
+    )
+
+
 #: Version N is reached by running ``MIGRATIONS[N - 1]``; the list only ever grows.
-MIGRATIONS: list[Migration] = [_v1_tables, _v2_image_ready_ports, _v3_vm_disks]
+MIGRATIONS: list[Migration] = [_v1_tables, _v2_image_ready_ports, _v3_vm_disks, _v4_programs]
 
 
 def latest() -> int:

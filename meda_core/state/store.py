@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from meda_core.errors import Conflict, InvalidState, VMExists, VMNotFound
-from meda_core.models import VM, Image, PortForward, Protocol, RuntimeInfo, VMState
+from meda_core.models import (
+    VM,
+    Image,
+    Lifecycle,
+    PortForward,
+    Protocol,
+    RuntimeInfo,
+    VMState,
+)
 from meda_core.state import migrations
 
 T = TypeVar("T")
@@ -209,6 +219,17 @@ class StateStore:
             if cursor.rowcount == 0:
                 raise VMNotFound(vm.name)
 
+    def update_lifecycle(self, name: str, change: Callable[[Lifecycle], None]) -> VM:
+        """Change VM ``name``'s lifecycle record (its policies' state) in one transaction."""
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM vms WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise VMNotFound(name)
+            vm = VM.model_validate_json(row[0])
+            change(vm.lifecycle)
+            db.execute("UPDATE vms SET data = ? WHERE name = ?", (vm.model_dump_json(), name))
+        return vm
+
     def transition(
         self,
         name: str,
@@ -392,7 +413,39 @@ class StateStore:
                 )
         return cursor.rowcount
 
+    # ---- the event journal ----
 
+    def journal_event(self, kind: str, data: dict[str, Any], keep: int) -> int:
+        """Append an event; its id (ids only grow, across processes and restarts). The
+        journal keeps the newest ``keep`` events."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO events (at, kind, data) VALUES (?, ?, ?)",
+                (datetime.now(UTC).isoformat(), kind, json.dumps(data)),
+            )
+            event_id = int(cursor.lastrowid or 0)
+            if event_id % JOURNAL_TRIM_EVERY == 0:
+                db.execute("DELETE FROM events WHERE id <= ?", (event_id - keep,))
+        return event_id
+
+    def journal_since(self, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """Up to ``limit`` events with ids above ``after``, oldest first: (id, kind, data)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id, kind, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [(row[0], row[1], json.loads(row[2])) for row in rows]
+
+    def journal_last(self) -> int:
+        """The newest event's id (0: none yet)."""
+        with self._connect() as db:
+            row = db.execute("SELECT MAX(id) FROM events").fetchone()
+        return int(row[0] or 0)
+
+
+#: The journal is trimmed to its bound on every this many events.
+JOURNAL_TRIM_EVERY = 100
 _FORWARDS = "SELECT vm, host_port, guest_port, protocol FROM forwards"
 
 

@@ -8,16 +8,19 @@
             return MyStorage(backend_context)
 
 Hypervisor suites also need ``launch`` (a factory ``name -> LaunchSpec`` of a VM that
-boots) and may override ``stop_timeout``.
+boots) and may override ``stop_timeout``. Agent suites need ``channel`` (a live guest's)
+and ``writable_dir`` (a guest directory files may be written in).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,9 +28,16 @@ from pathlib import Path
 import pytest
 
 from meda_core.backends.roles import (
+    AgentBackend,
+    AgentChannel,
+    AgentSession,
     Availability,
     Backend,
     Capability,
+    ExecCommand,
+    ExecExit,
+    ExecOutput,
+    ExecStream,
     GuestAddressing,
     HypervisorBackend,
     ImageFiles,
@@ -38,7 +48,7 @@ from meda_core.backends.roles import (
     RegistryBackend,
     StorageBackend,
 )
-from meda_core.errors import Conflict, MedaError
+from meda_core.errors import Conflict, MedaError, NotFound
 from meda_core.host import processes as procs
 from meda_core.inputs.references import Reference
 from meda_core.models import PortForward, RuntimeInfo
@@ -52,7 +62,7 @@ class BackendConformance:
 
     def test_has_a_name_and_role(self, backend: Backend) -> None:
         assert isinstance(backend.name, str) and backend.name
-        assert backend.role.value in {"hypervisor", "network", "storage", "registry"}
+        assert backend.role.value in {"hypervisor", "network", "storage", "registry", "agent"}
         assert isinstance(backend.capabilities, frozenset)
 
     def test_capabilities_are_known(self, backend: Backend) -> None:
@@ -376,3 +386,138 @@ class RegistryConformance(BackendConformance):
         assert backend.manifest_digest(ref) is None
         with pytest.raises(MedaError):
             backend.pull(ref, tmp_path, lambda done, total: None)
+
+
+#: Seconds an agent suite's command may take before the test calls it hung.
+AGENT_WAIT = 30.0
+
+
+def finish(session: AgentSession) -> tuple[ExecExit, bytes, bytes]:
+    """Read ``session`` to its end: how it ended, its stdout and its stderr."""
+    out = {ExecStream.STDOUT: bytearray(), ExecStream.STDERR: bytearray()}
+    try:
+        for event in session.events(timeout=AGENT_WAIT):
+            if isinstance(event, ExecOutput):
+                out[event.stream] += event.data
+            else:
+                return event, bytes(out[ExecStream.STDOUT]), bytes(out[ExecStream.STDERR])
+    finally:
+        session.close()
+    raise AssertionError("the session's events ended without an exit")
+
+
+def sh(script: str, **env: str) -> ExecCommand:
+    return ExecCommand(("sh", "-c", script), tuple(env.items()))
+
+
+class AgentConformance(BackendConformance):
+    """Agent backends, against a live guest's ``channel``. Commands use POSIX ``sh`` and
+    busybox-level tools only, so a busybox guest runs the suite."""
+
+    @pytest.fixture
+    def dead_channel(self, tmp_path: Path) -> AgentChannel:
+        return AgentChannel(tmp_path / "nobody-answers.sock")
+
+    def test_ping(self, backend: AgentBackend, channel: AgentChannel) -> None:
+        assert backend.ping(channel, AGENT_WAIT)
+
+    def test_ping_on_a_dead_channel_is_false_within_its_timeout(
+        self, backend: AgentBackend, dead_channel: AgentChannel
+    ) -> None:
+        started = time.monotonic()
+        assert backend.ping(dead_channel, 1.0) is False
+        assert time.monotonic() - started < 3.0
+
+    def test_exit_codes(self, backend: AgentBackend, channel: AgentChannel) -> None:
+        for code in (0, 1, 7, 255):
+            end, _, _ = finish(backend.exec(channel, sh(f"exit {code}")))
+            assert (end.code, end.signal) == (code, None)
+
+    def test_stdout_and_stderr_are_apart(
+        self, backend: AgentBackend, channel: AgentChannel
+    ) -> None:
+        end, out, err = finish(backend.exec(channel, sh("echo out; echo err >&2; echo more")))
+        assert (end.code, out, err) == (0, b"out\nmore\n", b"err\n")
+
+    def test_stdin_then_end_of_file(self, backend: AgentBackend, channel: AgentChannel) -> None:
+        if Capability.STDIN not in backend.capabilities:
+            pytest.skip("no stdin")
+        session = backend.exec(channel, ExecCommand(("cat",)))
+        data = bytes(range(256)) * 64
+        session.send_stdin(data[:5000])
+        session.send_stdin(data[5000:])
+        session.close_stdin()
+        end, out, _ = finish(session)
+        assert (end.code, out) == (0, data)
+
+    def test_env(self, backend: AgentBackend, channel: AgentChannel) -> None:
+        end, out, _ = finish(
+            backend.exec(channel, sh('printf %s "$MEDA_PROBE"', MEDA_PROBE="a b=c"))
+        )
+        assert (end.code, out) == (0, b"a b=c")
+
+    def test_cwd(self, backend: AgentBackend, channel: AgentChannel, writable_dir: str) -> None:
+        backend.write_file(channel, f"{writable_dir}/cwd-probe", [b"here"])
+        command = ExecCommand(("cat", "cwd-probe"), cwd=writable_dir)
+        end, out, _ = finish(backend.exec(channel, command))
+        assert (end.code, out) == (0, b"here")
+
+    def test_a_missing_program_exits_127(
+        self, backend: AgentBackend, channel: AgentChannel
+    ) -> None:
+        end, _, _ = finish(backend.exec(channel, ExecCommand(("meda-no-such-program",))))
+        assert end.code == 127
+
+    def test_kill(self, backend: AgentBackend, channel: AgentChannel) -> None:
+        session = backend.exec(channel, ExecCommand(("sleep", "60")))
+        started = time.monotonic()
+        session.kill()
+        end, _, _ = finish(session)
+        assert end.code is None and end.signal == 9
+        assert time.monotonic() - started < 10
+
+    def test_output_arrives_before_the_end(
+        self, backend: AgentBackend, channel: AgentChannel
+    ) -> None:
+        session = backend.exec(channel, sh("echo first; sleep 10; echo last"))
+        started = time.monotonic()
+        try:
+            first = next(session.events(timeout=AGENT_WAIT))
+            assert isinstance(first, ExecOutput) and first.data.startswith(b"first")
+            assert time.monotonic() - started < 8
+        finally:
+            session.close()
+
+    def test_two_sessions_at_once(self, backend: AgentBackend, channel: AgentChannel) -> None:
+        one = backend.exec(channel, sh("read line; echo one:$line"))
+        two = backend.exec(channel, sh("read line; echo two:$line"))
+        if Capability.STDIN in backend.capabilities:
+            two.send_stdin(b"B\n")
+            one.send_stdin(b"A\n")
+        one.close_stdin()
+        two.close_stdin()
+        assert finish(two)[1].startswith(b"two:")
+        assert finish(one)[1].startswith(b"one:")
+
+    def test_file_round_trip(
+        self, backend: AgentBackend, channel: AgentChannel, writable_dir: str
+    ) -> None:
+        if Capability.FILES not in backend.capabilities:
+            pytest.skip("no files")
+        data = os.urandom(300 * 1024) + bytes(range(256))
+        path = f"{writable_dir}/round-trip.bin"
+        chunks = [data[i : i + 70000] for i in range(0, len(data), 70000)]
+        assert backend.write_file(channel, path, chunks, mode=0o600) == len(data)
+        back = b"".join(backend.read_file(channel, path))
+        assert hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest()
+        listing = ExecCommand(("ls", "-l", "round-trip.bin"), cwd=writable_dir)
+        _, out, _ = finish(backend.exec(channel, listing))  # paths travel as the cwd only
+        assert out.startswith(b"-rw-------")
+
+    def test_a_missing_file_is_not_found(
+        self, backend: AgentBackend, channel: AgentChannel, writable_dir: str
+    ) -> None:
+        if Capability.FILES not in backend.capabilities:
+            pytest.skip("no files")
+        with pytest.raises(NotFound):
+            b"".join(backend.read_file(channel, f"{writable_dir}/no-such-file"))

@@ -1,4 +1,4 @@
-"""A minimal writer for the ``newc`` cpio format that Linux initramfs images use."""
+"""A minimal writer (and, for tests, reader) of the ``newc`` cpio format of initramfs images."""
 
 from __future__ import annotations
 
@@ -48,3 +48,19 @@ def write_initramfs(dest: Path, entries: Iterable[Entry]) -> None:
     tmp = dest.with_suffix(".tmp")
     tmp.write_bytes(gzip.compress(archive(entries), compresslevel=1))
     tmp.replace(dest)
+
+
+def read_initramfs(path: Path) -> dict[str, Entry]:
+    """The entries of a gzipped ``newc`` archive (as :func:`write_initramfs` makes), by path."""
+    data, offset = gzip.decompress(path.read_bytes()), 0
+    found: dict[str, Entry] = {}
+    while True:
+        fields = [int(data[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, name_size = fields[1], fields[6], fields[11]
+        start = offset + 110
+        name = data[start : start + name_size - 1].decode()
+        start += name_size + (4 - (110 + name_size) % 4) % 4
+        if name == "TRAILER!!!":
+            return found
+        found[name] = Entry(name, mode, data[start : start + size])
+        offset = start + size + (4 - size % 4) % 4

@@ -7,6 +7,7 @@ They are never selected unless a test registers them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 from meda_core import hookimpl
 from meda_core.backends.catalogue import BackendRegistry
 from meda_core.backends.roles import (
+    AgentChannel,
     Availability,
     Capability,
     DiskInfo,
@@ -39,7 +41,10 @@ from meda_core.inputs.references import Reference
 from meda_core.models import ForwardListener, PortForward, RuntimeInfo
 from meda_core.network.macs import random_mac
 from meda_core.state.operations import Progress
+from meda_core.testing.fakeagent import FakeAgent
 
+#: The fake agent's channel in a VM's folder (a plain file: it answers while it exists).
+AGENT_SOCKET = "agent.sock"
 _IDLE = (
     "import signal, sys, time\n"
     "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
@@ -59,7 +64,11 @@ class FakeHypervisor(HypervisorBackend):
     )
     priority = 100
     fail_start: ClassVar[bool] = False
+    #: False: guests get no agent channel (as a hypervisor without one).
+    agent: ClassVar[bool] = True
     _children: ClassVar[dict[int, subprocess.Popen[bytes]]] = {}
+    #: How reaped children ended (SIGTERM: as a guest powering off, 0; SIGKILL: -9).
+    _ended: ClassVar[dict[int, int]] = {}
 
     def check_available(self) -> Availability:
         return Availability.yes()
@@ -79,6 +88,8 @@ class FakeHypervisor(HypervisorBackend):
             launch.console_log.write_text(f"{saved}fake VM {launch.name} restored\n")
         else:
             launch.console_log.write_text(f"fake VM {launch.name} booted\n")
+        if self.agent:  # the fake agent answers while this exists
+            (launch.vm_dir / AGENT_SOCKET).touch()
         runtime = procs.identify(child.pid)
         assert runtime is not None
         runtime.accelerator = "none"
@@ -88,6 +99,15 @@ class FakeHypervisor(HypervisorBackend):
         child = self._children.get(pid)
         if child is not None and child.poll() is not None:
             del self._children[pid]
+            self._ended[pid] = child.returncode
+
+    def exit_status(self, runtime: RuntimeInfo) -> int | None:
+        child = self._children.get(runtime.pid)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(5)
+        self._reap(runtime.pid)
+        return self._ended.pop(runtime.pid, None)
 
     def stop(self, runtime: RuntimeInfo, vm_dir: Path, timeout: float) -> None:
         child = self._children.pop(runtime.pid, None)
@@ -122,6 +142,10 @@ class FakeHypervisor(HypervisorBackend):
 
     def cleanup(self, vm_dir: Path) -> None:
         (vm_dir / "fake.pid").unlink(missing_ok=True)
+        (vm_dir / AGENT_SOCKET).unlink(missing_ok=True)
+
+    def agent_channel(self, runtime: RuntimeInfo, vm_dir: Path) -> AgentChannel | None:
+        return AgentChannel(vm_dir / AGENT_SOCKET) if self.agent else None
 
     def save_state(self, runtime: RuntimeInfo, vm_dir: Path, state_file: Path) -> None:
         state_file.write_text((vm_dir / "console.log").read_text())
@@ -322,3 +346,4 @@ class FakePlugin:
         registry.add(FakeStorage)
         registry.add(FakeNetwork)
         registry.add(FakeRegistry)
+        registry.add(FakeAgent)

@@ -21,15 +21,25 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
+from meda_core.backends.context import backend_context
+from meda_core.backends.manager import PluginManager
+from meda_core.backends.roles import AGENT_PORT_NAME, AgentBackend, Role
+from meda_core.backends.selection import BackendSelector
+from meda_core.errors import MedaError
+from meda_core.host.private import DIR_MODE
+from meda_core.settings import Settings
+from meda_core.state.store import StateStore
 from meda_core.testing import cpio
 
 BOOT_MARKER = "MEDA-GUEST-BOOTED"
 POWEROFF_MARKER = "MEDA-GUEST-POWEROFF"
 CMDLINE = "console=ttyS0 panic=-1 quiet"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
-#: Loaded in this order: the power button, then virtio-pci, virtio-net, virtio-blk and
-#: the CD-ROM (virtio-scsi) that holds the seed.
+#: Loaded in this order (each after what its ``depends=`` names): the power button, then
+#: virtio-pci, the guest agent's channels (virtio-serial and the vsock transport),
+#: virtio-net, virtio-blk and the CD-ROM (virtio-scsi) that holds the seed.
 MODULES = (
     "drivers/input/evdev.ko",
     "drivers/acpi/button.ko",
@@ -40,6 +50,10 @@ MODULES = (
     "drivers/virtio/virtio_pci_legacy_dev.ko",
     "drivers/virtio/virtio_pci_modern_dev.ko",
     "drivers/virtio/virtio_pci.ko",
+    "drivers/char/virtio_console.ko",
+    "net/vmw_vsock/vsock.ko",
+    "net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
+    "net/vmw_vsock/vmw_vsock_virtio_transport.ko",
     "drivers/net/virtio_net.ko",
     "drivers/block/virtio_blk.ko",
     "drivers/scsi/scsi_common.ko",
@@ -52,6 +66,13 @@ IP_MARKER = "MEDA-GUEST-IP="
 HOSTNAME_MARKER = "MEDA-GUEST-HOSTNAME="
 HTTP_PAGE = "MEDA-GUEST-HTTP"
 COUNTER_MARKER = "meda-counter "
+#: Printed with the device's name (``vport1p1``) once the agent's port is found by name.
+AGENT_PORT_MARKER = "MEDA-GUEST-AGENT-PORT="
+#: Printed with its exit status the first time the guest agent ends (it should serve until
+#: power-off; init starts it again a second later).
+AGENT_EXIT_MARKER = "MEDA-GUEST-AGENT-EXITED="
+#: Where the guest agent's program is in the initramfs.
+AGENT_PATH = "bin/meda-agent"
 
 DHCP_EVENT = f"""#!/bin/sh
 case "$1" in
@@ -85,6 +106,22 @@ for m in $(cat /lib/modules/order); do insmod "/lib/modules/$m"; done
 echo 2000 > /sys/module/block/parameters/events_dfl_poll_msecs
 uevent /bin/seed-event >/dev/null 2>&1 &
 /bin/seed-event
+# The guest agent, after the seed's hostname (an agent that answers is a readiness signal: a
+# template snapshotted then must not set its own name later, over a clone's) and before the
+# network (exec works in a guest whose network is down); it finds its channel itself, and is
+# started again if it ends (as systemd's Restart=always), its first exit said on the
+# console. Its port, by the name the host gives it, is shown.
+if [ -x /{AGENT_PATH} ]; then
+  (while true; do /{AGENT_PATH} >/dev/null 2>&1; status=$?
+     [ -n "${{said:-}}" ] || echo "{AGENT_EXIT_MARKER}$status"; said=1; sleep 1; done) &
+fi
+(for i in $(seq 50); do
+   for port in /sys/class/virtio-ports/*; do
+     [ "$(cat "$port/name" 2>/dev/null)" = {AGENT_PORT_NAME} ] \\
+       && echo "{AGENT_PORT_MARKER}${{port##*/}}" && exit 0
+   done
+   sleep 0.1
+ done) &
 # Network, in the background: an HTTP server on port 80 and an address by DHCP.
 if [ -e /sys/class/net/eth0 ]; then
   mkdir -p /www && echo {HTTP_PAGE} > /www/index.html
@@ -135,6 +172,8 @@ class BootableGuest:
     initrd: Path
     cmdline: str = CMDLINE
     marker: str = BOOT_MARKER
+    #: True if a guest agent starts at boot (one was installed when it was built).
+    agent: bool = False
 
 
 class GuestBuildError(RuntimeError):
@@ -188,9 +227,42 @@ def static_busybox() -> Path:
     return binary
 
 
-def _initramfs(dest: Path, busybox: Path, modules: Path) -> None:
+def installed_agent_program(home: Path) -> Path | None:
+    """The guest program of the agent backend the installed plugins offer (as MEDA_AGENT
+    selects it), built into ``home``'s cache; None, and why on stderr, without one (or when
+    it cannot be built here: the guest still serves every test that needs no agent)."""
+    settings = Settings(home=home)
+    home.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    plugins = PluginManager()
+    plugins.load_entry_points(settings.disabled())
+    store = StateStore(settings.db_path)
+    try:
+        selector = BackendSelector(plugins.registry, backend_context(settings, store))
+        backend = selector.optional(Role.AGENT)
+        program = None if backend is None else cast(AgentBackend, backend).guest_program()
+    except MedaError as exc:
+        print(f"test guest: no agent ({exc.message})", file=sys.stderr)
+        return None
+    finally:
+        store.close()
+    if program is None:
+        print("test guest: no agent backend ships a guest program: built without", file=sys.stderr)
+    return program
+
+
+class _FromPlugins:
+    """The default of :func:`build_test_guest`'s ``agent_program``."""
+
+
+#: Ask the installed plugins for the agent's program (:func:`installed_agent_program`).
+FROM_PLUGINS = _FromPlugins()
+
+
+def _initramfs(dest: Path, busybox: Path, modules: Path, agent: Path | None) -> None:
     entries = [cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules")]
     entries.append(cpio.file("bin/busybox", busybox, executable=True))
+    if agent is not None:
+        entries.append(cpio.file(AGENT_PATH, agent, executable=True))
     order = [Path(m).name for m in MODULES]
     entries += [cpio.file(f"lib/modules/{name}", modules / name) for name in order]
     entries.append(cpio.file("lib/modules/order", "\n".join(order).encode() + b"\n"))
@@ -200,8 +272,16 @@ def _initramfs(dest: Path, busybox: Path, modules: Path) -> None:
     cpio.write_initramfs(dest, entries)
 
 
-def build_test_guest(cache_dir: Path) -> BootableGuest:
-    """The test guest's kernel and initramfs, built into ``cache_dir`` on first use."""
+def build_test_guest(
+    cache_dir: Path, agent_program: Path | _FromPlugins | None = FROM_PLUGINS
+) -> BootableGuest:
+    """The test guest's kernel and initramfs, built into ``cache_dir`` on first use.
+
+    ``agent_program``: a static executable started at boot as the guest agent; by default
+    the installed agent backend's (None: a guest without an agent).
+    """
+    if isinstance(agent_program, _FromPlugins):
+        agent_program = installed_agent_program(cache_dir / "agent-home")
     package = kernel_package()
     modules_key = hashlib.sha256("\n".join(MODULES).encode()).hexdigest()[:8]
     kernel_dir = cache_dir / f"{package}-{modules_key}"
@@ -215,11 +295,13 @@ def build_test_guest(cache_dir: Path) -> BootableGuest:
         + SEED_EVENT.encode()
         + busybox.read_bytes()
         + kernel_dir.name.encode()
+        + (b"agent:" + agent_program.read_bytes() if agent_program else b"")
     ).hexdigest()
     initrd = cache_dir / f"initrd-{key[:16]}.gz"
     if not initrd.exists():
-        _initramfs(initrd, busybox, kernel_dir / "modules")
-    return BootableGuest(kernel=kernel_dir / "vmlinuz", initrd=initrd)
+        _initramfs(initrd, busybox, kernel_dir / "modules", agent_program)
+    agent = agent_program is not None
+    return BootableGuest(kernel=kernel_dir / "vmlinuz", initrd=initrd, agent=agent)
 
 
 DISK_BOOT_MARKER = "MEDA-DISK-BOOTED"

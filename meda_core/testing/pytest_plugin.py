@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -57,14 +58,9 @@ def fake_meda(meda_settings: Settings) -> Iterator[Meda]:
     meda.vms.delete_all()
 
 
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """A network namespace made for the test; afterwards it must be as it was made.
-
-    While it lives, ``MEDA_NETNS_UPLINK=0``: a meda told to use it as MEDA_NETNS from the
-    test's own namespace (the host's) must not link the two; a test that wants the uplink
-    runs meda inside a namespace of its own and says so. And ``MEDA_FORWARD_ADDRESS=127.0.0.1``:
-    a forward's listener in the host's namespace is not reachable from beyond this host."""
+@contextlib.contextmanager
+def made_namespace() -> Iterator[str]:
+    """A network namespace made here; afterwards it must be as it was made (see ``netns``)."""
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
         pytest.skip("network namespaces need root, iproute2 and nftables")
     name = namespaces.create()
@@ -78,6 +74,18 @@ def netns() -> Iterator[str]:
         assert after == before, f"namespace {name} not left as it was: {before} -> {after}"
     finally:
         namespaces.destroy(name)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace made for the test; afterwards it must be as it was made.
+
+    While it lives, ``MEDA_NETNS_UPLINK=0``: a meda told to use it as MEDA_NETNS from the
+    test's own namespace (the host's) must not link the two; a test that wants the uplink
+    runs meda inside a namespace of its own and says so. And ``MEDA_FORWARD_ADDRESS=127.0.0.1``:
+    a forward's listener in the host's namespace is not reachable from beyond this host."""
+    with made_namespace() as name:
+        yield name
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ def run_image(
     image = find_or_pull(images, request.image, request.registry, request.org, progress)
     plan = warm.plan(image, request)
     if plan.info.path == "warm":
-        return warm.clone(plan.info, request.name), plan.info
+        return warm.clone(plan.info, request.name, request), plan.info
     vm = vms.create(
         CreateVMRequest(
             name=request.name,
@@ -50,6 +50,9 @@ def run_image(
             cpus=request.cpus,
             disk=request.disk,
             image=image.ref,
+            labels=request.labels,
+            ttl=request.ttl,
+            restart=request.restart,
         )
     )
     if request.no_start:

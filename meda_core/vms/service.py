@@ -10,9 +10,9 @@ import shutil
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from meda_core.backends.roles import (
     Capability,
@@ -39,17 +39,20 @@ from meda_core.inputs.choices import MAX_STOP_TIMEOUT
 from meda_core.inputs.names import check_vm_name
 from meda_core.inputs.sizes import format_size
 from meda_core.models import (
+    MAX_TTL,
     STARTABLE,
     TRANSITIONAL,
     VM,
     CreateVMRequest,
+    Lifecycle,
+    Policies,
     RuntimeInfo,
     Snapshot,
     VMSpec,
     VMState,
 )
 from meda_core.settings import Settings
-from meda_core.state.events import VMEvent, VMEventKind
+from meda_core.state.events import EventReason, VMEvent, VMEventKind, because
 from meda_core.state.store import StateStore
 from meda_core.vms import capacity, seed, userdata
 from meda_core.vms.sshkeys import managed_key
@@ -199,6 +202,10 @@ class VMService:
             return self._store.list_vms_with_forwards()
         return self._store.add_forwards(self.reconcile_all())
 
+    def find(self, name: str) -> VM | None:
+        """VM ``name`` as recorded, or None (not reconciled: for the server's own threads)."""
+        return self._store.get_vm(name)
+
     def _current(self, name: str) -> VM:
         """The VM reconciled now, as an operation needs it whether watched or not."""
         vm = self._reconcile(self._store.require_vm(check_vm_name(name)))
@@ -228,16 +235,17 @@ class VMService:
             self.delete(name)
         vm = self._new_record(name, spec, image.ref, hypervisor.name, storage, network)
         vm.user_data, vm.template = user_data, request.template
+        vm.labels, vm.lifecycle = request.labels, request.lifecycle(vm.created)
 
         def make_disk() -> None:
             self._create_disk(vm, storage, self._images.checked_base(image))
 
         return self._build(vm, make_disk, network, isolated=vm.template)
 
-    def clone(self, name: str, template: VM) -> VM:
+    def clone(self, name: str, template: VM, policies: Policies | None = None) -> VM:
         """Create ``name``, a stopped clone of ``template``: its disk an overlay on the
         template's snapshot, its spec, image and user data the template's, its network
-        its own."""
+        its own; its labels and lifecycle ``policies``' (none by default)."""
         name = check_vm_name(name)
         snapshot = template.snapshot
         if snapshot is None:
@@ -250,6 +258,8 @@ class VMService:
         network = self._backends.network()
         vm = self._new_record(name, template.spec, image.ref, template.hypervisor, storage, network)
         vm.user_data, vm.clone_of = template.user_data, template.name
+        if policies is not None:
+            vm.labels, vm.lifecycle = policies.labels, policies.lifecycle(vm.created)
 
         def make_disk() -> None:
             storage.create_overlay(vm.disk_path, vm.spec.disk_bytes, snapshot.disk)
@@ -315,7 +325,7 @@ class VMService:
                 raise _as_meda_error(exc, f"creating VM '{vm.name}' failed") from exc
             raise
         vm = self._store.transition(vm.name, {VMState.CREATING}, VMState.STOPPED)
-        self._emit(VMEvent(kind=VMEventKind.CREATED, vm=vm.name, state=vm.state))
+        self._announce(VMEventKind.CREATED, vm)
         return vm
 
     def start(self, name: str, restore: Snapshot | None = None, reset_disk: bool = False) -> VM:
@@ -334,7 +344,7 @@ class VMService:
         except Exception as exc:
             raise self._start_failed(vm, exc) from exc
         vm = self._finish(vm, VMState.RUNNING, runtime=runtime)
-        self._emit(VMEvent(kind=VMEventKind.STARTED, vm=name, state=vm.state))
+        self._announce(VMEventKind.STARTED, vm)
         return vm
 
     def _launch(self, vm: VM, restore: Snapshot | None, reset_disk: bool) -> RuntimeInfo:
@@ -370,9 +380,8 @@ class VMService:
             self._finish(vm, VMState.ERROR, last_error=message)
         else:
             self._finish(vm, VMState.STOPPED, last_error=error.message)
-        self._emit(
-            VMEvent(kind=VMEventKind.FAILED, vm=vm.name, state=vm.state, message=error.message)
-        )
+        with because(EventReason.FAILURE):
+            self._announce(VMEventKind.FAILED, vm, message=error.message)
         return error
 
     def stop(self, name: str, timeout: float | None = None) -> VM:
@@ -382,7 +391,7 @@ class VMService:
         vm = self._begin(name, {VMState.RUNNING}, VMState.STOPPING)
         self._power_off(vm, self._settings.stop_timeout if timeout is None else timeout)
         vm = self._finish(vm, VMState.STOPPED)
-        self._emit(VMEvent(kind=VMEventKind.STOPPED, vm=name, state=vm.state))
+        self._announce(VMEventKind.STOPPED, vm)
         return vm
 
     def delete(self, name: str, timeout: float = 0) -> None:
@@ -403,7 +412,7 @@ class VMService:
             self._finish(vm, VMState.STOPPED)
         vm = self._begin(name, STARTABLE, VMState.DELETING)
         self._discard(vm)
-        self._emit(VMEvent(kind=VMEventKind.DELETED, vm=name, state=None))
+        self._announce(VMEventKind.DELETED, vm, state=None)
 
     def delete_all(self) -> None:
         """Delete every VM, clones before the templates their disks rest on."""
@@ -582,7 +591,8 @@ class VMService:
             if not hypervisor.is_running(vm.runtime):
                 return self._settle_ended_run(vm, hypervisor)
         elif vm.state in TRANSITIONAL and not self._owner_alive(vm):
-            return self._recover(vm)
+            with because(EventReason.RECOVERY):
+                return self._recover(vm)
         return vm
 
     def _settle_ended_run(self, vm: VM, hypervisor: HypervisorBackend) -> VM | None:
@@ -594,9 +604,60 @@ class VMService:
             )
         except MedaError:  # deleted, or moved on to another run: nothing of this one is left
             return self._store.get_vm(vm.name)
+        status = hypervisor.exit_status(vm.runtime) if vm.runtime is not None else None
         hypervisor.cleanup(claimed.vm_dir)
         self._unplug(claimed)
-        return self._settle(claimed, VMState.STOPPED, None)
+        if status == 0:
+            with because(EventReason.GUEST):
+                return self._settle(claimed, VMState.STOPPED, None)
+        # An end this process did not see (it did not start the hypervisor) counts as a
+        # failure for restart policies, but is not written down as one.
+        error = None if status is None else f"the hypervisor ended with status {status}"
+        with because(EventReason.FAILURE):
+            return self._settle(claimed, VMState.STOPPED, None, error)
+
+    # ---- lifecycle policies ----
+
+    def set_ttl(self, name: str, seconds: int) -> VM:
+        """VM ``name`` is deleted ``seconds`` from now (whatever its ttl was)."""
+        if not 1 <= seconds <= MAX_TTL:
+            raise InvalidRequest(f"ttl must be 1 to {MAX_TTL} seconds", ttl=seconds)
+        expires = datetime.now(UTC) + timedelta(seconds=seconds)
+
+        def change(lifecycle: Lifecycle) -> None:
+            lifecycle.expires = expires
+
+        self._store.update_lifecycle(check_vm_name(name), change)
+        return self.get(name)
+
+    def count_restart(self, name: str) -> VM:
+        """One more restart of VM ``name`` by its policy, now."""
+
+        def change(lifecycle: Lifecycle) -> None:
+            lifecycle.restarts += 1
+            lifecycle.last_restart = datetime.now(UTC)
+
+        return self._store.update_lifecycle(name, change)
+
+    def announce_expiry(self, vm: VM) -> None:
+        """Tell observers VM ``vm``'s ttl expired (its delete follows)."""
+        self._announce(VMEventKind.EXPIRED, vm, message="its ttl expired")
+
+    def announce_restart(self, vm: VM) -> None:
+        """Tell observers VM ``vm``'s restart policy starts it now."""
+        message = f"restart {vm.lifecycle.restarts} by its policy ({vm.lifecycle.restart.value})"
+        self._announce(VMEventKind.RESTARTING, vm, message=message)
+
+    def _announce(
+        self,
+        kind: VMEventKind,
+        vm: VM,
+        message: str | None = None,
+        state: VMState | Literal["as-is"] | None = "as-is",
+    ) -> None:
+        """Tell observers and the event journal of ``kind`` happening to ``vm``."""
+        now = vm.state if state == "as-is" else state
+        self._emit(VMEvent(kind=kind, vm=vm.name, state=now, message=message, labels=vm.labels))
 
     def _owner_alive(self, vm: VM) -> bool:
         return vm.operation_owner is not None and procs.is_alive(vm.operation_owner)
@@ -637,7 +698,7 @@ class VMService:
         taken.runtime = taken.runtime or runtime
         log.warning("finishing the %s of VM %s cut short by a crash", vm.state.value, vm.name)
         self._discard(taken)
-        self._emit(VMEvent(kind=VMEventKind.DELETED, vm=vm.name, state=None))
+        self._announce(VMEventKind.DELETED, vm, state=None)
         return None
 
     def _settle(
@@ -650,5 +711,5 @@ class VMService:
         settled.runtime, settled.last_error = runtime, last_error
         self._store.save_vm(settled)
         if state == VMState.STOPPED:
-            self._emit(VMEvent(kind=VMEventKind.STOPPED, vm=vm.name, state=state))
+            self._announce(VMEventKind.STOPPED, settled, message=last_error, state=state)
         return settled

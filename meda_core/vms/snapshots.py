@@ -20,7 +20,8 @@ from meda_core.backends.roles import (
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import Conflict, InvalidRequest
 from meda_core.host.files import copy_sparse
-from meda_core.models import VM, Snapshot
+from meda_core.models import VM, Policies, Snapshot
+from meda_core.vms.guest import GuestService
 from meda_core.vms.service import VMService
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,10 @@ log = logging.getLogger(__name__)
 class SnapshotService:
     """``snapshot``, ``restore``, ``clone`` and ``templates``."""
 
-    def __init__(self, backends: BackendSelector, vms: VMService) -> None:
+    def __init__(self, backends: BackendSelector, vms: VMService, guest: GuestService) -> None:
         self._backends = backends
         self._vms = vms
+        self._guest = guest
 
     def snapshot(self, name: str) -> VM:
         """Pause a running VM, save its state with its disk frozen beside it, resume it."""
@@ -102,9 +104,10 @@ class SnapshotService:
         _check_layout(vm)
         return self._vms.start(name, restore=vm.snapshot, reset_disk=True)
 
-    def clone(self, source: str, name: str) -> VM:
+    def clone(self, source: str, name: str, policies: Policies | None = None) -> VM:
         """A new running VM from ``source``'s snapshot: its disk an overlay on the frozen
-        one, its memory read from the saved state, its network its own."""
+        one, its memory read from the saved state, its network its own; its identity
+        (hostname, machine-id, SSH host keys) its own too where its agent can set it."""
         template = self._vms.get(source)
         if not template.template:
             raise InvalidRequest(
@@ -114,12 +117,14 @@ class SnapshotService:
         if template.snapshot is None:
             raise Conflict(f"template '{source}' has no snapshot yet", name=source)
         snapshot = _check_layout(template)
-        self._vms.clone(name, template)
+        self._vms.clone(name, template, policies)
         try:
-            return self._vms.start(name, restore=snapshot)
+            vm = self._vms.start(name, restore=snapshot)
         except BaseException:
             self._vms.delete(name)
             raise
+        self._guest.refresh_identity(name)
+        return vm
 
     def templates(self) -> list[VM]:
         return [vm for vm in self._vms.list() if vm.template]
@@ -131,8 +136,9 @@ def _check_layout(vm: VM) -> Snapshot:
     if vm.snapshot.layout != DEVICE_LAYOUT:
         raise Conflict(
             f"the snapshot of VM '{vm.name}' was saved by an older meda with other devices "
-            "(its seed was a disk, now a CD-ROM) and cannot be restored: start the VM and "
-            "take a new snapshot",
+            f"(layout {vm.snapshot.layout}; now {DEVICE_LAYOUT}: the seed is a CD-ROM and the "
+            "guest agent has a channel) and cannot be restored: start the VM and take a new "
+            "snapshot",
             name=vm.name,
             layout=vm.snapshot.layout,
             current=DEVICE_LAYOUT,

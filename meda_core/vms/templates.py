@@ -1,14 +1,15 @@
 """``run`` on the fast path: clone the image's warm template, built in the background.
 
-Readiness is a property of the image (``Image.ready_port``): a run of an image that gives
-no readiness signal boots cold, since nothing tells when a template would be worth
-snapshotting. For an image that has one, a template is keyed by everything that shapes
-the guest — the image (its record, so a re-pulled or re-imported image makes a new one),
-memory, vCPUs, disk, user data and the ready port — so a later caller's resources are
-never silently replaced by an older caller's.
+Readiness is a property of the image (``Image.ready_port``), or of the run
+(``RunRequest.ready_agent``: the guest's agent answers): a run without a readiness signal
+boots cold, since nothing tells when a template would be worth snapshotting. For a run
+with one, a template is keyed by everything that shapes the guest — the image (its
+record, so a re-pulled or re-imported image makes a new one), memory, vCPUs, disk, user
+data and the readiness signal — so a later caller's resources are never silently replaced
+by an older caller's.
 
 No run waits for a template: the first run of a shape boots its own VM cold and leaves
-the template to a background build (boot, wait for the ready port, snapshot, power off),
+the template to a background build (boot, wait until it is ready, snapshot, power off),
 which holds the template's lock; a run that finds the lock held boots cold too. A build
 that fails is recorded beside the lock, and runs boot cold at once (saying why) until
 ``MEDA_RUN_TEMPLATE_RETRY`` seconds have passed or the image changes.
@@ -17,6 +18,7 @@ that fails is recorded beside the lock, and runs boot cold at once (saying why) 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -31,13 +33,14 @@ from pydantic import BaseModel
 
 from meda_core.backends.roles import DEVICE_LAYOUT, Capability
 from meda_core.backends.selection import BackendSelector
-from meda_core.errors import BackendError, InsufficientCapacity
+from meda_core.errors import InsufficientCapacity, MedaError
 from meda_core.host.locks import remove_held, try_exclusive
 from meda_core.inputs.names import parse_image_ref
 from meda_core.models import (
     VM,
     CreateVMRequest,
     Image,
+    Policies,
     RunInfo,
     RunRequest,
     VMState,
@@ -46,11 +49,14 @@ from meda_core.models import (
 from meda_core.settings import Settings
 from meda_core.state.store import StateStore
 from meda_core.vms import readiness
+from meda_core.vms.guest import GuestService
 from meda_core.vms.service import VMService
 from meda_core.vms.snapshots import SnapshotService
 
 log = logging.getLogger(__name__)
 TEMPLATE_PREFIX = "tpl-"
+#: What tells a template is ready: a guest port that answers, or its agent.
+Signal = int | Literal["agent"]
 
 
 class TemplateJob(BaseModel):
@@ -64,8 +70,14 @@ class TemplateJob(BaseModel):
     disk: str
     user_data: str | None
     ready_port: int
-    #: The run's own VM: its guest boots first (the build waits for its ready port).
+    #: Ready once the guest's agent answers (``ready_port`` is then 0).
+    ready_agent: bool = False
+    #: The run's own VM: its guest boots first (the build waits until it is ready).
     after: str | None = None
+
+    @property
+    def signal(self) -> Signal:
+        return "agent" if self.ready_agent else self.ready_port
 
 
 class TemplateBuild(BaseModel):
@@ -99,14 +111,14 @@ def image_fingerprint(image: Image) -> str:
     return hashlib.sha256(booted.encode()).hexdigest()[:16]
 
 
-def template_name(image: Image, request: RunRequest, ready_port: int) -> str:
+def template_name(image: Image, request: RunRequest, ready: Signal) -> str:
     shape = {
         "image": image_fingerprint(image),
         "memory": request.memory,
         "cpus": request.cpus,
         "disk": request.disk,
         "user_data": request.user_data,
-        "ready_port": ready_port,
+        "ready_port": ready,
         "layout": DEVICE_LAYOUT,  # a template of other devices cannot be restored
     }
     key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
@@ -123,7 +135,17 @@ def can_clone(backends: BackendSelector) -> bool:
     )
 
 
-def _job(name: str, image: Image, request: RunRequest, port: int) -> TemplateJob:
+def signal_of(image: Image, request: RunRequest) -> Signal | None:
+    """What tells that a run's guest is ready: the agent if the run says so, else the ready
+    port (the run's, else the image's); None: nothing does."""
+    return "agent" if request.ready_agent else chosen_port(request.ready_port, image.ready_port)
+
+
+def said(signal: Signal) -> str:
+    return "its agent answers" if signal == "agent" else f"port {signal} answers"
+
+
+def _job(name: str, image: Image, request: RunRequest, signal: Signal) -> TemplateJob:
     """The background build of template ``name`` that ``request``'s run leaves behind."""
     return TemplateJob(
         name=name,
@@ -133,13 +155,23 @@ def _job(name: str, image: Image, request: RunRequest, port: int) -> TemplateJob
         cpus=request.cpus,
         disk=request.disk,
         user_data=request.user_data,
-        ready_port=port,
+        ready_port=0 if signal == "agent" else signal,
+        ready_agent=signal == "agent",
         after=request.name,
     )
 
 
-def _cold(reason: str, template: str | None = None, port: int | None = None) -> RunInfo:
-    return RunInfo(path="cold", reason=reason, template=template, ready_port=port)
+def _info(path: Literal["warm", "cold"], reason: str, template: str, signal: Signal) -> RunInfo:
+    port = None if signal == "agent" else signal
+    return RunInfo(
+        path=path, reason=reason, template=template, ready_port=port, ready_agent=port is None
+    )
+
+
+def _cold(reason: str, template: str | None = None, signal: Signal | None = None) -> RunInfo:
+    if template is None or signal is None:
+        return RunInfo(path="cold", reason=reason)
+    return _info("cold", reason, template, signal)
 
 
 class WarmRuns:
@@ -153,8 +185,10 @@ class WarmRuns:
         vms: VMService,
         snapshots: SnapshotService,
         backends: BackendSelector,
+        guest: GuestService,
     ) -> None:
         self._settings = settings
+        self._guest = guest
         self._store = store
         self._vms = vms
         self._snapshots = snapshots
@@ -169,46 +203,50 @@ class WarmRuns:
 
     def plan(self, image: Image, request: RunRequest) -> Plan:
         """Warm (its template is ready) or cold, and why; never waits for a build."""
-        port = chosen_port(request.ready_port, image.ready_port)
-        reason = self._why_cold(image, request, port)
+        signal = signal_of(image, request)
+        reason = self._why_cold(image, request, signal)
         if reason is not None:
             return Plan(_cold(reason))
-        assert port is not None
-        name = template_name(image, request, port)
+        assert signal is not None
+        name = template_name(image, request, signal)
         with try_exclusive(self._lock(name)) as free:
             if not free:
-                return Plan(_cold(f"template {name} is being built; runs do not wait", name, port))
+                why = f"template {name} is being built; runs do not wait"
+                return Plan(_cold(why, name, signal))
             template = self._store.get_vm(name)
             if template is not None and template.snapshot is not None:
-                reason = f"a clone of template {name}"
-                return Plan(RunInfo(path="warm", reason=reason, template=name, ready_port=port))
+                return Plan(_info("warm", f"a clone of template {name}", name, signal))
             failed = self._failure(name)
         if failed is not None:
-            return Plan(_cold(failed, name, port))
+            return Plan(_cold(failed, name, signal))
+        wait = f"port {signal}" if signal != "agent" else "its guest's agent"
         reason = (
             f"first run of this image and shape: template {name} is built in the "
-            f"background (it waits for port {port}); later runs clone it"
+            f"background (it waits for {wait}); later runs clone it"
         )
-        return Plan(_cold(reason, name, port), _job(name, image, request, port))
+        return Plan(_cold(reason, name, signal), _job(name, image, request, signal))
 
-    def _why_cold(self, image: Image, request: RunRequest, port: int | None) -> str | None:
+    def _why_cold(self, image: Image, request: RunRequest, signal: Signal | None) -> str | None:
         """Why this run boots cold whatever templates there are (None: it may be warm)."""
         if request.no_start:
             return "no_start: the VM is created, not started"
         if request.cold:
             return "a cold start was asked for"
-        if port is None:
+        if signal is None:
             return (
                 f"image {image.ref} gives no readiness signal (no ready_port), so no warm "
-                "template is made; set one on import, pull or create-image, or in the run"
+                "template is made; set one on import, pull or create-image, or in the run "
+                "(or ready_agent: its agent answers)"
             )
+        if signal == "agent" and self._backends.agent() is None:
+            return "ready_agent: no agent backend is installed, so no agent can answer"
         if not can_clone(self._backends):
             return "the backends cannot clone (snapshots and isolated networks)"
         return None
 
-    def clone(self, info: RunInfo, name: str) -> VM:
+    def clone(self, info: RunInfo, name: str, policies: Policies | None = None) -> VM:
         assert info.template is not None
-        return self._snapshots.clone(info.template, name)
+        return self._snapshots.clone(info.template, name, policies)
 
     # ---- builds ----
 
@@ -242,7 +280,7 @@ class WarmRuns:
                 self._record_failure(job.name, error)
                 raise
         seconds = time.monotonic() - started
-        reason = f"ready on port {job.ready_port}, built in {seconds:.1f}s"
+        reason = f"ready once {said(job.signal)}, built in {seconds:.1f}s"
         return TemplateBuild(template=job.name, outcome="built", reason=reason)
 
     def shutdown(self, timeout: float = 60) -> bool:
@@ -268,7 +306,7 @@ class WarmRuns:
     def _build(self, job: TemplateJob) -> None:
         """Create, boot and snapshot ``job``'s template; discard it if any step fails."""
         name = job.name
-        log.info("building template %s of %s (ready port %d)", name, job.image, job.ready_port)
+        log.info("building template %s of %s (ready once %s)", name, job.image, said(job.signal))
         create = CreateVMRequest(
             name=name,
             image=job.image,
@@ -294,19 +332,11 @@ class WarmRuns:
             raise
 
     def _boot_and_snapshot(self, job: TemplateJob) -> None:
-        """Boot the created template, wait for its ready port, snapshot it, power it off."""
+        """Boot the created template, wait until it is ready, snapshot it, power it off."""
         name = job.name
         if self._stop.is_set():
             raise readiness.Interrupted(f"meda is shutting down: template {name} is not built")
-        vm = self._vms.start(name)
-        assert vm.ip is not None
-        seconds = readiness.wait_until_ready(
-            self._settings.netns,
-            vm.ip,
-            job.ready_port,
-            self._settings.run_ready_timeout,
-            self._stop,
-        )
+        seconds = self._wait_ready(self._vms.start(name), job.signal)
         log.info("template %s of %s ready after %.1fs", name, job.image, seconds)
         self._snapshots.snapshot(name)
         self._vms.stop(name, timeout=0)  # its snapshot is what counts now
@@ -319,17 +349,20 @@ class WarmRuns:
         if vm is None or vm.ip is None or vm.state != VMState.RUNNING:
             return
         try:
-            readiness.wait_until_ready(
-                self._settings.netns,
-                vm.ip,
-                job.ready_port,
-                self._settings.run_ready_timeout,
-                self._stop,
-            )
-        except BackendError as error:  # its guest may differ (user data): build anyway
+            self._wait_ready(vm, job.signal)
+        except MedaError as error:  # its guest may differ (user data): build anyway
             log.info(
                 "building template %s although VM %s did not answer: %s", job.name, vm.name, error
             )
+
+    def _wait_ready(self, vm: VM, signal: Signal) -> float:
+        """Seconds until the running ``vm`` is ready by ``signal`` (MEDA_RUN_READY_TIMEOUT)."""
+        timeout = self._settings.run_ready_timeout
+        if signal == "agent":
+            answers = functools.partial(self._guest.answers, vm.name)
+            return readiness.wait_until_agent(answers, vm.name, timeout, self._stop)
+        assert vm.ip is not None
+        return readiness.wait_until_ready(self._settings.netns, vm.ip, signal, timeout, self._stop)
 
     def _discard(self, name: str) -> None:
         """Delete a template that is not (fully) built, powering it off without waiting."""

@@ -28,6 +28,7 @@ def vm_summary(vm: VM) -> VMSummary:
         disk=vm.spec.disk,
         cpus=vm.spec.cpus,
         image=vm.image,
+        labels=vm.labels,
     )
 
 
@@ -41,6 +42,8 @@ def vm_info(vm: VM) -> VMInfo:
         name=vm.name,
         state=vm.state,
         ip=vm.ip,
+        labels=vm.labels,
+        lifecycle=vm.lifecycle,
         details=VMDetails(
             network=vm.network,
             gateway=vm.gateway,

@@ -4,7 +4,8 @@ A serving process runs one. It holds a pidfd for each running VM's hypervisor pr
 the hypervisor names it) and for each transitional VM's operation owner in another
 process; when one exits it reconciles that VM, the same way a read used to. Every
 ``interval`` seconds it also reconciles every VM: the safety net for what has no process to
-watch (a hypervisor that names none, a VM started by another process meanwhile).
+watch (a hypervisor that names none, a VM started by another process meanwhile), and
+runs its ``housekeeping`` (rotating the console logs).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import selectors
 import threading
 import time
+from collections.abc import Callable
 
 from meda_core.backends.roles import HypervisorBackend, Role
 from meda_core.errors import BackendUnavailable
@@ -29,8 +31,15 @@ log = logging.getLogger(__name__)
 class Watcher:
     """One thread that keeps the VM records in line with their processes."""
 
-    def __init__(self, vms: VMService, store: StateStore, interval: float) -> None:
+    def __init__(
+        self,
+        vms: VMService,
+        store: StateStore,
+        interval: float,
+        housekeeping: Callable[[], None] | None = None,
+    ) -> None:
         self._vms, self._store, self._interval = vms, store, interval
+        self._housekeeping = housekeeping
         self._selector = selectors.DefaultSelector()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
@@ -113,6 +122,11 @@ class Watcher:
             self._vms.reconcile_all()
         except Exception:
             log.exception("could not reconcile the VMs")
+        if self._housekeeping is not None:
+            try:
+                self._housekeeping()
+            except Exception:
+                log.exception("the watcher's housekeeping failed")
 
     def _sync(self) -> None:
         """Watch exactly the processes the store's VMs name now."""

@@ -13,6 +13,8 @@ from meda_cloudhv import config as chconfig
 from meda_cloudhv.api import VmmApi
 from meda_cloudhv.settings import CloudHypervisorSettings
 from meda_core.plugin import (
+    AGENT_VSOCK_PORT,
+    AgentChannel,
     Availability,
     BackendError,
     Capability,
@@ -157,6 +159,11 @@ class CloudHypervisor(HypervisorBackend):
         if not procs.wait_gone(runtime, 5.0):
             procs.kill(runtime)
 
+    def agent_channel(self, runtime: RuntimeInfo, vm_dir: Path) -> AgentChannel:
+        """The hybrid vsock's socket (config.vsock_config); written from cloud-hypervisor's
+        API spec, not run here: it needs the binary and a KVM that runs guests."""
+        return AgentChannel(vm_dir / chconfig.VSOCK_SOCKET, vsock_port=AGENT_VSOCK_PORT)
+
     def watched_process(self, runtime: RuntimeInfo) -> RuntimeInfo:
         """The VMM's process: its exit is seen at once; a guest that powers off while the
         VMM lives on is seen at the reconcile interval."""
@@ -204,7 +211,7 @@ class CloudHypervisor(HypervisorBackend):
             leftover = self.recover(vm_dir, uuid)
             if leftover is not None:
                 self.stop(leftover, vm_dir, 0.5)
-        for name in (chconfig.SOCKET, chconfig.PIDFILE, chconfig.LOG):
+        for name in (chconfig.SOCKET, chconfig.PIDFILE, chconfig.LOG, chconfig.VSOCK_SOCKET):
             (vm_dir / name).unlink(missing_ok=True)
         shutil.rmtree(vm_dir / chconfig.RESTORE_SOURCE, ignore_errors=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,12 @@ SOCKET = "ch.sock"
 RESTORE_SOURCE = "restore-source"
 PIDFILE = "ch.pid"
 LOG = "ch.log"
+#: The host end of the guest's vsock device: cloud-hypervisor's hybrid vsock, a unix
+#: socket where a connection says ``CONNECT <port>`` to reach the guest's vsock ``port``.
+VSOCK_SOCKET = "vsock.sock"
+#: Guest context ids 0-2 are reserved (hypervisor, local, host), and 2**32-1 means any.
+FIRST_CID = 3
+CID_SPAN = (1 << 32) - 1 - FIRST_CID
 
 
 def option_value(value: str) -> str:
@@ -67,6 +74,17 @@ def argv(binary: str, launch: LaunchSpec) -> list[str]:
     ]
 
 
+def guest_cid(vm_uuid: str) -> int:
+    """The VM's vsock context id, drawn from its uuid: its own among the VMs meda runs (a
+    hybrid vsock routes by socket, not by id, so a rare clash would only be cosmetic)."""
+    return FIRST_CID + uuid.UUID(vm_uuid).int % CID_SPAN
+
+
+def vsock_config(launch: LaunchSpec) -> dict[str, Any]:
+    """The VmConfig's ``vsock``: where the guest agent answers (``AGENT_VSOCK_PORT``)."""
+    return {"cid": guest_cid(launch.uuid), "socket": str(launch.vm_dir / VSOCK_SOCKET)}
+
+
 def vm_config(launch: LaunchSpec, firmware: Path | None) -> dict[str, Any]:
     """The VmConfig body of ``vm.create``."""
     if launch.kernel is not None:
@@ -99,6 +117,7 @@ def vm_config(launch: LaunchSpec, firmware: Path | None) -> dict[str, Any]:
         "serial": {"mode": "File", "file": str(launch.console_log)},
         "console": {"mode": "Off"},
         "rng": {"src": "/dev/urandom"},
+        "vsock": vsock_config(launch),
     }
     if net:
         config["net"] = net
@@ -123,5 +142,7 @@ def restore_source(snapshot: Path, vm_config: dict[str, Any], vm_dir: Path) -> P
     for key in PER_VM:
         if key in vm_config:
             config[key] = vm_config[key]
+    if "vsock" in config:  # the saved guest keeps its context id; the socket is this VM's
+        config["vsock"] = {**config["vsock"], "socket": vm_config["vsock"]["socket"]}
     (source / "config.json").write_text(json.dumps(config))
     return source

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meda_core.plugin import BackendError, LaunchSpec, NicSpec, PortForward, diskprobe
+from meda_core.plugin import (
+    AGENT_PORT_NAME,
+    BackendError,
+    LaunchSpec,
+    NicSpec,
+    PortForward,
+    diskprobe,
+)
 from meda_core.plugin import namespaces as netns
 
 DEFAULT_CMDLINE = "console=ttyS0"
@@ -28,6 +35,12 @@ DISK_FILE_OPTIONS = "file.auto-read-only=off"
 #: restored from its template's memory learns that way that its seed (its hostname) is
 #: its own (meda_core.vms.seed).
 SEED_CONTROLLER = "seeds"
+#: The guest agent's channel: a virtio-serial port named :data:`AGENT_PORT_NAME` on a
+#: controller of its own, whose host end is a unix socket QEMU listens on in the VM's
+#: folder (made under meda's umask 077, in a 0700 folder: root's alone, even with -runas,
+#: since QEMU makes it before it drops to its user).
+AGENT_CONTROLLER = "agentbus"
+AGENT_CHARDEV = "agentchr"
 
 
 def opt(value: object) -> str:
@@ -43,6 +56,11 @@ def path_opt(path: Path) -> str:
 def runtime_paths(vm_dir: Path) -> tuple[Path, Path]:
     """The QMP socket and pid file of a VM."""
     return vm_dir / "qmp.sock", vm_dir / "qemu.pid"
+
+
+def agent_socket(vm_dir: Path) -> Path:
+    """The host end of the guest agent's virtio-serial port."""
+    return vm_dir / "agent.sock"
 
 
 def log_path(vm_dir: Path) -> Path:
@@ -67,6 +85,22 @@ def extra_disk_args(extra_disks: tuple[Path, ...]) -> list[str]:
         device = f"scsi-cd,drive=disk{index},id={cdrom_id(index)},bus={SEED_CONTROLLER}.0"
         args += ["-drive", f"{drive},media=cdrom", "-device", device]
     return args
+
+
+def agent_args(vm_dir: Path) -> list[str]:
+    """The agent's port: a server socket that accepts one host connection at a time (QEMU
+    listens again once it closes) and never waits for one before the guest runs. Like the
+    QMP socket, its path must fit AF_UNIX's 108 bytes: QEMU refuses to start otherwise."""
+    chardev = f"socket,id={AGENT_CHARDEV},path={path_opt(agent_socket(vm_dir))},server=on,wait=off"
+    port = f"virtserialport,bus={AGENT_CONTROLLER}.0,chardev={AGENT_CHARDEV},name={AGENT_PORT_NAME}"
+    return [
+        "-device",
+        f"virtio-serial-pci,id={AGENT_CONTROLLER}",
+        "-chardev",
+        chardev,
+        "-device",
+        port,
+    ]
 
 
 def nic_args(nics: tuple[NicSpec, ...]) -> list[str]:
@@ -138,7 +172,8 @@ def machine_args(launch: LaunchSpec, accel: str, machine: str) -> list[str]:
 
 def process_args(launch: LaunchSpec, user: str | None) -> list[str]:
     """The QEMU process itself: no defaults or display, sandboxed, its QMP socket, pid
-    file and serial console in the VM's folder."""
+    file and serial console in the VM's folder. The console is opened for appending: meda
+    may copy and truncate it (rotation) while QEMU writes on at the file's new end."""
     qmp_socket, pidfile = runtime_paths(launch.vm_dir)
     return [
         "-nodefaults",
@@ -153,7 +188,7 @@ def process_args(launch: LaunchSpec, user: str | None) -> list[str]:
         "-qmp",
         f"unix:{path_opt(qmp_socket)},server=on,wait=off",
         "-chardev",
-        f"file,id=console,path={path_opt(launch.console_log)}",
+        f"file,id=console,path={path_opt(launch.console_log)},append=on",
         "-serial",
         "chardev:console",
     ]
@@ -178,6 +213,7 @@ def build_argv(
         *disk_args(launch, disk_fds),
         *extra_disk_args(launch.extra_disks),
         *nic_args(launch.nics),
+        *agent_args(launch.vm_dir),
         *(["-incoming", INCOMING] if launch.restore_state is not None else []),
         *boot_args(launch, firmware),
     ]

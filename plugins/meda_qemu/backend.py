@@ -3,12 +3,14 @@ with seccomp, driven over QMP."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import subprocess
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import IO, Any, ClassVar
 
 from meda_core.plugin import (
     UMASK,
+    AgentChannel,
     Availability,
     BackendError,
     Capability,
@@ -28,7 +31,14 @@ from meda_core.plugin import (
 )
 from meda_core.plugin import processes as procs
 from meda_qemu import accel, qmp
-from meda_qemu.argv import build_argv, cdrom_id, hostfwd_rule, log_path, runtime_paths
+from meda_qemu.argv import (
+    agent_socket,
+    build_argv,
+    cdrom_id,
+    hostfwd_rule,
+    log_path,
+    runtime_paths,
+)
 from meda_qemu.settings import QemuSettings
 
 START_TIMEOUT = 60.0
@@ -93,6 +103,8 @@ class QemuHypervisor(HypervisorBackend):
     def start(self, launch: LaunchSpec) -> RuntimeInfo:
         self.cleanup(launch.vm_dir)
         choice = self.choose_accel(launch.kernel)
+        # Each start begins a new console, 0600 whatever made it before; QEMU appends to it.
+        os.close(create_private(launch.console_log))
         with _opened(launch.disk) as disk_fd:
             argv = self._argv(launch, choice.accel, (disk_fd,))
             kvm = _launch(argv, launch, (disk_fd,))
@@ -207,6 +219,16 @@ class QemuHypervisor(HypervisorBackend):
         if procs.is_alive(runtime):
             raise BackendError(f"qemu process {runtime.pid} did not exit after SIGKILL")
 
+    def exit_status(self, runtime: RuntimeInfo) -> int | None:
+        """QEMU exits 0 when its guest powers off; known for the QEMUs this process started."""
+        with _CHILDREN_LOCK:
+            process = _CHILDREN.get(runtime.pid)
+        if process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(EXIT_STATUS_WAIT)  # exited, but perhaps not reaped yet
+        with _CHILDREN_LOCK:
+            return _ENDED.pop(runtime.pid, None)
+
     def watched_process(self, runtime: RuntimeInfo) -> RuntimeInfo:
         """QEMU's process: it exits when the guest powers off."""
         return runtime
@@ -229,8 +251,12 @@ class QemuHypervisor(HypervisorBackend):
         return runtime
 
     def cleanup(self, vm_dir: Path) -> None:
-        for path in (*runtime_paths(vm_dir), log_path(vm_dir)):
+        for path in (*runtime_paths(vm_dir), agent_socket(vm_dir), log_path(vm_dir)):
             path.unlink(missing_ok=True)
+
+    def agent_channel(self, runtime: RuntimeInfo, vm_dir: Path) -> AgentChannel:
+        """The virtio-serial port's socket (build_argv): one connection at a time."""
+        return AgentChannel(agent_socket(vm_dir))
 
     def add_hostfwd(self, runtime: RuntimeInfo, vm_dir: Path, forward: PortForward) -> None:
         # Silence means success; anything printed is the reason it failed.
@@ -264,6 +290,25 @@ def _opened(disk: Path) -> Iterator[int]:
         os.close(fd)
 
 
+#: The QEMUs this process started and that run, by PID; then, how the last few ended.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_ENDED: OrderedDict[int, int] = OrderedDict()
+_CHILDREN_LOCK = threading.Lock()
+#: Exit statuses kept for exit_status (those of VMs meda stopped are never asked for).
+KEEP_ENDED = 256
+#: Seconds to wait for an exited QEMU to be reaped (its process may still be a zombie).
+EXIT_STATUS_WAIT = 5.0
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    status = process.wait()
+    with _CHILDREN_LOCK:
+        _CHILDREN.pop(process.pid, None)
+        _ENDED[process.pid] = status
+        while len(_ENDED) > KEEP_ENDED:
+            _ENDED.popitem(last=False)
+
+
 def _launch(argv: list[str], launch: LaunchSpec, pass_fds: tuple[int, ...]) -> dict[str, Any]:
     """Run QEMU in a session of its own and wait until its monitor answers (the VM is set
     up, or loading its saved state); BackendError with what it printed if it ends first.
@@ -282,8 +327,14 @@ def _launch(argv: list[str], launch: LaunchSpec, pass_fds: tuple[int, ...]) -> d
             umask=UMASK,
             pass_fds=pass_fds,
         )
-    # meda may live long (the server): reap QEMU when it ends, so it leaves no zombie.
-    threading.Thread(target=process.wait, name=f"reap-qemu-{process.pid}", daemon=True).start()
+    # meda may live long (the server): reap QEMU when it ends, so it leaves no zombie; how it
+    # ended is kept for exit_status.
+    with _CHILDREN_LOCK:
+        _CHILDREN[process.pid] = process
+        _ENDED.pop(process.pid, None)  # an older QEMU's, whose PID this one reuses
+    threading.Thread(
+        target=_reap, args=(process,), name=f"reap-qemu-{process.pid}", daemon=True
+    ).start()
     qmp_socket, _ = runtime_paths(launch.vm_dir)
     deadline = time.monotonic() + START_TIMEOUT
     while process.poll() is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
@@ -19,8 +20,10 @@ from meda_core.facade import Meda
 from meda_core.images import build as imagebuild
 from meda_core.models import Image
 from meda_core.settings import Settings
+from meda_core.testing.guest import BootableGuest
 from meda_core.testing.host import free_port, processes_mentioning
 from meda_core.testing.installs import install_entry_points
+from meda_core.testing.pytest_plugin import made_namespace
 from meda_tapbridge.backend import vm_namespace_prefix
 
 
@@ -84,15 +87,24 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=120, headers=self.auth, verify=self.verify)
 
 
+def read_until(chunks: object, text: str, timeout: float) -> str:
+    """What the stream gave until ``text`` came (AssertionError after ``timeout``)."""
+    seen, deadline = "", time.monotonic() + timeout
+    for chunk in chunks:  # type: ignore[attr-defined]
+        seen += chunk
+        if text in seen:
+            return seen
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout}s: {seen[-2000:]}"
+    raise AssertionError(f"the stream ended before {text!r}: {seen[-2000:]}")
+
+
 StartServer = Callable[..., Server]
 
 
-@pytest.fixture
-def start_server(
-    tmp_path: Path, guest_image: dict[str, object], netns: str
-) -> Iterator[StartServer]:
-    """Start ``meda serve`` with its network in a test-made namespace (extra env allowed)."""
-    home = tmp_path / "home"
+@contextlib.contextmanager
+def _servers(home: Path, netns: str, guest: dict[str, object]) -> Iterator[StartServer]:
+    """Start servers on ``home`` (the test guest as its default image); afterwards stop
+    them, delete what they left through meda itself and check that nothing leaked."""
     base_env = {
         **os.environ,
         "MEDA_HOME": str(home),
@@ -101,7 +113,7 @@ def start_server(
         # Forwards also answer in the namespace meda runs in (the host's): on loopback only.
         "MEDA_FORWARD_ADDRESS": "127.0.0.1",
     }
-    Meda(Settings(home=home)).images.import_files("guest", **guest_image)  # type: ignore[arg-type]
+    Meda(Settings(home=home)).images.import_files("guest", **guest)  # type: ignore[arg-type]
     servers: list[Server] = []
 
     def start(*args: str, ca_file: Path | None = None, **env: str) -> Server:
@@ -113,8 +125,10 @@ def start_server(
     yield start
     for srv in servers:
         srv.kill(signal.SIGTERM)
-    # Whatever a test left, remove it through meda itself, then make sure nothing leaked.
-    env = servers[-1].env if servers else base_env
+    _leaves_nothing(home, servers[-1].env if servers else base_env, netns)
+
+
+def _leaves_nothing(home: Path, env: dict[str, str], netns: str) -> None:
     settings = Settings(
         home=home, stop_timeout=3, netns=netns, network=env.get("MEDA_NETWORK", "auto")
     )
@@ -127,6 +141,32 @@ def start_server(
     assert list((home / "net" / "proxies").glob("*")) == []  # no forward proxy, no pid file
     # Templates and clones had namespaces of their own: none may outlive its VM.
     assert list(Path("/run/netns").glob(vm_namespace_prefix(home) + "*")) == []
+
+
+@pytest.fixture
+def start_server(
+    tmp_path: Path, guest_image: dict[str, object], netns: str
+) -> Iterator[StartServer]:
+    """Start ``meda serve`` with its network in a test-made namespace (extra env allowed)."""
+    with _servers(tmp_path / "home", netns, guest_image) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_start_server(
+    tmp_path_factory: pytest.TempPathFactory, test_guest: BootableGuest
+) -> Iterator[StartServer]:
+    """``start_server`` shared by a module's tests (say, to share one running guest)."""
+    guest = {
+        "kernel": test_guest.kernel,
+        "initrd": test_guest.initrd,
+        "cmdline": test_guest.cmdline,
+    }
+    with (
+        made_namespace() as netns,
+        _servers(tmp_path_factory.mktemp("home"), netns, guest) as start,
+    ):
+        yield start
 
 
 @pytest.fixture

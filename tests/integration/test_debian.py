@@ -20,7 +20,7 @@ from tests.integration.conftest import StartServer
 
 WEB_PORT = free_port()  # forwards also listen on the host's loopback
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.alongside]  # its waits are minutes long
 READY = "Cloud-init v."  # … "finished at": the final stage is over
 USER_DATA = """#cloud-config
 write_files:
@@ -87,6 +87,13 @@ def test_debian_guest_user_data_ssh_forward_and_the_outside(
         assert ssh("cat", "/etc/meda-test") == "written by user_data"
         assert ssh("cat", "/run/ran-as") == "deb-e2e"
         assert ssh("sudo", "-n", "id", "-u") == "0"
+        # The image's own agent answers too: no SSH, no key.
+        cat = api.post("/vms/deb-e2e/exec", json={"command": ["cat", "/etc/meda-test"]})
+        assert cat.status_code == 200, cat.text
+        assert (cat.json()["exit_code"], cat.json()["stdout"].strip()) == (
+            0,
+            "written by user_data",
+        )
 
         forward = api.post(
             "/vms/deb-e2e/port-forward", json={"host_port": WEB_PORT, "guest_port": 8000}

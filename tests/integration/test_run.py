@@ -117,6 +117,7 @@ def test_first_run_of_a_ready_image_answers_at_start_and_later_runs_clone(
             "reason": f"a clone of template {template}",
             "template": template,
             "ready_port": 80,
+            "ready_agent": False,
         }
         assert clone["vm"]["details"]["clone_of"] == template
         answers(netns, clone["vm"]["ip"])
@@ -130,6 +131,30 @@ def test_first_run_of_a_ready_image_answers_at_start_and_later_runs_clone(
         assert built(template_ops(api)) == [template, bigger["run"]["template"]]
         listed = {t["name"]: t["clones"] for t in api.get("/templates").json()["templates"]}
         assert listed[template] == ["r3"]
+
+
+def test_an_image_without_a_ready_port_is_ready_once_its_agent_answers(
+    server: Server, netns: str
+) -> None:
+    """The test guest's agent is its readiness signal: its template is snapshotted once the
+    agent answers, and a warm run's clone takes its own hostname through that agent."""
+    base = {**SEED_RUN, "ready_agent": True}
+    with server.client() as api:
+        first, seconds = post_run(api, {**base, "name": "a1"})
+        assert seconds < ANSWER_WITHIN
+        template = first["run"]["template"]
+        assert first["run"]["path"] == "cold" and template.startswith("tpl-")
+        assert first["run"]["ready_agent"] and first["run"]["ready_port"] is None
+        [op] = template_ops(api)
+        assert op["result"]["template"] == template, op
+        assert "once its agent answers" in op["result"]["reason"]
+        clone, seconds = post_run(api, {**base, "name": "a2"})
+        assert clone["run"]["path"] == "warm" and clone["run"]["template"] == template
+        assert seconds < ANSWER_WITHIN
+        ran = api.post("/vms/a2/exec", json={"command": ["hostname"]})
+        assert ran.status_code == 200 and ran.json()["stdout"] == "a2\n", ran.text
+        for name in ("a1", "a2"):
+            assert api.delete(f"/vms/{name}").status_code == 200
 
 
 def test_a_template_whose_port_never_opens_is_remembered_and_runs_stay_fast(

@@ -1,5 +1,5 @@
 """Snapshots, restores and clones with QEMU: the guest's memory comes back, clones are
-distinct machines."""
+distinct machines (their own hostname and machine-id, set through their agent)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,14 @@ def guest_state(netns: str, ip: str) -> tuple[str, int]:
             return token, int(counter)
         assert time.monotonic() < deadline, "the guest's HTTP server does not answer"
         time.sleep(0.2)
+
+
+def guest_exec(api: httpx.Client, name: str, script: str) -> str:
+    """What ``sh -c script`` prints in the guest ``name``, run through its agent."""
+    answer = api.post(f"/vms/{name}/exec", json={"command": ["sh", "-c", script]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["exit_code"] == 0, answer.json()
+    return str(answer.json()["stdout"])
 
 
 def _sha256(path: Path) -> str:
@@ -61,6 +69,8 @@ def test_two_clones_of_a_template_are_distinct_machines(server: Server, netns: s
         assert api.post("/vms/tpl/start").status_code == 200
         tpl_ip = api.get("/vms/tpl/ip").json()["ip"]
         token, _ = guest_state(netns, tpl_ip)  # reached through the template's NAT
+        # The busybox guest has no /etc: give the template one with a machine-id.
+        assert guest_exec(api, "tpl", f"mkdir /etc && echo {'0' * 32} > /etc/machine-id") == ""
         snap = api.post("/vms/tpl/snapshot").json()["vm"]
         frozen = Path(snap["details"]["vm_dir"]) / "snapshots"
         [frozen_disk] = frozen.glob("*/disk.qcow2")
@@ -79,6 +89,11 @@ def test_two_clones_of_a_template_are_distinct_machines(server: Server, netns: s
         states = [guest_state(netns, ip) for ip in ips]
         print(f"2 clones answering {time.monotonic() - started:.2f} s after the clone calls")
         assert [t for t, _ in states] == [token, token]  # the template's memory, in both
+        # ...but each its own machine: the agent set what the seed's hostname does not.
+        for name in ("c1", "c2"):
+            assert guest_exec(api, name, "hostname; cat /etc/hostname") == f"{name}\n{name}\n"
+        ids = [guest_exec(api, n, "cat /etc/machine-id") for n in ("c1", "c2")]
+        assert len({*ids, "0" * 32 + "\n"}) == 3, ids
         templates = api.get("/templates").json()
         assert templates["templates"][0]["clones"] == ["c1", "c2"]
         assert api.delete("/vms/tpl").status_code == 409  # clones depend on it

@@ -260,7 +260,13 @@ def test_a_home_from_before_the_redesign_keeps_its_qcow2_disks(
             assert [after[n]["state"] for n in before] == [before[n]["state"] for n in before]
             assert after["web"]["details"]["pid"] == before["web"]["details"]["pid"]
             assert http_get(netns, f"http://127.0.0.1:{WEB_PORT}/") == HTTP_PAGE
-            # The old snapshot's frozen disk is a base for a clone, which serves.
+            # The old snapshot has other devices (no agent channel): refused, saying how to
+            # go on; a new snapshot of the template clones, over the template's disk.
+            refused = api.post("/vms/tpl/clone", json={"name": "c1"})
+            assert refused.status_code == 409 and "take a new snapshot" in refused.text
+            guest_ip(api.post("/vms/tpl/start").json()["vm"])
+            assert api.post("/vms/tpl/snapshot").status_code == 200
+            assert api.post("/vms/tpl/stop", params={"force": "true"}).status_code == 200
             clone = api.post("/vms/tpl/clone", json={"name": "c1"})
             assert clone.status_code == 201, clone.text
             assert http_get(netns, f"http://{clone.json()['vm']['ip']}/") == HTTP_PAGE

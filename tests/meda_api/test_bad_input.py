@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from meda_api import create_app
 from meda_core.facade import Meda
+from meda_core.host.processes import parent_pid
 from meda_core.testing.host import processes_mentioning
 
 LONG = "a" * 300
@@ -36,7 +38,12 @@ def host_state(meda: Meda) -> tuple[object, ...]:
     home = meda.settings.home
     files = sorted(str(p.relative_to(home)) for p in home.rglob("*") if ".lock" not in p.name)
     vms = [(vm.name, vm.state, vm.runtime) for vm in meda.store.list_vms()]
-    return (vms, files, meda.store.forwards(), processes_mentioning("meda-fake-"))
+    return (vms, files, meda.store.forwards(), _fake_processes_of_this_run())
+
+
+def _fake_processes_of_this_run() -> list[int]:
+    """The fake hypervisor's processes this pytest started (not another run's beside it)."""
+    return [pid for pid in processes_mentioning("meda-fake-") if parent_pid(pid) == os.getpid()]
 
 
 def assert_refused(response, status: int, meda: Meda, before: tuple[object, ...]) -> None:  # type: ignore[no-untyped-def]

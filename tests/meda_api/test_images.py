@@ -213,6 +213,13 @@ def test_the_seeds_run_body_answers_and_says_how(client: TestClient) -> None:
     assert "cold start" in body["message"]
 
 
+def test_a_run_with_two_readiness_signals_is_refused(client: TestClient) -> None:
+    body = {**SEED_RUN, "ready_agent": True, "ready_port": 22}
+    response = client.post("/api/v1/images/run", json=body)
+    assert response.status_code == 400, response.text
+    assert "two readiness signals" in response.json()["error"]
+
+
 def test_readiness_shows_in_the_image_answers(client: TestClient) -> None:
     listed = client.get("/api/v1/images").json()["images"]
     assert [i["ready_port"] for i in listed] == [None]

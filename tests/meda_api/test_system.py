@@ -26,6 +26,7 @@ def test_plugins_lists_backends(fake_meda: Meda) -> None:
         TestClient(create_app(fake_meda), base_url="http://localhost").get("/api/v1/plugins").json()
     )
     assert {(b["role"], b["name"]) for b in body["backends"]} == {
+        ("agent", "fake"),
         ("hypervisor", "fake"),
         ("network", "fake"),
         ("registry", "fake"),

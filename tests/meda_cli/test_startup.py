@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from meda_core.facade import Meda
+from meda_core.models import CreateVMRequest
 from tests.conftest import ServeApi
 
 #: Runs ``meda ARGS...`` as the console script does, then writes what it imported.
@@ -82,6 +83,7 @@ HELP_CASES = [
     ("images", "import", "--help"),
     ("pull", "--help"),
     ("serve", "--help"),
+    ("logs", "--help"),
 ]
 
 
@@ -98,10 +100,11 @@ def test_no_command_is_the_help_and_imports_as_little(tmp_path: Path) -> None:
 
 
 def test_a_command_sent_to_a_server_loads_no_plugin(
-    tmp_path: Path, fake_meda: Meda, serve_api: ServeApi
+    tmp_path: Path, fake_meda: Meda, fake_image: str, serve_api: ServeApi
 ) -> None:
     url = serve_api(fake_meda)
-    for args in (("list", "--json"), ("images", "--json")):
+    fake_meda.vms.create(CreateVMRequest(name="vm1"))
+    for args in (("list", "--json"), ("images", "--json"), ("logs", "vm1")):
         modules = imported(tmp_path / "home", "--url", url, *args)
         assert "httpx" in modules, args  # it did ask the server
         assert not modules & (NOT_FOR_A_SERVER | plugin_modules()), args

@@ -7,16 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from meda_core.backends.roles import BackendContext, LaunchSpec
+from meda_core.backends.roles import AgentChannel, BackendContext, LaunchSpec
 from meda_core.inputs.references import parse_reference
 from meda_core.models import VMSpec
 from meda_core.testing.conformance import (
+    AgentConformance,
     HypervisorConformance,
     NetworkConformance,
     RegistryConformance,
     StorageConformance,
 )
-from meda_core.testing.fakes import FakeHypervisor, FakeNetwork, FakeRegistry, FakeStorage
+from meda_core.testing.fakeagent import scratch_root
+from meda_core.testing.fakes import (
+    FakeAgent,
+    FakeHypervisor,
+    FakeNetwork,
+    FakeRegistry,
+    FakeStorage,
+)
 
 
 class TestFakeStorage(StorageConformance):
@@ -63,3 +71,19 @@ class TestFakeRegistry(RegistryConformance):
     @pytest.fixture
     def reference(self):  # type: ignore[no-untyped-def]
         return lambda tag: parse_reference(f"127.0.0.1:1/test/image:{tag}")
+
+
+class TestFakeAgent(AgentConformance):
+    @pytest.fixture
+    def backend(self, backend_context: BackendContext) -> FakeAgent:
+        return FakeAgent(backend_context)
+
+    @pytest.fixture
+    def channel(self, tmp_path: Path) -> AgentChannel:
+        (tmp_path / "agent.sock").touch()
+        return AgentChannel(tmp_path / "agent.sock")
+
+    @pytest.fixture
+    def writable_dir(self, channel: AgentChannel) -> str:
+        (scratch_root(channel) / "tmp").mkdir()
+        return "/tmp"

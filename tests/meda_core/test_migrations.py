@@ -201,3 +201,22 @@ def test_version_3_keeps_a_disk_a_record_already_names(tmp_path: Path) -> None:
         (data,) = db.execute("SELECT data FROM vms").fetchone()
     assert json.loads(data)["disk_file"] == "disk.raw"
     assert json.loads(data)["disk_format"] == "raw"
+
+
+def test_version_4_gives_every_vm_no_labels_and_no_policies_and_adds_the_journals(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:  # as meda at version 3 left it
+        for migration in migrations.MIGRATIONS[:3]:
+            migration(db)
+        db.execute("PRAGMA user_version=3")
+        old = _vm_record("old", disk_file="disk.raw", disk_format="raw")
+        db.execute("INSERT INTO vms VALUES ('old', 'stopped', ?)", (json.dumps(old),))
+    store = StateStore(path)
+    assert store.upgraded_from == 3
+    vm = store.get_vm("old")
+    assert vm is not None and vm.labels == {} and vm.disk_file == "disk.raw"
+    assert (vm.lifecycle.restart, vm.lifecycle.expires, vm.lifecycle.restarts) == ("no", None, 0)
+    assert {"events", "idempotency"} <= _tables(path)
+    assert (tmp_path / "state.db.v3.bak").exists()

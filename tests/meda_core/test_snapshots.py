@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 import pytest
 
-from meda_core.backends.roles import DEVICE_LAYOUT
-from meda_core.errors import Conflict, InvalidRequest, InvalidState
+from meda_core.backends.roles import DEVICE_LAYOUT, AgentChannel, Capability
+from meda_core.errors import BackendError, Conflict, InvalidRequest, InvalidState
 from meda_core.facade import Meda
 from meda_core.models import VM, CreateVMRequest, VMState
-from meda_core.testing.fakes import FakeStorage
+from meda_core.testing.fakeagent import SCRATCH, FakeAgent
+from meda_core.testing.fakes import FakeHypervisor, FakeStorage
 
 MakeVM = Callable[..., VM]
 
@@ -145,3 +148,63 @@ def test_a_failed_snapshot_leaves_the_vm_running_with_the_one_it_had(
     vm = fake_meda.vms.get("vm1")
     assert vm.state == VMState.RUNNING and vm.snapshot == first and vm.operation_owner is None
     assert [p.name for p in (vm.vm_dir / "snapshots").iterdir()] == [first.id]
+
+
+def _cloned(fake_meda: Meda, name: str) -> VM:
+    """A clone ``name`` of a fresh template ``tpl`` (made on first use)."""
+    if fake_meda.store.get_vm("tpl") is None:
+        fake_meda.vms.create(CreateVMRequest(name="tpl", memory="256M", template=True))
+        fake_meda.vms.start("tpl")
+        fake_meda.snapshots.snapshot("tpl")
+        fake_meda.vms.stop("tpl")
+    return fake_meda.snapshots.clone("tpl", name)
+
+
+def test_a_clone_takes_its_name_as_hostname_through_its_agent(
+    fake_meda: Meda, fake_image: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "meda_core.vms.guest")
+    clones = [_cloned(fake_meda, name) for name in ("c1", "c2")]
+    for clone in clones:
+        etc = clone.vm_dir / SCRATCH / "etc"
+        assert (etc / "hostname").read_text() == f"{clone.name}\n"
+        assert f"identity of VM {clone.name} set through its agent" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["no agent channel", "cannot set identities", "refused", "not asked"],
+)
+def test_a_clone_whose_agent_sets_no_identity_is_made_all_the_same(
+    fake_meda: Meda,
+    fake_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    why: str,
+) -> None:
+    """The guest keeps its seed's hostname; a log line says why, and the clone works."""
+    if why == "no agent channel":
+        monkeypatch.setattr(FakeHypervisor, "agent", False)
+    elif why == "cannot set identities":
+        monkeypatch.setattr(FakeAgent, "capabilities", frozenset({Capability.EXEC_STREAM}))
+    elif why == "refused":
+
+        def refuse(self: FakeAgent, channel: AgentChannel, hostname: str) -> None:
+            raise BackendError("ssh-keygen: no space left")
+
+        monkeypatch.setattr(FakeAgent, "set_identity", refuse)
+    else:
+        monkeypatch.setattr(fake_meda.settings, "clone_agent_wait", 0.0)
+    started = time.monotonic()
+    clone = _cloned(fake_meda, "c1")
+    assert clone.state == VMState.RUNNING
+    assert time.monotonic() - started < fake_meda.settings.clone_agent_wait + 2
+    assert not (clone.vm_dir / SCRATCH / "etc" / "hostname").exists()
+    assert "identity of VM c1 not refreshed (its seed's hostname only)" in caplog.text
+    expected = {
+        "no agent channel": "its hypervisor gives it no agent channel",
+        "cannot set identities": "no agent backend here sets identities",
+        "refused": "ssh-keygen: no space left",
+        "not asked": "no agent answered in 0s",
+    }[why]
+    assert expected in caplog.text

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from meda_core.backends.roles import DEVICE_LAYOUT
 from meda_core.errors import BackendError
@@ -19,6 +20,7 @@ from meda_core.facade import Meda
 from meda_core.host.locks import exclusive, remove_held, try_exclusive
 from meda_core.interface.calls import LocalApi
 from meda_core.models import Image, RunInfo, RunRequest
+from meda_core.testing.fakes import FakeHypervisor
 from meda_core.vms import readiness
 from meda_core.vms import templates as warmrun
 from meda_core.vms.templates import TemplateJob
@@ -368,3 +370,75 @@ def test_a_push_or_a_repull_of_the_same_bytes_keeps_the_template(tmp_path: Path)
     for booted in ({"cmdline": "x quiet"}, {"initrd": tmp_path / "i"}):
         other = image.model_copy(update=booted)
         assert warmrun.image_fingerprint(other) != warmrun.image_fingerprint(image), booted
+
+
+@pytest.fixture
+def agent_pings(fake_meda: Meda, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The VMs whose agent was asked whether it answers (the fake agent's answer is kept)."""
+    asked: list[str] = []
+    answers = fake_meda.guest.answers
+
+    def spy(name: str, timeout: float) -> bool:
+        asked.append(name)
+        return answers(name, timeout)
+
+    monkeypatch.setattr(fake_meda.guest, "answers", spy)
+    return asked
+
+
+def test_a_run_may_take_its_agent_answering_as_the_readiness_signal(
+    fake_meda: Meda,
+    fake_image: str,
+    builds: list[TemplateJob],
+    ready_at_once: list[tuple[str, int]],
+    agent_pings: list[str],
+) -> None:
+    """An image without a ready port: its template is snapshotted once its agent answers."""
+    first = run(fake_meda, "a", ready_agent=True)
+    assert first.path == "cold" and first.template and "its guest's agent" in first.reason
+    assert first.ready_agent and first.ready_port is None
+    [job] = builds
+    assert job.ready_agent and job.signal == "agent"
+    built = fake_meda.warm_runs.build(job)
+    assert built.outcome == "built" and "once its agent answers" in built.reason
+    assert agent_pings == ["a", first.template] and ready_at_once == []  # no port probed
+    second = run(fake_meda, "b", ready_agent=True)
+    assert second.path == "warm" and second.template == first.template and second.ready_agent
+    assert run(fake_meda, "c").template is None  # without it: no signal, cold
+    port = run(fake_meda, "d", ready_port=22)
+    assert port.template not in (None, first.template)  # another signal, another template
+    fake_meda.vms.delete_all()
+
+
+@pytest.mark.parametrize("meda_settings", [{"run_ready_timeout": 0.5}], indirect=True)
+def test_a_guest_whose_agent_never_answers_is_a_failed_build(
+    fake_meda: Meda,
+    fake_image: str,
+    builds: list[TemplateJob],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(FakeHypervisor, "agent", False)  # no channel: no agent answers
+    first = run(fake_meda, "a", ready_agent=True)
+    with pytest.raises(BackendError, match="did not answer"):
+        fake_meda.warm_runs.build(builds[0])
+    assert first.template is not None and fake_meda.store.get_vm(first.template) is None
+    again = run(fake_meda, "b", ready_agent=True)
+    assert again.path == "cold" and "did not answer" in again.reason
+    fake_meda.vms.delete_all()
+
+
+def test_ready_agent_without_an_agent_backend_runs_cold(
+    fake_meda: Meda, fake_image: str, builds: list[TemplateJob], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fake_meda.backends, "agent", lambda: None)
+    info = run(fake_meda, "a", ready_agent=True)
+    assert info.path == "cold" and "no agent backend" in info.reason and builds == []
+    fake_meda.vms.delete_all()
+
+
+def test_ready_agent_and_a_ready_port_are_refused_together() -> None:
+    with pytest.raises(ValidationError, match="two readiness signals"):
+        RunRequest.model_validate(
+            {"image": "i", "name": "x", "ready_agent": True, "ready_port": 22}
+        )
+    assert RunRequest.model_validate({"image": "i", "name": "x", "ready_agent": True}).ready_agent

@@ -1,18 +1,26 @@
-"""A hostile registry: a small HTTP server on 127.0.0.1 that serves what a test crafts."""
+"""A hostile registry: a small HTTP server on 127.0.0.1 that serves what a test crafts; and
+the real meda agent program, running on the host."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from meda_agent.build import agent_binary
+from meda_core.plugin import AgentChannel
+from meda_oci import backend as oci_backend
+from meda_oci.diskdigest import DiskDigest
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -179,3 +187,63 @@ def hostile() -> Iterator[Callable[[], HostileRegistry]]:
         registry.stop.set()
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class RunningAgent:
+    """The real meda agent program running on the host, serving a unix socket."""
+
+    channel: AgentChannel
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="session")
+def agent_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The guest program, compiled once per test session."""
+    return agent_binary(tmp_path_factory.mktemp("agent-cache"))
+
+
+@pytest.fixture
+def run_agent(agent_program: Path, tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
+    """Start the agent with ``--listen`` (``prefix``: e.g. ``unshare --uts``); each is
+    killed by its PID afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        *args: str, prefix: Sequence[str] = (), env: dict[str, str] | None = None
+    ) -> RunningAgent:
+        socket = tmp_path / f"agent-{len(started)}.sock"
+        command = [*prefix, str(agent_program), "--listen", str(socket), *args]
+        process = subprocess.Popen(command, env=env)
+        started.append(process)
+        deadline = time.monotonic() + 10
+        while not socket.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.01)
+        return RunningAgent(AgentChannel(socket=socket), process)
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def four_chunks_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pulls use none of this host's docker credentials and move 4 chunks at once."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    monkeypatch.setenv("MEDA_OCI_CONCURRENCY", "4")
+
+
+@pytest.fixture
+def watched_digests(monkeypatch: pytest.MonkeyPatch) -> list[DiskDigest]:
+    """Every whole-disk digest the pulls of the test make, in order."""
+    digests: list[DiskDigest] = []
+
+    class Watched(DiskDigest):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            digests.append(self)
+
+    monkeypatch.setattr(oci_backend, "DiskDigest", Watched)
+    return digests

@@ -5,6 +5,9 @@ import dataclasses
 import json
 import os
 import pwd
+import secrets
+import socket
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -13,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from meda_core.backends.roles import BackendContext, LaunchSpec
+from meda_core.backends.roles import AGENT_PORT_NAME, AgentChannel, BackendContext, LaunchSpec
 from meda_core.errors import BackendError, BackendUnavailable
 from meda_core.facade import Meda
-from meda_core.models import VM, CreateVMRequest, PortForward, VMSpec
+from meda_core.models import VM, CreateVMRequest, PortForward, RuntimeInfo, VMSpec
 from meda_core.settings import Settings
 from meda_core.testing.conformance import HypervisorConformance
 from meda_core.testing.guest import (
+    AGENT_PORT_MARKER,
     DISK_BOOT_MARKER,
     HOSTNAME_MARKER,
     POWEROFF_MARKER,
@@ -29,6 +33,7 @@ from meda_core.testing.guest import (
 from meda_core.testing.host import free_port
 from meda_core.testing.intruder import (
     NOBODY,
+    SYSTEM_PYTHON,
     open_to_others,
     reachable_dir,
     readable_by_nobody,
@@ -36,7 +41,7 @@ from meda_core.testing.intruder import (
 from meda_core.testing.pytest_plugin import wait_for_text
 from meda_qcow2 import Qcow2Storage
 from meda_qemu import QemuHypervisor, accel, qmp
-from meda_qemu.argv import build_argv, runtime_paths
+from meda_qemu.argv import agent_socket, build_argv, runtime_paths
 from meda_qemu.settings import DEFAULT_USER, QemuSettings
 
 
@@ -453,3 +458,155 @@ def test_by_default_qemu_runs_as_its_own_account(
         assert vm.runtime is not None and _uid(vm.runtime.pid) == expected
     finally:
         meda.vms.delete_all()
+
+
+# ---- the guest agent's channel: a virtio-serial port whose host end is agent.sock ----
+
+ECHO_AGENT_MARKER = "MEDA-ECHO-AGENT-ON="  # tests/echo_agent.c
+
+
+def _values(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_the_agent_gets_a_named_virtio_serial_port_on_a_socket(tmp_path: Path) -> None:
+    vm_dir = tmp_path / "a,b" / "vm"
+    argv = build_argv("qemu", _launch(vm_dir), "tcg", "q35", None)
+    devices = _values(argv, "-device")
+    assert "virtio-serial-pci,id=agentbus" in devices
+    port = f"virtserialport,bus=agentbus.0,chardev=agentchr,name={AGENT_PORT_NAME}"
+    assert devices.index(port) > devices.index("virtio-serial-pci,id=agentbus")
+    escaped = str(vm_dir / "agent.sock").replace(",", ",,")
+    assert f"socket,id=agentchr,path={escaped},server=on,wait=off" in _values(argv, "-chardev")
+    # The console is appended to: rotating it (copy, truncate) leaves QEMU at the new end.
+    assert _values(argv, "-chardev")[0].endswith(",append=on")
+
+
+def test_the_agent_channel_is_the_ports_socket_and_cleanup_removes_it(
+    tmp_path: Path, backend_context: BackendContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDA_QEMU_ACCEL", "tcg")
+    backend = QemuHypervisor(backend_context)
+    runtime = RuntimeInfo(pid=1, start_ticks=0, boot_id="b")
+    assert backend.agent_channel(runtime, tmp_path) == AgentChannel(tmp_path / "agent.sock")
+    assert agent_socket(tmp_path) == tmp_path / "agent.sock"
+    assert f"name={AGENT_PORT_NAME}" in " ".join(backend.plan(_launch(tmp_path))["argv"])
+    agent_socket(tmp_path).touch()
+    backend.cleanup(tmp_path)
+    assert not agent_socket(tmp_path).exists()
+
+
+def _echo(channel: AgentChannel, timeout: float = 30) -> None:
+    """Bytes sent into the agent's socket come back from the guest's echo agent."""
+    assert channel.vsock_port is None
+    payload = f"ping {secrets.token_hex(8)}\n".encode()
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(channel.socket))
+        conn.sendall(payload)
+        got = b""
+        while not got.endswith(payload) and time.monotonic() < deadline:
+            chunk = conn.recv(4096)
+            assert chunk, f"the port closed after {got!r}"
+            got += chunk
+    assert got.endswith(payload)
+
+
+_CONNECT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+    print("connected")
+except OSError as e:
+    print(type(e).__name__)
+"""
+
+
+def _nobody_connects(path: Path) -> str:
+    """What happens when user ``nobody`` connects to the unix socket ``path``."""
+    result = subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-S", "-c", _CONNECT, str(path)],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return result.stdout.strip()
+
+
+@pytest.mark.vm
+def test_the_agents_port_reaches_the_guest_is_roots_alone_and_survives_a_restore(
+    reachable: Path, echo_agent_guest: BootableGuest
+) -> None:
+    """The guest finds the port by its name; the host reaches it through agent.sock, which
+    no other local user may connect to; a restore (a layout-3 snapshot) makes the socket
+    anew and the guest's agent, restored from memory, answers on it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to try the socket as another user")
+    home = reachable / "home"
+    settings = Settings(
+        home=home, hypervisor="qemu", storage="qcow2", network="user", stop_timeout=5
+    )
+    meda = Meda(settings)
+    guest = echo_agent_guest
+    meda.images.import_files(
+        "agent", kernel=guest.kernel, initrd=guest.initrd, cmdline=guest.cmdline
+    )
+    vm = meda.vms.create(CreateVMRequest(name="agent", image="agent", memory="256M"))
+    hypervisor = meda.backends.hypervisor()
+    try:
+        running = meda.vms.start("agent")
+        wait_for_text(vm.console_log, f"{AGENT_PORT_MARKER}vport", timeout=60)
+        wait_for_text(vm.console_log, ECHO_AGENT_MARKER, timeout=30)
+        assert running.runtime is not None
+        channel = hypervisor.agent_channel(running.runtime, vm.vm_dir)
+        assert channel is not None
+        _echo(channel)
+        home.parent.chmod(0o755)  # only meda's own modes stand in the way
+        assert _nobody_connects(channel.socket) == "PermissionError"
+        assert open_to_others(home) == [] and vm.console_log.stat().st_mode & 0o777 == 0o600
+        meda.snapshots.snapshot("agent")
+        meda.vms.stop("agent", timeout=0)
+        assert not channel.socket.exists()  # cleaned up with the stopped VM
+        restored = meda.snapshots.restore("agent")
+        assert restored.runtime is not None
+        _echo(hypervisor.agent_channel(restored.runtime, vm.vm_dir) or channel)
+        # The probe has teeth: with the modes opened up, nobody does connect.
+        for path in (home, home / "vms", vm.vm_dir, channel.socket):
+            path.chmod(0o777)
+        assert _nobody_connects(channel.socket) == "connected"
+    finally:
+        meda.vms.delete_all()
+
+
+@pytest.mark.vm
+def test_the_console_is_private_fresh_at_each_start_and_rotatable(
+    tmp_path: Path, backend_context: BackendContext, test_guest: BootableGuest
+) -> None:
+    """The console is 0600 whatever was there, begins anew at each start, and QEMU writes
+    at its end after meda truncates it (a rotation): no hole of zeros where it was."""
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    launch = _launch(vm_dir, test_guest)
+    Qcow2Storage(backend_context).create_disk(launch.disk, 64 << 20)
+    launch.console_log.write_text("the last boot's console\n")
+    launch.console_log.chmod(0o644)
+    backend = QemuHypervisor(backend_context)
+    runtime = backend.start(launch)
+    try:
+        wait_for_text(launch.console_log, test_guest.marker, timeout=60)
+        assert launch.console_log.stat().st_mode & 0o777 == 0o600
+        assert "the last boot" not in launch.console_log.read_text()
+        os.truncate(launch.console_log, 0)  # what a rotation does after copying
+        backend.stop(runtime, vm_dir, timeout=30)  # the guest prints as it powers off
+        rotated = launch.console_log.read_bytes()
+        assert POWEROFF_MARKER.encode() in rotated and not rotated.startswith(b"\0")
+    finally:
+        backend.stop(runtime, vm_dir, timeout=1)
+        backend.cleanup(vm_dir)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +20,14 @@ from meda_cloudhv import config as chconfig
 from meda_cloudhv.api import VmmApi
 from meda_cloudhv.config import vm_config
 from meda_core.backends.manager import PluginManager
-from meda_core.backends.roles import BackendContext, LaunchSpec, NicSpec, Role
+from meda_core.backends.roles import (
+    AGENT_VSOCK_PORT,
+    AgentChannel,
+    BackendContext,
+    LaunchSpec,
+    NicSpec,
+    Role,
+)
 from meda_core.backends.selection import BackendSelector
 from meda_core.errors import BackendError
 from meda_core.models import VMSpec
@@ -204,6 +212,88 @@ def test_a_restore_takes_the_vms_own_disk_and_nics_and_links_the_memory(tmp_path
     assert config["disks"][0]["path"] == str(clone.disk)
     assert config["net"] == [{"tap": "tap0", "mac": "52:54:00:00:00:02"}]
     assert (source / "memory-ranges").resolve() == snapshot / "memory-ranges"  # not copied
+    # The agent's vsock: the clone's own socket; the saved guest keeps its context id.
+    assert config["vsock"] == {
+        "cid": chconfig.guest_cid(template.uuid),
+        "socket": str(clone.vm_dir / chconfig.VSOCK_SOCKET),
+    }
+
+
+# ---- the guest agent's channel: a vsock device, written from the spec (untested here) ----
+
+UNTESTED = "needs cloud-hypervisor and a KVM that runs guests (the vsock channel is untested here)"
+
+
+def test_the_guest_gets_a_vsock_device_for_its_agent(tmp_path: Path) -> None:
+    launch = _launch(tmp_path / "vm")
+    config = vm_config(launch, None)
+    spec.validate("PUT", "/api/v1/vm.create", config)
+    assert config["vsock"] == {
+        "cid": chconfig.guest_cid(launch.uuid),
+        "socket": str(launch.vm_dir / "vsock.sock"),
+    }
+    with pytest.raises(jsonschema.ValidationError):  # the spec's own bound on the field
+        spec.validate(
+            "PUT", "/api/v1/vm.create", {**config, "vsock": {**config["vsock"], "cid": 2}}
+        )
+
+
+def test_each_vm_has_a_context_id_of_its_own_and_never_a_reserved_one() -> None:
+    assert chconfig.guest_cid("00000000-0000-0000-0000-000000000000") == 3
+    assert chconfig.guest_cid("ffffffff-ffff-ffff-ffff-ffffffffffff") < (1 << 32) - 1
+    cids = {chconfig.guest_cid(str(uuid.uuid4())) for _ in range(1000)}
+    assert len(cids) == 1000 and min(cids) >= 3
+
+
+def test_the_agent_channel_is_the_hybrid_vsock_and_cleanup_removes_it(
+    backend_context: BackendContext, fake_binary: Path, tmp_path: Path
+) -> None:
+    backend = CloudHypervisor(backend_context)
+    launch = _launch(tmp_path / "vm")
+    runtime = backend.start(launch)
+    try:
+        channel = backend.agent_channel(runtime, launch.vm_dir)
+        assert channel == AgentChannel(launch.vm_dir / "vsock.sock", vsock_port=AGENT_VSOCK_PORT)
+        assert runtime.extra["vm_config"]["vsock"]["socket"] == str(channel.socket)
+    finally:
+        backend.stop(runtime, launch.vm_dir, 2.0)
+    channel.socket.touch()  # what the real VMM leaves behind
+    backend.cleanup(launch.vm_dir)
+    assert not channel.socket.exists()
+
+
+@pytest.mark.vm
+def test_real_binary_lets_the_host_reach_the_guests_agent_over_vsock(
+    backend_context: BackendContext, test_guest: BootableGuest, tmp_path: Path
+) -> None:
+    """The hybrid vsock handshake (``CONNECT <port>``, then ``OK <host port>``) to the test
+    guest's agent. Runs only where the real binary, KVM and an agent backend exist."""
+    backend = CloudHypervisor(backend_context)
+    available = backend.check_available()
+    if not available.ok:
+        pytest.skip(f"{UNTESTED}: {available.reason}")
+    if not test_guest.agent:
+        pytest.skip("the test guest has no agent (no agent backend is installed)")
+    launch = dataclasses.replace(
+        _launch(tmp_path / "real"),
+        kernel=test_guest.kernel,
+        initrd=test_guest.initrd,
+        cmdline=test_guest.cmdline,
+        extra_disks=(),
+    )
+    Qcow2Storage(backend_context).create_disk(launch.disk, 64 << 20)
+    runtime = backend.start(launch)
+    try:
+        wait_for_text(launch.console_log, test_guest.marker, timeout=60)
+        channel = backend.agent_channel(runtime, launch.vm_dir)
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(30)
+            conn.connect(str(channel.socket))
+            conn.sendall(f"CONNECT {channel.vsock_port}\n".encode())
+            assert conn.recv(64).startswith(b"OK ")
+    finally:
+        backend.stop(runtime, launch.vm_dir, 30)
+        backend.cleanup(launch.vm_dir)
 
 
 def test_a_socket_path_with_a_comma_is_quoted_not_split(tmp_path: Path) -> None:
