@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
-from meda_api import create_app
 from meda_core.facade import Meda
 from meda_core.host.processes import parent_pid
 from meda_core.testing.host import processes_mentioning
 
 LONG = "a" * 300
-
-
-@pytest.fixture
-def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
-    ) as client:
-        yield client
 
 
 @pytest.fixture

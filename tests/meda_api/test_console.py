@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from meda_api import create_app
 from meda_core.facade import Meda
 from meda_core.models import VM
 from tests.conftest import ServeApi
 
 TEXT = "text/plain; charset=utf-8"
-
-
-@pytest.fixture
-def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
-    ) as client:
-        yield client
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from meda_api import create_app
 from meda_core.facade import Meda
 from meda_core.models import ExecRequest
 from meda_core.testing.fakes import AGENT_SOCKET
@@ -31,10 +30,9 @@ def vm(running_vm: str) -> str:
 
 
 @pytest.fixture
-def client(fake_meda: Meda, vm: str) -> Iterator[TestClient]:
-    app = create_app(fake_meda)
-    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:
-        yield client
+def client(client: TestClient, vm: str) -> TestClient:
+    """The API (conftest's), with the running VM ``vm1``."""
+    return client
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from meda_api import create_app
 from meda_core.facade import Meda
 from tests.conftest import ServeApi
 from tests.meda_api.rawhttp import Answer, answered, read_answer
@@ -30,10 +29,9 @@ def vm(running_vm: str) -> str:
 
 
 @pytest.fixture
-def client(fake_meda: Meda, vm: str) -> Iterator[TestClient]:
-    app = create_app(fake_meda)
-    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:
-        yield client
+def client(client: TestClient, vm: str) -> TestClient:
+    """The API (conftest's), with the running VM ``vm1``."""
+    return client
 
 
 def test_a_binary_file_round_trip_past_the_json_cap(client: TestClient) -> None:

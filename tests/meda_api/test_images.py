@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from meda_api import create_app
 from meda_core.backends.roles import ImageFiles
 from meda_core.facade import Meda
 from meda_core.inputs.references import parse_reference
@@ -22,14 +20,6 @@ REMOTE = "127.0.0.1:1/cirunlabs/default:v1"
 
 class Nothing(BaseModel):
     pass
-
-
-@pytest.fixture
-def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
-    ) as client:
-        yield client
 
 
 def test_push_pull_run_and_the_list(client: TestClient) -> None:

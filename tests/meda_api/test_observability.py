@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-
-from meda_api import create_app
-from meda_core.facade import Meda
-
-
-@pytest.fixture
-def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
-    ) as client:
-        yield client
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from fastapi.testclient import TestClient
 
-from meda_api import create_app
 from meda_core.facade import Meda
 from meda_core.models import VMState
-
-
-@pytest.fixture
-def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
-    ) as client:
-        yield client
 
 
 def test_twenty_creates_of_one_name_give_one_201(client: TestClient, fake_meda: Meda) -> None:

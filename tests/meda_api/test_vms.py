@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,14 +16,6 @@ from meda_core.facade import Meda
 from meda_core.models import VMState
 
 SEED_CREATE = {"name": "api-test", "memory": "2G", "cpus": 4, "disk": "20G"}
-
-
-@pytest.fixture
-def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
-    ) as client:
-        yield client
 
 
 def _is_error_body(body: dict, code: str) -> bool:  # type: ignore[type-arg]
