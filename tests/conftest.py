@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from fastapi.testclient import TestClient
 
 from meda_api import create_app
 from meda_core.facade import Meda
@@ -54,6 +55,15 @@ def fake_image(fake_meda: Meda, tmp_path: Path) -> str:
     kernel.write_bytes(b"not really a kernel")
     fake_meda.images.import_files("default", kernel=kernel, cmdline="console=ttyS0")
     return "default:latest"
+
+
+@pytest.fixture
+def client(fake_meda: Meda, fake_image: str) -> Iterator[TestClient]:
+    """The API of the fake meda (with its ``default`` image), errors answered not raised."""
+    with TestClient(
+        create_app(fake_meda), raise_server_exceptions=False, base_url="http://localhost"
+    ) as client:
+        yield client
 
 
 @pytest.fixture

@@ -34,12 +34,13 @@ print(json.dumps(got))
 """
 
 
-def readable_by_nobody(paths: Iterable[Path]) -> list[Path]:
-    """Those of ``paths`` that user ``nobody`` can read or list (needs root to ask)."""
+def run_as_nobody(code: str, *args: str, timeout: float = 60) -> str:
+    """What Python ``code`` (given ``args``) prints when user ``nobody`` runs it (needs
+    root to ask)."""
     # The system's Python: nobody may not enter the home a venv or pyenv lives in.
     python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else os.path.realpath(sys.executable)
     result = subprocess.run(
-        [python, "-I", "-S", "-c", _PROBE, *map(str, paths)],
+        [python, "-I", "-S", "-c", code, *args],
         user=NOBODY,
         group=NOBODY,
         extra_groups=[],
@@ -47,9 +48,14 @@ def readable_by_nobody(paths: Iterable[Path]) -> list[Path]:
         capture_output=True,
         text=True,
         check=True,
-        timeout=60,
+        timeout=timeout,
     )
-    return [Path(p) for p in json.loads(result.stdout)]
+    return result.stdout
+
+
+def readable_by_nobody(paths: Iterable[Path]) -> list[Path]:
+    """Those of ``paths`` that user ``nobody`` can read or list (needs root to ask)."""
+    return [Path(p) for p in json.loads(run_as_nobody(_PROBE, *map(str, paths)))]
 
 
 def open_to_others(root: Path) -> list[Path]:

@@ -7,7 +7,6 @@ import os
 import pwd
 import secrets
 import socket
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -33,10 +32,10 @@ from meda_core.testing.guest import (
 from meda_core.testing.host import free_port
 from meda_core.testing.intruder import (
     NOBODY,
-    SYSTEM_PYTHON,
     open_to_others,
     reachable_dir,
     readable_by_nobody,
+    run_as_nobody,
 )
 from meda_core.testing.pytest_plugin import wait_for_text
 from meda_qcow2 import Qcow2Storage
@@ -526,18 +525,7 @@ except OSError as e:
 
 def _nobody_connects(path: Path) -> str:
     """What happens when user ``nobody`` connects to the unix socket ``path``."""
-    result = subprocess.run(
-        [SYSTEM_PYTHON, "-I", "-S", "-c", _CONNECT, str(path)],
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
-        cwd="/",
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return result.stdout.strip()
+    return run_as_nobody(_CONNECT, str(path), timeout=30).strip()
 
 
 @pytest.mark.vm
