@@ -40,6 +40,20 @@ Handler = Callable[..., Any]
 GUESTS = "guests"
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+#: What a stream's schema describes: a text stream's chunks; each event of an event stream.
+_STREAMED = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string"},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+                "id": {"type": "string"},
+            },
+        }
+    },
+    "text/plain; charset=utf-8": {"schema": {"type": "string"}},
+}
 
 
 def raw_body_paths(table: Iterable[Endpoint[Any, Any]], prefix: str) -> re.Pattern[str]:
@@ -89,7 +103,7 @@ def _responses(endpoint: Endpoint[Any, Any]) -> dict[int | str, dict[str, Any]]:
     }
     raw = endpoint.stream or endpoint.download
     if raw is not None:
-        schema = {"schema": {"type": "string"}} if endpoint.stream else _BINARY
+        schema = _STREAMED.get(raw, _BINARY)
         responses[endpoint.status] = {
             "description": "Successful Response",
             "content": {raw: schema},

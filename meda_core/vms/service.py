@@ -31,6 +31,7 @@ from meda_core.errors import (
     Conflict,
     InvalidRequest,
     MedaError,
+    VMNotFound,
 )
 from meda_core.host import processes as procs
 from meda_core.images import diskprobe
@@ -417,7 +418,8 @@ class VMService:
     def delete_all(self) -> None:
         """Delete every VM, clones before the templates their disks rest on."""
         for vm in sorted(self.list(), key=lambda vm: vm.clone_of is None):
-            self.delete(vm.name)
+            with contextlib.suppress(VMNotFound):  # deleted meanwhile: as good
+                self.delete(vm.name)
 
     # ---- steps ----
 

@@ -28,7 +28,9 @@ def host_state(meda: Meda) -> tuple[object, ...]:
     home = meda.settings.home
     files = sorted(str(p.relative_to(home)) for p in home.rglob("*") if ".lock" not in p.name)
     vms = [(vm.name, vm.state, vm.runtime) for vm in meda.store.list_vms()]
-    return (vms, files, meda.store.forwards(), _fake_processes_of_this_run())
+    recorded = {runtime.pid for _, _, runtime in vms if runtime is not None}
+    strays = [pid for pid in _fake_processes_of_this_run() if pid not in recorded]
+    return (vms, files, meda.store.forwards(), strays)
 
 
 def _fake_processes_of_this_run() -> list[int]:

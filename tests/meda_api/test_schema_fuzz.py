@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error, positive_data_acceptance
+from schemathesis.checks import (
+    negative_data_rejection,
+    not_a_server_error,
+    positive_data_acceptance,
+)
 
 from meda_api import create_app
 from meda_api.hosts import HostPolicy
@@ -24,6 +28,10 @@ from meda_core.settings import Settings
 from meda_core.testing.fakes import FakePlugin
 
 CASES_PER_OPERATION = 100
+# Operations with a repeated query parameter of which any word is a valid value (a label
+# filter ``label=k``): the "not an array" value schemathesis sends (``label=true``) is, in
+# a query string, the same as the one-item list ``["true"]``, rightly accepted.
+LISTS_OF_ANY_STRING = {"GET /api/v1/vms"}
 _home = Path(tempfile.mkdtemp(prefix="meda-fuzz-"))
 # Made at collection: gone at exit even when no test of this module runs (-k, -x).
 atexit.register(shutil.rmtree, _home, True)
@@ -72,7 +80,10 @@ def test_every_operation_keeps_to_the_document(case: schemathesis.Case) -> None:
     # in the schema (a size's minimum, user_data paths, a name already taken), and the seed
     # answers them with 400.
     response = case.call()
-    case.validate_response(response, excluded_checks=[positive_data_acceptance, not_a_server_error])
+    excluded = [positive_data_acceptance, not_a_server_error]
+    if case.operation.label in LISTS_OF_ANY_STRING:
+        excluded.append(negative_data_rejection)
+    case.validate_response(response, excluded_checks=excluded)
     # The one 5xx meda means to send: no room on this host for that VM now (admission).
     if response.status_code >= 500:
         assert response.status_code == 503, response.text

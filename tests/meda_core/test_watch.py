@@ -135,8 +135,14 @@ def test_a_list_is_two_queries_whatever_the_number_of_vms(
 
     def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         db = connect(*args, **kwargs)
-        db.set_trace_callback(statements.append)
+        db.set_trace_callback(mine)
         return db
+
+    def mine(statement: str) -> None:  # the watcher and the lifecycle thread read too
+        if threading.get_ident() == test_thread:
+            statements.append(statement)
+
+    test_thread = threading.get_ident()
 
     monkeypatch.setattr(sqlite3, "connect", traced)
     fake_meda.store.close()  # connections opened from here on are traced
@@ -158,7 +164,10 @@ def test_a_list_is_two_queries_whatever_the_number_of_vms(
     for i in range(1, 6):
         make_vm(f"vm{i}")
         fake_meda.store.add_forward(f"vm{i}", PortForward(host_port=2000 + i, guest_port=22))
-    assert queries() == one == (2, 2, 2)  # not one more query per VM
+    # Not one more query per VM. A watched list may find the records parsed already by a
+    # thread of the server that listed them first (then it queries nothing).
+    for watched_list, get, unwatched_list in (one, queries()):
+        assert watched_list in (0, 2) and (get, unwatched_list) == (2, 2)
     listed = {vm.name: vm.port_forwards for vm in fake_meda.vms.list()}
     assert listed["vm3"] == [PortForward(host_port=2003, guest_port=22)]
 
