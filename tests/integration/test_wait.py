@@ -19,7 +19,9 @@ from tests.integration.conftest import RunMeda, Server
 pytestmark = pytest.mark.vm
 
 
-def _wait_in_thread(server: Server, name: str, **params: Any) -> tuple[threading.Thread, list]:  # type: ignore[type-arg]
+def _wait_in_thread(
+    server: Server, name: str, params: dict[str, Any]
+) -> tuple[threading.Thread, list[httpx.Response]]:
     """``GET /vms/{name}/wait`` sent from a thread; its response lands in the list."""
     answers: list[httpx.Response] = []
 
@@ -38,7 +40,7 @@ def test_a_wait_from_before_the_start_answers_once_the_guest_serves(
     with server.client() as api:
         assert api.post("/vms", json={"name": "web", "memory": "256M"}).status_code == 201
         # Waited for while stopped: it may be started, and then it is.
-        thread, answers = _wait_in_thread(server, "web", **{"for": ["ip", "port:80"], "timeout": 240})
+        thread, answers = _wait_in_thread(server, "web", {"for": ["ip", "port:80"], "timeout": 240})
         time.sleep(1.5)
         assert thread.is_alive() and not answers
         started = time.monotonic()
@@ -71,7 +73,7 @@ def test_a_wait_from_before_the_start_answers_once_the_guest_serves(
         assert late.returncode == 124 and "port:81" in late.stderr
 
         # Deleted while waited for: 404 as soon as it goes, not at the timeout.
-        thread, answers = _wait_in_thread(server, "web", **{"for": "stopped", "timeout": 240})
+        thread, answers = _wait_in_thread(server, "web", {"for": "stopped", "timeout": 240})
         time.sleep(1.0)
         deleting = time.monotonic()
         assert api.delete("/vms/web").status_code == 200

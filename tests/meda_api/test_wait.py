@@ -317,7 +317,7 @@ def test_waits_beyond_the_caps_are_429_and_a_client_gone_frees_its_place(
 ) -> None:
     make_vm("vm1")
     url = serve_api(fake_meda)
-    query = {"for": "running", "timeout": 60}
+    query: dict[str, str | float] = {"for": "running", "timeout": 60}
     with ExitStack() as stack:
         held = _open_waits(stack, url, 2, "for=running&timeout=60")
         time.sleep(0.5)
