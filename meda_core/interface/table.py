@@ -80,7 +80,6 @@ WAIT_ERRORS = {
     **HELD_ERRORS,
     404: "VM not found, or deleted while it was waited for",
     408: "What it waited for did not come within the timeout (TIMEOUT; details.pending)",
-    409: "The VM is being deleted",
     422: "for=agent where no agent can answer (NO_AGENT)",
 }
 

@@ -121,8 +121,8 @@ async def wait_for(meda: Meda, name: str, conditions: Sequence[Condition], timeo
     """VM ``name`` once every condition holds at once, holding no thread meanwhile.
 
     WaitTimedOut after ``timeout`` seconds (0: look once); at once VMNotFound when the VM
-    is deleted, InvalidState while it is being deleted, NoAgent for ``agent`` where no
-    agent can ever answer. A stopped VM is waited for: it may be started.
+    is deleted (one being deleted is waited for: its delete may fail), NoAgent for
+    ``agent`` where no agent can ever answer. A stopped VM is waited for: it may be started.
     """
     check_timeout(timeout)
     loop = asyncio.get_running_loop()
@@ -231,12 +231,6 @@ async def _read(meda: Meda, name: str, uuid: str | None = None) -> VM:
         raise _deleted(name) from None
     if uuid is not None and vm.uuid != uuid:
         raise _deleted(name)
-    if vm.state == VMState.DELETING:
-        raise InvalidState(
-            f"VM '{name}' is being deleted: what it was waited for will not come",
-            name=name,
-            state=vm.state.value,
-        )
     return vm
 
 
