@@ -39,6 +39,8 @@ Handler = Callable[..., Any]
 #: The tag of the routes that reach into guests (exec, files).
 GUESTS = "guests"
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
+#: What the log says a wait answered once its client had gone (nginx's "client closed").
+CLIENT_GONE = 499
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
@@ -196,8 +198,9 @@ def _backgrounded(endpoint: Endpoint[Any, Any], kind: str) -> Handler:
 
 
 def _waiting(endpoint: Endpoint[Any, Any]) -> Handler:
-    """Held only while a ``holds`` parameter asks to wait; the call is then the endpoint's
-    ``wait`` form, on the event loop, given up as soon as the client leaves."""
+    """Held only while a ``holds`` parameter asks to wait (a required one always does); the
+    call is then the endpoint's ``wait`` form, on the event loop, given up as soon as the
+    client leaves."""
     assert endpoint.wait is not None
     wait = endpoint.wait
 
@@ -211,8 +214,12 @@ def _waiting(endpoint: Endpoint[Any, Any]) -> Handler:
             result = await unless_disconnected(http, wait(meda, **arguments))
         finally:
             release()
+        if result is not None:
+            return result
+        if any(default is ... for default in holding.values()):  # every value waits
+            return Response(status_code=CLIENT_GONE)
         # The client left: an answer nobody reads, without waiting.
-        return result if result is not None else endpoint.call(meda, **arguments | holding)
+        return endpoint.call(meda, **arguments | holding)
 
     return handler
 

@@ -33,7 +33,8 @@ class Param:
     ``name`` is the core call's parameter and the HTTP name, unless ``alias`` gives another
     (one Python cannot spell: ``for``); ``pattern`` is published in the schema only (the
     core checks names itself, with a clear message); ``holds``: a value other than the
-    default keeps the request open (a wait). A ``list`` type repeats in the query.
+    default keeps the request open (a wait; a required one always does). A ``list`` type
+    repeats in the query.
     """
 
     name: str

@@ -124,6 +124,8 @@ class RemoteApi(MedaApi):
             return self._download(request)
         if endpoint.background is not None and endpoint.response is not None:
             return self._long(endpoint.response, request, arguments["progress"])
+        if endpoint.wait is not None:  # the server answers when its wait ends, bounded there
+            request["timeout"] = httpx.Timeout(None, connect=CONNECT_TIMEOUT)
         answer = self._send(endpoint.method, request.pop("path"), **request).json()
         return answer if endpoint.response is None else endpoint.response.model_validate(answer)
 
