@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 import httpx
@@ -16,7 +16,6 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from meda_api import create_app
 from meda_api.idempotency import REPLAYED, Retries, kept
 from meda_core.errors import BackendUnavailable
 from meda_core.facade import Meda
@@ -68,17 +67,6 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     gate.opened.set()
 
 
-@pytest.fixture
-def app(fake_meda: Meda, fake_image: str) -> FastAPI:
-    return create_app(fake_meda)
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:
-        yield client
-
-
 def post(client: TestClient, path: str, body: Any, key: str | None, **headers: str) -> Any:
     if key is not None:
         headers["Idempotency-Key"] = key
@@ -125,10 +113,13 @@ def test_another_body_under_the_key_is_a_422_that_changes_nothing(
     assert fake_meda.store.forwards("web") == []
 
 
-def test_each_client_has_its_own_keys(app: FastAPI, client: TestClient, fake_meda: Meda) -> None:
+def test_each_client_has_its_own_keys(client: TestClient, fake_meda: Meda) -> None:
     first = post(client, VMS, {"name": "web"}, "shared")
     stranger = TestClient(
-        app, raise_server_exceptions=False, base_url="http://localhost", client=("10.9.8.7", 4000)
+        client.app,
+        raise_server_exceptions=False,
+        base_url="http://localhost",
+        client=("10.9.8.7", 4000),
     )
     # The same key and body from another client is that client's own request: it runs
     # (and finds the name taken); it never sees the first client's answer.
@@ -139,9 +130,10 @@ def test_each_client_has_its_own_keys(app: FastAPI, client: TestClient, fake_med
     assert names(fake_meda) == ["other", "web"]
 
 
-def test_an_answer_is_kept_for_a_day(app: FastAPI, client: TestClient, fake_meda: Meda) -> None:
+def test_an_answer_is_kept_for_a_day(client: TestClient, fake_meda: Meda) -> None:
     now = [time.time()]
     keys = IdempotencyKeys(fake_meda.store, clock=lambda: now[0])
+    app = cast(FastAPI, client.app)
     app.state.retries = Retries(keys, fake_meda.settings.idempotency_wait, app.state.held)
     first = post(client, VMS, {"name": "web"}, "daily")
     now[0] += DAY - 60
