@@ -97,6 +97,24 @@ def test_a_retry_gets_the_first_answer_and_one_vm(client: TestClient, fake_meda:
     assert post(client, VMS, {"name": "web"}, None).status_code == 409  # no key: as before
 
 
+def test_an_answer_with_a_key_is_the_answer_without_one(client: TestClient) -> None:
+    keyed = post(client, VMS, {"name": "keyed", "labels": {"team": "ci"}}, "k-1")
+    plain = post(client, VMS, {"name": "plain", "labels": {"team": "ci"}}, None)
+    assert keyed.status_code == plain.status_code == 201
+    assert keyed.headers["content-type"] == plain.headers["content-type"]
+
+    def shape(body: bytes) -> dict[str, Any]:
+        """The answer without what each VM has its own of (its name, address, times)."""
+        answer = json.loads(body.replace(b"keyed", b"plain"))
+        vm = answer["vm"]
+        vm.pop("ip")
+        for own in ("mac", "created"):
+            vm["details"].pop(own)
+        return dict(answer)
+
+    assert shape(keyed.content) == shape(plain.content)
+
+
 def test_another_body_under_the_key_is_a_422_that_changes_nothing(
     client: TestClient, fake_meda: Meda
 ) -> None:
