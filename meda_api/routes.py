@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from meda_api.background import ASYNC_RESPONSES, PreferHeader, run_or_accept
+from meda_api.idempotency import REPLAYED_HEADER, KeyHeader, idempotent
 from meda_api.mediatypes import OCTET_STREAM, declares
 from meda_api.ratelimit import client_of
 from meda_api.streams import HeldStream, writer
@@ -42,6 +43,7 @@ _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 #: What the log says a wait answered once its client had gone (nginx's "client closed").
 CLIENT_GONE = 499
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+KEY_PARAMETER = inspect.Parameter("idempotency_key", _KEYWORD, default=None, annotation=KeyHeader)
 
 
 def raw_body_paths(table: Iterable[Endpoint[Any, Any]], prefix: str) -> re.Pattern[str]:
@@ -98,6 +100,8 @@ def _responses(endpoint: Endpoint[Any, Any]) -> dict[int | str, dict[str, Any]]:
         }
         if endpoint.page is not None:  # the JSON a request that ends at once answers with
             responses[endpoint.status]["model"] = endpoint.page
+    if endpoint.idempotent:  # a replay of any answer carries it; the success's says so
+        responses[endpoint.status] = {"headers": REPLAYED_HEADER}
     return responses | ASYNC_RESPONSES if endpoint.background is not None else responses
 
 
@@ -124,6 +128,9 @@ def _handler(endpoint: Endpoint[Any, Any]) -> Handler:
         parameters.append(
             inspect.Parameter("prefer", _KEYWORD, default=None, annotation=PreferHeader)
         )
+    if endpoint.idempotent:
+        handler = idempotent(endpoint, handler)
+        parameters.append(KEY_PARAMETER)
     handler.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     handler.__name__ = handler.__qualname__ = endpoint.operation_id or endpoint.name
     handler.__doc__ = endpoint.doc

@@ -10,7 +10,8 @@ CLI map errors in exactly one place each, by reading these attributes.
     │   ├── UnsafeDisk                           UNSAFE_DISK
     │   ├── ExceedsHost                          EXCEEDS_HOST
     │   ├── UnsupportedMediaType   415           UNSUPPORTED_MEDIA_TYPE
-    │   └── MisdirectedRequest     421           MISDIRECTED_REQUEST
+    │   ├── MisdirectedRequest     421           MISDIRECTED_REQUEST
+    │   └── IdempotencyMismatch    422           IDEMPOTENCY_MISMATCH
     ├── Unauthorized               401  exit 7   UNAUTHORIZED
     ├── Forbidden                  403  exit 7   FORBIDDEN
     ├── RateLimited                429  exit 8   RATE_LIMITED
@@ -120,6 +121,14 @@ class MisdirectedRequest(InvalidRequest):
 
     code = "MISDIRECTED_REQUEST"
     http_status = 421
+
+
+class IdempotencyMismatch(InvalidRequest):
+    """422: an ``Idempotency-Key`` this client used before, sent with another request
+    (method, path or body): a key names one request, never two."""
+
+    code = "IDEMPOTENCY_MISMATCH"
+    http_status = 422
 
 
 class Unauthorized(MedaError):

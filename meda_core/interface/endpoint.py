@@ -71,7 +71,9 @@ class Endpoint(Generic[P, R]):
     call's form for an event loop, used while a ``holds`` parameter keeps the request open;
     ``page``: the JSON a stream's request answers with when a parameter ``ends`` it;
     ``store_read``: while the VMs are watched (:attr:`~meda_core.facade.Meda.watched`) the
-    call only reads the state store, so a server may run it on its event loop.
+    call only reads the state store, so a server may run it on its event loop;
+    ``idempotent``: it creates something, and takes an ``Idempotency-Key`` that makes a retry
+    answer as the first request did (:mod:`meda_core.state.idempotency`).
     """
 
     method: str
@@ -90,6 +92,7 @@ class Endpoint(Generic[P, R]):
     wait: Callable[..., Awaitable[R]] | None = None
     store_read: bool = False
     page: type[BaseModel] | None = None
+    idempotent: bool = False
     name: str = ""
 
     def __set_name__(self, owner: type, name: str) -> None:

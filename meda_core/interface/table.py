@@ -83,6 +83,14 @@ WAIT_ERRORS = {
     422: "for=agent where no agent can answer (NO_AGENT)",
 }
 
+#: ... for an operation that creates something: it takes an ``Idempotency-Key``.
+CREATE_ERRORS = {
+    **ERRORS,
+    409: ERRORS[409] + ", or the first request with this Idempotency-Key still running "
+    "(past MEDA_IDEMPOTENCY_WAIT; see Retry-After)",
+    422: "This Idempotency-Key was used for another request (IDEMPOTENCY_MISMATCH)",
+}
+
 #: ... for an operation in a guest, through its agent.
 GUEST_ERRORS = {
     **ERRORS,
@@ -161,7 +169,8 @@ class MedaApi(Invoker):
         (_body(CreateVMRequest),),
         OperationResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
+        idempotent=True,
     )
     get_vm = Endpoint(
         "GET",
@@ -319,8 +328,9 @@ class MedaApi(Invoker):
         (VM_NAME, _body(CloneRequest)),
         OperationResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
         doc="A new running VM from this template's snapshot, with its own disk and address.",
+        idempotent=True,
     )
     list_templates = Endpoint(
         "GET",
@@ -431,8 +441,9 @@ class MedaApi(Invoker):
         (VM_NAME, _body(PortForward, "forward")),
         PortForwardResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
         operation_id="add_port_forward",
+        idempotent=True,
     )
     list_forwards = Endpoint(
         "GET",
@@ -479,8 +490,9 @@ class MedaApi(Invoker):
         "images",
         (_body(PullRequest),),
         ImageResult,
-        errors=ERRORS,
+        errors=CREATE_ERRORS,
         background="pull",
+        idempotent=True,
     )
     create_image = Endpoint(
         "POST",
@@ -490,7 +502,8 @@ class MedaApi(Invoker):
         (_body(CreateImageRequest),),
         ImageResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
+        idempotent=True,
     )
     push_image = Endpoint(
         "POST",
@@ -510,9 +523,10 @@ class MedaApi(Invoker):
         (_body(RunRequest),),
         RunResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
         operation_id="run",
         background="run",
+        idempotent=True,
     )
     remove_image = Endpoint(
         "DELETE",

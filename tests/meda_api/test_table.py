@@ -26,8 +26,9 @@ NOT_OPERATIONS = {
     "/static/docs/{name}",
     "/metrics",
 }
-#: What an API object has besides the operations: how it makes a call, and (remote) closing.
-PLUMBING = {LocalApi: {"invoke"}, RemoteApi: {"invoke", "close"}}
+#: What an API object has besides the operations: how it makes a call, and (remote) closing
+#: and a copy that sends an Idempotency-Key.
+PLUMBING = {LocalApi: {"invoke"}, RemoteApi: {"invoke", "close", "idempotent"}}
 
 
 def _documented(doc: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
