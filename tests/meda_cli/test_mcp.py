@@ -1,0 +1,155 @@
+"""``meda mcp``: the stdio MCP server, spawned as a subprocess and driven by the MCP SDK's
+client, acting on this host (the fake backends) or on a server through ``--url``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from meda_core.facade import Meda
+from meda_core.testing.installs import install_entry_points
+from tests.conftest import ServeApi
+
+pytest.importorskip("mcp")
+
+from mcp import Client, StdioServerParameters
+
+T = TypeVar("T")
+TOKEN = "s" * 32
+TOOLS = {
+    "list_vms",
+    "get_vm",
+    "run",
+    "create_vm",
+    "start_vm",
+    "stop_vm",
+    "delete_vm",
+    "exec",
+    "put_file",
+    "get_file",
+    "console",
+}
+
+
+@pytest.fixture
+def fake_env(fake_meda: Meda, fake_image: str, tmp_path: Path) -> dict[str, str]:
+    """The environment in which a ``meda`` subprocess acts on the fake meda's home with
+    the fake backends."""
+    site = install_entry_points(tmp_path / "site", "meda-fake", {"fake": "meda_fake_plugin"})
+    (site / "meda_fake_plugin.py").write_text(
+        "from meda_core.testing.fakes import FakePlugin\n"
+        "meda_register_backends = FakePlugin().meda_register_backends\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MEDA_")}
+    repo = Path(__file__).resolve().parents[2]
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(site), str(repo)]),
+        MEDA_HOME=str(fake_meda.settings.home),
+        MEDA_HYPERVISOR="fake",
+        MEDA_STORAGE="fake",
+        MEDA_NETWORK="fake",
+        MEDA_REGISTRY="fake",
+        MEDA_AGENT="fake",
+    )
+    return env
+
+
+def _stdio(env: dict[str, str], call: Callable[[Client], Awaitable[T]], *args: str) -> T:
+    """``call`` on an SDK client of ``meda [args] mcp``, spawned with ``env``."""
+    command = StdioServerParameters(
+        command=sys.executable, args=["-m", "meda_cli.main", *args, "mcp"], env=env
+    )
+
+    async def run() -> T:
+        async with Client(command, read_timeout_seconds=60) as client:
+            return await call(client)
+
+    return asyncio.run(run())
+
+
+async def _lifecycle(client: Client) -> dict[str, Any]:
+    """List the tools, then create, list, exec in, copy into, and delete a VM."""
+    seen: dict[str, Any] = {"tools": {tool.name for tool in (await client.list_tools()).tools}}
+    for tool, arguments in (
+        ("create_vm", {"name": "vm1"}),
+        ("start_vm", {"name": "vm1"}),
+        ("list_vms", {}),
+        ("exec", {"name": "vm1", "command": ["sh", "-c", "echo $X"], "env": {"X": "42"}}),
+        ("put_file", {"name": "vm1", "path": "/f", "content": "data"}),
+        ("get_file", {"name": "vm1", "path": "/f"}),
+        ("create_vm", {"name": "vm1"}),
+        ("delete_vm", {"name": "vm1"}),
+        ("list_vms", {}),
+    ):
+        result = await client.call_tool(tool, arguments)
+        seen.setdefault(tool, []).append((result.is_error, result.structured_content))
+    return seen
+
+
+def _check(seen: dict[str, Any]) -> None:
+    assert seen["tools"] == TOOLS
+    (failed, created), (conflict, body) = seen["create_vm"]
+    assert not failed and created["vm"]["name"] == "vm1"
+    assert conflict and body["code"] == "VM_EXISTS"
+    (_, listed), (_, emptied) = seen["list_vms"]
+    assert [vm["name"] for vm in listed["vms"]] == ["vm1"]
+    assert listed["vms"][0]["state"] == "running"
+    assert emptied == {"vms": [], "count": 0}
+    assert seen["exec"][0][1]["stdout"] == "42\n"
+    assert seen["put_file"][0][1]["size"] == 4
+    assert seen["get_file"][0][1]["content"] == "data"
+    assert seen["delete_vm"][0][0] is False
+
+
+def test_stdio_on_this_host(fake_env: dict[str, str], fake_meda: Meda) -> None:
+    _check(_stdio(fake_env, _lifecycle))
+    assert fake_meda.vms.list() == []
+
+
+def test_stdio_through_a_server(
+    fake_env: dict[str, str], fake_meda: Meda, serve_api: ServeApi
+) -> None:
+    """--url sends every tool to the server, with the token of MEDA_API_TOKEN."""
+    url = serve_api(fake_meda, token=TOKEN)
+    elsewhere = str(Path(fake_env["MEDA_HOME"]).parent / "elsewhere")  # not the server's
+    env = {**fake_env, "MEDA_API_TOKEN": TOKEN, "MEDA_HOME": elsewhere}
+    _check(_stdio(env, _lifecycle, "--url", url))
+
+
+def test_stdio_through_a_server_with_a_wrong_token(
+    fake_env: dict[str, str], fake_meda: Meda, serve_api: ServeApi
+) -> None:
+    url = serve_api(fake_meda, token=TOKEN)
+
+    async def call(client: Client) -> Any:
+        return await client.call_tool("list_vms", {})
+
+    result = _stdio({**fake_env, "MEDA_API_TOKEN": "wrong"}, call, "--url", url)
+    assert result.is_error
+    assert result.structured_content["code"] == "UNAUTHORIZED"
+
+
+def test_without_the_sdk_it_says_how_to_install_it(
+    fake_env: dict[str, str], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "nosdk"
+    blocker.mkdir()
+    (blocker / "mcp.py").write_text("raise ImportError('no module named mcp')\n")
+    env = {**fake_env, "PYTHONPATH": os.pathsep.join([str(blocker), fake_env["PYTHONPATH"]])}
+    result = subprocess.run(
+        [sys.executable, "-m", "meda_cli.main", "mcp"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 5
+    assert "pip install 'meda[mcp]'" in result.stderr
