@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from fastapi import FastAPI
 from pydantic import BaseModel
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from meda_api.observability import request_id
 from meda_api.ratelimit import client_of
 from meda_api.security import refuse
 from meda_core import __version__
@@ -167,6 +169,9 @@ class McpEndpoint:
         self.manager, self.missing, self.running = manager, missing, False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":  # stateless: no event stream (GET), no session (DELETE)
+            await _only_post(scope, receive, send)
+            return
         if self.manager is None or not self.running:
             reason = self.missing or "the MCP endpoint is not running (the server is stopping)"
             await refuse(send, BackendUnavailable(reason))
@@ -184,6 +189,18 @@ class McpEndpoint:
                 yield
             finally:
                 self.running = False
+
+
+async def _only_post(scope: Scope, receive: Receive, send: Send) -> None:
+    """405, as the transport's specification says a server without an event stream answers
+    a GET: else each GET would hold a connection open for nothing."""
+    message = f"{scope['method']} is not served at {PATH}: MCP messages are POSTed"
+    body = {
+        "error": message,
+        "code": "METHOD_NOT_ALLOWED",
+        "details": {"message": message, "request_id": request_id.get()},
+    }
+    await JSONResponse(body, 405, {"Allow": "POST"})(scope, receive, send)
 
 
 def mount(app: FastAPI, api: MedaApi) -> None:

@@ -230,3 +230,29 @@ def test_without_a_token_configured_it_answers(
 
     result = _session(open_url, None, call)
     assert result.structured_content == {"vms": [], "count": 0}
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
+def test_only_posts_are_served(url: str, method: str) -> None:
+    """Stateless: no event stream a GET would hold open, no session to delete."""
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {TOKEN}"}
+    answer = httpx.request(method, f"{url}/mcp", headers=headers, timeout=10)
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"
+    assert answer.json()["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_without_the_sdk_it_is_503_saying_how_to_install_it(
+    fake_meda: Meda, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from meda_api import create_app
+    from meda_api import mcp as served
+
+    monkeypatch.setattr(served, "sdk_missing", lambda: f"no MCP SDK: {served.INSTALL}")
+    with TestClient(create_app(fake_meda), base_url="http://localhost") as client:
+        answer = client.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "BACKEND_UNAVAILABLE"
+    assert "pip install 'meda[mcp]'" in answer.json()["error"]
