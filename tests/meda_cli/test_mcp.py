@@ -7,19 +7,24 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from meda_core.facade import Meda
+from meda_core.testing.host import free_port
 from meda_core.testing.installs import install_entry_points
 from tests.conftest import ServeApi
 
 pytest.importorskip("mcp")
 
+import httpx2
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 T = TypeVar("T")
 TOKEN = "s" * 32
@@ -153,3 +158,71 @@ def test_without_the_sdk_it_says_how_to_install_it(
     )
     assert result.returncode == 5
     assert "pip install 'meda[mcp]'" in result.stderr
+
+
+@pytest.fixture
+def meda_serve(fake_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """``meda serve --require-token`` as a process on the fake backends; its URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "meda_cli.main", "serve", "--port", str(port)]
+    log = tmp_path / "serve.log"
+    env = {**fake_env, "MEDA_API_TOKEN": TOKEN}
+    with log.open("ab") as out:
+        process = subprocess.Popen([*argv, "--require-token"], env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(url):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/api/v1/health", timeout=2)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def test_a_meda_serve_answers_at_mcp(meda_serve: str, fake_env: dict[str, str]) -> None:
+    """The SDK's streamable-HTTP client against a real ``meda serve``: the same tools,
+    behind the server's token, Host and Origin checks."""
+
+    async def run() -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+            transport = streamable_http_client(f"{meda_serve}/mcp", http_client=http)
+            async with Client(transport) as client:
+                return await _lifecycle(client)
+
+    _check(asyncio.run(run()))
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    accept = {"Accept": "application/json, text/event-stream"}
+    for headers, status in (
+        ({}, 401),
+        ({"Host": "rebound.example"}, 421),
+        ({"Origin": "http://evil.example"}, 403),
+    ):
+        if status != 401:
+            headers["Authorization"] = f"Bearer {TOKEN}"
+        answer = httpx.post(f"{meda_serve}/mcp", json=ping, headers={**accept, **headers})
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"]
+
+
+def test_stdio_finds_the_token_in_server_json(meda_serve: str, fake_env: dict[str, str]) -> None:
+    """Like every command: --url names the server, its server.json gives the token."""
+
+    async def call(client: Client) -> Any:
+        return await client.call_tool("list_vms", {})
+
+    env = {k: v for k, v in fake_env.items() if k != "MEDA_API_TOKEN"}
+    result = _stdio(env, call, "--url", meda_serve)
+    assert not result.is_error, result.structured_content
+    assert result.structured_content == {"vms": [], "count": 0}
