@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PATH = "/mcp"
+#: Seconds a request that comes before the SDK is loaded waits for it.
+STARTUP_WAIT = 30.0
 INSTALL = "pip install 'meda[mcp]'"
 INSTRUCTIONS = (
     "meda runs micro-VMs. run starts one from an image; exec, put_file and get_file work "
@@ -159,36 +161,60 @@ def serve_stdio(api: MedaApi) -> None:
 
 
 class McpEndpoint:
-    """The streamable-HTTP transport at ``/mcp``, once the app's lifespan runs it.
+    """The streamable-HTTP transport at ``/mcp``, run by the app's lifespan.
 
     Every request reached it through the app's middleware: Host and Origin checks, the
-    bearer token, body limits and rate limits, as any API request.
+    bearer token, body limits and rate limits, as any API request. The SDK is loaded
+    beside the server's start, not before it (it takes most of a second to import): a
+    request that comes first waits for it.
     """
 
-    def __init__(self, manager: StreamableHTTPSessionManager | None, missing: str | None) -> None:
-        self.manager, self.missing, self.running = manager, missing, False
+    def __init__(self, api: MedaApi) -> None:
+        self.api = api
+        self.manager: StreamableHTTPSessionManager | None = None
+        self.missing: str | None = None
+        self.ready: anyio.Event | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":  # stateless: no event stream (GET), no session (DELETE)
             await _only_post(scope, receive, send)
             return
-        if self.manager is None or not self.running:
-            reason = self.missing or "the MCP endpoint is not running (the server is stopping)"
+        if self.ready is not None:
+            with anyio.move_on_after(STARTUP_WAIT):
+                await self.ready.wait()
+        if self.manager is None:
+            reason = self.missing or "the MCP endpoint is not running (the server starts or stops)"
             await refuse(send, BackendUnavailable(reason))
             return
         await self.manager.handle_request(scope, receive, send)
 
     @asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
-        if self.manager is None:
-            yield
-            return
-        async with self.manager.run():
-            self.running = True
+        self.ready = anyio.Event()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._serve)
             try:
                 yield
             finally:
-                self.running = False
+                tasks.cancel_scope.cancel()
+
+    async def _serve(self) -> None:
+        assert self.ready is not None
+        try:
+            self.missing = await anyio.to_thread.run_sync(sdk_missing)
+            if self.missing is None:
+                manager = await anyio.to_thread.run_sync(_manager, self.api)
+                async with manager.run():
+                    self.manager = manager
+                    self.ready.set()
+                    await anyio.sleep_forever()
+        except Exception as error:  # an SDK it cannot use: the API serves on without /mcp
+            self.missing = f"the MCP endpoint could not start: {error!r}"
+        finally:
+            self.manager = None
+            self.ready.set()
+            if self.missing is not None:
+                log.warning("%s", self.missing)
 
 
 async def _only_post(scope: Scope, receive: Receive, send: Send) -> None:
@@ -205,8 +231,7 @@ async def _only_post(scope: Scope, receive: Receive, send: Send) -> None:
 
 def mount(app: FastAPI, api: MedaApi) -> None:
     """Serve the tools at ``/mcp`` on ``app`` (run with the app's lifespan), calling ``api``."""
-    missing = sdk_missing()
-    endpoint = McpEndpoint(None if missing else _manager(api), missing)
+    endpoint = McpEndpoint(api)
     app.router.routes.append(Route(PATH, endpoint, include_in_schema=False))
     served = app.router.lifespan_context
 
