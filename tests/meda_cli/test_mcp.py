@@ -80,7 +80,7 @@ def _stdio(env: dict[str, str], call: Callable[[Client], Awaitable[T]], *args: s
 
 
 async def _lifecycle(client: Client) -> dict[str, Any]:
-    """List the tools, then create, list, exec in, copy into, and delete a VM."""
+    """List the tools, then create, list, exec in, copy into, run and delete VMs."""
     seen: dict[str, Any] = {"tools": {tool.name for tool in (await client.list_tools()).tools}}
     for tool, arguments in (
         ("create_vm", {"name": "vm1"}),
@@ -90,7 +90,9 @@ async def _lifecycle(client: Client) -> dict[str, Any]:
         ("put_file", {"name": "vm1", "path": "/f", "content": "data"}),
         ("get_file", {"name": "vm1", "path": "/f"}),
         ("create_vm", {"name": "vm1"}),
+        ("run", {"image": "default", "name": "r1", "cold": True}),
         ("delete_vm", {"name": "vm1"}),
+        ("delete_vm", {"name": "r1"}),
         ("list_vms", {}),
     ):
         result = await client.call_tool(tool, arguments)
@@ -110,7 +112,9 @@ def _check(seen: dict[str, Any]) -> None:
     assert seen["exec"][0][1]["stdout"] == "42\n"
     assert seen["put_file"][0][1]["size"] == 4
     assert seen["get_file"][0][1]["content"] == "data"
-    assert seen["delete_vm"][0][0] is False
+    [(failed, ran)] = seen["run"]
+    assert not failed and ran["vm"]["name"] == "r1" and ran["run"]["path"] == "cold"
+    assert [failed for failed, _ in seen["delete_vm"]] == [False, False]
 
 
 def test_stdio_on_this_host(fake_env: dict[str, str], fake_meda: Meda) -> None:
