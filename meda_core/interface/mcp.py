@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -179,7 +178,10 @@ def _put_file(api: MedaApi, arguments: BaseModel) -> BaseModel:
 
 def _decode(content: str, encoding: Encoding) -> bytes:
     if encoding is Encoding.TEXT:
-        return content.encode()
+        try:
+            return content.encode()
+        except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
+            raise InvalidRequest("content is not valid Unicode text") from None
     try:
         return base64.b64decode(content, validate=True)
     except (binascii.Error, ValueError):
@@ -189,8 +191,10 @@ def _decode(content: str, encoding: Encoding) -> bytes:
 def _get_file(api: MedaApi, arguments: BaseModel) -> BaseModel:
     assert isinstance(arguments, GetFileArguments)
     chunks = api.get_file(arguments.name, arguments.path)
-    with contextlib.closing(_Closing(chunks)):
+    try:
         data = _read_at_most(chunks, MAX_FILE_BYTES, arguments.path)
+    finally:  # a generator, or a server's response: what is left is not read
+        getattr(chunks, "close", lambda: None)()
     if arguments.encoding is Encoding.BASE64:
         content = base64.b64encode(data).decode()
     else:
@@ -204,18 +208,6 @@ def _get_file(api: MedaApi, arguments: BaseModel) -> BaseModel:
     return FileContent(
         path=arguments.path, size=len(data), encoding=arguments.encoding, content=content
     )
-
-
-class _Closing:
-    """Closes an iterator of chunks that can be closed (a generator, a response)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self.chunks = chunks
-
-    def close(self) -> None:
-        close = getattr(self.chunks, "close", None)
-        if close is not None:
-            close()
 
 
 def _read_at_most(chunks: Iterator[bytes], limit: int, path: str) -> bytes:

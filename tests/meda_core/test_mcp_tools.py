@@ -96,6 +96,8 @@ def test_files_go_in_and_out_as_text_or_base64(fake_meda: Meda, running_vm: str)
     assert (got.size, got.content) == (256, encoded)
     with pytest.raises(InvalidRequest, match="not UTF-8 text"):
         _run(fake_meda, "get_file", name=running_vm, path="/b")
+    with pytest.raises(InvalidRequest, match="not valid Unicode"):
+        _run(fake_meda, "put_file", name=running_vm, path="/c", content="\ud800")
     with pytest.raises(InvalidRequest, match="not valid base64"):
         _run(fake_meda, "put_file", name=running_vm, path="/c", content="!!", encoding="base64")
 
