@@ -12,6 +12,7 @@ from meda_cli.commands import (
     events,
     guest,
     images,
+    mcp,
     network,
     plugins,
     serve,
@@ -86,6 +87,7 @@ app.registered_commands += events.app.registered_commands
 app.registered_commands += wait.app.registered_commands
 app.command("serve")(serve.serve)
 app.command("plugins")(plugins.plugins)
+app.command("mcp")(mcp.mcp)
 app.add_typer(images.app, name="images")
 
 

@@ -25,6 +25,7 @@ NOT_OPERATIONS = {
     "/redoc",
     "/static/docs/{name}",
     "/metrics",
+    "/mcp",  # the MCP tools (meda_api.mcp): they call the table's operations
 }
 #: What an API object has besides the operations: how it makes a call, and (remote) closing
 #: and a copy that sends an Idempotency-Key.
