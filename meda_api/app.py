@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from meda_api.docs import install_docs
 from meda_api.errors import install_error_handlers
 from meda_api.hosts import HostGuard, HostPolicy
+from meda_api.mcp import mount as mount_mcp
 from meda_api.mediatypes import JsonBodies, raw_body
 from meda_api.observability import Metrics, RequestContext
 from meda_api.origins import OriginGuard
@@ -28,6 +29,7 @@ from meda_api.waits import HeldRequests
 from meda_core import __version__
 from meda_core.errors import Forbidden, MedaError, MisdirectedRequest, UnsupportedMediaType
 from meda_core.facade import Meda
+from meda_core.interface.calls import LocalApi
 from meda_core.interface.table import TABLE
 from meda_core.models import VMState
 
@@ -113,6 +115,7 @@ def create_app(
     (loopback's only by default).
     """
     app = _application(meda or Meda())
+    mount_mcp(app, LocalApi(app.state.meda))  # behind the same middleware as the API
     raw_paths = raw_body_paths(TABLE, API_PREFIX)
     # Added innermost first: a request meets them from the bottom of this list up.
     app.add_middleware(JsonBodies, raw_paths=raw_paths)

@@ -54,6 +54,11 @@ async def _meda_error(request: Request, exc: Exception) -> JSONResponse:
     return _respond(request, exc.to_body(), exc.http_status, headers)
 
 
+async def error_response(request: Request, error: MedaError) -> JSONResponse:
+    """What the API answers ``error`` with, for a route that makes its answer itself."""
+    return await _meda_error(request, error)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, problems = _validation_message(exc)

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from meda_api.background import ASYNC_RESPONSES, PreferHeader, run_or_accept
+from meda_api.idempotency import REPLAYED_HEADER, KeyHeader, idempotent
 from meda_api.mediatypes import OCTET_STREAM, declares
 from meda_api.ratelimit import client_of
 from meda_api.streams import HeldStream, writer
@@ -39,6 +40,8 @@ Handler = Callable[..., Any]
 #: The tag of the routes that reach into guests (exec, files).
 GUESTS = "guests"
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
+#: What the log says a wait answered once its client had gone (nginx's "client closed").
+CLIENT_GONE = 499
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 #: What a stream's schema describes: a text stream's chunks; each event of an event stream.
 _STREAMED = {
@@ -54,6 +57,7 @@ _STREAMED = {
     },
     "text/plain; charset=utf-8": {"schema": {"type": "string"}},
 }
+KEY_PARAMETER = inspect.Parameter("idempotency_key", _KEYWORD, default=None, annotation=KeyHeader)
 
 
 def raw_body_paths(table: Iterable[Endpoint[Any, Any]], prefix: str) -> re.Pattern[str]:
@@ -110,6 +114,8 @@ def _responses(endpoint: Endpoint[Any, Any]) -> dict[int | str, dict[str, Any]]:
         }
         if endpoint.page is not None:  # the JSON a request that ends at once answers with
             responses[endpoint.status]["model"] = endpoint.page
+    if endpoint.idempotent:  # a replay of any answer carries it; the success's says so
+        responses[endpoint.status] = {"headers": REPLAYED_HEADER}
     return responses | ASYNC_RESPONSES if endpoint.background is not None else responses
 
 
@@ -136,6 +142,9 @@ def _handler(endpoint: Endpoint[Any, Any]) -> Handler:
         parameters.append(
             inspect.Parameter("prefer", _KEYWORD, default=None, annotation=PreferHeader)
         )
+    if endpoint.idempotent:
+        handler = idempotent(endpoint, handler)
+        parameters.append(KEY_PARAMETER)
     handler.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     handler.__name__ = handler.__qualname__ = endpoint.operation_id or endpoint.name
     handler.__doc__ = endpoint.doc
@@ -210,8 +219,9 @@ def _backgrounded(endpoint: Endpoint[Any, Any], kind: str) -> Handler:
 
 
 def _waiting(endpoint: Endpoint[Any, Any]) -> Handler:
-    """Held only while a ``holds`` parameter asks to wait; the call is then the endpoint's
-    ``wait`` form, on the event loop, given up as soon as the client leaves."""
+    """Held only while a ``holds`` parameter asks to wait (a required one always does); the
+    call is then the endpoint's ``wait`` form, on the event loop, given up as soon as the
+    client leaves."""
     assert endpoint.wait is not None
     wait = endpoint.wait
 
@@ -225,8 +235,12 @@ def _waiting(endpoint: Endpoint[Any, Any]) -> Handler:
             result = await unless_disconnected(http, wait(meda, **arguments))
         finally:
             release()
+        if result is not None:
+            return result
+        if any(default is ... for default in holding.values()):  # every value waits
+            return Response(status_code=CLIENT_GONE)
         # The client left: an answer nobody reads, without waiting.
-        return result if result is not None else endpoint.call(meda, **arguments | holding)
+        return endpoint.call(meda, **arguments | holding)
 
     return handler
 

@@ -93,6 +93,11 @@ def api() -> MedaApi:
     return LocalApi(meda())
 
 
+def server_url() -> str | None:
+    """The server the commands are sent to, or None: they act on this host."""
+    return None if _server is None else _server[0]
+
+
 def use(instance: Meda | None) -> None:
     """Make commands act on ``instance`` (tests, embedding programs)."""
     global _instance

@@ -12,11 +12,13 @@ from meda_cli.commands import (
     events,
     guest,
     images,
+    mcp,
     network,
     plugins,
     serve,
     ssh,
     vms,
+    wait,
 )
 from meda_cli.output import fail
 from meda_core.errors import MedaError
@@ -82,8 +84,10 @@ app.registered_commands += ssh.app.registered_commands
 app.registered_commands += console.app.registered_commands
 app.registered_commands += guest.app.registered_commands
 app.registered_commands += events.app.registered_commands
+app.registered_commands += wait.app.registered_commands
 app.command("serve")(serve.serve)
 app.command("plugins")(plugins.plugins)
+app.command("mcp")(mcp.mcp)
 app.add_typer(images.app, name="images")
 
 

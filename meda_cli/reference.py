@@ -55,7 +55,8 @@ MEANINGS = {
     8: "rate limited: retry after `details.retry_after` seconds",
     9: "MEDA_HOME was written by a newer meda",
     10: "the guest has no agent that answers (exec, files): use an image that ships one",
-    124: "a command run through the guest's agent outlived its timeout and was killed",
+    124: "a timeout: a command run through the guest's agent outlived it and was killed, "
+    "or what `meda wait` waited for did not come",
 }
 
 

@@ -10,7 +10,8 @@ CLI map errors in exactly one place each, by reading these attributes.
     │   ├── UnsafeDisk                           UNSAFE_DISK
     │   ├── ExceedsHost                          EXCEEDS_HOST
     │   ├── UnsupportedMediaType   415           UNSUPPORTED_MEDIA_TYPE
-    │   └── MisdirectedRequest     421           MISDIRECTED_REQUEST
+    │   ├── MisdirectedRequest     421           MISDIRECTED_REQUEST
+    │   └── IdempotencyMismatch    422           IDEMPOTENCY_MISMATCH
     ├── Unauthorized               401  exit 7   UNAUTHORIZED
     ├── Forbidden                  403  exit 7   FORBIDDEN
     ├── RateLimited                429  exit 8   RATE_LIMITED
@@ -26,7 +27,9 @@ CLI map errors in exactly one place each, by reading these attributes.
     │   └── InsufficientCapacity                 INSUFFICIENT_CAPACITY
     ├── BackendError               500  exit 6   BACKEND_ERROR
     ├── NoAgent                    422  exit 10  NO_AGENT
-    ├── CommandTimedOut            408  exit 124 TIMEOUT
+    ├── TimedOut                   408  exit 124 TIMEOUT
+    │   ├── CommandTimedOut
+    │   └── WaitTimedOut
     ├── RegistrationError          500  exit 1   INTERNAL_ERROR
     └── StateVersionError          500  exit 9   STATE_VERSION
 """
@@ -61,7 +64,8 @@ class MedaError(Exception):
         """The error a server answered with: its class found by ``code``, else by status."""
         if not isinstance(body, dict) or not isinstance(body.get("error"), str):
             body = {"error": f"the server answered {status}: {str(body)[:200]}", "code": ""}
-        classes = {c.code: c for c in _subclasses(MedaError)}
+        # A code several classes share (TIMEOUT, INTERNAL_ERROR) is their parent's.
+        classes = {c.code: c for c in reversed(_subclasses(MedaError))}
         by_status = {c.http_status: c for c in reversed(_subclasses(MedaError))}
         found = classes.get(body.get("code", ""), by_status.get(status, MedaError))
         details = {k: v for k, v in (body.get("details") or {}).items() if k != "message"}
@@ -117,6 +121,14 @@ class MisdirectedRequest(InvalidRequest):
 
     code = "MISDIRECTED_REQUEST"
     http_status = 421
+
+
+class IdempotencyMismatch(InvalidRequest):
+    """422: an ``Idempotency-Key`` this client used before, sent with another request
+    (method, path or body): a key names one request, never two."""
+
+    code = "IDEMPOTENCY_MISMATCH"
+    http_status = 422
 
 
 class Unauthorized(MedaError):
@@ -236,13 +248,22 @@ class NoAgent(MedaError):
         )
 
 
-class CommandTimedOut(MedaError):
-    """408: a command ran past its timeout and was killed; ``details`` holds what it wrote
-    until then (``stdout``, ``stderr``, ``truncated``). Exit 124, as ``timeout(1)``'s."""
+class TimedOut(MedaError):
+    """408: something ran past the timeout it was given. Exit 124, as ``timeout(1)``'s."""
 
     code = "TIMEOUT"
     http_status = 408
     exit_code = 124
+
+
+class CommandTimedOut(TimedOut):
+    """A command ran past its timeout and was killed; ``details`` holds what it wrote until
+    then (``stdout``, ``stderr``, ``truncated``)."""
+
+
+class WaitTimedOut(TimedOut):
+    """What a wait was for did not come in its timeout; ``details`` says what is still
+    ``pending`` and the VM's ``state``."""
 
 
 class RegistrationError(MedaError):

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     max_waits_per_client: int = Field(
         16, ge=1, description="Of those, how many one client (token, else address) may hold"
     )
+    idempotency_wait: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a retry waits for the answer of the request with its "
+        "Idempotency-Key still running (409 beyond; the client may retry again)",
+    )
     user_data_dirs: str = Field(
         "", description="Colon-separated directories user_data paths may name (none by default)"
     )

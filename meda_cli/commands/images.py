@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from meda_cli.context import api, handles_errors, meda
+from meda_cli.idempotency import IdempotencyKeyOption, keyed_api
 from meda_cli.output import JsonOption, UserDataOption, read_user_data, render, table
 from meda_cli.policies import LabelOption, RestartOption, TtlOption, policy_fields
 from meda_cli.progress import transfer
@@ -104,6 +105,7 @@ def pull(
     registry: str | None = typer.Option(None, help="Registry (default ghcr.io)"),
     org: str | None = typer.Option(None, help="Organisation (default cirunlabs)"),
     ready_port: int | None = typer.Option(None, help=READY_PORT_HELP + "; unset: the image's"),
+    idempotency_key: str | None = IdempotencyKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Pull an image from a registry."""
@@ -111,7 +113,7 @@ def pull(
 
     request = build(PullRequest, image=image, registry=registry, org=org, ready_port=ready_port)
     with transfer(f"pull {image}", quiet=as_json) as progress:
-        result = api().pull_image(request, progress)
+        result = keyed_api(idempotency_key).pull_image(request, progress)
     render(result, as_json, _say)
 
 
@@ -204,6 +206,7 @@ def run(
     label: list[str] | None = LabelOption,
     ttl: int | None = TtlOption,
     restart: str = RestartOption,
+    idempotency_key: str | None = IdempotencyKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Pull an image if needed and start a VM from it.
@@ -230,7 +233,7 @@ def run(
         **policy_fields(label, ttl, restart),
     )
     with transfer(f"pull {image}", quiet=as_json) as progress:
-        result = api().run_image(request, progress)
+        result = keyed_api(idempotency_key).run_image(request, progress)
     render(result, as_json, _say)
 
 

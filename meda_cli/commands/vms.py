@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from meda_cli.context import api, handles_errors
+from meda_cli.idempotency import IdempotencyKeyOption, keyed_api
 from meda_cli.output import JsonOption, UserDataOption, fields, read_user_data, render, table
 from meda_cli.policies import LabelOption, RestartOption, TtlOption, policy_fields
 from meda_cli.validation import build
@@ -85,6 +86,7 @@ def create(
     label: list[str] | None = LabelOption,
     ttl: int | None = TtlOption,
     restart: str = RestartOption,
+    idempotency_key: str | None = IdempotencyKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Create a VM (stopped) from an image."""
@@ -102,7 +104,7 @@ def create(
         user_data=read_user_data(user_data),
         **policy_fields(label, ttl, restart),
     )
-    _report(api().create_vm(request), as_json)
+    _report(keyed_api(idempotency_key).create_vm(request), as_json)
 
 
 @app.command("list")
@@ -234,13 +236,14 @@ def clone(
     label: list[str] | None = LabelOption,
     ttl: int | None = TtlOption,
     restart: str = RestartOption,
+    idempotency_key: str | None = IdempotencyKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Start NAME as a clone of the template SOURCE, from SOURCE's snapshot."""
     from meda_core.models import CloneRequest
 
     request = build(CloneRequest, name=name, **policy_fields(label, ttl, restart))
-    _report(api().clone_vm(source, request), as_json)
+    _report(keyed_api(idempotency_key).clone_vm(source, request), as_json)
 
 
 @app.command()

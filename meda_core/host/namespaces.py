@@ -75,14 +75,22 @@ def port_problem(
     return None if result.returncode == 0 else (result.stdout.strip() or "cannot bind")
 
 
+def connect_argv(
+    netns: str | None, host: str, port: int, timeout: float, greeting: str = ""
+) -> list[str]:
+    """The command that tries a TCP connection to ``host:port`` from ``netns``: it exits 0
+    if it gets through, else 1 with why on its stdout."""
+    return [
+        *exec_prefix(netns),
+        *procs.python("-c", _CONNECT_PROBE, host, str(port), str(timeout), greeting),
+    ]
+
+
 def connect_problem(
     netns: str | None, host: str, port: int, timeout: float, greeting: str = ""
 ) -> str | None:
     """Why a TCP connection to ``host:port`` from ``netns`` fails (refused, timed out, the
     server does not speak first with ``greeting``, ...), or None if it gets through."""
-    argv = [
-        *exec_prefix(netns),
-        *procs.python("-c", _CONNECT_PROBE, host, str(port), str(timeout), greeting),
-    ]
+    argv = connect_argv(netns, host, port, timeout, greeting)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30, check=False)
     return None if result.returncode == 0 else (result.stdout.strip() or "cannot connect")

@@ -14,6 +14,11 @@ MAX_EXEC_TIMEOUT = 86400.0
 #: The most bytes a command's argv and environment may take together (Linux's own limit
 #: for one argument is 128 KiB; a guest's total is larger, its agent's frames smaller).
 MAX_EXEC_ARGS_BYTES = 256 * 1024
+#: The most seconds one wait for a VM (``GET /vms/{name}/wait``) may last, and its default.
+MAX_WAIT_TIMEOUT = 3600.0
+DEFAULT_WAIT_TIMEOUT = 60.0
+#: The most conditions (``for=``) one wait may name.
+MAX_WAIT_CONDITIONS = 16
 
 
 class EventFormat(StrEnum):

@@ -11,11 +11,12 @@ of a server loads no plugin system (tests/meda_cli/test_startup.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from meda_core.errors import InvalidRequest
-from meda_core.inputs.choices import Archive, EventFormat
+from meda_core.inputs.choices import DEFAULT_WAIT_TIMEOUT, Archive, EventFormat
 from meda_core.inputs.labels import matches, parse_filters
 from meda_core.inputs.sizes import format_size
 from meda_core.interface.feeds import (
@@ -118,6 +119,23 @@ def delete_vm(
 
     meda.vms.delete(name, power_off_timeout(force, timeout, 0.0))
     return OperationResult(success=True, message=f"Deleted VM: {name}")
+
+
+def wait_vm(
+    meda: Meda, name: str, conditions: list[str], timeout: float = DEFAULT_WAIT_TIMEOUT
+) -> VMInfo:
+    """The VM once every condition holds (in this process: on an event loop of its own;
+    from async code, await :func:`wait_vm_async`)."""
+    return asyncio.run(wait_vm_async(meda, name, conditions, timeout))
+
+
+async def wait_vm_async(
+    meda: Meda, name: str, conditions: list[str], timeout: float = DEFAULT_WAIT_TIMEOUT
+) -> VMInfo:
+    """``wait_vm`` for an event loop: the wait holds no thread."""
+    from meda_core.vms.wait import parse_conditions, wait_for
+
+    return vm_info(await wait_for(meda, name, parse_conditions(conditions), timeout))
 
 
 def plan_vm(meda: Meda, name: str, hypervisor: str | None = None) -> dict[str, Any]:

@@ -33,7 +33,8 @@ class Param:
     ``name`` is the core call's parameter and the HTTP name, unless ``alias`` gives another
     (one Python cannot spell: ``for``); ``pattern`` is published in the schema only (the
     core checks names itself, with a clear message); ``holds``: a value other than the
-    default keeps the request open (a wait). A ``list`` type repeats in the query.
+    default keeps the request open (a wait; a required one always does). A ``list`` type
+    repeats in the query.
     """
 
     name: str
@@ -70,7 +71,9 @@ class Endpoint(Generic[P, R]):
     call's form for an event loop, used while a ``holds`` parameter keeps the request open;
     ``page``: the JSON a stream's request answers with when a parameter ``ends`` it;
     ``store_read``: while the VMs are watched (:attr:`~meda_core.facade.Meda.watched`) the
-    call only reads the state store, so a server may run it on its event loop.
+    call only reads the state store, so a server may run it on its event loop;
+    ``idempotent``: it creates something, and takes an ``Idempotency-Key`` that makes a retry
+    answer as the first request did (:mod:`meda_core.state.idempotency`).
     """
 
     method: str
@@ -89,6 +92,7 @@ class Endpoint(Generic[P, R]):
     wait: Callable[..., Awaitable[R]] | None = None
     store_read: bool = False
     page: type[BaseModel] | None = None
+    idempotent: bool = False
     name: str = ""
 
     def __set_name__(self, owner: type, name: str) -> None:

@@ -2,6 +2,7 @@
 
     >>> api = RemoteApi("http://vmhost:7777", token="...")
     >>> api.create_vm(CreateVMRequest(name="demo")).message
+    >>> api.idempotent(key).create_vm(request)  # sent again after a timeout: one VM
 
 Each call becomes the request its table entry declares: path parameters in the path, the
 rest of the query unless left at their default, the request model as the JSON body.
@@ -10,6 +11,7 @@ Errors come back as the same :mod:`meda_core.errors` classes the server raised.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import ssl
 import time
@@ -22,6 +24,7 @@ import httpx
 from pydantic import BaseModel
 
 from meda_core.errors import BackendUnavailable, MedaError
+from meda_core.inputs.idempotency import HEADER, check_key
 from meda_core.interface.endpoint import Endpoint
 from meda_core.interface.feeds import HttpTextFeed, SseFeed, TextFeed
 from meda_core.interface.table import MedaApi
@@ -107,9 +110,18 @@ class RemoteApi(MedaApi):
         self._http = httpx.Client(
             base_url=base, headers=headers, timeout=limits, transport=transport, verify=verify
         )
+        self._key: str | None = None
 
     def close(self) -> None:
         self._http.close()
+
+    def idempotent(self, key: str) -> RemoteApi:
+        """This API sending ``key`` as the ``Idempotency-Key`` of the calls that create
+        something: sent again after a timeout, such a call answers as the first did, never
+        twice (one key per intended operation; a UUID). Shares this one's connection."""
+        keyed = copy.copy(self)
+        keyed._key = check_key(key)
+        return keyed
 
     # ---- plumbing ----
 
@@ -118,12 +130,16 @@ class RemoteApi(MedaApi):
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         request = _request(endpoint, arguments)
+        if endpoint.idempotent and self._key is not None:
+            request["headers"] = {**request.get("headers", {}), HEADER: self._key}
         if endpoint.stream is not None:
             return self._stream(endpoint.method, request, endpoint.stream)
         if endpoint.download is not None:
             return self._download(request)
         if endpoint.background is not None and endpoint.response is not None:
             return self._long(endpoint.response, request, arguments["progress"])
+        if endpoint.wait is not None:  # the server answers when its wait ends, bounded there
+            request["timeout"] = httpx.Timeout(None, connect=CONNECT_TIMEOUT)
         answer = self._send(endpoint.method, request.pop("path"), **request).json()
         return answer if endpoint.response is None else endpoint.response.model_validate(answer)
 
@@ -184,7 +200,8 @@ class RemoteApi(MedaApi):
     def _long(self, model: type[M], request: dict[str, Any], progress: Progress) -> M:
         """Long work as a background operation, polled for its progress and result."""
         path = request.pop("path")
-        response = self._send("POST", path, headers={"Prefer": "respond-async"}, **request)
+        headers = {**request.pop("headers", {}), "Prefer": "respond-async"}
+        response = self._send("POST", path, headers=headers, **request)
         if response.status_code != 202:  # a server that chose to answer at once
             return model.model_validate(response.json())
         op = Operation.model_validate(response.json())

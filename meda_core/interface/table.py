@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from meda_core.inputs.choices import MAX_CONSOLE_LINES, MAX_STOP_TIMEOUT, Archive, EventFormat
+from meda_core.inputs.choices import (
+    DEFAULT_WAIT_TIMEOUT,
+    MAX_CONSOLE_LINES,
+    MAX_STOP_TIMEOUT,
+    MAX_WAIT_CONDITIONS,
+    MAX_WAIT_TIMEOUT,
+    Archive,
+    EventFormat,
+)
 from meda_core.inputs.names import IMAGE_REF_PATTERN, VM_NAME_PATTERN
 from meda_core.interface import actions
 from meda_core.interface.endpoint import Endpoint, Invoker, Param, endpoints
@@ -66,6 +74,21 @@ ERRORS: dict[int, str] = {
 HELD_ERRORS = {
     **ERRORS,
     429: "Too many requests, or waits and event streams open (MEDA_MAX_WAITS)",
+}
+#: ... for a wait for a VM.
+WAIT_ERRORS = {
+    **HELD_ERRORS,
+    404: "VM not found, or deleted while it was waited for",
+    408: "What it waited for did not come within the timeout (TIMEOUT; details.pending)",
+    422: "for=agent where no agent can answer (NO_AGENT)",
+}
+
+#: ... for an operation that creates something: it takes an ``Idempotency-Key``.
+CREATE_ERRORS = {
+    **ERRORS,
+    409: ERRORS[409] + ", or the first request with this Idempotency-Key still running "
+    "(past MEDA_IDEMPOTENCY_WAIT; see Retry-After)",
+    422: "This Idempotency-Key was used for another request (IDEMPOTENCY_MISMATCH)",
 }
 
 #: ... for an operation in a guest, through its agent.
@@ -146,7 +169,8 @@ class MedaApi(Invoker):
         (_body(CreateVMRequest),),
         OperationResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
+        idempotent=True,
     )
     get_vm = Endpoint(
         "GET",
@@ -199,6 +223,40 @@ class MedaApi(Invoker):
         VMInfo,
         errors=ERRORS,
         doc="Delete the VM ``ttl`` seconds from now (a new deadline, whatever it had).",
+    )
+    wait_vm = Endpoint(
+        "GET",
+        "/vms/{name}/wait",
+        actions.wait_vm,
+        "vms",
+        (
+            VM_NAME,
+            Param(
+                "conditions",
+                list[str],
+                alias="for",
+                holds=True,
+                description="running, stopped, ip, port:N or agent; repeat it: all must hold "
+                f"together (at most {MAX_WAIT_CONDITIONS})",
+            ),
+            Param(
+                "timeout",
+                float,
+                default=DEFAULT_WAIT_TIMEOUT,
+                ge=0,
+                le=MAX_WAIT_TIMEOUT,
+                description="Seconds to wait before answering 408 (0: look once)",
+            ),
+        ),
+        VMInfo,
+        errors=WAIT_ERRORS,
+        wait=actions.wait_vm_async,
+        doc="The VM (as ``GET /vms/{name}``) once every ``for`` holds: ``running`` or\n"
+        "``stopped`` (its state); ``ip`` (running, with an address); ``port:N`` (running, and\n"
+        "a TCP connection to its port N gets through from meda's network namespace; 22: the\n"
+        "SSH banner comes); ``agent`` (running, and its agent answers a ping). A stopped VM\n"
+        "is waited for (it may be started). 408 ``TIMEOUT`` at the timeout, with what is\n"
+        "still ``pending``; 404 at once if the VM is deleted meanwhile.",
     )
     plan_vm = Endpoint(
         "GET",
@@ -270,8 +328,9 @@ class MedaApi(Invoker):
         (VM_NAME, _body(CloneRequest)),
         OperationResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
         doc="A new running VM from this template's snapshot, with its own disk and address.",
+        idempotent=True,
     )
     list_templates = Endpoint(
         "GET",
@@ -382,8 +441,9 @@ class MedaApi(Invoker):
         (VM_NAME, _body(PortForward, "forward")),
         PortForwardResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
         operation_id="add_port_forward",
+        idempotent=True,
     )
     list_forwards = Endpoint(
         "GET",
@@ -430,8 +490,9 @@ class MedaApi(Invoker):
         "images",
         (_body(PullRequest),),
         ImageResult,
-        errors=ERRORS,
+        errors=CREATE_ERRORS,
         background="pull",
+        idempotent=True,
     )
     create_image = Endpoint(
         "POST",
@@ -441,7 +502,8 @@ class MedaApi(Invoker):
         (_body(CreateImageRequest),),
         ImageResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
+        idempotent=True,
     )
     push_image = Endpoint(
         "POST",
@@ -461,9 +523,10 @@ class MedaApi(Invoker):
         (_body(RunRequest),),
         RunResult,
         201,
-        ERRORS,
+        CREATE_ERRORS,
         operation_id="run",
         background="run",
+        idempotent=True,
     )
     remove_image = Endpoint(
         "DELETE",

@@ -119,6 +119,11 @@ class StateStore:
         """A connection whose queries see one snapshot of the database."""
         return self._transaction("BEGIN")
 
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A connection inside a write transaction, for the store's companion modules
+        (:mod:`meda_core.state.idempotency`): committed at the end, rolled back on an error."""
+        return self._transaction()
+
     @contextmanager
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
         """A connection inside a transaction: committed at the end, rolled back on an error.

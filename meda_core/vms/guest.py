@@ -101,14 +101,20 @@ class GuestService:
         self._settings, self._vms, self._backends = settings, vms, backends
         self.sessions = ExecSessions(settings.exec_sessions_max)
 
-    def reach(self, name: str) -> tuple[AgentBackend, AgentChannel]:
-        """The agent and channel of the running VM ``name``, once the agent answers."""
+    def channel(self, name: str) -> tuple[AgentBackend, AgentChannel]:
+        """The agent and channel of the running VM ``name``, whether the agent answers yet
+        or not; NoAgent if it can have none."""
         agent, channel = self._channel(name)
         if agent is None:
             raise NoAgent(name, "no agent backend is installed on this host")
         if channel is None:
             hypervisor = self._vms.get(name).hypervisor
             raise NoAgent(name, f"the {hypervisor} hypervisor gives guests no agent channel")
+        return agent, channel
+
+    def reach(self, name: str) -> tuple[AgentBackend, AgentChannel]:
+        """The agent and channel of the running VM ``name``, once the agent answers."""
+        agent, channel = self.channel(name)
         timeout = self._settings.agent_timeout
         if not agent.ping(channel, timeout):
             raise NoAgent(

@@ -3,17 +3,69 @@ or its agent answers a ping."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
 import time
+from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import Callable
 
 from meda_core.errors import BackendError
 from meda_core.host import namespaces as netns
 
+#: Seconds a server that must speak first (SSH) gets to say its first bytes.
+GREETING_WAIT = 5.0
+
+
+def greeting(port: int) -> str:
+    """What the server on ``port`` must say first to count: an SSH server's banner, else
+    nothing (it counts once it accepts the connection)."""
+    return "SSH-" if port == 22 else ""
+
 
 def answers(ns: str | None, ip: str, port: int) -> bool:
-    # An SSH server speaks first; anything else counts once it accepts the connection.
-    return netns.connect_problem(ns, ip, port, 2, "SSH-" if port == 22 else "") is None
+    return netns.connect_problem(ns, ip, port, 2, greeting(port)) is None
+
+
+async def connect_problem(
+    ns: str | None, ip: str, port: int, timeout: float, want: str = ""
+) -> str | None:
+    """Why ``ip:port`` from ``ns`` does not answer (with ``want`` first, if given), or None;
+    for an event loop, holding no thread (in a namespace the probe is a child process)."""
+    if ns is not None:
+        return await _probe_in(ns, ip, port, timeout, want)
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(ip, port)
+    except TimeoutError:
+        return "timed out"
+    except OSError as error:  # asyncio's strerror names the address: the errno's says why
+        return os.strerror(error.errno) if error.errno else str(error)
+    try:
+        if want:
+            async with asyncio.timeout(GREETING_WAIT):
+                heard = await reader.readexactly(len(want))
+            if heard != want.encode():
+                return f"it answered, but not with {want}"
+    except (TimeoutError, OSError, asyncio.IncompleteReadError):
+        return f"it did not say {want}"
+    finally:
+        writer.close()
+    return None
+
+
+async def _probe_in(ns: str, ip: str, port: int, timeout: float, want: str) -> str | None:
+    argv = netns.connect_argv(ns, ip, port, timeout, want)
+    probe = await asyncio.create_subprocess_exec(*argv, stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL)
+    try:
+        said, _ = await probe.communicate()
+    finally:
+        if probe.returncode is None:  # called off: the probe goes with the wait
+            probe.kill()
+            await probe.wait()
+    if probe.returncode == 0:
+        return None
+    return said.decode(errors="replace").strip() or "cannot connect"
 
 
 class Interrupted(Exception):

@@ -25,9 +25,11 @@ NOT_OPERATIONS = {
     "/redoc",
     "/static/docs/{name}",
     "/metrics",
+    "/mcp",  # the MCP tools (meda_api.mcp): they call the table's operations
 }
-#: What an API object has besides the operations: how it makes a call, and (remote) closing.
-PLUMBING = {LocalApi: {"invoke"}, RemoteApi: {"invoke", "close"}}
+#: What an API object has besides the operations: how it makes a call, and (remote) closing
+#: and a copy that sends an Idempotency-Key.
+PLUMBING = {LocalApi: {"invoke"}, RemoteApi: {"invoke", "close", "idempotent"}}
 
 
 def _documented(doc: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
