@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 
 from meda_core.errors import MedaError
-from meda_core.models import VM, RestartPolicy, VMState
+from meda_core.models import TRANSITIONAL, VM, RestartPolicy, VMState
 from meda_core.state.events import EventReason, VMEvent, VMEventKind, because
 from meda_core.vms.service import VMService
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 LOOK_INTERVAL = 30.0
 #: A VM that stayed up this long since its last restart starts its backoff anew.
 STEADY_SECONDS = 600.0
+#: Seconds before a VM whose ttl expired is tried again when it could not be deleted
+#: (busy in an operation, a template with clones).
+EXPIRED_RETRY = 5.0
 
 
 def restarts_after(policy: RestartPolicy, reason: EventReason) -> bool:
@@ -50,6 +53,7 @@ class Lifecycles:
     def __init__(self, vms: VMService, backoff_max: float) -> None:
         self._vms, self._backoff_max = vms, backoff_max
         self._restarts: dict[str, float] = {}  # VM name -> monotonic time of its restart
+        self._expired: dict[str, float] = {}  # VM name -> monotonic time to try its delete
         self._wake = threading.Condition()
         self._stopping = self._poked = False
         self._thread: threading.Thread | None = None
@@ -87,6 +91,11 @@ class Lifecycles:
         elif event.kind == VMEventKind.DELETED:
             with self._wake:
                 self._restarts.pop(event.vm, None)
+                self._expired.pop(event.vm, None)
+        elif event.kind != VMEventKind.EXPIRED:
+            with self._wake:  # an operation on an expired VM ended: try its delete now
+                if event.vm in self._expired:
+                    self._expired[event.vm] = 0.0
         self.poke()
 
     def _schedule(self, vm: VM) -> None:
@@ -115,26 +124,39 @@ class Lifecycles:
                 log.exception("lifecycle policies: a turn failed; they go on")
 
     def _until_next(self) -> float:
-        """Seconds until the next restart or ttl deadline (at most LOOK_INTERVAL)."""
+        """Seconds until the next restart, ttl deadline or retry (at most LOOK_INTERVAL)."""
+        now, clock = datetime.now(UTC), time.monotonic()
         with self._wake:
-            waits = [due - time.monotonic() for due in self._restarts.values()]
-        now = datetime.now(UTC)
+            waits = [due - clock for due in [*self._restarts.values(), *self._expired.values()]]
         for vm in self._vms.list():
-            if vm.lifecycle.expires is not None:
-                waits.append((vm.lifecycle.expires - now).total_seconds())
+            expires = vm.lifecycle.expires
+            if expires is not None and vm.name not in self._expired:
+                waits.append((expires - now).total_seconds())
         return max(0.0, min([LOOK_INTERVAL, *waits]))
 
     def _expire(self) -> None:
-        now = datetime.now(UTC)
+        """Delete the VMs whose ttl passed, each announced once; one busy in an operation
+        (or that cannot go yet) is tried again every EXPIRED_RETRY seconds."""
+        now, clock = datetime.now(UTC), time.monotonic()
         for vm in self._vms.list():
             expires = vm.lifecycle.expires
-            if expires is None or expires > now or vm.state == VMState.DELETING:
+            if expires is None or expires > now:
+                with self._wake:  # given a new ttl meanwhile
+                    self._expired.pop(vm.name, None)
                 continue
-            log.info("VM %s: its ttl expired; deleting it", vm.name)
-            self._vms.announce_expiry(vm)
+            with self._wake:
+                retry = self._expired.get(vm.name)
+                if retry is not None and retry > clock:
+                    continue
+                self._expired[vm.name] = clock + EXPIRED_RETRY
+            if retry is None:  # the first look since it expired
+                log.info("VM %s: its ttl expired; deleting it", vm.name)
+                self._vms.announce_expiry(vm)
+            if vm.state in TRANSITIONAL:
+                continue  # its operation ends first
             try:
                 self._vms.delete(vm.name)
-            except MedaError as error:  # busy now (an operation under way): next turn
+            except MedaError as error:
                 log.warning("VM %s: ttl expired but not deleted yet: %s", vm.name, error.message)
 
     def _restart_due(self) -> None:

@@ -15,10 +15,12 @@ import pytest
 from meda_core.backends.manager import PluginManager
 from meda_core.errors import InvalidRequest
 from meda_core.facade import Meda
+from meda_core.host import processes as procs
 from meda_core.models import VM, CreateVMRequest, RestartPolicy, VMState
 from meda_core.settings import Settings
 from meda_core.state.events import EventReason
 from meda_core.testing.fakes import FakePlugin
+from meda_core.vms import lifecycle
 from meda_core.vms.lifecycle import backoff, restarts_after
 
 
@@ -112,6 +114,19 @@ def test_a_ttl_vm_is_deleted_when_it_expires(serving: Meda) -> None:
     assert vm.lifecycle.expires is not None
     serving.vms.start("vm1")
     eventually(lambda: serving.vms.find("vm1") is None)
+    assert vm_events(serving, "vm1")[-2:] == [("expired", "policy"), ("deleted", "policy")]
+
+
+def test_a_vm_busy_when_its_ttl_expires_is_announced_once_and_deleted_after(
+    serving: Meda,
+) -> None:
+    serving.vms.create(CreateVMRequest(name="vm1", ttl=1))
+    me = procs.identify(os.getpid())  # an operation under way, by a live process
+    serving.store.transition("vm1", {VMState.STOPPED}, VMState.STARTING, owner=me)
+    time.sleep(2.5)  # past the deadline: the turns that find it busy do nothing more
+    assert vm_events(serving, "vm1") == [("created", "request"), ("expired", "policy")]
+    serving.store.transition("vm1", {VMState.STARTING}, VMState.STOPPED)
+    eventually(lambda: serving.vms.find("vm1") is None, timeout=lifecycle.EXPIRED_RETRY + 5)
     assert vm_events(serving, "vm1")[-2:] == [("expired", "policy"), ("deleted", "policy")]
 
 
