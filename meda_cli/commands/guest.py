@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import io
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -170,13 +172,31 @@ def _read(file: Any) -> Iterator[bytes]:
         yield data
 
 
+def _download_tree(name: str, path: str, dest: Path, limit: int) -> None:
+    """The guest directory ``path``, as a tar, into a new directory: ``dest``, or
+    ``dest/<its name>`` when ``dest`` is a directory (as ``cp -r``). Never into one that
+    exists: what the guest sends cannot replace a file of the host's."""
+    target = dest / (PurePosixPath(path).name or "root") if dest.is_dir() else dest
+    if target.exists() or target.is_symlink():
+        raise InvalidRequest(f"{target} exists: meda cp makes a new directory for {path}")
+    unpacked = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        tar = io.BufferedReader(_Chunks(api().get_file(name, path, archive=Archive.TAR)), CHUNK)
+        unpack(tar, unpacked, limit)
+        os.chmod(unpacked, 0o755)  # mkdtemp made it 0700
+        os.rename(unpacked, target)  # fails if something took the name meanwhile
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
+
+
 def _download(name: str, path: str, dest: Path) -> None:
     limit = _download_cap()
     try:
         chunks = api().get_file(name, path)
-    except InvalidRequest:  # not a regular file: a directory comes as a tar
-        tar = io.BufferedReader(_Chunks(api().get_file(name, path, archive=Archive.TAR)), CHUNK)
-        unpack(tar, dest, limit)
+    except InvalidRequest as error:
+        if error.details.get("errno") != errno.EISDIR:
+            raise
+        _download_tree(name, path, dest, limit)
         return
     if dest.is_dir():
         dest = dest / (Path(path).name or "file")

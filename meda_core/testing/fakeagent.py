@@ -9,6 +9,7 @@ the scratch root and refuse any that would leave it (``..``, symbolic links).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import secrets
@@ -192,7 +193,8 @@ class FakeAgent(AgentBackend):
         if not found.exists():
             raise NotFound(f"no file {path} in the guest")
         if not found.is_file():
-            raise InvalidRequest(f"{path} is not a regular file")
+            number = errno.EISDIR if found.is_dir() else errno.EINVAL  # as meda's agent says
+            raise InvalidRequest(f"{path} is not a regular file", path=path, errno=number)
         return self._chunks(found)
 
     @staticmethod

@@ -3,6 +3,7 @@ outside the destination), and what its error text may do to the terminal (nothin
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -29,7 +30,7 @@ class GuestApi:
     def get_file(self, name: str, path: str, archive: object = None) -> Iterator[bytes]:
         if archive is None:
             if self.file is None:
-                raise InvalidRequest("not a regular file")
+                raise InvalidRequest("not a regular file", errno=errno.EISDIR)
             return self.file
         return iter([self.tar[i : i + 65536] for i in range(0, len(self.tar), 65536)])
 
@@ -103,25 +104,45 @@ def test_links_specials_and_escapes_are_refused(
     with pytest.raises(InvalidRequest, match=refusal):
         cli_guest._download("vm", "/srv", tmp_path / "dest")
     assert (tmp_path / "victim").read_text() == "ORIGINAL"
-    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]  # no half a copy
 
 
-def test_symlinks_already_in_the_destination_are_not_followed(
+def test_a_folder_is_copied_into_a_new_folder_never_over_what_is_there(
     guest: GuestApi, tmp_path: Path
 ) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "authorized_keys").write_text("MINE")
+    # The guest says its /etc/os-release is a folder and sends a tar of the user's files.
+    guest.tar = archive((member(".ssh/authorized_keys"), b"GUEST"), (member(".bashrc"), b"x"))
+    cli_guest._download("vm", "/etc/os-release", home)
+    assert (home / ".ssh" / "authorized_keys").read_text() == "MINE"
+    assert not (home / ".bashrc").exists()
+    assert (home / "os-release" / ".ssh" / "authorized_keys").read_text() == "GUEST"
+    with pytest.raises(InvalidRequest, match="exists"):  # never merged into
+        cli_guest._download("vm", "/etc/os-release", home)
+
+
+def test_a_link_where_the_copy_would_go_is_refused(guest: GuestApi, tmp_path: Path) -> None:
     outside, dest = tmp_path / "outside", tmp_path / "dest"
     outside.mkdir()
     dest.mkdir()
-    (outside / "f").write_text("ORIGINAL")
-    (dest / "sub").symlink_to(outside)
-    (dest / "f").symlink_to(outside / "f")
+    (dest / "srv").symlink_to(outside)
     guest.tar = archive((member("f"), b"GUEST"))
-    cli_guest._download("vm", "/srv", dest)
-    assert (dest / "f").read_text() == "GUEST" and not (dest / "f").is_symlink()
-    guest.tar = archive((member("sub/f"), b"GUEST"))
-    with pytest.raises(InvalidRequest, match="not a folder"):
+    with pytest.raises(InvalidRequest, match="exists"):
         cli_guest._download("vm", "/srv", dest)
-    assert (outside / "f").read_text() == "ORIGINAL"
+    assert list(outside.iterdir()) == []
+
+
+def test_only_a_folder_the_guest_names_so_comes_as_a_tar(guest: GuestApi, tmp_path: Path) -> None:
+    def refused(name: str, path: str, archive: object = None) -> Iterator[bytes]:
+        assert archive is None, "asked for a tar"
+        raise InvalidRequest("guest file: permission denied", errno=errno.EACCES)
+
+    guest.get_file = refused  # type: ignore[method-assign]
+    with pytest.raises(InvalidRequest, match="permission"):
+        cli_guest._download("vm", "/etc/os-release", tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_files_and_folders_come_without_setuid_bits(guest: GuestApi, tmp_path: Path) -> None:
