@@ -136,8 +136,10 @@ class MedaAgent(AgentBackend):
                 link.release(session)
         except TimeoutError:
             # An agent restarted inside the guest waits for a hello on a stream the host
-            # still holds open: only a new connection greets it.
-            link.close()
+            # still holds open: only a new connection greets it. One that answers other
+            # sessions meanwhile is only slow: their commands go on.
+            if link.last_heard < deadline - timeout:
+                link.close()
             return False
         except (BackendError, OSError):
             return False

@@ -54,6 +54,8 @@ class Link:
         self._inboxes: dict[int, Inbox] = {}
         self._next = 1
         self.broken: BackendError | None = None
+        #: When the guest last sent anything (monotonic): a link that hears is alive.
+        self.last_heard = time.monotonic()
         for frame in self._decoder.feed(leftover):
             self._deliver(frame)
         self._reader = threading.Thread(target=self._read, name=f"agent {key}", daemon=True)
@@ -170,6 +172,7 @@ class Link:
                 data = self._sock.recv(protocol.CHUNK + protocol.HEADER.size)
                 if not data:
                     raise BackendError("the guest agent closed the connection")
+                self.last_heard = time.monotonic()
                 for frame in self._decoder.feed(data):
                     self._deliver(frame)
         except BackendError as e:
@@ -191,6 +194,8 @@ class Link:
                 if inbox.credit > protocol.STDIN_WINDOW:
                     raise BackendError("the guest agent acknowledged stdin it was never sent")
             elif frame.type in protocol.DATA:
+                if not frame.body:  # costs the host a frame and the guest nothing
+                    raise BackendError("the guest agent sent an empty data frame")
                 inbox.unacked += len(frame.body)
                 if inbox.unacked > protocol.OUTPUT_WINDOW:
                     raise BackendError("the guest agent sent output beyond its window")

@@ -22,6 +22,7 @@ from meda_core.plugin import (
     AgentChannel,
     BackendError,
     ExecCommand,
+    ExecExit,
     ExecOutput,
     ExecStream,
     InvalidRequest,
@@ -276,6 +277,53 @@ def test_a_guest_that_floods_a_session_with_control_frames(agent: MedaAgent, fak
         time.sleep(0.01)
     assert "flooded" in str(joined.broken)
     joined.release(session)
+
+
+@pytest.mark.parametrize("kind", [Type.STDOUT, Type.STDERR, Type.FILE_DATA])
+def test_a_guest_that_sends_empty_data_frames_breaks_the_link(fake_guest, kind: Type) -> None:  # type: ignore[no-untyped-def]
+    """An empty output frame is free for the guest and not for the host (a queued
+    event, a timeout started again): the first one ends the link."""
+
+    def behaviour(conn: socket.socket, nonce: bytes) -> None:
+        conn.sendall(ready(nonce))
+        _, session, _ = read_frame(conn)
+        conn.sendall(frame(Type.STARTED, session) + frame(kind, session) * 1000)
+        silent(conn, nonce)
+
+    joined = link.link_for(fake_guest(behaviour), 1)
+    session = joined.open(Type.EXEC, protocol.exec_body(("true",), (), None))
+    deadline = time.monotonic() + 2
+    while joined.broken is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "empty data frame" in str(joined.broken)
+    joined.release(session)
+
+
+def test_a_slow_ping_leaves_the_commands_of_a_busy_agent_running(
+    agent: MedaAgent,
+    fake_guest,  # type: ignore[no-untyped-def]
+) -> None:
+    """A ping that times out while the guest is sending another session's output does
+    not close the link: only a link that hears nothing is given up."""
+
+    def behaviour(conn: socket.socket, nonce: bytes) -> None:
+        conn.sendall(ready(nonce))
+        _, session, _ = read_frame(conn)  # the command; pings after it go unanswered
+        threading.Thread(target=silent, args=(conn, nonce), daemon=True).start()
+        conn.sendall(frame(Type.STARTED, session))
+        for _ in range(30):
+            conn.sendall(frame(Type.STDOUT, session, b"tick\n"))
+            time.sleep(0.05)
+        conn.sendall(frame(Type.EXIT, session, b"\0" * 8))
+        time.sleep(1)
+
+    channel = fake_guest(behaviour)
+    session = agent.exec(channel, ExecCommand(argv=("ticker",)))
+    assert agent.ping(channel, 0.3) is False
+    events = list(session.events(timeout=5))
+    session.close()
+    assert sum(len(e.data) for e in events if isinstance(e, ExecOutput)) == 30 * 5
+    assert isinstance(events[-1], ExecExit)
 
 
 def test_a_guest_granted_output_back_as_its_caller_reads(agent: MedaAgent, fake_guest) -> None:  # type: ignore[no-untyped-def]
