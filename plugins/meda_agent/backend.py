@@ -129,6 +129,7 @@ class MedaAgent(AgentBackend):
         except (BackendError, TimeoutError, OSError):
             return False
         try:
+            asked = time.monotonic()
             session = link.open(Type.PING, b"ping")
             try:
                 frame = link.receive(session, max(deadline - time.monotonic(), 0))
@@ -138,7 +139,7 @@ class MedaAgent(AgentBackend):
             # An agent restarted inside the guest waits for a hello on a stream the host
             # still holds open: only a new connection greets it. One that answers other
             # sessions meanwhile is only slow: their commands go on.
-            if link.last_heard < deadline - timeout:
+            if link.last_heard < asked:
                 link.close()
             return False
         except (BackendError, OSError):
