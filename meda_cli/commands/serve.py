@@ -307,6 +307,9 @@ def _uvicorn_config(
         port=port,
         log_config=None,
         access_log=False,
+        # The peer's own address names a client (rate limits, caps, idempotency keys,
+        # audit lines): never an X-Forwarded-For header any local process may write.
+        proxy_headers=False,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         timeout_graceful_shutdown=int(shutdown_timeout),

@@ -318,6 +318,8 @@ def console(meda: Meda, name: str, tail: int | None = None, follow: bool = False
 
 #: Events read from the journal at a time (a replay's page, a JSON page at most).
 EVENT_PAGE = 500
+#: The largest event id SQLite can hold (a larger ``since`` could never be passed).
+MAX_EVENT_ID = 2**63 - 1
 
 
 def events(
@@ -342,7 +344,7 @@ def _replay_from(since: int | None, last_event_id: str | None) -> int | None:
     if since is not None or last_event_id is None:
         return since
     try:
-        return max(0, int(last_event_id))
+        return min(max(0, int(last_event_id)), MAX_EVENT_ID)
     except ValueError:
         raise InvalidRequest(
             f"Last-Event-ID {last_event_id[:40]!r} is not an event id", header="Last-Event-ID"

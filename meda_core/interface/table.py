@@ -592,6 +592,7 @@ class MedaApi(Invoker):
                 int | None,
                 default=None,
                 ge=0,
+                le=actions.MAX_EVENT_ID,
                 description="Replay the journal's events after this id first",
             ),
             Param(

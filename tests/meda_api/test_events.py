@@ -93,3 +93,13 @@ def test_since_wins_over_last_event_id_and_a_bad_one_is_refused(
     assert [e["data"]["vm"] for e in replayed] == ["b"]
     answer = httpx.get(url + "/api/v1/events", headers={"Last-Event-ID": "nonsense"})
     assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST"
+
+
+def test_ids_past_what_the_journal_can_hold_are_refused_or_capped(client: TestClient) -> None:
+    huge = str(2**64)
+    answer = client.get("/api/v1/events", params={"format": "json", "since": huge})
+    assert answer.status_code == 400, answer.text
+    page = client.get(
+        "/api/v1/events", params={"format": "json"}, headers={"Last-Event-ID": "9" * 30}
+    )
+    assert page.status_code == 200 and page.json()["events"] == []

@@ -9,11 +9,12 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from meda_api import create_app, logs
-from meda_api.ratelimit import Limit
-from meda_cli.commands.serve import rate_limits
+from meda_api.ratelimit import Limit, client_of
+from meda_cli.commands.serve import _uvicorn_config, rate_limits
 from meda_core.errors import InvalidRequest
 from meda_core.facade import Meda
 
@@ -143,3 +144,24 @@ def test_reads_are_limited_beyond_loopback_by_default(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MEDA_READ_RATE_LIMIT", "lots")
     with pytest.raises(InvalidRequest, match="MEDA_READ_RATE_LIMIT"):
         rate_limits("10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("peer", "client"),
+    [
+        (("127.0.0.1", 5000), "address:loopback"),
+        (("127.0.2.2", 5001), "address:loopback"),  # another loopback address: same host
+        (("::1", 5002), "address:loopback"),
+        (("10.0.0.9", 5003), "address:10.0.0.9"),
+        (None, "address:unknown"),
+    ],
+)
+def test_a_client_is_its_peer_address_and_the_whole_loopback_is_one(
+    peer: tuple[str, int] | None, client: str
+) -> None:
+    assert client_of({"type": "http", "client": peer, "headers": []}) == client
+
+
+def test_the_server_never_takes_its_clients_address_from_a_header() -> None:
+    config = _uvicorn_config(FastAPI(), "127.0.0.1", 7777, None, None, 5)
+    assert config.proxy_headers is False
