@@ -95,11 +95,16 @@ FRAMING = (b"x-frame-options", b"DENY")
 DEFAULT_CSP = (b"content-security-policy", b"frame-ancestors 'none'")
 
 
+#: A browser takes an answer for what its Content-Type says, never for a script or a page.
+NO_SNIFFING = (b"x-content-type-options", b"nosniff")
+
+
 def _guarded(headers: list[tuple[bytes, bytes]], rid: str) -> list[tuple[bytes, bytes]]:
-    """``headers`` with the request id, the framing ban and a CSP unless it has one."""
+    """``headers`` with the request id, the framing ban, nosniff and a CSP (each unless it
+    has one)."""
+    present = {name.lower() for name, _ in headers}
     added = [(b"x-request-id", rid.encode()), FRAMING]
-    if all(name.lower() != DEFAULT_CSP[0] for name, _ in headers):
-        added.append(DEFAULT_CSP)
+    added += [header for header in (DEFAULT_CSP, NO_SNIFFING) if header[0] not in present]
     return [*headers, *added]
 
 

@@ -32,9 +32,28 @@ class OriginGuard:
             return False
         return same_origin(origin, scope) or origin.lower() in self.allowed or "*" in self.allowed
 
+    def from_another_site(self, headers: dict[bytes, bytes], path: str) -> bool:
+        """A browser's request without ``Origin`` (an ``<img>``, a ``<script>``, a no-cors
+        fetch) that it says another site made: refused, but for a person following a link
+        to the docs pages."""
+        site = headers.get(b"sec-fetch-site", b"").lower()
+        if site not in (b"cross-site", b"same-site") or "*" in self.allowed:
+            return False
+        navigation = headers.get(b"sec-fetch-mode", b"").lower() == b"navigate"
+        return not (navigation and not path.startswith("/api/"))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            origin = dict(scope["headers"]).get(b"origin")
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin")
+            if origin is None and self.from_another_site(headers, scope["path"]):
+                error = Forbidden(
+                    "requests a browser says another site made are refused "
+                    "(Sec-Fetch-Site without Origin)",
+                    sec_fetch_site=headers[b"sec-fetch-site"].decode("latin-1")[:20],
+                )
+                await refuse(send, error)
+                return
             if origin is not None and not self.trusts(origin.decode("latin-1"), scope):
                 shown = origin.decode("latin-1")[:100]
                 error = Forbidden(

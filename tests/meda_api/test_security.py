@@ -46,3 +46,22 @@ def test_cors_is_off_unless_configured(fake_meda: Meda) -> None:
         create_app(fake_meda, cors_origins=["http://ok.example"]), base_url="http://localhost"
     ).get("/api/v1/vms", headers={"Origin": "http://ok.example"})
     assert opened.headers["access-control-allow-origin"] == "http://ok.example"
+
+
+def test_a_request_a_browser_says_another_site_made_is_refused(client: TestClient) -> None:
+    """An ``<img src=…/files?path=/>`` on a page sends no Origin, only Sec-Fetch-Site."""
+    cross = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}
+    for site in ("cross-site", "same-site"):
+        answer = client.get("/api/v1/vms", headers={**cross, "Sec-Fetch-Site": site})
+        assert answer.status_code == 403 and answer.json()["code"] == "FORBIDDEN"
+    followed = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    assert client.get("/swagger-ui", headers=followed).status_code == 200  # a link to the docs
+    assert client.get("/api/v1/vms", headers=followed).status_code == 403
+    own = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
+    assert client.get("/api/v1/vms", headers=own).status_code == 200
+    assert client.get("/api/v1/vms", headers={"Sec-Fetch-Site": "none"}).status_code == 200
+
+
+def test_every_answer_forbids_sniffing(client: TestClient) -> None:
+    for path in ("/api/v1/vms", "/api/v1/vms/nope", "/api/v1/openapi.json"):
+        assert client.get(path).headers["x-content-type-options"] == "nosniff"
