@@ -283,16 +283,21 @@ async def _guest_work(http: Request, call: Callable[[], Any]) -> Any:
     """``call`` (exec, an upload: it may last as long as the guest or the client take)
     held like a wait (capped per client) and run in a worker of the guests' own limiter,
     never in the pool the other routes share."""
+    release = _held(http).hold(http)
+    try:
+        return await anyio.to_thread.run_sync(call, limiter=_guest_threads(http))
+    finally:
+        release()
+
+
+def _guest_threads(http: Request) -> anyio.CapacityLimiter:
+    """The worker threads of the work that waits on guests (apart from the shared pool)."""
     threads: anyio.CapacityLimiter | None = getattr(http.app.state, "guest_threads", None)
     if threads is None:
         settings = _meda(http).settings
         threads = anyio.CapacityLimiter(settings.max_waits + settings.exec_sessions_max)
         http.app.state.guest_threads = threads
-    release = _held(http).hold(http)
-    try:
-        return await anyio.to_thread.run_sync(call, limiter=threads)
-    finally:
-        release()
+    return threads
 
 
 def _in_guest(endpoint: Endpoint[Any, Any]) -> Handler:
@@ -360,7 +365,32 @@ def _downloading(endpoint: Endpoint[Any, Any], media_type: str) -> Handler:
 
     async def handler(http: Request, **arguments: Any) -> StreamingResponse:
         _as_caller(http)
-        chunks = await run_in_threadpool(partial(endpoint.call, _meda(http), **arguments))
-        return StreamingResponse(chunks, media_type=media_type)
+        release = _held(http).hold(http)  # held like a wait until the last byte
+        try:
+            chunks = await anyio.to_thread.run_sync(
+                partial(endpoint.call, _meda(http), **arguments), limiter=_guest_threads(http)
+            )
+        except BaseException:
+            release()
+            raise
+        return StreamingResponse(_pulled(http, iter(chunks), release), media_type=media_type)
 
     return handler
+
+
+async def _pulled(
+    http: Request, chunks: Iterator[bytes], release: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """``chunks``, each read in a guest worker (a guest may trickle them): never in the
+    pool the other routes share."""
+    threads = _guest_threads(http)
+    try:
+        while (
+            chunk := await anyio.to_thread.run_sync(next, chunks, None, limiter=threads)
+        ) is not None:
+            yield chunk
+    finally:
+        release()
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await anyio.to_thread.run_sync(close, limiter=threads)
