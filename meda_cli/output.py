@@ -68,12 +68,13 @@ def fields(pairs: Sequence[tuple[str, object]], indent: int = 0) -> None:
         elif isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
             typer.echo(f"{pad}{label}:")
             for item in value:
-                typer.echo(f"{pad}  - {_plain(item)}")
+                typer.echo(f"{pad}  - {plain(item)}")
         else:
-            typer.echo(f"{pad}{label + ':':<{width}}{_plain(value)}")
+            typer.echo(f"{pad}{label + ':':<{width}}{plain(value)}")
 
 
-def _plain(value: object) -> str:
+def plain(value: object) -> str:
+    """``value`` as the CLI shows it in a table or a line."""
     from pydantic import BaseModel
 
     if value is None or value == [] or value == {}:
@@ -87,7 +88,7 @@ def _plain(value: object) -> str:
     if isinstance(value, BaseModel):
         value = value.model_dump()
     if isinstance(value, Mapping):
-        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+        return ", ".join(f"{k} {plain(v)}" for k, v in value.items())
     return str(value)
 
 

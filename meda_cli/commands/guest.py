@@ -138,7 +138,8 @@ def cp(
     """Copy a file or directory (as tar) into or out of a running VM, no SSH needed.
 
     meda cp SRC NAME:/DST, or meda cp NAME:/SRC DST; a trailing / on a guest DST keeps
-    the file's name."""
+    the file's or directory's name; a guest directory lands in a new one (DST, or
+    DST/<name> when DST is a directory)."""
     into, out_of = _remote(dest), _remote(source)
     if (into is None) == (out_of is None):
         raise InvalidRequest("one of SRC and DST must be NAME:/PATH in a guest, the other local")
@@ -154,14 +155,14 @@ def cp(
 def _upload(source: Path, name: str, path: str) -> Any:
     if not source.exists():
         raise InvalidRequest(f"{source}: no such file or directory")
+    if path.endswith("/"):  # into that guest directory, under its own name (as cp)
+        path += source.resolve().name
     if source.is_dir():
         with tempfile.TemporaryFile() as packed:
             with tarfile.open(fileobj=packed, mode="w") as tar:
                 tar.add(source, arcname=".")
             packed.seek(0)
             return api().put_file(name, path, _read(packed), archive=Archive.TAR)
-    if path.endswith("/"):
-        path += source.name
     mode = f"{source.stat().st_mode & 0o7777:o}"
     with source.open("rb") as file:
         return api().put_file(name, path, _read(file), mode=mode)

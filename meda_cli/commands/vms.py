@@ -10,7 +10,15 @@ import typer
 
 from meda_cli.context import api, handles_errors
 from meda_cli.idempotency import IdempotencyKeyOption, keyed_api
-from meda_cli.output import JsonOption, UserDataOption, fields, read_user_data, render, table
+from meda_cli.output import (
+    JsonOption,
+    UserDataOption,
+    fields,
+    plain,
+    read_user_data,
+    render,
+    table,
+)
 from meda_cli.policies import LabelOption, RestartOption, TtlOption, policy_fields
 from meda_cli.validation import build
 from meda_core.errors import InvalidRequest
@@ -211,7 +219,7 @@ def ttl(
     from meda_core.models import TtlRequest
 
     info = api().set_ttl(name, build(TtlRequest, ttl=seconds))
-    render(info, as_json, lambda i: typer.echo(f"VM {i.name} expires {i.lifecycle.expires}"))
+    render(info, as_json, lambda i: typer.echo(f"VM {i.name} expires {plain(i.lifecycle.expires)}"))
 
 
 @app.command()

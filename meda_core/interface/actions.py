@@ -360,7 +360,10 @@ def _journal(meda: Meda, after: int, limit: int) -> list[dict[str, Any]]:
 
 def _event_page(meda: Meda, since: int, limit: int) -> EventPage:
     events = [JournalEvent(**event) for event in _journal(meda, since, limit)]
-    return EventPage(events=events, count=len(events), next=events[-1].id if events else since)
+    if events:
+        return EventPage(events=events, count=len(events), next=events[-1].id)
+    # Past the newest event: go on from there, never from ids not given out yet.
+    return EventPage(events=[], count=0, next=min(since, meda.store.journal_last()))
 
 
 # ---- system ----

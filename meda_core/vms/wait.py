@@ -260,7 +260,7 @@ def _timed_out(
     wanted = ", ".join(str(c) for c in conditions)
     why = "; ".join(f"{c}: {reason}" for c, reason in pending)
     return WaitTimedOut(
-        f"VM '{vm.name}' was not {wanted} within {timeout:g}s ({why})",
+        f"VM '{vm.name}': still waiting for {wanted} after {timeout:g}s ({why})",
         name=vm.name,
         conditions=[str(c) for c in conditions],
         pending=[str(c) for c, _ in pending],

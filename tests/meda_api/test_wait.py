@@ -84,7 +84,7 @@ def test_the_timeout_is_408_with_what_is_pending(
     assert 1 <= time.monotonic() - started < 3
     assert answer.status_code == 408
     body = answer.json()
-    assert body["code"] == "TIMEOUT" and "within 1s" in body["error"]
+    assert body["code"] == "TIMEOUT" and "after 1s" in body["error"]
     details = body["details"]
     assert details["pending"] == ["running", "ip"] and details["conditions"] == ["running", "ip"]
     assert details["state"] == "stopped" and details["timeout"] == 1

@@ -63,7 +63,7 @@ def test_the_timeout_exits_124_with_the_error(where: str, make_vm: Callable[...,
     body = json.loads(err)
     assert body["code"] == "TIMEOUT" and body["details"]["pending"] == ["running"]
     code, _, err = meda(where, "wait", "vm1", "--for", "ip", "--timeout", "0")
-    assert code == 124 and "within 0s" in err
+    assert code == 124 and "after 0s" in err
 
 
 def test_bad_input_and_missing_vms_exit_as_their_errors(
