@@ -133,7 +133,7 @@ async def wait_vm_async(
     meda: Meda, name: str, conditions: list[str], timeout: float = DEFAULT_WAIT_TIMEOUT
 ) -> VMInfo:
     """``wait_vm`` for an event loop: the wait holds no thread."""
-    from meda_core.vms.wait import parse_conditions, wait_for
+    from meda_core.interface.wait import parse_conditions, wait_for
 
     return vm_info(await wait_for(meda, name, parse_conditions(conditions), timeout))
 

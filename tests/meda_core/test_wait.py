@@ -12,10 +12,10 @@ import pytest
 
 from meda_core.errors import InvalidRequest, NoAgent, VMNotFound, WaitTimedOut
 from meda_core.facade import Meda
+from meda_core.interface import wait
+from meda_core.interface.wait import Condition, Kind, parse_condition, parse_conditions, wait_for
 from meda_core.models import VM, VMState
 from meda_core.state.eventbus import EventBus
-from meda_core.vms import wait
-from meda_core.vms.wait import Condition, Kind, parse_condition, parse_conditions, wait_for
 
 
 @pytest.mark.parametrize(
