@@ -29,6 +29,8 @@ from meda_core.state.store import StateStore
 DAY = 24 * 3600.0
 #: Keys kept per client; beyond, its oldest answers are forgotten first.
 MAX_KEYS_PER_CLIENT = 10_000
+#: Keys kept for all clients together (clients are tokens and addresses: not a few).
+MAX_KEYS = 50_000
 #: Seconds between sweeps of every client's expired keys (a key is checked on each use).
 PRUNE_EVERY = 60.0
 
@@ -82,8 +84,10 @@ class IdempotencyKeys:
         ttl: float = DAY,
         per_client: int = MAX_KEYS_PER_CLIENT,
         clock: Callable[[], float] = time.time,
+        total: int = MAX_KEYS,
     ) -> None:
         self.store, self.ttl, self.per_client, self.clock = store, ttl, per_client, clock
+        self.total = total
         self.id = uuid.uuid4().hex
         self._owner: tuple[int, bytes] | None = None
         self._pruned = float("-inf")
@@ -156,7 +160,8 @@ class IdempotencyKeys:
             self._pruned = now
 
     def _make_room(self, db: sqlite3.Connection, client: str) -> None:
-        """Room for one more key of ``client``: its oldest answers go first."""
+        """Room for one more key of ``client``: its oldest answers go first, then (past
+        the total) the oldest answers of all."""
         (count,) = db.execute(
             "SELECT COUNT(*) FROM idempotency WHERE client = ?", (client,)
         ).fetchone()
@@ -165,6 +170,13 @@ class IdempotencyKeys:
                 "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency"
                 " WHERE client = ? AND status IS NOT NULL ORDER BY created LIMIT ?)",
                 (client, count - self.per_client + 1),
+            )
+        (count,) = db.execute("SELECT COUNT(*) FROM idempotency").fetchone()
+        if count >= self.total:
+            db.execute(
+                "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency"
+                " WHERE status IS NOT NULL ORDER BY created LIMIT ?)",
+                (count - self.total + 1,),
             )
 
     def _owner_id(self) -> bytes:

@@ -194,3 +194,14 @@ def test_bad_keys_are_invalid_requests(key: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
         check_key(key)
     assert refused.value.http_status == 400 and "Idempotency-Key" in refused.value.message
+
+
+def test_past_the_total_the_oldest_answers_of_any_client_go(
+    store: StateStore, clock: Clock
+) -> None:
+    keys = IdempotencyKeys(store, clock=clock, total=3)
+    for n in range(4):  # four clients (addresses, say), one key each
+        clock.now += 1
+        keys.claim(f"address:10.0.0.{n}", "k", PRINT)
+        keys.finish(f"address:10.0.0.{n}", "k", CREATED)
+    assert sorted(c for c, _, _ in rows(store)) == [f"address:10.0.0.{n}" for n in (1, 2, 3)]
