@@ -24,7 +24,7 @@ CHUNK = 64 * 1024
 def unpack(source: IO[bytes], dest: Path, max_bytes: int) -> None:
     """Extract the tar streamed by ``source`` into ``dest`` (made). Anything but a
     directory or a regular file, a name that is absolute or has ``..``, more than
-    ``max_bytes`` of file data or :data:`MAX_MEMBERS` members: refused (InvalidRequest),
+    ``max_bytes`` of file data and headers or :data:`MAX_MEMBERS` members: refused (InvalidRequest),
     what came before it stays."""
     dest.mkdir(parents=True, exist_ok=True)
     root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -34,13 +34,15 @@ def unpack(source: IO[bytes], dest: Path, max_bytes: int) -> None:
             for count, member in enumerate(tar, 1):
                 if count > MAX_MEMBERS:
                     raise InvalidRequest(f"the archive has over {MAX_MEMBERS} members")
-                total += member.size if member.isreg() else 0
+                # Headers count too: a tar of empty folders is not free to unpack.
+                total += (member.size if member.isreg() else 0) + tarfile.BLOCKSIZE
                 if total > max_bytes:
                     raise PayloadTooLarge(
                         f"the archive holds over {max_bytes} bytes (MEDA_FILE_MAX_BYTES)",
                         limit=max_bytes,
                     )
                 _extract(tar, member, root)
+                tar.members.clear()  # a stream's tarfile keeps every header otherwise
     finally:
         os.close(root)
 
