@@ -42,7 +42,8 @@ def unpack(source: IO[bytes], dest: Path, max_bytes: int) -> None:
                         limit=max_bytes,
                     )
                 _extract(tar, member, root)
-                tar.members.clear()  # a stream's tarfile keeps every header otherwise
+                # A stream's tarfile keeps every header otherwise (members: not typed).
+                tar.members.clear()  # type: ignore[attr-defined]
     finally:
         os.close(root)
 

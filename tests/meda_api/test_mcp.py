@@ -14,6 +14,7 @@ import pytest
 
 from meda_core.facade import Meda
 from tests.conftest import ServeApi
+from tests.meda_cli.test_mcp import TOOLS
 
 mcp = pytest.importorskip("mcp")
 httpx2 = pytest.importorskip("httpx2")
@@ -68,19 +69,7 @@ def test_tools_are_listed_with_their_models(url: str) -> None:
         return await client.list_tools()
 
     tools = {tool.name: tool for tool in _session(url, TOKEN, call).tools}
-    assert set(tools) == {
-        "list_vms",
-        "get_vm",
-        "run",
-        "create_vm",
-        "start_vm",
-        "stop_vm",
-        "delete_vm",
-        "exec",
-        "put_file",
-        "get_file",
-        "console",
-    }
+    assert set(tools) == TOOLS
     assert tools["get_vm"].output_schema is not None
     assert tools["get_vm"].output_schema["title"] == "VMInfo"
     assert tools["exec"].input_schema["required"] == ["command", "name"]

@@ -263,6 +263,17 @@ def test_a_guest_past_the_output_window_breaks_the_link(agent: MedaAgent, fake_g
     assert peak < protocol.OUTPUT_WINDOW + 8 * 1024 * 1024
 
 
+def _broken_after_a_command(channel: AgentChannel) -> str:
+    """Why the link to ``channel``'s guest broke (within 2 s) once a command was sent."""
+    joined = link.link_for(channel, 1)
+    session = joined.open(Type.EXEC, protocol.exec_body(("true",), (), None))
+    deadline = time.monotonic() + 2
+    while joined.broken is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    joined.release(session)
+    return str(joined.broken)
+
+
 def test_a_guest_that_floods_a_session_with_control_frames(agent: MedaAgent, fake_guest) -> None:  # type: ignore[no-untyped-def]
     def behaviour(conn: socket.socket, nonce: bytes) -> None:
         conn.sendall(ready(nonce))
@@ -270,13 +281,7 @@ def test_a_guest_that_floods_a_session_with_control_frames(agent: MedaAgent, fak
         conn.sendall(frame(Type.STARTED, session) * (link.CONTROL_BYTES // 9 + 1))
         silent(conn, nonce)
 
-    joined = link.link_for(fake_guest(behaviour), 1)
-    session = joined.open(Type.EXEC, protocol.exec_body(("true",), (), None))
-    deadline = time.monotonic() + 2
-    while joined.broken is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert "flooded" in str(joined.broken)
-    joined.release(session)
+    assert "flooded" in _broken_after_a_command(fake_guest(behaviour))
 
 
 @pytest.mark.parametrize("kind", [Type.STDOUT, Type.STDERR, Type.FILE_DATA])
@@ -290,13 +295,7 @@ def test_a_guest_that_sends_empty_data_frames_breaks_the_link(fake_guest, kind: 
         conn.sendall(frame(Type.STARTED, session) + frame(kind, session) * 1000)
         silent(conn, nonce)
 
-    joined = link.link_for(fake_guest(behaviour), 1)
-    session = joined.open(Type.EXEC, protocol.exec_body(("true",), (), None))
-    deadline = time.monotonic() + 2
-    while joined.broken is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert "empty data frame" in str(joined.broken)
-    joined.release(session)
+    assert "empty data frame" in _broken_after_a_command(fake_guest(behaviour))
 
 
 def test_a_slow_ping_leaves_the_commands_of_a_busy_agent_running(
