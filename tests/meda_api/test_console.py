@@ -3,9 +3,10 @@ what the guest writes after the request began, held under the same caps as event
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -72,17 +73,21 @@ def test_the_operation_is_in_the_openapi_document(client: TestClient) -> None:
     assert {p["name"] for p in operation["parameters"]} == {"name", "tail", "follow"}
 
 
-def _follow(url: str, path: str) -> tuple[httpx.Client, httpx.Response]:
-    client = httpx.Client(base_url=url, timeout=10)
-    return client, client.send(client.build_request("GET", path), stream=True)
+@contextlib.contextmanager
+def _follow(url: str, path: str) -> Iterator[httpx.Response]:
+    """A streamed GET of ``path``, closed (with its client) at the end."""
+    with (
+        httpx.Client(base_url=url, timeout=10) as client,
+        client.stream("GET", path) as response,
+    ):
+        yield response
 
 
 def test_follow_sees_a_line_written_after_the_request_began(
     fake_meda: Meda, booted: VM, serve_api: ServeApi
 ) -> None:
     url = serve_api(fake_meda)
-    client, response = _follow(url, "/api/v1/vms/vm1/console?follow=true&tail=1")
-    try:
+    with _follow(url, "/api/v1/vms/vm1/console?follow=true&tail=1") as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == TEXT
         chunks = response.iter_text()
@@ -91,9 +96,6 @@ def test_follow_sees_a_line_written_after_the_request_began(
         assert next(chunks) == "written later\n"
         fake_meda.vms.delete("vm1")
         assert list(chunks) == []  # the stream ends with its VM
-    finally:
-        response.close()
-        client.close()
 
 
 @pytest.mark.parametrize(
@@ -103,23 +105,17 @@ def test_a_follow_is_held_under_the_caps_of_event_streams(
     fake_meda: Meda, booted: VM, serve_api: ServeApi
 ) -> None:
     url = serve_api(fake_meda)
-    client, held = _follow(url, "/api/v1/vms/vm1/console?follow=true")
-    try:
+    with _follow(url, "/api/v1/vms/vm1/console?follow=true") as held:
         assert held.status_code == 200
         refused = httpx.get(url + "/api/v1/vms/vm1/console?follow=true", timeout=10)
         assert refused.status_code == 429
         assert refused.json()["code"] == "RATE_LIMITED"
         # a read that ends at once is not held
         assert httpx.get(url + "/api/v1/vms/vm1/console", timeout=10).status_code == 200
-    finally:
-        held.close()
-        client.close()
     deadline = time.monotonic() + 5  # the place is given back once the server sees it go
     status = 429
     while status == 429 and time.monotonic() < deadline:
-        client, again = _follow(url, "/api/v1/vms/vm1/console?follow=true&tail=0")
-        status = again.status_code
-        again.close()
-        client.close()
+        with _follow(url, "/api/v1/vms/vm1/console?follow=true&tail=0") as again:
+            status = again.status_code
         time.sleep(0.1)
     assert status == 200
